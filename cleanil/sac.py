@@ -1,0 +1,553 @@
+"""Soft Actor-Critic: the continuous-action expert trainer, and the SAC block every SAC-based cleanil script copies.
+
+SAC (Haarnoja, Zhou, Abbeel, Levine 2018, arXiv 1801.01290; Haarnoja et al. 2018b, arXiv 1812.05905) maximises
+return plus policy entropy. Twin soft Q-functions with Polyak-averaged targets are regressed on the soft Bellman
+target (1812.05905 Eq. 5-6, clipped double-Q as in TD3); a tanh-squashed Gaussian actor is trained by the
+reparameterised objective alpha log pi(a|s) - min Q(s, a) (Eq. 7, with the tanh change of variables of Appendix C,
+Eq. 21); the temperature alpha is tuned so the policy entropy tracks -|A| (Eq. 18). Follows
+cleanrl/sac_continuous_action.py (delayed, repeated actor updates; q_lr 1e-3, policy_lr 3e-4).
+
+`--save-expert` writes experts/<env-id>/ (expert.json, demos.npz, policy.pt; see README "Expert artefacts").
+`--resume` continues from checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt (networks, optimisers, replay
+buffer, counters, RNG states), so that a long run spans several sessions; the episode in progress is restarted.
+"""
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from tqdm import tqdm
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanil"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    env_id: str = "Hopper-v4"
+    """the id of the environment"""
+    total_timesteps: int = 1_000_000
+    """total environment steps of the experiment"""
+    eval_frequency: int = 10_000
+    """evaluate the deterministic policy every this many environment steps"""
+    eval_episodes: int = 10
+    """number of episodes per evaluation"""
+    expert_path: Optional[str] = None
+    """folder of the expert artefacts (default: experts/<env-id>/ next to cleanil/); read for the normalized score,
+    written by --save-expert"""
+
+    # SAC (cleanrl/sac_continuous_action.py defaults)
+    buffer_size: int = 1_000_000
+    """the replay memory buffer size"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 0.005
+    """target smoothing coefficient (Polyak averaging)"""
+    batch_size: int = 256
+    """the batch size of samples from the replay memory"""
+    learning_starts: int = 5_000
+    """environment steps with uniformly random actions before learning starts"""
+    policy_lr: float = 3e-4
+    """the learning rate of the policy network optimizer"""
+    q_lr: float = 1e-3
+    """the learning rate of the Q network optimizer"""
+    policy_frequency: int = 2
+    """the actor is updated every this many steps, this many times (delayed updates as in TD3)"""
+    target_network_frequency: int = 1
+    """the frequency of updates for the target networks"""
+    alpha: float = 0.2
+    """entropy regularization coefficient (initial value when autotuned)"""
+    autotune: bool = True
+    """automatic tuning of the entropy coefficient (Eq. 18)"""
+    hidden_size: int = 256
+    """width of the two hidden layers of actor and critics"""
+    log_std_min: float = -5.0
+    """lower bound of the actor's log standard deviation"""
+    log_std_max: float = 2.0
+    """upper bound of the actor's log standard deviation"""
+
+    # checkpoints and expert artefacts
+    checkpoint_frequency: int = 50_000
+    """save a resumable checkpoint every this many environment steps (0: never)"""
+    checkpoint_dir: Optional[str] = None
+    """checkpoint folder (default: checkpoints/<env-id>__<exp-name>__<seed>/, git-ignored)"""
+    resume: bool = False
+    """continue from the checkpoint in checkpoint_dir"""
+    save_expert: bool = False
+    """at the end, write expert.json, demos.npz and policy.pt to expert_path"""
+    overwrite: bool = False
+    """allow --save-expert to replace an existing expert folder"""
+    expert_eval_episodes: int = 50
+    """deterministic episodes that measure the expert return (and random-policy episodes) for expert.json"""
+    num_demo_episodes: int = 25
+    """deterministic expert episodes stored in demos.npz"""
+    expert_snapshot: Literal["best", "final"] = "best"
+    """which actor --save-expert ships: `best` (highest eval return seen, as expert checkpoints are usually picked) or `final`"""
+
+
+def make_env(env_id, seed, capture_video=False, run_name=""):
+    try:
+        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+    except gym.error.Error as error:
+        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
+    if capture_video:
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.action_space.seed(seed)
+    return env
+
+
+def load_expert_info(expert_dir, env, required):
+    """expert.json as a dict, checked against the env; None if absent and not required."""
+    info_path = Path(expert_dir) / "expert.json"
+    if not info_path.exists():
+        if required:
+            sys.exit(f"error: no expert at {info_path}; create it with `{expert_command(env.spec.id)}`.")
+        return None
+    try:
+        info = json.loads(info_path.read_text())
+        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
+        float(info["expert_return_mean"]), float(info["random_return_mean"])
+    except (ValueError, KeyError, TypeError) as error:
+        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
+        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+    return info
+
+
+def expert_command(env_id):
+    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
+    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
+
+
+def normalized_score(episode_return, expert_info):
+    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
+    if expert_info is None:
+        return float("nan")
+    random_return = expert_info["random_return_mean"]
+    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
+
+
+class SoftQEnsemble(nn.Module):
+    """num_q independent critics Q_k(s, a), evaluated together: each layer is one batched matmul over the critics."""
+
+    def __init__(self, obs_dim, action_dim, hidden_size, num_q=2):
+        super().__init__()
+        sizes = [obs_dim + action_dim, hidden_size, hidden_size, 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1 / np.sqrt(fan_in)  # nn.Linear's default initialisation, per critic
+            self.weights.append(nn.Parameter(torch.empty(num_q, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(num_q, 1, fan_out).uniform_(-bound, bound)))
+
+    def forward(self, obs, action):
+        x = torch.cat([obs, action], -1).expand(len(self.weights[0]), -1, -1)
+        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(bias, x, weight)
+            if layer < len(self.weights) - 1:
+                x = F.relu(x)
+        return x.squeeze(-1)  # [num_q, batch]
+
+
+class Actor(nn.Module):
+    def __init__(self, env, hidden_size, log_std_min, log_std_max):
+        super().__init__()
+        obs_dim, action_dim = np.prod(env.observation_space.shape), np.prod(env.action_space.shape)
+        self.fc1 = nn.Linear(obs_dim, hidden_size)
+        self.fc2 = nn.Linear(hidden_size, hidden_size)
+        self.fc_mean = nn.Linear(hidden_size, action_dim)
+        self.fc_logstd = nn.Linear(hidden_size, action_dim)
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        high, low = env.action_space.high, env.action_space.low
+        self.register_buffer("action_scale", torch.tensor((high - low) / 2.0, dtype=torch.float32))
+        self.register_buffer("action_bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
+
+    def forward(self, obs):
+        hidden = F.relu(self.fc2(F.relu(self.fc1(obs))))
+        mean = self.fc_mean(hidden)
+        # squash log_std into [min, max] smoothly instead of clipping (keeps its gradient alive)
+        log_std = torch.tanh(self.fc_logstd(hidden))
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
+        return mean, log_std
+
+    def get_action(self, obs):
+        """a = tanh(u) * scale + bias with u ~ N(mean, std) reparameterised; log pi(a|s) by Eq. 21."""
+        mean, log_std = self(obs)
+        normal = torch.distributions.Normal(mean, log_std.exp())
+        u = normal.rsample()
+        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)): exact and stable where tanh saturates
+        log_prob = normal.log_prob(u) - 2 * (np.log(2) - u - F.softplus(-2 * u)) - torch.log(self.action_scale)
+        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob.sum(-1)
+
+    def deterministic_action(self, obs):
+        return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
+
+
+class ReplayBuffer:
+    """Transitions in preallocated tensors on the training device; uniform sampling without leaving it."""
+
+    def __init__(self, obs_dim, action_dim, size, device):
+        self.observations = torch.zeros(size, obs_dim, device=device)
+        self.actions = torch.zeros(size, action_dim, device=device)
+        self.rewards = torch.zeros(size, device=device)
+        self.next_observations = torch.zeros(size, obs_dim, device=device)
+        self.terminations = torch.zeros(size, device=device)
+        self.size, self.pos, self.full = size, 0, False
+
+    def add(self, obs, action, reward, next_obs, termination):
+        for storage, value in zip(self.tensors(), (obs, action, reward, next_obs, termination)):
+            storage[self.pos] = torch.as_tensor(value, dtype=torch.float32)
+        self.pos = (self.pos + 1) % self.size
+        self.full = self.full or self.pos == 0
+
+    def sample(self, batch_size):
+        index = torch.randint(0, self.size if self.full else self.pos, (batch_size,), device=self.observations.device)
+        return [storage[index] for storage in self.tensors()]
+
+    def tensors(self):
+        return self.observations, self.actions, self.rewards, self.next_observations, self.terminations
+
+    def state_dict(self):
+        filled = self.size if self.full else self.pos
+        return {"tensors": [t[:filled].cpu() for t in self.tensors()], "pos": self.pos, "full": self.full}
+
+    def load_state_dict(self, state):
+        for storage, saved in zip(self.tensors(), state["tensors"]):
+            storage[: len(saved)] = saved.to(storage.device)
+        self.pos, self.full = state["pos"], state["full"]
+
+
+def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma):
+    """Eq. 5-6: (Q_k(s,a) - [r + gamma (1 - d) (min_k Q'_k(s', a') - alpha log pi(a'|s'))])^2, a' ~ pi(s')."""
+    obs, actions, rewards, next_obs, terminations = batch
+    with torch.no_grad():
+        next_actions, next_log_pi = actor.get_action(next_obs)
+        min_q_next = qf_target(next_obs, next_actions).min(0).values - alpha * next_log_pi
+        q_target = rewards + gamma * (1 - terminations) * min_q_next
+    q_values = qf(obs, actions)
+    # sum over the critics: each critic gets the full MSE gradient, as with separate losses
+    return F.mse_loss(q_values, q_target.expand_as(q_values), reduction="none").mean(1).sum(), q_values
+
+
+def policy_loss(actor, qf, obs, alpha):
+    """Eq. 7: E_s E_{a~pi}[alpha log pi(a|s) - min_k Q_k(s, a)] through the reparameterised a."""
+    actions, log_pi = actor.get_action(obs)
+    return (alpha * log_pi - qf(obs, actions).min(0).values).mean(), log_pi
+
+
+def alpha_loss(log_alpha, log_pi, target_entropy):
+    """Eq. 18: -alpha (log pi(a|s) + H_target), so alpha grows when the entropy drops below the target."""
+    return (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
+
+
+def sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer, alpha_optimizer, args,
+               target_entropy, global_step):
+    """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls."""
+    alpha = log_alpha.exp().detach()
+    qf_loss, q_values = soft_q_loss(qf, qf_target, actor, batch, alpha, args.gamma)
+    q_optimizer.zero_grad(set_to_none=True)
+    qf_loss.backward()
+    q_optimizer.step()
+    stats = {"losses/qf_loss": qf_loss.detach(), "losses/qf1_values": q_values[0].detach().mean()}
+
+    if global_step % args.policy_frequency == 0:
+        for _ in range(args.policy_frequency):
+            actor_loss, log_pi = policy_loss(actor, qf, batch[0], alpha)
+            actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            actor_optimizer.step()
+            if args.autotune:
+                loss = alpha_loss(log_alpha, log_pi, target_entropy)
+                alpha_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                alpha_optimizer.step()
+                alpha = log_alpha.exp().detach()
+        stats.update({"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha, "charts/entropy": -log_pi.detach().mean()})
+
+    if global_step % args.target_network_frequency == 0:
+        with torch.no_grad():
+            for param, target_param in zip(qf.parameters(), qf_target.parameters()):
+                target_param.lerp_(param, args.tau)
+    return stats
+
+
+def evaluate(act, env, num_episodes, seed):
+    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
+    returns = []
+    obs, _ = env.reset(seed=seed)
+    while len(returns) < num_episodes:
+        obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+        if terminated or truncated:
+            returns.append(info["episode"]["r"])
+            obs, _ = env.reset()
+    return np.array(returns, dtype=np.float64)
+
+
+def rollout_episodes(act, env, num_episodes, seed):
+    """Whole episodes of act as the demos.npz arrays of DESIGN.md (first axis = transition)."""
+    keys = ("observations", "actions", "rewards", "next_observations", "terminations", "truncations")
+    data, episode_starts, returns = {key: [] for key in keys}, [], []
+    obs, _ = env.reset(seed=seed)
+    episode_starts.append(0)
+    while len(returns) < num_episodes:
+        action = act(obs[None])[0]
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        for key, value in zip(keys, (obs, action, reward, next_obs, terminated, truncated)):
+            data[key].append(value)
+        obs = next_obs
+        if terminated or truncated:
+            returns.append(info["episode"]["r"])
+            obs, _ = env.reset()
+            if len(returns) < num_episodes:
+                episode_starts.append(len(data["observations"]))
+    demos = {key: np.array(value) for key, value in data.items()}
+    demos["observations"], demos["next_observations"] = demos["observations"].astype(np.float32), demos["next_observations"].astype(np.float32)
+    demos["episode_starts"] = np.array(episode_starts, dtype=np.int64)
+    return demos, np.array(returns)
+
+
+def package_versions():
+    import importlib.metadata as metadata
+
+    return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
+
+
+def save_expert(expert_dir, args, actor, env_id, device, training, overwrite):
+    """expert.json + demos.npz + policy.pt: a plain MLP obs -> tanh(mean) (rebuilt from the json alone)."""
+    expert_dir = Path(expert_dir)
+    if expert_dir.exists() and any(expert_dir.iterdir()) and not overwrite:
+        sys.exit(f"error: {expert_dir} already exists; pass --overwrite to replace it.")
+    expert_dir.mkdir(parents=True, exist_ok=True)
+    env = make_env(env_id, args.seed + 20_000)
+
+    @torch.no_grad()
+    def act(obs):
+        return actor.deterministic_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+
+    expert_returns = evaluate(act, env, args.expert_eval_episodes, args.seed + 20_000)
+    random_returns = evaluate(lambda obs: env.action_space.sample()[None], env, args.expert_eval_episodes, args.seed + 30_000)
+    demos, demo_returns = rollout_episodes(act, env, args.num_demo_episodes, args.seed + 40_000)
+    np.savez_compressed(expert_dir / "demos.npz", **demos)
+    policy = nn.Sequential(actor.fc1, nn.ReLU(), actor.fc2, nn.ReLU(), actor.fc_mean)
+    torch.save({key: value.cpu() for key, value in policy.state_dict().items()}, expert_dir / "policy.pt")
+    info = {
+        "env_id": env_id,
+        "algorithm": "sac",
+        "training_steps": training["global_step"],
+        "snapshot_step": training["snapshot_step"],
+        "training_wall_time_s": round(training["wall_time"], 1),
+        "seed": args.seed,
+        "command": training["commands"],
+        "versions": package_versions(),
+        "expert_return_mean": float(expert_returns.mean()),
+        "expert_return_std": float(expert_returns.std()),
+        "expert_episodes": len(expert_returns),
+        "random_return_mean": float(random_returns.mean()),
+        "random_return_std": float(random_returns.std()),
+        "random_episodes": len(random_returns),
+        "observation_shape": list(env.observation_space.shape),
+        "action_shape": list(env.action_space.shape),
+        "action_space": "box",
+        "policy": {
+            "file": "policy.pt",
+            "layers": [int(policy[0].in_features), args.hidden_size, args.hidden_size, int(policy[-1].out_features)],
+            "activation": "relu",
+            "output": "tanh",
+            "action_scale": actor.action_scale.cpu().tolist(),
+            "action_bias": actor.action_bias.cpu().tolist(),
+        },
+        "demos": {"file": "demos.npz", "episodes": len(demo_returns), "transitions": len(demos["rewards"]),
+                  "return_mean": float(demo_returns.mean()), "policy": "deterministic"},
+        "training": "SAC on the environment reward; " + json.dumps({k: v for k, v in asdict(args).items() if k not in ("track", "wandb_entity")}),
+    }
+    (expert_dir / "expert.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"expert saved to {expert_dir}: return {expert_returns.mean():.1f} +/- {expert_returns.std():.1f} "
+          f"(random {random_returns.mean():.1f}), {len(demo_returns)} demo episodes")
+
+
+def write_eval_row(run_dir, row):
+    """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
+    path = Path(run_dir) / "eval.csv"
+    new = not path.exists()
+    with open(path, "a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(f"{value:.6g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+
+
+def write_summary(run_dir, args, eval_rows, wall_time, sps):
+    scores = [row["normalized_score"] for row in eval_rows]
+    summary = {
+        "args": asdict(args),
+        "final_return": eval_rows[-1]["eval_return_mean"],
+        "final_normalized_score": scores[-1],
+        "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
+        "total_wall_time_s": wall_time,
+        "mean_sps": sps,
+        "versions": package_versions(),
+    }
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
+    checkpoint_dir = Path(args.checkpoint_dir or f"checkpoints/{args.env_id}__{args.exp_name}__{args.seed}")
+    checkpoint = None
+    if args.resume:
+        if not (checkpoint_dir / "checkpoint.pt").exists():
+            sys.exit(f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume.")
+        checkpoint = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=False)
+    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name,
+                   save_code=True, id=run_name, resume="allow")
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    env = make_env(args.env_id, args.seed, args.capture_video, run_name)
+    eval_env = make_env(args.env_id, args.seed + 10_000)
+    if not isinstance(env.action_space, gym.spaces.Box):
+        sys.exit(f"error: sac.py needs continuous (Box) actions but {args.env_id} has {env.action_space}; use cleanil/dqn.py.")
+    expert_info = load_expert_info(expert_dir, env, required=False)
+    obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+
+    actor = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)
+    qf = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
+    qf_target = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
+    qf_target.load_state_dict(qf.state_dict())
+    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    target_entropy = -float(action_dim)
+    log_alpha = torch.tensor(np.log(args.alpha), dtype=torch.float32, device=device, requires_grad=True)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr)
+    rb = ReplayBuffer(obs_dim, action_dim, args.buffer_size, device)
+
+    start_step, wall_offset, eval_rows, commands, best_actor = 0, 0.0, [], [], {}
+    if checkpoint:
+        for module, key in ((actor, "actor"), (qf, "qf"), (qf_target, "qf_target"), (q_optimizer, "q_optimizer"),
+                            (actor_optimizer, "actor_optimizer"), (alpha_optimizer, "alpha_optimizer"), (rb, "rb")):
+            module.load_state_dict(checkpoint[key])
+        with torch.no_grad():
+            log_alpha.copy_(checkpoint["log_alpha"])
+        start_step, wall_offset, eval_rows, commands, best_actor = (
+            checkpoint[k] for k in ("global_step", "wall_time", "eval_rows", "commands", "best_actor"))
+        random.setstate(checkpoint["python_rng"])
+        np.random.set_state(checkpoint["numpy_rng"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        print(f"resumed {run_name} at step {start_step} from {checkpoint_dir}")
+    commands.append(" ".join(["python"] + sys.argv))
+
+    @torch.no_grad()
+    def act_deterministic(obs):
+        return actor.deterministic_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+
+    def run_evaluation(global_step):
+        returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
+        wall_time = wall_offset + time.time() - start_time
+        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
+               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
+               "sps": (global_step - start_step) / max(time.time() - start_time, 1e-9)}
+        if not eval_rows or row["eval_return_mean"] > max(r["eval_return_mean"] for r in eval_rows):
+            best_actor.update(step=global_step, state={k: v.clone() for k, v in actor.state_dict().items()})
+        eval_rows.append(row)
+        write_eval_row(run_dir, row)
+        if args.track:
+            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+        progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
+
+    def save_checkpoint(global_step):
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        state = {key: module.state_dict() for key, module in (("actor", actor), ("qf", qf), ("qf_target", qf_target),
+                 ("q_optimizer", q_optimizer), ("actor_optimizer", actor_optimizer), ("alpha_optimizer", alpha_optimizer), ("rb", rb))}
+        state.update(log_alpha=log_alpha.detach().cpu(), global_step=global_step, run_name=run_name, eval_rows=eval_rows,
+                     commands=commands, best_actor=best_actor, wall_time=wall_offset + time.time() - start_time, python_rng=random.getstate(),
+                     numpy_rng=np.random.get_state(), torch_rng=torch.get_rng_state(), args=asdict(args))
+        torch.save(state, checkpoint_dir / "checkpoint.pt.tmp")
+        os.replace(checkpoint_dir / "checkpoint.pt.tmp", checkpoint_dir / "checkpoint.pt")  # atomic: a kill never corrupts it
+
+    start_time = time.time()
+    progress = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
+    if start_step == 0:
+        run_evaluation(0)
+    obs, _ = env.reset(seed=args.seed + start_step)
+    for global_step in range(start_step + 1, args.total_timesteps + 1):
+        if global_step <= args.learning_starts:
+            action = env.action_space.sample()
+        else:
+            with torch.no_grad():
+                action, _ = actor.get_action(torch.as_tensor(obs[None], dtype=torch.float32, device=device))
+            action = action[0].cpu().numpy()
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        # bootstrap through time-limit truncations: only a true termination zeroes the target
+        rb.add(obs, action, reward, next_obs, terminated)
+        obs = next_obs
+        if terminated or truncated:
+            if args.track:
+                wandb.log({"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]}, step=global_step)
+            obs, _ = env.reset()
+
+        if global_step > args.learning_starts:
+            stats = sac_update(rb.sample(args.batch_size), actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer,
+                               alpha_optimizer, args, target_entropy, global_step)
+            if global_step % 1000 == 0:
+                sps = (global_step - start_step) / (time.time() - start_time)
+                if not all(torch.isfinite(value) for value in stats.values()):
+                    sys.exit(f"error: non-finite SAC loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); lower --q-lr or --policy-lr.")
+                if args.track:
+                    wandb.log({**{k: float(v) for k, v in stats.items()}, "charts/SPS": sps}, step=global_step)
+        progress.update(1)
+        if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
+            run_evaluation(global_step)
+        if args.checkpoint_frequency and (global_step % args.checkpoint_frequency == 0 or global_step == args.total_timesteps):
+            save_checkpoint(global_step)
+    progress.close()
+
+    wall_time = wall_offset + time.time() - start_time
+    mean_sps = (args.total_timesteps - start_step) / max(time.time() - start_time, 1e-9)
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps)
+    print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
+    if args.save_expert:
+        if args.expert_snapshot == "best":
+            actor.load_state_dict(best_actor["state"])
+        snapshot_step = best_actor["step"] if args.expert_snapshot == "best" else args.total_timesteps
+        save_expert(expert_dir, args, actor, args.env_id, device, {"global_step": args.total_timesteps, "snapshot_step": snapshot_step,
+                    "wall_time": wall_time, "commands": commands}, args.overwrite)
+    env.close()
+    eval_env.close()
+    if args.track:
+        wandb.finish()
