@@ -326,7 +326,7 @@ def write_eval_row(run_dir, row):
     with open(path, "a") as f:
         if new:
             f.write(",".join(row) + "\n")
-        f.write(",".join(f"{value:.6g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+        f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
 
 
 def write_summary(run_dir, args, eval_rows, wall_time, sps):

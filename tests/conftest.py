@@ -48,3 +48,73 @@ def assert_clean_error(result, *fragments):
 @pytest.fixture
 def workdir(tmp_path):
     return tmp_path
+
+
+# Minimum expert returns (issues 2 and 3): the mean of >= 50 deterministic episodes recorded in expert.json.
+EXPERT_BARS = {"CartPole-v1": 495, "Acrobot-v1": -85, "MountainCar-v0": -110, "Pendulum-v1": -200,
+               "InvertedPendulum-v4": 950, "Hopper-v4": 3000, "HalfCheetah-v4": 7000, "Walker2d-v4": 4000,
+               "Ant-v4": 4000, "Humanoid-v4": 5000}
+EXPERT_JSON_KEYS = {"env_id", "algorithm", "training_steps", "seed", "command", "versions", "expert_return_mean",
+                    "expert_return_std", "expert_episodes", "random_return_mean", "random_return_std", "random_episodes",
+                    "observation_shape", "action_shape", "action_space", "policy", "demos"}
+DEMO_KEYS = {"observations", "actions", "rewards", "next_observations", "terminations", "truncations", "episode_starts"}
+
+
+def validate_expert_folder(folder, min_eval_episodes=50, min_demo_episodes=10, trained=True):
+    """The DESIGN.md schema of experts/<env-id>/; returns (expert.json, demos) for further checks."""
+    import numpy as np
+
+    folder = Path(folder)
+    info = json.loads((folder / "expert.json").read_text())
+    assert EXPERT_JSON_KEYS <= set(info), EXPERT_JSON_KEYS - set(info)
+    assert info["env_id"] == folder.name
+    assert info["expert_episodes"] >= min_eval_episodes and info["random_episodes"] >= min_eval_episodes
+    assert np.isfinite([info["expert_return_mean"], info["random_return_mean"]]).all()
+    assert info["expert_return_mean"] > info["random_return_mean"] or not trained
+    assert info["action_space"] in ("box", "discrete")
+    assert info["command"] and all("cleanil/" in command for command in info["command"])
+    with np.load(folder / "demos.npz") as npz:
+        demos = {key: npz[key] for key in npz.files}
+    assert set(demos) == DEMO_KEYS
+    n = len(demos["rewards"])
+    for key in DEMO_KEYS - {"episode_starts"}:
+        assert len(demos[key]) == n, key
+    assert demos["observations"].shape[1:] == tuple(info["observation_shape"])
+    assert demos["next_observations"].shape == demos["observations"].shape
+    assert demos["actions"].shape[1:] == tuple(info["action_shape"])
+    starts = demos["episode_starts"]
+    assert starts[0] == 0 and (np.diff(starts) > 0).all() and starts[-1] < n
+    ends = np.append(starts[1:], n) - 1
+    # every stored episode is complete: it ends in a termination or truncation, and nothing ends inside it
+    done = demos["terminations"] | demos["truncations"]
+    assert done[ends].all() and done.sum() == len(starts)
+    assert len(starts) == info["demos"]["episodes"] >= min_demo_episodes
+    assert np.isfinite(demos["observations"]).all() and np.isfinite(demos["rewards"]).all()
+    # consecutive transitions chain: s'_t == s_{t+1} inside an episode
+    inside = np.setdiff1d(np.arange(n - 1), ends)
+    np.testing.assert_allclose(demos["next_observations"][inside], demos["observations"][inside + 1], atol=1e-5)
+    return info, demos
+
+
+def load_expert_mlp(folder):
+    """The expert policy rebuilt from expert.json alone (no trainer import): obs batch (np) -> action batch (np)."""
+    import numpy as np
+    import torch
+    import torch.nn as nn
+
+    folder = Path(folder)
+    spec = json.loads((folder / "expert.json").read_text())["policy"]
+    layers = []
+    for fan_in, fan_out in zip(spec["layers"][:-1], spec["layers"][1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    mlp = nn.Sequential(*layers[:-1])
+    mlp.load_state_dict(torch.load(folder / spec["file"], weights_only=True))
+
+    @torch.no_grad()
+    def act(obs):
+        out = mlp(torch.as_tensor(np.asarray(obs), dtype=torch.float32))
+        if spec["output"] == "argmax":
+            return out.argmax(-1).numpy()
+        return (torch.tanh(out) * torch.tensor(spec["action_scale"]) + torch.tensor(spec["action_bias"])).numpy()
+
+    return act

@@ -1,0 +1,25 @@
+#!/bin/bash
+# cleanil benchmark as a Slurm job array: task k runs the k-th unfinished (algorithm, env id, seed) combination.
+# Rendered by `./benchmark.sh --slurm` (see `--dry-run --slurm`); whole-line placeholders: @SBATCH@ (directives from
+# --partition --time --cpus-per-task --mem --sbatch-args), @ENVIRONMENT@ (threads, MUJOCO_GL, --setup, cd to the
+# workdir), @TASKS@ (one case branch per combination). Edit this file to add site-specific lines for every sweep.
+@SBATCH@
+set -uo pipefail
+@ENVIRONMENT@
+
+case "${SLURM_ARRAY_TASK_ID:?submit this script with sbatch (it is a job array)}" in
+@TASKS@
+esac
+
+# a resubmitted array (or a task requeued after it finished) must not repeat a finished run
+if compgen -G "runs/${prefix}__*/summary.json" >/dev/null; then
+    echo "$name: already finished (runs/${prefix}__*/summary.json exists), nothing to do"
+    exit 0
+fi
+mkdir -p "$(dirname "$log")"
+echo "$(date '+%F %T') $name on $(hostname), OMP_NUM_THREADS=$OMP_NUM_THREADS: ${command[*]}"
+"${command[@]}" >"$log" 2>&1
+status=$?
+echo "$(date '+%F %T') $name exited with status $status; log: $log"
+[[ $status -eq 0 ]] || tail -n 5 "$log"
+exit $status

@@ -1,0 +1,367 @@
+"""Behavioral cloning: supervised maximum likelihood on expert (state, action) pairs.
+
+BC (Pomerleau 1989, ALVINN; the analysis of Ross & Bagnell 2010, AISTATS) fits a policy pi_theta to the expert's
+demonstrations by maximum likelihood, theta* = argmax_theta sum_i log pi_theta(a_i | s_i) (`bc_loss`), with no
+environment interaction during training. Heads: a categorical over discrete actions; for continuous actions a
+diagonal Gaussian (`--policy gaussian`, MLE = least squares with a learned variance) or a mixture of K diagonal
+Gaussians (`--policy mixture`, `mixture_log_prob`: log sum_k w_k N(a; mu_k, sigma_k), the mixture density network
+of Bishop 1994, as used by robomimic, Mandlekar et al. 2021, arXiv 2108.03298), which can put its mass on several
+modes of a multimodal expert instead of averaging them. Observations are standardised with the demos' mean and std,
+continuous actions are fitted in the action space rescaled to [-1, 1].
+
+`--total-timesteps` counts gradient steps (minibatches of `--batch-size`), not epochs: BC never steps the env while
+training, so the x-axis of eval.csv (global_step) and its `sps` column are gradient steps. Evaluation is
+deterministic: argmax, the Gaussian mean, or the mean of the mixture's most probable component.
+"""
+import json
+import os
+import random
+import sys
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from tqdm import tqdm
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanil"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    env_id: str = "CartPole-v1"
+    """the id of the environment"""
+    total_timesteps: int = 10_000
+    """gradient steps of behavioral cloning (BC never steps the env while training; this is eval.csv's global_step)"""
+    eval_frequency: int = 1_000
+    """evaluate the deterministic policy every this many gradient steps"""
+    eval_episodes: int = 10
+    """number of episodes per evaluation"""
+    expert_path: Optional[str] = None
+    """folder of the expert artefacts (default: experts/<env-id>/ next to cleanil/)"""
+    num_expert_trajectories: int = 10
+    """number of expert demo episodes to clone (the first ones of demos.npz)"""
+    subsample_frequency: int = 1
+    """keep every k-th expert transition, with a random offset per trajectory"""
+
+    # BC
+    policy: Literal["gaussian", "mixture"] = "gaussian"
+    """continuous actions only: a diagonal Gaussian, or a mixture of `num_components` diagonal Gaussians"""
+    num_components: int = 5
+    """number of mixture components K of `--policy mixture`"""
+    batch_size: int = 256
+    """expert transitions per gradient step"""
+    learning_rate: float = 1e-3
+    """the learning rate of the Adam optimizer"""
+    hidden_size: int = 256
+    """width of the two hidden layers of the policy"""
+    log_std_min: float = -5.0
+    """lower bound of the log standard deviation of the Gaussian (components), in the [-1, 1]-rescaled action space"""
+    log_std_max: float = 2.0
+    """upper bound of the log standard deviation of the Gaussian (components)"""
+    normalize_observations: bool = True
+    """standardise observations with the expert demos' mean and std"""
+
+
+def make_env(env_id, seed, capture_video=False, run_name=""):
+    try:
+        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+    except gym.error.Error as error:
+        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
+    if capture_video:
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.action_space.seed(seed)
+    return env
+
+
+def load_expert_info(expert_dir, env, required):
+    """expert.json as a dict, checked against the env; None if absent and not required."""
+    info_path = Path(expert_dir) / "expert.json"
+    if not info_path.exists():
+        if required:
+            sys.exit(f"error: no expert at {info_path}; create it with `{expert_command(env.spec.id)}`.")
+        return None
+    try:
+        info = json.loads(info_path.read_text())
+        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
+        float(info["expert_return_mean"]), float(info["random_return_mean"])
+    except (ValueError, KeyError, TypeError) as error:
+        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
+        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+    return info
+
+
+def expert_command(env_id):
+    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
+    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
+
+
+def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
+    """The first num_trajectories demo episodes, every subsample_frequency-th transition from a random offset per
+    episode (as GAIL's subsampled demos, Ho & Ermon 2016); only `keys` are read from demos.npz."""
+    path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id)
+    if not path.exists():
+        sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
+    if num_trajectories < 1 or subsample_frequency < 1:
+        sys.exit(f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must be >= 1.")
+    try:
+        data = np.load(path)
+        starts, length = data["episode_starts"], len(data["rewards"])
+        arrays = {key: data[key] for key in keys}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        sys.exit(f"error: {path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
+    if num_trajectories > len(starts):
+        sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
+                 f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
+                 f"--num-demo-episodes {num_trajectories} --overwrite`.")
+    action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
+    expected = {"observations": env.observation_space.shape, "next_observations": env.observation_space.shape, "actions": action_shape}
+    for key, shape in expected.items():
+        if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
+            sys.exit(f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
+                     f"regenerate it with `{command} --overwrite`.")
+    rng = np.random.default_rng(seed)
+    episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
+    index = np.concatenate([episode[rng.integers(min(subsample_frequency, len(episode))):: subsample_frequency] for episode in episodes])
+    return {key: value[index] for key, value in arrays.items()}
+
+
+def normalized_score(episode_return, expert_info):
+    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
+    if expert_info is None:
+        return float("nan")
+    random_return = expert_info["random_return_mean"]
+    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
+
+
+class Policy(nn.Module):
+    """MLP on standardised observations with a categorical, Gaussian or Gaussian-mixture head.
+
+    Continuous actions are modelled in the rescaled space (a - action_bias) / action_scale, which is [-1, 1] on the
+    env's bounds; their log-likelihoods differ from the raw-action ones by the constant sum(log action_scale)."""
+
+    def __init__(self, head, obs_mean, obs_std, action_dim, hidden_size, num_components=1, action_scale=None,
+                 action_bias=None, log_std_min=-5.0, log_std_max=2.0):
+        super().__init__()
+        self.head, self.action_dim, self.num_components = head, action_dim, num_components
+        out_dim = {"categorical": action_dim, "gaussian": 2 * action_dim, "mixture": num_components * (1 + 2 * action_dim)}[head]
+        self.network = nn.Sequential(nn.Linear(len(obs_mean), hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size),
+                                     nn.ReLU(), nn.Linear(hidden_size, out_dim))
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        self.register_buffer("obs_mean", torch.as_tensor(obs_mean, dtype=torch.float32))
+        self.register_buffer("obs_std", torch.as_tensor(obs_std, dtype=torch.float32))
+        ones = torch.ones(action_dim if head != "categorical" else 0)
+        self.register_buffer("action_scale", ones if action_scale is None else torch.as_tensor(action_scale, dtype=torch.float32))
+        self.register_buffer("action_bias", 0 * ones if action_bias is None else torch.as_tensor(action_bias, dtype=torch.float32))
+
+    def forward(self, obs):
+        """Categorical: logits [B, A]. Gaussian: mean, log_std [B, D]. Mixture: logits [B, K], means, log_stds [B, K, D]."""
+        out = self.network((obs - self.obs_mean) / self.obs_std)
+        if self.head == "categorical":
+            return (out,)
+        if self.head == "mixture":
+            logits, out = out[:, : self.num_components], out[:, self.num_components:].view(-1, self.num_components, 2 * self.action_dim)
+        mean, log_std = out.chunk(2, -1)
+        # squash log_std into [min, max] smoothly instead of clipping (keeps its gradient alive), as in sac.py
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
+        return (mean, log_std) if self.head == "gaussian" else (logits, mean, log_std)
+
+    def log_prob(self, obs, actions):
+        """log pi(a|s) of expert actions (class indices, or raw continuous actions)."""
+        params = self(obs)
+        if self.head == "categorical":
+            return categorical_log_prob(*params, actions)
+        actions = (actions - self.action_bias) / self.action_scale
+        return gaussian_log_prob(*params, actions) if self.head == "gaussian" else mixture_log_prob(*params, actions)
+
+    def deterministic_action(self, obs):
+        """argmax; the Gaussian mean; the mean of the most probable mixture component (not the mixture mean, which
+        would average the expert's modes, the very failure the mixture is there to avoid); clipped to the bounds."""
+        params = self(obs)
+        if self.head == "categorical":
+            return params[0].argmax(-1)
+        if self.head == "gaussian":
+            mean = params[0]
+        else:
+            logits, means, _ = params
+            mean = means[torch.arange(len(means), device=means.device), logits.argmax(-1)]
+        return mean.clamp(-1, 1) * self.action_scale + self.action_bias
+
+
+def categorical_log_prob(logits, actions):
+    """log softmax(logits)[a]."""
+    return F.log_softmax(logits, -1).gather(-1, actions[..., None]).squeeze(-1)
+
+
+def gaussian_log_prob(mean, log_std, actions):
+    """sum_d log N(a_d; mu_d, sigma_d), a diagonal Gaussian."""
+    return (-0.5 * ((actions - mean) / log_std.exp()) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+
+
+def mixture_log_prob(logits, means, log_stds, actions):
+    """log sum_k w_k N(a; mu_k, diag sigma_k^2) with w = softmax(logits) (Bishop 1994, Eq. 23's density), computed as a
+    logsumexp over components so that no component's tiny density underflows."""
+    component_log_prob = gaussian_log_prob(means, log_stds, actions.unsqueeze(-2))  # [B, K]
+    return torch.logsumexp(F.log_softmax(logits, -1) + component_log_prob, -1)
+
+
+def bc_loss(policy, obs, actions):
+    """Maximum likelihood: -1/N sum_i log pi_theta(a_i | s_i) over the expert minibatch."""
+    return -policy.log_prob(obs, actions).mean()
+
+
+def evaluate(act, env, num_episodes, seed):
+    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
+    returns = []
+    obs, _ = env.reset(seed=seed)
+    while len(returns) < num_episodes:
+        obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+        if terminated or truncated:
+            returns.append(info["episode"]["r"])
+            obs, _ = env.reset()
+    return np.array(returns, dtype=np.float64)
+
+
+def package_versions():
+    import importlib.metadata as metadata
+
+    return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
+
+
+def write_eval_row(run_dir, row):
+    """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
+    path = Path(run_dir) / "eval.csv"
+    new = not path.exists()
+    with open(path, "a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(f"{value:.6g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+
+
+def write_summary(run_dir, args, eval_rows, wall_time, sps):
+    scores = [row["normalized_score"] for row in eval_rows]
+    summary = {
+        "args": asdict(args),
+        "final_return": eval_rows[-1]["eval_return_mean"],
+        "final_normalized_score": scores[-1],
+        "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
+        "total_wall_time_s": wall_time,
+        "mean_sps": sps,
+        "versions": package_versions(),
+    }
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / run_name
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name)
+    discrete = isinstance(eval_env.action_space, gym.spaces.Discrete)
+    if not discrete and not isinstance(eval_env.action_space, gym.spaces.Box):
+        sys.exit(f"error: bc.py supports Discrete and Box actions, but {args.env_id} has {eval_env.action_space}; pick another env.")
+    if args.num_components < 1:
+        sys.exit(f"error: --num-components must be >= 1, got {args.num_components}.")
+    expert_info = load_expert_info(expert_dir, eval_env, required=True)
+    demos = load_demos(expert_dir, eval_env, args.num_expert_trajectories, args.subsample_frequency, args.seed, ("observations", "actions"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name, save_code=True)
+
+    obs_demo = torch.as_tensor(demos["observations"].reshape(len(demos["observations"]), -1), dtype=torch.float32, device=device)
+    act_demo = torch.as_tensor(demos["actions"], dtype=torch.long if discrete else torch.float32, device=device)
+    if args.normalize_observations:
+        # +1e-3 keeps constant observation dims (e.g. a pinned joint) from blowing up, as TD3+BC does
+        obs_mean, obs_std = obs_demo.mean(0), obs_demo.std(0) + 1e-3
+    else:
+        obs_mean, obs_std = torch.zeros(obs_demo.shape[1]), torch.ones(obs_demo.shape[1])
+    if discrete:
+        policy = Policy("categorical", obs_mean, obs_std, int(eval_env.action_space.n), args.hidden_size)
+    else:
+        high, low = eval_env.action_space.high, eval_env.action_space.low
+        if not (np.isfinite(high).all() and np.isfinite(low).all()):
+            sys.exit(f"error: bc.py rescales actions to [-1, 1] and needs finite action bounds, but {args.env_id} has {eval_env.action_space}.")
+        policy = Policy(args.policy, obs_mean, obs_std, int(np.prod(eval_env.action_space.shape)), args.hidden_size,
+                        args.num_components if args.policy == "mixture" else 1, (high - low) / 2, (high + low) / 2,
+                        args.log_std_min, args.log_std_max)
+    policy = policy.to(device)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
+    eval_rows = []
+
+    @torch.no_grad()
+    def act_deterministic(obs):
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=device).flatten(1)
+        return policy.deterministic_action(obs).cpu().numpy().reshape((len(obs), *eval_env.action_space.shape))
+
+    def run_evaluation(global_step):
+        returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
+        wall_time = time.time() - start_time
+        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
+               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
+               "sps": global_step / max(wall_time, 1e-9)}
+        eval_rows.append(row)
+        write_eval_row(run_dir, row)
+        if args.track:
+            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+        progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
+
+    start_time = time.time()
+    progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
+    run_evaluation(0)
+    for global_step in range(1, args.total_timesteps + 1):
+        index = torch.randint(0, len(obs_demo), (args.batch_size,), device=device)
+        loss = bc_loss(policy, obs_demo[index], act_demo[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.update(1)
+        if args.track and global_step % 100 == 0:
+            wandb.log({"losses/bc_loss": loss.item(), "charts/SPS": global_step / (time.time() - start_time)}, step=global_step)
+        if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
+            if not torch.isfinite(loss):
+                sys.exit(f"error: non-finite BC loss at step {global_step}; lower --learning-rate.")
+            run_evaluation(global_step)
+    progress.close()
+
+    wall_time = time.time() - start_time
+    mean_sps = args.total_timesteps / max(wall_time, 1e-9)
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps)
+    print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} gradient steps/s, outputs in {run_dir}")
+    eval_env.close()
+    if args.track:
+        wandb.finish()

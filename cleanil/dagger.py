@@ -1,0 +1,470 @@
+"""DAgger: Dataset Aggregation, imitation by querying the expert on the states the learner itself visits.
+
+DAgger (Ross, Gordon, Bagnell 2011, "A Reduction of Imitation Learning and Structured Prediction to No-Regret Online
+Learning", arXiv 1011.0686, Algorithm 3.1) fixes behavioural cloning's compounding errors: each round i rolls out the
+mixture pi_i = beta_i pi* + (1 - beta_i) pi_hat_i, labels every visited state with the expert's action pi*(s),
+aggregates these pairs into one dataset D and retrains the learner on all of D (Follow-the-Leader, Sec. 3-4).
+Map from Algorithm 3.1 to this file:
+  "Initialize D <- {}; pi_hat_1"          round 0: D = the shipped expert demos (`load_demos`; the paper's first
+                                           iteration with beta_1 = 1 is exactly a set of expert trajectories),
+                                           pi_hat_1 trained on them (behavioural cloning)
+  "pi_i = beta_i pi* + (1-beta_i) pi_hat_i" `beta_schedule`; the mixture is drawn per step in the rollout loop
+  "Sample T-step trajectories using pi_i" --steps-per-round environment steps per round, the env reset at its start
+  "D_i = {(s, pi*(s))}"                    `load_expert_policy` rebuilds the shipped expert from expert.json alone
+                                           and labels every visited state, whoever acted
+  "D <- D u D_i"                           the round's pairs appended to the preallocated dataset tensors
+  "Train classifier pi_hat_{i+1} on D"     `train_policy`: --epochs-per-round epochs of maximum likelihood
+                                           (`bc_loss`) over the whole of D, warm-started from pi_hat_i
+  "Return best pi_hat_i on validation"     every evaluation is logged; summary.json keeps the best normalized score
+The learner is a categorical policy (discrete actions) or a diagonal Gaussian with a state-independent std
+(continuous actions); it acts deterministically (argmax / mean) in rollouts and evaluation, and sees observations
+standardized with the expert demos' statistics. `charts/expert_agreement` is, per round, the fraction of the visited
+states on which pi_hat_i's action matches pi*'s: equal actions (discrete), or every action coordinate within
+--agreement-tolerance half action ranges (continuous; `charts/expert_action_mse` is logged as well).
+"""
+import json
+import os
+import random
+import sys
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from tqdm import tqdm
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanil"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    env_id: str = "CartPole-v1"
+    """the id of the environment"""
+    total_timesteps: Optional[int] = None
+    """environment steps of all rollouts; if set, it replaces --rounds by total_timesteps / steps_per_round"""
+    eval_frequency: int = 1_000
+    """evaluate the deterministic learner every this many environment steps"""
+    eval_episodes: int = 10
+    """number of episodes per evaluation"""
+    expert_path: Optional[str] = None
+    """folder of the expert artefacts (default: experts/<env-id>/ next to cleanil/): demos, policy, normalization"""
+    num_expert_trajectories: int = 10
+    """expert demo episodes in the round-0 dataset (the first ones of demos.npz)"""
+    subsample_frequency: int = 1
+    """keep every k-th transition of each demo episode, from a random offset (1: all)"""
+
+    # DAgger
+    rounds: int = 10
+    """DAgger rounds after round 0 (the demos): each rolls out pi_i, aggregates and retrains"""
+    steps_per_round: int = 1_000
+    """environment steps rolled out with the mixture policy pi_i per round (all are labelled by the expert)"""
+    beta_schedule: Literal["linear", "exponential"] = "linear"
+    """how the expert's share beta_i of the mixture policy decays over rounds (beta_0 = 1: the demos)"""
+    beta_rampdown_rounds: int = 5
+    """linear schedule: beta_i = max(0, 1 - i / beta_rampdown_rounds)"""
+    beta_decay: float = 0.5
+    """exponential schedule: beta_i = beta_decay ** i (the paper's beta_i = p^(i-1))"""
+    epochs_per_round: int = 10
+    """passes over the whole aggregated dataset D when retraining the learner each round"""
+    batch_size: int = 256
+    """minibatch size of the supervised updates"""
+    learning_rate: float = 1e-3
+    """the learning rate of the Adam optimizer"""
+    hidden_size: int = 256
+    """width of the learner's two hidden layers"""
+    agreement_tolerance: float = 0.1
+    """continuous actions: a learner action agrees with the expert's if every coordinate is within this many half
+    action ranges of it"""
+
+
+def make_env(env_id, seed, capture_video=False, run_name=""):
+    try:
+        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+    except gym.error.Error as error:
+        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
+    if capture_video:
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.action_space.seed(seed)
+    return env
+
+
+def load_expert_info(expert_dir, env, required):
+    """expert.json as a dict, checked against the env; None if absent and not required."""
+    info_path = Path(expert_dir) / "expert.json"
+    if not info_path.exists():
+        if required:
+            sys.exit(f"error: no expert at {info_path}; create it with `{expert_command(env.spec.id)}`.")
+        return None
+    try:
+        info = json.loads(info_path.read_text())
+        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
+        float(info["expert_return_mean"]), float(info["random_return_mean"])
+    except (ValueError, KeyError, TypeError) as error:
+        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
+        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+    return info
+
+
+def expert_command(env_id):
+    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
+    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
+
+
+def normalized_score(episode_return, expert_info):
+    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
+    if expert_info is None:
+        return float("nan")
+    random_return = expert_info["random_return_mean"]
+    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
+
+
+def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
+    """The first num_trajectories episodes of demos.npz, every subsample_frequency-th transition from a random offset
+    per episode (the GAIL protocol), as {key: array}; only `keys` are read, so state-only methods never see actions."""
+    path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id)
+    if not path.exists():
+        sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
+    if num_trajectories < 1 or subsample_frequency < 1:
+        sys.exit(f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must be at least 1.")
+    try:
+        with np.load(path) as demos:
+            starts, data = demos["episode_starts"], {key: demos[key] for key in keys}
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as error:
+        sys.exit(f"error: {path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
+    num_transitions = len(data[keys[0]])
+    shapes = {"observations": env.observation_space.shape, "next_observations": env.observation_space.shape,
+              "actions": env.action_space.shape}
+    for key, value in data.items():
+        if value.shape != (num_transitions, *shapes.get(key, ())):
+            sys.exit(f"error: {path} holds {key} of shape {value.shape[1:]} per transition, but {env.spec.id} needs "
+                     f"{shapes.get(key, ())}; regenerate it with `{command} --overwrite`.")
+    if num_trajectories > len(starts):
+        sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more than the {len(starts)} episodes in {path}; "
+                 f"lower it or regenerate the demos with `{command} --num-demo-episodes {num_trajectories} --overwrite`.")
+    rng = np.random.default_rng(seed)
+    ends = np.append(starts[1:], num_transitions)
+    index = np.concatenate([np.arange(start + rng.integers(subsample_frequency), end, subsample_frequency)
+                            for start, end in zip(starts[:num_trajectories], ends[:num_trajectories])])
+    return {key: value[index] for key, value in data.items()}
+
+
+class ExpertPolicy(nn.Module):
+    """The shipped expert pi*, rebuilt from expert.json["policy"]: argmax(mlp(s)), or tanh(mlp(s)) * scale + bias."""
+
+    def __init__(self, spec):
+        super().__init__()
+        layers, sizes = [], spec["layers"]
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(fan_in, fan_out), {"relu": nn.ReLU, "tanh": nn.Tanh}[spec["activation"]]()]
+        self.mlp = nn.Sequential(*layers[:-1])
+        self.output = spec["output"]
+        if self.output == "tanh":
+            self.register_buffer("action_scale", torch.tensor(spec["action_scale"], dtype=torch.float32))
+            self.register_buffer("action_bias", torch.tensor(spec["action_bias"], dtype=torch.float32))
+        elif self.output != "argmax":
+            raise ValueError(f"unknown policy output {self.output!r}")
+
+    def forward(self, obs):
+        if self.output == "argmax":
+            return self.mlp(obs).argmax(-1)
+        return torch.tanh(self.mlp(obs)) * self.action_scale + self.action_bias
+
+
+def load_expert_policy(expert_dir, info, device):
+    """pi* from policy.pt and the layer sizes in expert.json, without importing the trainer that wrote it."""
+    command = expert_command(info["env_id"])
+    try:
+        path = Path(expert_dir) / info["policy"]["file"]
+        expert = ExpertPolicy(info["policy"])
+    except (KeyError, TypeError, ValueError) as error:
+        sys.exit(f"error: {Path(expert_dir) / 'expert.json'} does not describe the expert policy ({error!r}); regenerate it with `{command} --overwrite`.")
+    if not path.exists():
+        sys.exit(f"error: no expert policy at {path}, which DAgger queries on every visited state; regenerate the expert with `{command} --overwrite`.")
+    num_outputs = info.get("num_actions") or int(np.prod(info["action_shape"]))
+    try:
+        if expert.mlp[0].in_features != int(np.prod(info["observation_shape"])) or expert.mlp[-1].out_features != num_outputs:
+            raise ValueError("layer sizes do not match the observation and action shapes")
+        expert.mlp.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, ValueError, OSError) as error:
+        sys.exit(f"error: {path} does not match the policy described in expert.json ({type(error).__name__}); regenerate the expert with `{command} --overwrite`.")
+    return expert.to(device).eval()
+
+
+class CategoricalPolicy(nn.Module):
+    """pi_hat(a|s) = softmax(logits(s)) over discrete actions; deterministic action = argmax."""
+
+    def __init__(self, obs_dim, num_actions, hidden_size, obs_mean, obs_std):
+        super().__init__()
+        self.logits = nn.Sequential(nn.Linear(obs_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size),
+                                    nn.ReLU(), nn.Linear(hidden_size, num_actions))
+        self.register_buffer("obs_mean", torch.as_tensor(obs_mean, dtype=torch.float32))
+        self.register_buffer("obs_std", torch.as_tensor(obs_std, dtype=torch.float32))
+
+    def log_prob(self, obs, actions):
+        logits = self.logits((obs - self.obs_mean) / self.obs_std)
+        return logits.log_softmax(-1).gather(-1, actions[..., None]).squeeze(-1)
+
+    def deterministic_action(self, obs):
+        return self.logits((obs - self.obs_mean) / self.obs_std).argmax(-1)
+
+
+class GaussianPolicy(nn.Module):
+    """pi_hat(a|s) = N(mu(s), diag(sigma^2)) with a learned state-independent sigma; deterministic action = mu,
+    clipped to the action box."""
+
+    def __init__(self, obs_dim, action_dim, hidden_size, obs_mean, obs_std, action_low, action_high):
+        super().__init__()
+        self.mean = nn.Sequential(nn.Linear(obs_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size),
+                                  nn.ReLU(), nn.Linear(hidden_size, action_dim))
+        self.log_std = nn.Parameter(torch.zeros(action_dim))
+        self.register_buffer("obs_mean", torch.as_tensor(obs_mean, dtype=torch.float32))
+        self.register_buffer("obs_std", torch.as_tensor(obs_std, dtype=torch.float32))
+        self.register_buffer("action_low", torch.as_tensor(action_low, dtype=torch.float32))
+        self.register_buffer("action_high", torch.as_tensor(action_high, dtype=torch.float32))
+
+    def log_prob(self, obs, actions):
+        mean = self.mean((obs - self.obs_mean) / self.obs_std)
+        return torch.distributions.Normal(mean, self.log_std.exp()).log_prob(actions).sum(-1)
+
+    def deterministic_action(self, obs):
+        return torch.clamp(self.mean((obs - self.obs_mean) / self.obs_std), self.action_low, self.action_high)
+
+
+def beta_schedule(round_index, schedule, rampdown_rounds, decay):
+    """beta_i, the expert's share of the mixture pi_i = beta_i pi* + (1 - beta_i) pi_hat_i (Alg. 3.1). Round 0 (the
+    demos) is the paper's first iteration with beta_1 = 1; `exponential` is the paper's beta_i = p^(i-1) (Sec. 3),
+    shifted to our 0-based rounds; `linear` ramps from 1 down to 0 at round rampdown_rounds."""
+    if schedule == "linear":
+        return max(0.0, 1.0 - round_index / rampdown_rounds)
+    return decay**round_index
+
+
+def bc_loss(policy, obs, expert_actions):
+    """Alg. 3.1 "train classifier pi_hat_{i+1} on D": the negative log-likelihood -E_D[log pi_hat(pi*(s)|s)]
+    (cross-entropy for discrete actions, Gaussian NLL for continuous ones)."""
+    return -policy.log_prob(obs, expert_actions).mean()
+
+
+def train_policy(policy, optimizer, observations, expert_actions, epochs, batch_size):
+    """epochs passes of minibatch bc_loss over the whole aggregated dataset D; returns the last epoch's mean loss."""
+    for _ in range(epochs):
+        losses = []
+        for index in torch.randperm(len(observations), device=observations.device).split(batch_size):
+            loss = bc_loss(policy, observations[index], expert_actions[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+    return torch.stack(losses).mean()
+
+
+def expert_agreement(learner_actions, expert_actions, tolerance):
+    """Fraction of states where pi_hat's action matches pi*'s: equal (integer actions), or every coordinate within
+    `tolerance` (a per-dimension tensor) of it (continuous actions)."""
+    if not torch.is_floating_point(learner_actions):
+        return (learner_actions == expert_actions).float().mean()
+    return ((learner_actions - expert_actions).abs() <= tolerance).all(-1).float().mean()
+
+
+def evaluate(act, env, num_episodes, seed):
+    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
+    returns = []
+    obs, _ = env.reset(seed=seed)
+    while len(returns) < num_episodes:
+        obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+        if terminated or truncated:
+            returns.append(info["episode"]["r"])
+            obs, _ = env.reset()
+    return np.array(returns, dtype=np.float64)
+
+
+def package_versions():
+    import importlib.metadata as metadata
+
+    return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
+
+
+def write_eval_row(run_dir, row):
+    """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
+    path = Path(run_dir) / "eval.csv"
+    new = not path.exists()
+    with open(path, "a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(f"{value:.6g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+
+
+def write_summary(run_dir, args, eval_rows, wall_time, sps):
+    scores = [row["normalized_score"] for row in eval_rows]
+    summary = {
+        "args": asdict(args),
+        "final_return": eval_rows[-1]["eval_return_mean"],
+        "final_normalized_score": scores[-1],
+        "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
+        "total_wall_time_s": wall_time,
+        "mean_sps": sps,
+        "versions": package_versions(),
+    }
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    for name in ("rounds", "steps_per_round", "epochs_per_round", "batch_size", "eval_frequency", "eval_episodes", "beta_rampdown_rounds"):
+        if getattr(args, name) < 1:
+            sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}.")
+    if not 0 <= args.beta_decay <= 1:
+        sys.exit(f"error: --beta-decay must lie in [0, 1], not {args.beta_decay}.")
+    if args.total_timesteps is not None:
+        if args.total_timesteps < 1 or args.total_timesteps % args.steps_per_round:
+            sys.exit(f"error: --total-timesteps {args.total_timesteps} is not a positive multiple of --steps-per-round {args.steps_per_round}; "
+                     "pass a multiple, or --rounds instead.")
+        args.rounds = args.total_timesteps // args.steps_per_round
+    args.total_timesteps = args.rounds * args.steps_per_round
+    expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / run_name
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    env = make_env(args.env_id, args.seed, args.capture_video, run_name)
+    eval_env = make_env(args.env_id, args.seed + 10_000)
+    discrete = isinstance(env.action_space, gym.spaces.Discrete)
+    if not discrete and not isinstance(env.action_space, gym.spaces.Box):
+        sys.exit(f"error: dagger.py supports Discrete and Box actions, but {args.env_id} has {env.action_space}.")
+    expert_info = load_expert_info(expert_dir, env, required=True)
+    expert = load_expert_policy(expert_dir, expert_info, device)
+    demos = load_demos(expert_dir, env, args.num_expert_trajectories, args.subsample_frequency, args.seed, ("observations", "actions"))
+    obs_dim = int(np.prod(env.observation_space.shape))
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name, save_code=True)
+
+    # the learner sees observations standardized with the demo statistics; constant features are left unscaled
+    obs_mean, obs_std = demos["observations"].mean(0), demos["observations"].std(0)
+    obs_std = np.where(obs_std > 1e-6, obs_std, 1.0)
+    if discrete:
+        policy = CategoricalPolicy(obs_dim, env.action_space.n, args.hidden_size, obs_mean, obs_std).to(device)
+        tolerance = None
+    else:
+        low, high = env.action_space.low, env.action_space.high
+        policy = GaussianPolicy(obs_dim, int(np.prod(env.action_space.shape)), args.hidden_size, obs_mean, obs_std, low, high).to(device)
+        tolerance = torch.as_tensor(args.agreement_tolerance * (high - low) / 2, dtype=torch.float32, device=device)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
+
+    # D, preallocated for the demos plus every rollout step: row k of the two tensors is the pair (s_k, pi*(s_k))
+    dataset_size = len(demos["observations"])
+    dataset_obs = torch.zeros(dataset_size + args.total_timesteps, obs_dim, device=device)
+    dataset_actions = torch.zeros((dataset_size + args.total_timesteps, *env.action_space.shape),
+                                  dtype=torch.long if discrete else torch.float32, device=device)
+    dataset_obs[:dataset_size] = torch.as_tensor(demos["observations"].reshape(dataset_size, obs_dim), device=device)
+    dataset_actions[:dataset_size] = torch.as_tensor(demos["actions"], device=device)
+    learner_actions = torch.zeros_like(dataset_actions[: args.steps_per_round])
+
+    @torch.no_grad()
+    def act_deterministic(obs):
+        return policy.deterministic_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+
+    def run_evaluation(global_step):
+        returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
+        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
+               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": time.time() - start_time,
+               "sps": global_step / max(time.time() - start_time, 1e-9)}
+        eval_rows.append(row)
+        write_eval_row(run_dir, row)
+        if args.track:
+            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+        progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
+
+    def log_round(round_index, global_step, beta, loss, metrics):
+        if not torch.isfinite(loss):
+            sys.exit(f"error: non-finite BC loss in round {round_index}; lower --learning-rate.")
+        metrics = {"charts/dataset_size": dataset_size, "charts/beta": beta, "losses/bc_loss": float(loss),
+                   **{key: float(value) for key, value in metrics.items()}}
+        if args.track:
+            wandb.log({**metrics, "charts/SPS": global_step / max(time.time() - start_time, 1e-9)}, step=global_step)
+        tqdm.write(f"round {round_index}/{args.rounds}: beta {beta:.3f}, dataset_size {dataset_size}, bc_loss {metrics['losses/bc_loss']:.4f}"
+                   + "".join(f", {key.split('/')[1]} {value:.4f}" for key, value in metrics.items() if "expert" in key))
+
+    # Alg. 3.1 initialisation: D = the expert demos (beta_1 = 1), pi_hat_1 trained on them
+    start_time, eval_rows = time.time(), []
+    loss = train_policy(policy, optimizer, dataset_obs[:dataset_size], dataset_actions[:dataset_size], args.epochs_per_round, args.batch_size)
+    log_round(0, 0, 1.0, loss, {})
+    progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
+    run_evaluation(0)
+    for global_step in range(1, args.total_timesteps + 1):
+        round_index, step_in_round = (global_step - 1) // args.steps_per_round + 1, (global_step - 1) % args.steps_per_round
+        if step_in_round == 0:
+            # Alg. 3.1: pi_i = beta_i pi* + (1 - beta_i) pi_hat_i, rolled out as fresh trajectories each round
+            beta = beta_schedule(round_index, args.beta_schedule, args.beta_rampdown_rounds, args.beta_decay)
+            obs, _ = env.reset(seed=args.seed if round_index == 1 else None)
+        with torch.no_grad():
+            obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device).reshape(1, obs_dim)
+            expert_action, learner_action = expert(obs_tensor)[0], policy.deterministic_action(obs_tensor)[0]
+        # Alg. 3.1: D_i = {(s, pi*(s))} for every state pi_i visits, whichever policy acts there
+        dataset_obs[dataset_size + step_in_round] = obs_tensor[0]
+        dataset_actions[dataset_size + step_in_round] = expert_action
+        learner_actions[step_in_round] = learner_action
+        # the mixture draws its policy per step, so a round's states interpolate between pi*'s and pi_hat_i's
+        action = (expert_action if random.random() < beta else learner_action).cpu().numpy()
+        obs, reward, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            if args.track:
+                wandb.log({"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]}, step=global_step)
+            obs, _ = env.reset()
+
+        if step_in_round == args.steps_per_round - 1:
+            # pi_hat_i's agreement with pi* on the states of its own round, measured before training on them
+            round_expert_actions = dataset_actions[dataset_size : dataset_size + args.steps_per_round]
+            metrics = {"charts/expert_agreement": expert_agreement(learner_actions, round_expert_actions, tolerance)}
+            if not discrete:
+                metrics["charts/expert_action_mse"] = (learner_actions - round_expert_actions).pow(2).sum(-1).mean()
+            # Alg. 3.1: D <- D u D_i, then train pi_hat_{i+1} on all of D
+            dataset_size += args.steps_per_round
+            loss = train_policy(policy, optimizer, dataset_obs[:dataset_size], dataset_actions[:dataset_size],
+                                args.epochs_per_round, args.batch_size)
+            log_round(round_index, global_step, beta, loss, metrics)
+        progress.update(1)
+        if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
+            run_evaluation(global_step)
+    progress.close()
+
+    wall_time = time.time() - start_time
+    mean_sps = args.total_timesteps / max(wall_time, 1e-9)
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps)
+    print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
+    env.close()
+    eval_env.close()
+    if args.track:
+        wandb.finish()

@@ -1,0 +1,351 @@
+"""REINFORCE: the Monte Carlo policy gradient, the reference from which the lecture derives every policy-gradient method.
+
+REINFORCE (Williams 1992, Machine Learning 8, "Simple statistical gradient-following algorithms") ascends
+grad J(theta) = E[sum_t grad log pi_theta(a_t | s_t) (G_t - b(s_t))] (Williams' Eq. 5-6 with the episodic
+characteristic eligibility), estimated from whole episodes of the current policy. Following the usual modern
+reading (Sutton & Barto 2018, Sec. 13.3-13.4; Schulman's CS294 notes): the return is the reward-to-go
+G_t = sum_{t' >= t} gamma^{t'-t} r_{t'} (`rewards_to_go`; causality drops the rewards before t without adding bias),
+`--baseline` subtracts a learned state value V_phi(s_t) regressed on G_t (`value_loss`; Sutton & Barto Alg. 13.4),
+and the advantages of a batch are standardised (`--norm-adv`, a per-batch rescaling of the step size). Each update
+uses `--num-episodes` complete episodes, one per environment of a gymnasium vector env; a categorical policy for
+discrete actions, a diagonal Gaussian with a state-independent log std for continuous ones (`reinforce_loss`).
+
+No expert is needed: the env's reward drives learning. expert.json, when present, only gives the normalized score.
+`--total-timesteps` counts the environment transitions the updates learn from; an env that finishes its episode
+early idles (its steps are masked out and not counted) until the batch's longest episode ends.
+"""
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from tqdm import tqdm
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanil"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    env_id: str = "CartPole-v1"
+    """the id of the environment"""
+    total_timesteps: int = 100_000
+    """total environment transitions learned from"""
+    eval_frequency: int = 10_000
+    """evaluate the deterministic policy every this many environment steps"""
+    eval_episodes: int = 10
+    """number of episodes per evaluation"""
+    expert_path: Optional[str] = None
+    """folder of the expert artefacts (default: experts/<env-id>/ next to cleanil/); read only for the normalized score"""
+
+    # REINFORCE
+    num_episodes: int = 8
+    """complete episodes per policy update, collected in parallel (one per vector env)"""
+    gamma: float = 0.99
+    """the discount factor gamma of the reward-to-go"""
+    learning_rate: float = 3e-3
+    """the learning rate of the policy's Adam optimizer"""
+    baseline: bool = False
+    """subtract a learned state-value baseline V(s_t) from the reward-to-go"""
+    value_learning_rate: float = 1e-3
+    """the learning rate of the value baseline's Adam optimizer"""
+    value_iterations: int = 25
+    """full-batch gradient steps on the value baseline per update"""
+    norm_adv: bool = True
+    """standardise the advantages (reward-to-go minus baseline) of each batch"""
+    hidden_size: int = 64
+    """width of the two hidden layers of the policy and of the value network"""
+
+
+def make_env(env_id, seed, capture_video=False, run_name=""):
+    try:
+        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+    except gym.error.Error as error:
+        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
+    if capture_video:
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.action_space.seed(seed)
+    return env
+
+
+def load_expert_info(expert_dir, env, required):
+    """expert.json as a dict, checked against the env; None if absent and not required."""
+    info_path = Path(expert_dir) / "expert.json"
+    if not info_path.exists():
+        if required:
+            sys.exit(f"error: no expert at {info_path}; create it with `{expert_command(env.spec.id)}`.")
+        return None
+    try:
+        info = json.loads(info_path.read_text())
+        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
+        float(info["expert_return_mean"]), float(info["random_return_mean"])
+    except (ValueError, KeyError, TypeError) as error:
+        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
+        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+    return info
+
+
+def expert_command(env_id):
+    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
+    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
+
+
+def normalized_score(episode_return, expert_info):
+    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
+    if expert_info is None:
+        return float("nan")
+    random_return = expert_info["random_return_mean"]
+    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    """Orthogonal initialisation, as cleanrl/ppo.py: a near-uniform initial policy (std 0.01 on the last layer)."""
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim, out_dim, hidden_size, out_std):
+    return nn.Sequential(layer_init(nn.Linear(in_dim, hidden_size)), nn.Tanh(), layer_init(nn.Linear(hidden_size, hidden_size)),
+                         nn.Tanh(), layer_init(nn.Linear(hidden_size, out_dim), std=out_std))
+
+
+class Policy(nn.Module):
+    """pi_theta(a|s): categorical over logits, or N(mu_theta(s), diag exp(2 log_std)) with a state-independent log_std."""
+
+    def __init__(self, obs_dim, action_space, hidden_size):
+        super().__init__()
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        out_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        self.network = mlp(obs_dim, out_dim, hidden_size, out_std=0.01)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.zeros(out_dim))
+
+    def distribution(self, obs):
+        out = self.network(obs)
+        if self.discrete:
+            return torch.distributions.Categorical(logits=out)
+        return torch.distributions.Independent(torch.distributions.Normal(out, self.log_std.exp().expand_as(out)), 1)
+
+    def log_prob(self, obs, actions):
+        return self.distribution(obs).log_prob(actions)
+
+    def deterministic_action(self, obs):
+        out = self.network(obs)
+        return out.argmax(-1) if self.discrete else out
+
+
+def rewards_to_go(rewards, dones, gamma):
+    """G_t = r_t + gamma (1 - done_t) G_{t+1} backwards over time ([T, num_envs] tensors): the discounted reward-to-go
+    of each step within its own episode; done_t (termination or time-limit truncation) closes the episode at t."""
+    returns = torch.zeros_like(rewards)
+    future = torch.zeros_like(rewards[0])
+    for t in reversed(range(len(rewards))):
+        future = rewards[t] + gamma * (1.0 - dones[t].float()) * future
+        returns[t] = future
+    return returns
+
+
+def reinforce_loss(log_probs, advantages):
+    """Williams' estimator: -1/N sum_t log pi(a_t|s_t) A_t, A_t = G_t - b(s_t) held constant; its gradient is the
+    sample mean of grad log pi(a_t|s_t) A_t over the batch's N transitions."""
+    return -(log_probs * advantages.detach()).mean()
+
+
+def value_loss(values, returns):
+    """Baseline regression: 1/2 mean (V_phi(s_t) - G_t)^2, the Monte Carlo target (no bootstrapping)."""
+    return 0.5 * F.mse_loss(values, returns)
+
+
+def evaluate(act, env, num_episodes, seed):
+    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
+    returns = []
+    obs, _ = env.reset(seed=seed)
+    while len(returns) < num_episodes:
+        obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+        if terminated or truncated:
+            returns.append(info["episode"]["r"])
+            obs, _ = env.reset()
+    return np.array(returns, dtype=np.float64)
+
+
+def package_versions():
+    import importlib.metadata as metadata
+
+    return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
+
+
+def write_eval_row(run_dir, row):
+    """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
+    path = Path(run_dir) / "eval.csv"
+    new = not path.exists()
+    with open(path, "a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(f"{value:.6g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+
+
+def write_summary(run_dir, args, eval_rows, wall_time, sps):
+    scores = [row["normalized_score"] for row in eval_rows]
+    summary = {
+        "args": asdict(args),
+        "final_return": eval_rows[-1]["eval_return_mean"],
+        "final_normalized_score": scores[-1],
+        "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
+        "total_wall_time_s": wall_time,
+        "mean_sps": sps,
+        "versions": package_versions(),
+    }
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / run_name
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    eval_env = make_env(args.env_id, args.seed + 10_000)
+    if not isinstance(eval_env.action_space, (gym.spaces.Discrete, gym.spaces.Box)):
+        sys.exit(f"error: reinforce.py supports Discrete and Box actions, but {args.env_id} has {eval_env.action_space}; pick another env.")
+    if args.num_episodes < 1:
+        sys.exit(f"error: --num-episodes must be >= 1, got {args.num_episodes}.")
+    expert_info = load_expert_info(expert_dir, eval_env, required=False)
+    # next-step autoreset (gymnasium 1.x): the step after an episode's last one only resets that env; it falls in the
+    # masked-out tail below, so no final observation is ever needed (REINFORCE never bootstraps)
+    envs = gym.vector.SyncVectorEnv([lambda i=i: make_env(args.env_id, args.seed + i, args.capture_video and i == 0, run_name)
+                                     for i in range(args.num_episodes)], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name, save_code=True)
+
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    policy = Policy(obs_dim, envs.single_action_space, args.hidden_size).to(device)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
+    if args.baseline:
+        value_network = mlp(obs_dim, 1, args.hidden_size, out_std=1.0).to(device)
+        value_optimizer = torch.optim.Adam(value_network.parameters(), lr=args.value_learning_rate)
+    if not policy.discrete:
+        low, high = envs.single_action_space.low, envs.single_action_space.high
+    eval_rows = []
+
+    @torch.no_grad()
+    def act_deterministic(obs):
+        action = policy.deterministic_action(torch.as_tensor(obs, dtype=torch.float32, device=device).flatten(1)).cpu().numpy()
+        return action if policy.discrete else np.clip(action.reshape((len(obs), *low.shape)), low, high)
+
+    def run_evaluation(global_step):
+        returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
+        wall_time = time.time() - start_time
+        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
+               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
+               "sps": global_step / max(wall_time, 1e-9)}
+        eval_rows.append(row)
+        write_eval_row(run_dir, row)
+        if args.track:
+            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+        progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
+
+    start_time = time.time()
+    progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
+    run_evaluation(0)
+    global_step, update = 0, 0
+    while global_step < args.total_timesteps:
+        update += 1
+        # collect one complete episode per env; `alive` masks each env's steps after its episode ended
+        obs, _ = envs.reset(seed=args.seed if update == 1 else None)
+        alive = np.ones(args.num_episodes, dtype=bool)
+        batch_obs, batch_actions, batch_rewards, batch_dones, batch_valid = [], [], [], [], []
+        while alive.any():
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device).flatten(1)
+            with torch.no_grad():
+                action = policy.distribution(obs_t).sample()
+            action_np = action.cpu().numpy()
+            # the Gaussian's sample is clipped for the env only; its log-prob stays that of the unclipped sample
+            obs, reward, terminated, truncated, _ = envs.step(action_np if policy.discrete else np.clip(action_np, low, high))
+            done = terminated | truncated
+            for storage, value in zip((batch_obs, batch_actions, batch_rewards, batch_dones, batch_valid),
+                                      (obs_t, action, reward, done, alive.copy())):
+                storage.append(value)
+            alive &= ~done
+        rewards = torch.as_tensor(np.array(batch_rewards), dtype=torch.float32, device=device)  # [T, num_episodes]
+        valid = torch.as_tensor(np.array(batch_valid), device=device)
+        returns = rewards_to_go(rewards, torch.as_tensor(np.array(batch_dones), device=device), args.gamma)[valid]
+        b_obs, b_actions = torch.stack(batch_obs)[valid], torch.stack(batch_actions)[valid]
+
+        advantages = returns
+        if args.baseline:
+            with torch.no_grad():
+                advantages = returns - value_network(b_obs).squeeze(-1)
+        if args.norm_adv:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        loss = reinforce_loss(policy.log_prob(b_obs, b_actions), advantages)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if args.baseline:
+            # fit V after the policy step, so that A_t never uses a baseline fitted on the very returns it centres
+            for _ in range(args.value_iterations):
+                v_loss = value_loss(value_network(b_obs).squeeze(-1), returns)
+                value_optimizer.zero_grad(set_to_none=True)
+                v_loss.backward()
+                value_optimizer.step()
+        if not torch.isfinite(loss):
+            sys.exit(f"error: non-finite REINFORCE loss at update {update}; lower --learning-rate.")
+
+        num_steps = len(returns)
+        global_step += num_steps
+        progress.update(num_steps)
+        if args.track:
+            stats = {"losses/policy_loss": loss.item(), "charts/episodic_return": float((rewards * valid).sum(0).mean()),
+                     "charts/episodic_length": num_steps / args.num_episodes, "charts/SPS": global_step / (time.time() - start_time)}
+            if args.baseline:
+                stats["losses/value_loss"] = v_loss.item()
+            wandb.log(stats, step=global_step)
+        if global_step // args.eval_frequency > (global_step - num_steps) // args.eval_frequency or global_step >= args.total_timesteps:
+            run_evaluation(global_step)
+    progress.close()
+
+    wall_time = time.time() - start_time
+    mean_sps = global_step / max(wall_time, 1e-9)
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps)
+    print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
+    envs.close()
+    eval_env.close()
+    if args.track:
+        wandb.finish()
