@@ -52,7 +52,8 @@ die() {
 
 cores() {
     local n
-    n=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+    # GNU nproc reports OMP_NUM_THREADS when it is set (e.g. to 1 by a user or a test): count cores without it
+    n=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
     echo "${n:-1}"
 }
 
@@ -149,11 +150,13 @@ for extra in ${EXTRA[@]+"${EXTRA[@]}"}; do
             die "benchmark.sh sets ${extra%%=*} itself; drop it from the extra args (use --tag to name a variant, --seeds and --env-ids for the rest)." ;;
     esac
 done
-mkdir -p "$WORKDIR" || die "cannot create --workdir $WORKDIR."
-WORKDIR="$(cd "$WORKDIR" && pwd)"
-LOG_DIR="${LOG_DIR:-$WORKDIR/benchmark/logs}"
-mkdir -p "$LOG_DIR" || die "cannot create --log-dir $LOG_DIR."
-LOG_DIR="$(cd "$LOG_DIR" && pwd)"
+absolute() { if [[ "$1" == /* ]]; then echo "${1%/}"; else echo "$PWD/${1%/}"; fi; }
+WORKDIR="$(absolute "$WORKDIR")"
+LOG_DIR="$(absolute "${LOG_DIR:-$WORKDIR/benchmark/logs}")"
+if ((!DRY_RUN)); then
+    mkdir -p "$WORKDIR" || die "cannot create --workdir $WORKDIR."
+    mkdir -p "$LOG_DIR" || die "cannot create --log-dir $LOG_DIR."
+fi
 PYTHON_BIN="${PYTHON_BIN:-$(default_python)}"
 
 CORES=$(cores)

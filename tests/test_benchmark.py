@@ -1,0 +1,270 @@
+"""benchmark.sh and benchmark/report.py: a tiny real sweep end to end, resume, failures, Slurm rendering, aggregation."""
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, read_eval_csv, read_summary
+
+BENCHMARK = REPO / "benchmark.sh"
+sys.path.insert(0, str(REPO / "benchmark"))
+import report  # noqa: E402
+
+# a few hundred DQN steps on CartPole: seconds per run, and every code path of the sweep
+TINY = ["--total-timesteps", "300", "--learning-starts", "100", "--eval-frequency", "150", "--eval-episodes", "2",
+        "--checkpoint-frequency", "0"]
+
+
+def bench(*args, cwd, env_vars=None, timeout=300):
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **(env_vars or {})}
+    return subprocess.run(["bash", str(BENCHMARK), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def fake_expert(folder, expert_return=500.0, random_return=20.0):
+    """The part of expert.json that the normalized score reads, so the tiny sweep has scores without a trained expert."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "expert.json").write_text(json.dumps({"observation_shape": [4], "action_shape": [],
+                                                    "expert_return_mean": expert_return, "random_return_mean": random_return}))
+    return folder
+
+
+def finished_runs(workdir, prefix):
+    return sorted(path.parent for path in (Path(workdir) / "runs").glob(f"{prefix}__*/summary.json"))
+
+
+def test_sweep_report_and_resume(tmp_path):
+    """dqn and dqn_double (a tagged variant: --double-q) on CartPole-v1, seeds 1-2, two workers; then report, re-run.
+
+    One test, not a module fixture shared by several: pytest-xdist would build such a fixture once per worker."""
+    expert = fake_expert(tmp_path / "expert")
+    common = ["--algos", "dqn", "--env-ids", "CartPole-v1", "--seeds", 2, "--workers", 2, "--workdir", tmp_path]
+    for tag_args, variant_args in (([], []), (["--tag", "double"], ["--double-q"])):
+        result = bench(*common, *tag_args, "--", *TINY, "--expert-path", expert, *variant_args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "2 finished now, 0 skipped (already finished), 0 failed" in result.stderr
+    for exp_name in ("dqn", "dqn_double"):
+        for seed in (1, 2):
+            (run_dir,) = finished_runs(tmp_path, f"CartPole-v1__{exp_name}__{seed}")
+            summary = read_summary(run_dir)
+            assert summary["args"]["exp_name"] == exp_name and summary["args"]["seed"] == seed
+            assert summary["args"]["total_timesteps"] == 300
+            assert summary["args"]["double_q"] == (exp_name == "dqn_double")
+            rows = read_eval_csv(run_dir)
+            assert [row["global_step"] for row in rows] == [0, 150, 300]
+            assert all(np.isfinite(row["normalized_score"]) and np.isfinite(row["eval_return_mean"]) for row in rows)
+            log = tmp_path / "benchmark" / "logs" / f"{exp_name}__CartPole-v1__{seed}.log"
+            assert "final return" in log.read_text()
+
+    # aggregation: a row per algorithm with mean +/- std over seeds, the IQM, a learning-curve plot
+    result = bench("report", "--workdir", tmp_path, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "benchmark" / "results.md").read_text()
+    for exp_name in ("dqn", "dqn_double"):
+        summaries = [read_summary(finished_runs(tmp_path, f"CartPole-v1__{exp_name}__{seed}")[0]) for seed in (1, 2)]
+        scores = np.array([(s["final_return"] - 20.0) / 480.0 for s in summaries])
+        np.testing.assert_allclose(scores, [s["final_normalized_score"] for s in summaries], rtol=1e-4)
+        returns = np.array([s["final_return"] for s in summaries])
+        row = f"| {exp_name} | CartPole-v1 | 1, 2 | 300 | {scores.mean():.3f} ± {scores.std():.3f} | {returns.mean():.1f} ± {returns.std():.1f} |"
+        assert row in text, text
+        # IQM of two runs trims nothing: it is their mean
+        assert f"| {exp_name} | {scores.mean():.3f} | 2 | CartPole-v1 |" in text, text
+    assert "![CartPole-v1](plots/CartPole-v1.png)" in text
+    png = (tmp_path / "benchmark" / "plots" / "CartPole-v1.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+    # the same sweep again: everything is finished, nothing runs, no log is touched
+    before = sorted((tmp_path / "runs").iterdir())
+    logs = {path: path.stat().st_mtime_ns for path in (tmp_path / "benchmark" / "logs").iterdir()}
+    result = bench(*common, "--", *TINY, "--expert-path", expert, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 combinations: 0 to run, 2 already finished" in result.stderr
+    assert "nothing to run" in result.stderr
+    assert sorted((tmp_path / "runs").iterdir()) == before
+    assert {path: path.stat().st_mtime_ns for path in logs} == logs
+
+
+def test_failed_runs_are_reported_and_the_sweep_goes_on(tmp_path):
+    # the bad env comes first: the CartPole run after it must still happen
+    args = ["--algos", "dqn", "--env-ids", "NoSuchEnv-v0 CartPole-v1", "--seeds", 1, "--workers", 1, "--workdir", tmp_path, "--", *TINY]
+    result = bench(*args, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "1 finished now, 0 skipped (already finished), 1 failed" in result.stderr
+    failures = result.stderr.split("failed runs")[1]
+    log = tmp_path / "benchmark" / "logs" / "dqn__NoSuchEnv-v0__1.log"
+    assert f"dqn NoSuchEnv-v0 seed 1: exit 1, log {log}" in failures
+    assert "error: unknown environment id 'NoSuchEnv-v0'" in failures  # the script's own sentence, from its log
+    assert "--env-id NoSuchEnv-v0" in failures and "CartPole" not in failures
+    assert "unknown environment id" in log.read_text()
+    assert len(finished_runs(tmp_path, "CartPole-v1__dqn__1")) == 1
+
+    # the same command again retries only the failure
+    again = bench(*args, cwd=tmp_path)
+    assert again.returncode == 1
+    assert "2 combinations: 1 to run, 1 already finished" in again.stderr
+    assert len(finished_runs(tmp_path, "CartPole-v1__dqn__1")) == 1
+
+    # a flag the script does not know fails every run, each listed
+    bad_flag = bench("--algos", "dqn", "--env-ids", "CartPole-v1", "--seeds", 2, "--workers", 2, "--workdir", tmp_path / "bad",
+                     "--", "--no-such-flag", cwd=tmp_path)
+    assert bad_flag.returncode == 1, bad_flag.stderr
+    assert "0 finished now, 0 skipped (already finished), 2 failed" in bad_flag.stderr
+    failures = bad_flag.stderr.split("failed runs")[1]
+    assert failures.count("Unrecognized options: --no-such-flag") == 2
+    assert "dqn CartPole-v1 seed 1: exit 2" in failures and "dqn CartPole-v1 seed 2: exit 2" in failures
+    assert not list((tmp_path / "bad").glob("runs/*/summary.json"))
+
+
+def test_dry_run_prints_commands_and_skips_finished(tmp_path):
+    finished = tmp_path / "runs" / "Pendulum-v1__sac__2__1700000000"
+    finished.mkdir(parents=True)
+    (finished / "summary.json").write_text("{}")
+    result = bench("--algos", "dqn sac", "--env-ids", "CartPole-v1 Pendulum-v1", "--seeds", 2, "--workers", 1,
+                   "--workdir", tmp_path, "--dry-run", "--", "--total-timesteps", 1000, "--capture-video", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 7  # 2 algos x 2 envs x 2 seeds, less the finished one
+    assert "skip sac Pendulum-v1 seed 2: finished in runs/Pendulum-v1__sac__2__1700000000" in result.stderr
+    cores = len(os.sched_getaffinity(0))
+    for line in lines:
+        assert line.startswith(f"cd {tmp_path} && OMP_NUM_THREADS={cores} MKL_NUM_THREADS={cores} MUJOCO_GL=")
+        assert "--total-timesteps 1000 --capture-video > " in line and line.endswith(".log 2>&1")
+    assert f"{REPO}/cleanil/sac.py --env-id Pendulum-v1 --seed 1 --exp-name sac" in result.stdout
+    assert f"{REPO}/cleanil/dqn.py --env-id CartPole-v1 --seed 2 --exp-name dqn" in result.stdout
+    assert "Pendulum-v1 --seed 2 --exp-name sac" not in result.stdout
+    assert list((tmp_path / "runs").iterdir()) == [finished]  # nothing ran
+    # many workers on few cores: one thread each, never zero
+    result = bench("--algos", "dqn", "--env-ids", "CartPole-v1", "--workers", 4 * cores, "--workdir", tmp_path, "--dry-run", cwd=tmp_path)
+    assert "OMP_NUM_THREADS=1 " in result.stdout
+
+
+def test_slurm_dry_run_renders_a_runnable_array(tmp_path):
+    args = ["--algos", "dqn", "--env-ids", "CartPole-v1 Acrobot-v1", "--seeds", 2, "--workdir", tmp_path, "--slurm",
+            "--partition", "gpu", "--time", "02:00:00", "--mem", "4G", "--cpus-per-task", 2,
+            "--sbatch-args", "--gres=gpu:1 --account=lab", "--setup", "echo setup-line-ran", "--", *TINY]
+    dry_args = args[: args.index("--")] + ["--dry-run"] + args[args.index("--"):]
+    result = bench(*dry_args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    script = result.stdout
+    directives = re.findall(r"^#SBATCH (.*)$", script, re.M)
+    for directive in ("--array=0-3", "--partition=gpu", "--time=02:00:00", "--mem=4G", "--cpus-per-task=2",
+                      "--gres=gpu:1", "--account=lab", f"--output={tmp_path}/benchmark/logs/slurm-%A_%a.out"):
+        assert directive in directives, script
+    for env_id in ("CartPole-v1", "Acrobot-v1"):
+        for seed in (1, 2):
+            assert f"{REPO}/cleanil/dqn.py --env-id {env_id} --seed {seed} --exp-name dqn --total-timesteps 300" in script
+    assert "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-2}" in script
+    script_file = tmp_path / "array.sh"
+    script_file.write_text(script)
+    assert subprocess.run(["bash", "-n", str(script_file)], capture_output=True).returncode == 0
+    assert not (tmp_path / "runs").exists()
+
+    # task 1 is CartPole-v1 seed 2: run it as a Slurm node would
+    task = subprocess.run(["bash", str(script_file)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SLURM_ARRAY_TASK_ID": "1", "SLURM_CPUS_PER_TASK": "1"})
+    assert task.returncode == 0, task.stdout + task.stderr
+    assert "setup-line-ran" in task.stdout and "OMP_NUM_THREADS=1" in task.stdout
+    (run_dir,) = finished_runs(tmp_path, "CartPole-v1__dqn__2")
+    assert np.isfinite(read_summary(run_dir)["final_return"])
+    assert "final return" in (tmp_path / "benchmark" / "logs" / "dqn__CartPole-v1__2.log").read_text()
+    rerun = subprocess.run(["bash", str(script_file)], cwd=tmp_path, capture_output=True, text=True,
+                           env={**os.environ, "SLURM_ARRAY_TASK_ID": "1"})
+    assert rerun.returncode == 0 and "already finished" in rerun.stdout
+    assert len(finished_runs(tmp_path, "CartPole-v1__dqn__2")) == 1
+
+    # rendered again, the finished combination is left out of the array; --workers throttles it
+    result = bench("--workers", 2, *dry_args, cwd=tmp_path)
+    assert "#SBATCH --array=0-2%2" in result.stdout
+    assert "CartPole-v1 --seed 2" not in result.stdout
+
+
+def test_slurm_submits_the_rendered_script(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"  # stands in for Slurm: records what it was given
+    sbatch.write_text(f'#!/bin/bash\necho "$@" > {tmp_path}/sbatch_args\necho "Submitted batch job 42"\n')
+    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
+    result = bench("--algos", "dqn", "--env-ids", "CartPole-v1", "--seeds", 3, "--workdir", tmp_path, "--slurm", "--", *TINY,
+                   cwd=tmp_path, env_vars={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    assert "Submitted batch job 42" in result.stdout
+    (submitted,) = (tmp_path / "sbatch_args").read_text().split()
+    assert Path(submitted).parent == tmp_path / "benchmark" / "logs"
+    assert "#SBATCH --array=0-2" in Path(submitted).read_text()
+    assert subprocess.run(["bash", "-n", submitted]).returncode == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--algos", "nope", "--env-ids", "CartPole-v1"], "no script cleanil/nope.py; --algos takes script names, one of:"),
+    (["--algos", "dqn"], "no environments; pass e.g. --env-ids"),
+    (["--algos", "dqn", "--env-ids", "CartPole-v1", "--seeds", "0"], "--seeds must be a positive integer"),
+    (["--algos", "dqn", "--env-ids", "CartPole-v1", "--", "--seed", "3"], "benchmark.sh sets --seed itself"),
+    (["--algos", "dqn", "--env-ids", "CartPole-v1", "--total-timesteps", "10"], "unknown option '--total-timesteps'; options for the scripts go after '--'"),
+])
+def test_bad_usage_is_one_sentence(tmp_path, args, message):
+    result = bench(*args, "--workdir", tmp_path, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_interquartile_mean_trims_a_quarter_at_each_end():
+    assert report.interquartile_mean([1, 2, 3, 4, 5, 6, 7, 100]) == pytest.approx(4.5)  # keeps 3, 4, 5, 6
+    assert report.interquartile_mean([5, -100, 1, 2, 3]) == pytest.approx(2.0)  # floor(5/4)=1 cut at each end
+    assert report.interquartile_mean([0.2, 0.4]) == pytest.approx(0.3)
+
+
+def write_run(runs_dir, exp_name, env_id, seed, returns, scores, stamp=1700000000, finished=True):
+    run_dir = runs_dir / f"{env_id}__{exp_name}__{seed}__{stamp}"
+    run_dir.mkdir(parents=True)
+    lines = ["global_step,eval_return_mean,eval_return_std,normalized_score,wall_time,sps"]
+    lines += [f"{100 * k},{r},0,{s},{k},50" for k, (r, s) in enumerate(zip(returns, scores))]
+    (run_dir / "eval.csv").write_text("\n".join(lines) + "\n")
+    if finished:
+        (run_dir / "summary.json").write_text(json.dumps({
+            "args": {"exp_name": exp_name, "env_id": env_id, "seed": seed, "total_timesteps": 100 * (len(returns) - 1)},
+            "final_return": returns[-1], "final_normalized_score": scores[-1], "best_normalized_score": max(scores),
+            "total_wall_time_s": 90.0, "mean_sps": 50.0}))
+
+
+def test_report_statistics_duplicates_and_return_fallback(tmp_path):
+    runs = tmp_path / "runs"
+    finals = {"EnvA-v0": [0.0, 0.5, 0.6, 1.0], "EnvB-v0": [0.2, 0.3, 0.9, 2.0]}
+    for env_id, scores in finals.items():
+        for seed, score in enumerate(scores, start=1):
+            write_run(runs, "algo", env_id, seed, [0.0, 100 * score], [0.0, score])
+    write_run(runs, "algo", "EnvA-v0", 1, [0.0, 999.0], [0.0, 9.99], stamp=1600000000)  # older duplicate of seed 1
+    os.utime(runs / "EnvA-v0__algo__1__1600000000" / "summary.json", (1, 1))
+    write_run(runs, "algo", "EnvA-v0", 5, [0.0, 5.0], [0.0, 0.05], finished=False)  # killed: no summary.json
+    nan = float("nan")
+    for seed in (1, 2):  # an env without expert.json: NaN scores
+        write_run(runs, "other", "EnvC-v0", seed, [1.0, 10.0 * seed], [nan, nan])
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(REPO / "benchmark" / "report.py"), "--runs-dir", runs, "--output-dir", out],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = (out / "results.md").read_text()
+    a = np.array(finals["EnvA-v0"])
+    assert f"| algo | EnvA-v0 | 1, 2, 3, 4 | 100 | {a.mean():.3f} ± {a.std():.3f} | {100 * a.mean():.1f} ± {100 * a.std():.1f} | 50 | 1m30s |" in text
+    pooled = np.sort(np.concatenate(list(finals.values())))  # 8 runs: the IQM keeps the middle four
+    assert f"| algo | {pooled[2:6].mean():.3f} | 8 | EnvA-v0, EnvB-v0 |" in text
+    assert "| other | EnvC-v0 | 1, 2 | 100 | n/a (no expert.json) | 15.0 ± 5.0 |" in text
+    assert "| other | n/a (no expert.json) | 0 |" in text
+    assert "### EnvC-v0 (returns: normalized score n/a for other, no expert.json)" in text
+    assert "1 run folder(s) without summary.json (unfinished or failed) left out" in text
+    assert "1 older duplicate run(s)" in text
+    for env_id in finals.keys() | {"EnvC-v0"}:
+        assert (out / "plots" / f"{env_id}.png").read_bytes().startswith(b"\x89PNG")
+
+    # filters, and a clear error when nothing matches
+    filtered = subprocess.run([sys.executable, str(REPO / "benchmark" / "report.py"), "--runs-dir", runs, "--output-dir", out,
+                               "--env-ids", "EnvB-v0"], capture_output=True, text=True, timeout=120)
+    assert filtered.returncode == 0 and "EnvA-v0" not in (out / "results.md").read_text()
+    empty = subprocess.run([sys.executable, str(REPO / "benchmark" / "report.py"), "--runs-dir", runs, "--algos", "nope"],
+                           capture_output=True, text=True, timeout=120)
+    assert empty.returncode != 0 and "Traceback" not in empty.stderr and "error: no finished runs" in empty.stderr
