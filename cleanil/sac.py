@@ -46,7 +46,7 @@ class Args:
     wandb_entity: Optional[str] = None
     """the entity (team) of wandb's project"""
     capture_video: bool = False
-    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    """record the first episode of every evaluation to videos/<run_name>/ (MuJoCo on a headless machine: MUJOCO_GL=egl)"""
     env_id: str = "Hopper-v4"
     """the id of the environment"""
     total_timesteps: int = 1_000_000
@@ -108,13 +108,14 @@ class Args:
     """which actor --save-expert ships: `best` (highest eval return seen, as expert checkpoints are usually picked) or `final`"""
 
 
-def make_env(env_id, seed, capture_video=False, run_name=""):
+def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
     try:
         env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
     except gym.error.Error as error:
         sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
     if capture_video:
-        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
     env.action_space.seed(seed)
     return env
@@ -299,12 +300,13 @@ def sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimi
 def evaluate(act, env, num_episodes, seed):
     """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
     returns = []
-    obs, _ = env.reset(seed=seed)
-    while len(returns) < num_episodes:
-        obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
-        if terminated or truncated:
-            returns.append(info["episode"]["r"])
-            obs, _ = env.reset()
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
     return np.array(returns, dtype=np.float64)
 
 
@@ -439,8 +441,8 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    env = make_env(args.env_id, args.seed, args.capture_video, run_name)
-    eval_env = make_env(args.env_id, args.seed + 10_000)
+    env = make_env(args.env_id, args.seed)
+    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     if not isinstance(env.action_space, gym.spaces.Box):
         sys.exit(f"error: sac.py needs continuous (Box) actions but {args.env_id} has {env.action_space}; use cleanil/dqn.py.")
     expert_info = load_expert_info(expert_dir, env, required=False)

@@ -133,3 +133,12 @@ def test_sac_learns_pendulum(workdir):
                "--eval-frequency", "3000", "--eval-episodes", "5", cwd=workdir)
     rows = read_eval_csv(run_dirs(workdir)[0])
     assert rows[0]["eval_return_mean"] < -900 and rows[-1]["eval_return_mean"] > -400, rows
+
+
+def test_capture_video_records_the_first_episode_of_each_evaluation(workdir):
+    run_script("sac.py", "--env-id", "InvertedPendulum-v4", "--total-timesteps", "200", "--learning-starts", "100",
+               "--eval-frequency", "100", "--eval-episodes", "2", "--hidden-size", "32", "--capture-video",
+               cwd=workdir, env_vars={"MUJOCO_GL": "egl"})
+    videos = sorted((workdir / "videos").glob("*/*.mp4"))
+    assert [video.name for video in videos] == [f"rl-video-episode-{i}.mp4" for i in (0, 2, 4)]
+    assert all(video.stat().st_size > 1000 for video in videos)
