@@ -84,13 +84,14 @@ class Args:
     """standardise observations with the expert demos' mean and std"""
 
 
-def make_env(env_id, seed, capture_video=False, run_name=""):
+def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
     try:
         env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
     except gym.error.Error as error:
         sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
     if capture_video:
-        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
     env.action_space.seed(seed)
     return env
@@ -223,8 +224,8 @@ def gaussian_log_prob(mean, log_std, actions):
 
 
 def mixture_log_prob(logits, means, log_stds, actions):
-    """log sum_k w_k N(a; mu_k, diag sigma_k^2) with w = softmax(logits) (Bishop 1994, Eq. 23's density), computed as a
-    logsumexp over components so that no component's tiny density underflows."""
+    """log sum_k w_k N(a; mu_k, diag sigma_k^2), w = softmax(logits): the mixture density network likelihood (Bishop
+    1994), a logsumexp over components so that no component's tiny density underflows to log 0."""
     component_log_prob = gaussian_log_prob(means, log_stds, actions.unsqueeze(-2))  # [B, K]
     return torch.logsumexp(F.log_softmax(logits, -1) + component_log_prob, -1)
 
@@ -237,12 +238,13 @@ def bc_loss(policy, obs, actions):
 def evaluate(act, env, num_episodes, seed):
     """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
     returns = []
-    obs, _ = env.reset(seed=seed)
-    while len(returns) < num_episodes:
-        obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
-        if terminated or truncated:
-            returns.append(info["episode"]["r"])
-            obs, _ = env.reset()
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
     return np.array(returns, dtype=np.float64)
 
 
@@ -259,7 +261,7 @@ def write_eval_row(run_dir, row):
     with open(path, "a") as f:
         if new:
             f.write(",".join(row) + "\n")
-        f.write(",".join(f"{value:.6g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+        f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
 
 
 def write_summary(run_dir, args, eval_rows, wall_time, sps):
@@ -289,7 +291,7 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name)
+    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     discrete = isinstance(eval_env.action_space, gym.spaces.Discrete)
     if not discrete and not isinstance(eval_env.action_space, gym.spaces.Box):
         sys.exit(f"error: bc.py supports Discrete and Box actions, but {args.env_id} has {eval_env.action_space}; pick another env.")

@@ -57,7 +57,7 @@ class Args:
     wandb_entity: Optional[str] = None
     """the entity (team) of wandb's project"""
     capture_video: bool = False
-    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    """record the first episode of every evaluation to videos/<run_name>/ (MuJoCo on a headless machine: MUJOCO_GL=egl)"""
     env_id: str = "CartPole-v1"
     """the id of the environment"""
     total_timesteps: Optional[int] = None
@@ -88,7 +88,7 @@ class Args:
     """passes over the whole aggregated dataset D when retraining the learner each round"""
     batch_size: int = 256
     """minibatch size of the supervised updates"""
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-4
     """the learning rate of the Adam optimizer"""
     hidden_size: int = 256
     """width of the learner's two hidden layers"""
@@ -97,13 +97,14 @@ class Args:
     action ranges of it"""
 
 
-def make_env(env_id, seed, capture_video=False, run_name=""):
+def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
     try:
         env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
     except gym.error.Error as error:
         sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
     if capture_video:
-        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
     env.action_space.seed(seed)
     return env
@@ -142,33 +143,33 @@ def normalized_score(episode_return, expert_info):
 
 
 def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
-    """The first num_trajectories episodes of demos.npz, every subsample_frequency-th transition from a random offset
-    per episode (the GAIL protocol), as {key: array}; only `keys` are read, so state-only methods never see actions."""
+    """The first num_trajectories demo episodes, every subsample_frequency-th transition from a random offset per
+    episode (as GAIL's subsampled demos, Ho & Ermon 2016); only `keys` are read from demos.npz."""
     path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id)
     if not path.exists():
         sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
     if num_trajectories < 1 or subsample_frequency < 1:
-        sys.exit(f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must be at least 1.")
+        sys.exit(f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must be >= 1.")
     try:
-        with np.load(path) as demos:
-            starts, data = demos["episode_starts"], {key: demos[key] for key in keys}
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as error:
+        data = np.load(path)
+        starts, length = data["episode_starts"], len(data["rewards"])
+        arrays = {key: data[key] for key in keys}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         sys.exit(f"error: {path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    num_transitions = len(data[keys[0]])
-    shapes = {"observations": env.observation_space.shape, "next_observations": env.observation_space.shape,
-              "actions": env.action_space.shape}
-    for key, value in data.items():
-        if value.shape != (num_transitions, *shapes.get(key, ())):
-            sys.exit(f"error: {path} holds {key} of shape {value.shape[1:]} per transition, but {env.spec.id} needs "
-                     f"{shapes.get(key, ())}; regenerate it with `{command} --overwrite`.")
     if num_trajectories > len(starts):
-        sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more than the {len(starts)} episodes in {path}; "
-                 f"lower it or regenerate the demos with `{command} --num-demo-episodes {num_trajectories} --overwrite`.")
+        sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
+                 f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
+                 f"--num-demo-episodes {num_trajectories} --overwrite`.")
+    action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
+    expected = {"observations": env.observation_space.shape, "next_observations": env.observation_space.shape, "actions": action_shape}
+    for key, shape in expected.items():
+        if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
+            sys.exit(f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
+                     f"regenerate it with `{command} --overwrite`.")
     rng = np.random.default_rng(seed)
-    ends = np.append(starts[1:], num_transitions)
-    index = np.concatenate([np.arange(start + rng.integers(subsample_frequency), end, subsample_frequency)
-                            for start, end in zip(starts[:num_trajectories], ends[:num_trajectories])])
-    return {key: value[index] for key, value in data.items()}
+    episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
+    index = np.concatenate([episode[rng.integers(min(subsample_frequency, len(episode))):: subsample_frequency] for episode in episodes])
+    return {key: value[index] for key, value in arrays.items()}
 
 
 class ExpertPolicy(nn.Module):
@@ -200,16 +201,19 @@ def load_expert_policy(expert_dir, info, device):
         path = Path(expert_dir) / info["policy"]["file"]
         expert = ExpertPolicy(info["policy"])
     except (KeyError, TypeError, ValueError) as error:
-        sys.exit(f"error: {Path(expert_dir) / 'expert.json'} does not describe the expert policy ({error!r}); regenerate it with `{command} --overwrite`.")
+        sys.exit(f"error: {Path(expert_dir) / 'expert.json'} does not describe the expert policy ({error!r}); "
+                 f"regenerate it with `{command} --overwrite`.")
     if not path.exists():
-        sys.exit(f"error: no expert policy at {path}, which DAgger queries on every visited state; regenerate the expert with `{command} --overwrite`.")
+        sys.exit(f"error: no expert policy at {path}, which DAgger queries on every visited state; "
+                 f"regenerate the expert with `{command} --overwrite`.")
     num_outputs = info.get("num_actions") or int(np.prod(info["action_shape"]))
     try:
         if expert.mlp[0].in_features != int(np.prod(info["observation_shape"])) or expert.mlp[-1].out_features != num_outputs:
             raise ValueError("layer sizes do not match the observation and action shapes")
         expert.mlp.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except (RuntimeError, ValueError, OSError) as error:
-        sys.exit(f"error: {path} does not match the policy described in expert.json ({type(error).__name__}); regenerate the expert with `{command} --overwrite`.")
+        sys.exit(f"error: {path} does not match the policy described in expert.json ({type(error).__name__}); "
+                 f"regenerate the expert with `{command} --overwrite`.")
     return expert.to(device).eval()
 
 
@@ -292,12 +296,13 @@ def expert_agreement(learner_actions, expert_actions, tolerance):
 def evaluate(act, env, num_episodes, seed):
     """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
     returns = []
-    obs, _ = env.reset(seed=seed)
-    while len(returns) < num_episodes:
-        obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
-        if terminated or truncated:
-            returns.append(info["episode"]["r"])
-            obs, _ = env.reset()
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
     return np.array(returns, dtype=np.float64)
 
 
@@ -314,7 +319,7 @@ def write_eval_row(run_dir, row):
     with open(path, "a") as f:
         if new:
             f.write(",".join(row) + "\n")
-        f.write(",".join(f"{value:.6g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+        f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
 
 
 def write_summary(run_dir, args, eval_rows, wall_time, sps):
@@ -340,8 +345,8 @@ if __name__ == "__main__":
         sys.exit(f"error: --beta-decay must lie in [0, 1], not {args.beta_decay}.")
     if args.total_timesteps is not None:
         if args.total_timesteps < 1 or args.total_timesteps % args.steps_per_round:
-            sys.exit(f"error: --total-timesteps {args.total_timesteps} is not a positive multiple of --steps-per-round {args.steps_per_round}; "
-                     "pass a multiple, or --rounds instead.")
+            sys.exit(f"error: --total-timesteps {args.total_timesteps} is not a positive multiple of --steps-per-round "
+                     f"{args.steps_per_round}; pass a multiple, or --rounds instead.")
         args.rounds = args.total_timesteps // args.steps_per_round
     args.total_timesteps = args.rounds * args.steps_per_round
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
@@ -355,8 +360,8 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    env = make_env(args.env_id, args.seed, args.capture_video, run_name)
-    eval_env = make_env(args.env_id, args.seed + 10_000)
+    env = make_env(args.env_id, args.seed)
+    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
     if not discrete and not isinstance(env.action_space, gym.spaces.Box):
         sys.exit(f"error: dagger.py supports Discrete and Box actions, but {args.env_id} has {env.action_space}.")
@@ -372,7 +377,8 @@ if __name__ == "__main__":
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name, save_code=True)
 
     # the learner sees observations standardized with the demo statistics; constant features are left unscaled
-    obs_mean, obs_std = demos["observations"].mean(0), demos["observations"].std(0)
+    demo_obs = demos["observations"].reshape(len(demos["observations"]), obs_dim).astype(np.float32)
+    obs_mean, obs_std = demo_obs.mean(0), demo_obs.std(0)
     obs_std = np.where(obs_std > 1e-6, obs_std, 1.0)
     if discrete:
         policy = CategoricalPolicy(obs_dim, env.action_space.n, args.hidden_size, obs_mean, obs_std).to(device)
@@ -384,12 +390,12 @@ if __name__ == "__main__":
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
 
     # D, preallocated for the demos plus every rollout step: row k of the two tensors is the pair (s_k, pi*(s_k))
-    dataset_size = len(demos["observations"])
+    dataset_size = len(demo_obs)
     dataset_obs = torch.zeros(dataset_size + args.total_timesteps, obs_dim, device=device)
     dataset_actions = torch.zeros((dataset_size + args.total_timesteps, *env.action_space.shape),
                                   dtype=torch.long if discrete else torch.float32, device=device)
-    dataset_obs[:dataset_size] = torch.as_tensor(demos["observations"].reshape(dataset_size, obs_dim), device=device)
-    dataset_actions[:dataset_size] = torch.as_tensor(demos["actions"], device=device)
+    dataset_obs[:dataset_size] = torch.as_tensor(demo_obs, device=device)
+    dataset_actions[:dataset_size] = torch.as_tensor(demos["actions"], dtype=dataset_actions.dtype, device=device)
     learner_actions = torch.zeros_like(dataset_actions[: args.steps_per_round])
 
     @torch.no_grad()
@@ -410,16 +416,17 @@ if __name__ == "__main__":
     def log_round(round_index, global_step, beta, loss, metrics):
         if not torch.isfinite(loss):
             sys.exit(f"error: non-finite BC loss in round {round_index}; lower --learning-rate.")
-        metrics = {"charts/dataset_size": dataset_size, "charts/beta": beta, "losses/bc_loss": float(loss),
+        metrics = {"charts/beta": beta, "charts/dataset_size": dataset_size, "losses/bc_loss": float(loss),
                    **{key: float(value) for key, value in metrics.items()}}
         if args.track:
             wandb.log({**metrics, "charts/SPS": global_step / max(time.time() - start_time, 1e-9)}, step=global_step)
-        tqdm.write(f"round {round_index}/{args.rounds}: beta {beta:.3f}, dataset_size {dataset_size}, bc_loss {metrics['losses/bc_loss']:.4f}"
-                   + "".join(f", {key.split('/')[1]} {value:.4f}" for key, value in metrics.items() if "expert" in key))
+        tqdm.write(f"round {round_index}/{args.rounds}: " + ", ".join(
+            f"{key.split('/')[1]} {value if isinstance(value, int) else f'{value:.4f}'}" for key, value in metrics.items()))
 
     # Alg. 3.1 initialisation: D = the expert demos (beta_1 = 1), pi_hat_1 trained on them
     start_time, eval_rows = time.time(), []
-    loss = train_policy(policy, optimizer, dataset_obs[:dataset_size], dataset_actions[:dataset_size], args.epochs_per_round, args.batch_size)
+    loss = train_policy(policy, optimizer, dataset_obs[:dataset_size], dataset_actions[:dataset_size], args.epochs_per_round,
+                        args.batch_size)
     log_round(0, 0, 1.0, loss, {})
     progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
     run_evaluation(0)
@@ -438,7 +445,7 @@ if __name__ == "__main__":
         learner_actions[step_in_round] = learner_action
         # the mixture draws its policy per step, so a round's states interpolate between pi*'s and pi_hat_i's
         action = (expert_action if random.random() < beta else learner_action).cpu().numpy()
-        obs, reward, terminated, truncated, info = env.step(action)
+        obs, _, terminated, truncated, info = env.step(action)
         if terminated or truncated:
             if args.track:
                 wandb.log({"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]}, step=global_step)

@@ -1,12 +1,13 @@
 """REINFORCE: the Monte Carlo policy gradient, the reference from which the lecture derives every policy-gradient method.
 
-REINFORCE (Williams 1992, Machine Learning 8, "Simple statistical gradient-following algorithms") ascends
-grad J(theta) = E[sum_t grad log pi_theta(a_t | s_t) (G_t - b(s_t))] (Williams' Eq. 5-6 with the episodic
-characteristic eligibility), estimated from whole episodes of the current policy. Following the usual modern
-reading (Sutton & Barto 2018, Sec. 13.3-13.4; Schulman's CS294 notes): the return is the reward-to-go
-G_t = sum_{t' >= t} gamma^{t'-t} r_{t'} (`rewards_to_go`; causality drops the rewards before t without adding bias),
-`--baseline` subtracts a learned state value V_phi(s_t) regressed on G_t (`value_loss`; Sutton & Barto Alg. 13.4),
-and the advantages of a batch are standardised (`--norm-adv`, a per-batch rescaling of the step size). Each update
+REINFORCE (Williams 1992, Machine Learning 8:229-256, "Simple statistical gradient-following algorithms") ascends
+grad J(theta) = E[sum_t grad log pi_theta(a_t | s_t) (G_t - b(s_t))] (the episodic REINFORCE of Williams' Sec. 5,
+a baseline b as in his Sec. 4), estimated from whole episodes of the current policy. Following the usual modern
+reading (Sutton & Barto 2018, Sec. 13.3-13.4): the return is the reward-to-go G_t = sum_{t' >= t} gamma^{t'-t} r_{t'}
+(`rewards_to_go`; causality drops the rewards before t without adding bias; the gamma^t factor of Sutton & Barto's
+box is dropped, as in common practice), `--baseline` subtracts a learned state value V_phi(s_t) regressed on G_t
+(`value_loss`, Sec. 13.4), and the advantages of a batch are standardised (`--norm-adv`: the centring acts as a
+constant baseline, the scaling as a per-batch step size). Each update
 uses `--num-episodes` complete episodes, one per environment of a gymnasium vector env; a categorical policy for
 discrete actions, a diagonal Gaussian with a state-independent log std for continuous ones (`reinforce_loss`).
 
@@ -80,13 +81,14 @@ class Args:
     """width of the two hidden layers of the policy and of the value network"""
 
 
-def make_env(env_id, seed, capture_video=False, run_name=""):
+def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
     try:
         env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
     except gym.error.Error as error:
         sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
     if capture_video:
-        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
     env.action_space.seed(seed)
     return env
@@ -186,12 +188,13 @@ def value_loss(values, returns):
 def evaluate(act, env, num_episodes, seed):
     """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
     returns = []
-    obs, _ = env.reset(seed=seed)
-    while len(returns) < num_episodes:
-        obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
-        if terminated or truncated:
-            returns.append(info["episode"]["r"])
-            obs, _ = env.reset()
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
     return np.array(returns, dtype=np.float64)
 
 
@@ -208,7 +211,7 @@ def write_eval_row(run_dir, row):
     with open(path, "a") as f:
         if new:
             f.write(",".join(row) + "\n")
-        f.write(",".join(f"{value:.6g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+        f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
 
 
 def write_summary(run_dir, args, eval_rows, wall_time, sps):
@@ -238,7 +241,7 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    eval_env = make_env(args.env_id, args.seed + 10_000)
+    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     if not isinstance(eval_env.action_space, (gym.spaces.Discrete, gym.spaces.Box)):
         sys.exit(f"error: reinforce.py supports Discrete and Box actions, but {args.env_id} has {eval_env.action_space}; pick another env.")
     if args.num_episodes < 1:
@@ -246,8 +249,8 @@ if __name__ == "__main__":
     expert_info = load_expert_info(expert_dir, eval_env, required=False)
     # next-step autoreset (gymnasium 1.x): the step after an episode's last one only resets that env; it falls in the
     # masked-out tail below, so no final observation is ever needed (REINFORCE never bootstraps)
-    envs = gym.vector.SyncVectorEnv([lambda i=i: make_env(args.env_id, args.seed + i, args.capture_video and i == 0, run_name)
-                                     for i in range(args.num_episodes)], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    envs = gym.vector.SyncVectorEnv([lambda i=i: make_env(args.env_id, args.seed + i) for i in range(args.num_episodes)],
+                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.track:
         import wandb
@@ -312,7 +315,7 @@ if __name__ == "__main__":
         if args.baseline:
             with torch.no_grad():
                 advantages = returns - value_network(b_obs).squeeze(-1)
-        if args.norm_adv:
+        if args.norm_adv and len(advantages) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         loss = reinforce_loss(policy.log_prob(b_obs, b_actions), advantages)
         optimizer.zero_grad(set_to_none=True)
@@ -337,7 +340,8 @@ if __name__ == "__main__":
             if args.baseline:
                 stats["losses/value_loss"] = v_loss.item()
             wandb.log(stats, step=global_step)
-        if global_step // args.eval_frequency > (global_step - num_steps) // args.eval_frequency or global_step >= args.total_timesteps:
+        crossed_eval_step = global_step // args.eval_frequency > (global_step - num_steps) // args.eval_frequency
+        if crossed_eval_step or global_step >= args.total_timesteps:
             run_evaluation(global_step)
     progress.close()
 

@@ -57,7 +57,8 @@ def test_bc_loss_is_the_negative_log_likelihood():
     obs = torch.randn(32, 3)
     categorical = dagger.CategoricalPolicy(3, 4, 16, np.zeros(3), np.ones(3))
     labels = torch.randint(0, 4, (32,))
-    assert dagger.bc_loss(categorical, obs, labels) == pytest.approx(F.cross_entropy(categorical.logits(obs), labels).item(), rel=1e-6)
+    cross_entropy = F.cross_entropy(categorical.logits(obs), labels)
+    assert dagger.bc_loss(categorical, obs, labels).item() == pytest.approx(cross_entropy.item(), rel=1e-6)
 
     gaussian = dagger.GaussianPolicy(3, 2, 16, np.ones(3), 2 * np.ones(3), -np.ones(2), np.ones(2))
     with torch.no_grad():
@@ -65,7 +66,7 @@ def test_bc_loss_is_the_negative_log_likelihood():
     targets = torch.rand(32, 2) * 2 - 1
     mean, std = gaussian.mean((obs - 1) / 2), torch.tensor([-1.0, 0.5]).exp()
     nll = (0.5 * ((targets - mean) / std) ** 2 + std.log() + 0.5 * math.log(2 * math.pi)).sum(-1).mean()
-    assert dagger.bc_loss(gaussian, obs, targets) == pytest.approx(nll.item(), rel=1e-5)
+    assert dagger.bc_loss(gaussian, obs, targets).item() == pytest.approx(nll.item(), rel=1e-5)
     # deterministic action = the mean, clipped to the action box
     assert torch.equal(gaussian.deterministic_action(obs), mean.clamp(-1, 1))
 
@@ -84,7 +85,7 @@ def test_expert_agreement():
     assert dagger.expert_agreement(torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 0]), None) == 0.75
     learner, expert = torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.05, -0.05]]), torch.zeros(3, 2)
     # within tolerance only if every coordinate is
-    assert dagger.expert_agreement(learner, expert, torch.tensor([0.1, 0.1])) == pytest.approx(2 / 3)
+    assert dagger.expert_agreement(learner, expert, torch.tensor([0.1, 0.1])).item() == pytest.approx(2 / 3)
 
 
 def test_load_demos_subsamples_each_episode_from_a_random_offset():
@@ -148,18 +149,19 @@ def test_smoke(case, tmp_path):
 def test_dagger_learns_cartpole(tmp_path):
     # one expert episode, every 20th state: too little for BC alone; the rounds' expert labels close the gap
     result = run_script("dagger.py", "--env-id", "CartPole-v1", "--num-expert-trajectories", 1, "--subsample-frequency", 20,
-                        "--rounds", 5, "--steps-per-round", 500, "--eval-frequency", 500, cwd=tmp_path)
+                        "--rounds", 8, "--steps-per-round", 500, "--eval-frequency", 500, cwd=tmp_path)
     rows = read_eval_csv(run_dirs(tmp_path)[0])
-    assert rows[-1]["global_step"] == 2500
+    assert rows[-1]["global_step"] == 4000
     assert rows[-1]["eval_return_mean"] >= 475, result.stdout
 
 
 @pytest.mark.learning
 def test_dagger_learns_pendulum(tmp_path):
+    # 20 expert states: BC alone scores below 0; the aggregated expert labels bring the learner to the expert
     result = run_script("dagger.py", "--env-id", "Pendulum-v1", "--num-expert-trajectories", 1, "--subsample-frequency", 10,
-                        "--rounds", 5, "--steps-per-round", 1000, "--eval-frequency", 1000, cwd=tmp_path)
+                        "--rounds", 6, "--steps-per-round", 1000, "--eval-frequency", 1000, cwd=tmp_path)
     rows = read_eval_csv(run_dirs(tmp_path)[0])
-    assert rows[-1]["global_step"] == 5000
+    assert rows[-1]["global_step"] == 6000
     assert rows[-1]["normalized_score"] >= 0.9, result.stdout
 
 
@@ -168,13 +170,15 @@ def test_missing_policy_file_is_one_clear_sentence(tmp_path):
     shutil.copytree(EXPERTS / "CartPole-v1", expert_copy)
     (expert_copy / "policy.pt").unlink()
     result = run_script("dagger.py", "--env-id", "CartPole-v1", "--expert-path", expert_copy, cwd=tmp_path, check=False)
-    assert_clean_error(result, f"no expert policy at {expert_copy / 'policy.pt'}", "python cleanil/dqn.py --env-id CartPole-v1 --save-expert")
+    assert_clean_error(result, f"no expert policy at {expert_copy / 'policy.pt'}",
+                       "`python cleanil/dqn.py --env-id CartPole-v1 --save-expert --overwrite`")
     assert result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("env_id, command", [("CartPole-v1", "python cleanil/dqn.py --env-id CartPole-v1 --save-expert"),
-                                             ("Pendulum-v1", "python cleanil/sac.py --env-id Pendulum-v1 --save-expert")])
+                                             ("Pendulum-v1", "python cleanil/sac.py --env-id Pendulum-v1 --save-expert")],
+                         ids=["discrete", "continuous"])
 def test_missing_experts_folder_names_the_command(env_id, command, tmp_path):
     result = run_script("dagger.py", "--env-id", env_id, "--expert-path", tmp_path / "experts" / env_id, cwd=tmp_path, check=False)
     assert_clean_error(result, "no expert at", f"`{command}`")
@@ -184,10 +188,10 @@ def test_missing_experts_folder_names_the_command(env_id, command, tmp_path):
 @pytest.mark.parametrize("flags, fragment", [
     (["--rounds", 0], "--rounds must be at least 1"),
     (["--total-timesteps", 250, "--steps-per-round", 100], "not a positive multiple of --steps-per-round"),
-    (["--num-expert-trajectories", 10_000], "--num-expert-trajectories 10000 asks for more than"),
+    (["--num-expert-trajectories", 10_000], "--num-expert-trajectories 10000 asks for more trajectories than"),
     (["--env-id", "Acrobot-v1", "--expert-path", EXPERTS / "CartPole-v1"], "but Acrobot-v1 has"),
     (["--env-id", "NoSuchEnv-v0"], "unknown environment id"),
-])
+], ids=["zero-rounds", "timesteps-not-a-multiple", "too-many-trajectories", "expert-of-another-env", "unknown-env"])
 def test_bad_input_is_a_clean_error(flags, fragment, tmp_path):
     result = run_script("dagger.py", *flags, cwd=tmp_path, check=False)
     assert_clean_error(result, fragment)

@@ -1,0 +1,161 @@
+"""bc.py: the likelihoods and the BC loss on toy tensors, a mixture head that fits what a Gaussian cannot, demo
+loading and subsampling, every flag path end to end, bad input, and learning from the shipped demos."""
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import bc
+from conftest import assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
+
+
+def test_bc_loss_on_toy_batch():
+    # zeroed last layer: the head outputs its bias whatever the observation, so the NLL is known in closed form
+    policy = bc.Policy("categorical", torch.zeros(3), torch.ones(3), 2, hidden_size=8)
+    with torch.no_grad():
+        policy.network[-1].weight.zero_()
+        policy.network[-1].bias.copy_(torch.log(torch.tensor([0.2, 0.8])))
+    loss = bc.bc_loss(policy, torch.randn(3, 3), torch.tensor([0, 1, 1]))
+    assert loss.item() == pytest.approx(-(math.log(0.2) + 2 * math.log(0.8)) / 3, rel=1e-5)
+
+    # Gaussian on actions rescaled by action_scale 2 and bias 1; a raw log_std of 0 maps to the middle of [min, max]
+    policy = bc.Policy("gaussian", torch.zeros(3), torch.ones(3), 1, hidden_size=8, action_scale=[2.0], action_bias=[1.0],
+                       log_std_min=-5.0, log_std_max=2.0)
+    with torch.no_grad():
+        policy.network[-1].weight.zero_()
+        policy.network[-1].bias.copy_(torch.tensor([0.5, 0.0]))
+    actions = torch.tensor([[3.0], [-1.0], [1.0]])
+    expected = -torch.distributions.Normal(0.5, math.exp(-1.5)).log_prob((actions - 1.0) / 2.0).mean()
+    assert bc.bc_loss(policy, torch.randn(3, 3), actions).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_mixture_log_prob_is_a_normalised_mixture_density():
+    torch.manual_seed(0)
+    logits, means, log_stds = torch.randn(4, 3), torch.randn(4, 3, 2), 0.3 * torch.randn(4, 3, 2)
+    actions = torch.randn(4, 2)
+    D = torch.distributions
+    reference = D.MixtureSameFamily(D.Categorical(logits=logits), D.Independent(D.Normal(means, log_stds.exp()), 1))
+    torch.testing.assert_close(bc.mixture_log_prob(logits, means, log_stds, actions), reference.log_prob(actions))
+    # a 1-D mixture integrates to 1 on a grid, even with a component far narrower than the others
+    grid = torch.linspace(-10, 10, 200_001, dtype=torch.float64)[:, None]
+    logits, means, log_stds = (torch.tensor(x, dtype=torch.float64) for x in ([[0.0, 1.0, -1.0]], [[[-2.0], [0.5], [3.0]]],
+                                                                               [[[0.0], [-3.0], [-0.5]]]))
+    density = bc.mixture_log_prob(logits, means, log_stds, grid).exp()
+    assert torch.trapezoid(density, grid[:, 0]).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_mixture_head_fits_a_bimodal_expert_that_a_gaussian_cannot():
+    # the lecture's example: the expert swerves left or right around an obstacle, never straight ahead
+    torch.manual_seed(0)
+    sample = lambda n: (torch.where(torch.rand(n, 1) < 0.5, -0.6, 0.6) + 0.05 * torch.randn(n, 1))
+    obs, actions, held_out = torch.zeros(2048, 1), sample(2048), sample(2048)
+    held_out_ll = {}
+    for head in ("gaussian", "mixture"):
+        policy = bc.Policy(head, torch.zeros(1), torch.ones(1), 1, hidden_size=32, num_components=5 if head == "mixture" else 1)
+        optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
+        for _ in range(1500):
+            index = torch.randint(0, len(obs), (256,))
+            loss = bc.bc_loss(policy, obs[index], actions[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            held_out_ll[head] = policy.log_prob(torch.zeros(len(held_out), 1), held_out).mean().item()
+            mode = policy.deterministic_action(torch.zeros(1, 1)).item()
+        if head == "mixture":  # acts like one of the two modes, not like their average
+            assert abs(abs(mode) - 0.6) < 0.1, mode
+    # best single Gaussian: N(0, 0.6^2 + 0.05^2), held-out LL ~ -0.91; the true density: LL ~ 0.88
+    assert held_out_ll["gaussian"] < -0.8, held_out_ll
+    assert held_out_ll["mixture"] > 0.7, held_out_ll
+    assert held_out_ll["mixture"] > held_out_ll["gaussian"] + 1.0, held_out_ll
+
+
+def write_demos(expert_dir, episode_lengths, obs_dim=4):
+    """A fake demos.npz whose observation rows hold their own transition index (to check which rows were kept)."""
+    n = sum(episode_lengths)
+    expert_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(expert_dir / "demos.npz", observations=np.repeat(np.arange(n, dtype=np.float32)[:, None], obs_dim, 1),
+                        actions=np.zeros(n, dtype=np.int64), rewards=np.ones(n, dtype=np.float32),
+                        next_observations=np.zeros((n, obs_dim), dtype=np.float32), terminations=np.zeros(n, dtype=bool),
+                        truncations=np.zeros(n, dtype=bool), episode_starts=np.cumsum([0, *episode_lengths[:-1]]))
+
+
+def test_load_demos_takes_first_trajectories_and_subsamples_each_from_a_random_offset(tmp_path):
+    write_demos(tmp_path, [10, 7, 5, 9])
+    env = gym.make("CartPole-v1")
+    demos = bc.load_demos(tmp_path, env, num_trajectories=3, subsample_frequency=3, seed=0, keys=("observations",))
+    assert set(demos) == {"observations"}  # only the requested keys are read
+    kept = demos["observations"][:, 0].astype(int)
+    for start, end in ((0, 10), (10, 17), (17, 22)):
+        rows = kept[(kept >= start) & (kept < end)]
+        assert rows[0] - start < 3 and (np.diff(rows) == 3).all() and end - rows[-1] <= 3, rows
+    assert kept.max() < 22  # the fourth trajectory was not asked for
+    offsets = {tuple(bc.load_demos(tmp_path, env, 3, 3, seed, ("observations",))["observations"][:, 0] % 3) for seed in range(10)}
+    assert len(offsets) > 1  # the offset is random, drawn per seed
+    full = bc.load_demos(tmp_path, env, 4, 1, 0, ("observations", "actions"))
+    assert len(full["observations"]) == len(full["actions"]) == 31
+
+
+def test_load_demos_rejects_demos_that_do_not_match_the_env(tmp_path):
+    write_demos(tmp_path, [5, 5], obs_dim=3)
+    with pytest.raises(SystemExit) as error:
+        bc.load_demos(tmp_path, gym.make("CartPole-v1"), 2, 1, 0, ("observations", "actions"))
+    assert "holds observations of shape (3,)" in str(error.value.code) and "dqn.py --env-id CartPole-v1" in str(error.value.code)
+
+
+SMOKE = {
+    "discrete": ["--env-id", "CartPole-v1"],
+    "discrete-subsample": ["--env-id", "CartPole-v1", "--subsample-frequency", "5", "--no-normalize-observations"],
+    "gaussian-subsample": ["--env-id", "Pendulum-v1", "--policy", "gaussian", "--subsample-frequency", "4"],
+    "mixture": ["--env-id", "Pendulum-v1", "--policy", "mixture", "--num-components", "3"],
+    "mixture-track-video": ["--env-id", "InvertedPendulum-v4", "--policy", "mixture", "--track", "--capture-video"],
+}
+
+
+@pytest.mark.parametrize("flags", SMOKE.values(), ids=SMOKE.keys())
+def test_smoke(workdir, flags):
+    run_script("bc.py", *flags, "--total-timesteps", 200, "--eval-frequency", 100, "--eval-episodes", 2,
+               "--num-expert-trajectories", 2, "--batch-size", 64, cwd=workdir, env_vars={"MUJOCO_GL": "egl"})
+    (run_dir,) = run_dirs(workdir)
+    rows = read_eval_csv(run_dir)
+    assert [row["global_step"] for row in rows] == [0, 100, 200]
+    assert all(np.isfinite(list(row.values())).all() for row in rows), rows
+    summary = read_summary(run_dir)
+    assert np.isfinite([summary["final_return"], summary["final_normalized_score"], summary["mean_sps"]]).all(), summary
+    subsample = int(flags[flags.index("--subsample-frequency") + 1]) if "--subsample-frequency" in flags else 1
+    assert summary["args"]["subsample_frequency"] == subsample
+    if "--track" in flags:
+        assert list((workdir / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
+    if "--capture-video" in flags:  # the first episode of each of the 3 evaluations
+        assert len(list((workdir / "videos").rglob("*.mp4"))) == 3, "no video recorded"
+
+
+def test_more_trajectories_than_shipped_is_one_clear_sentence(workdir):
+    result = run_script("bc.py", "--env-id", "CartPole-v1", "--num-expert-trajectories", 100_000, cwd=workdir, check=False)
+    assert_clean_error(result, "--num-expert-trajectories 100000 asks for more trajectories than the", "demos.npz")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (workdir / "runs").exists()
+
+
+def test_missing_expert_names_the_command_that_creates_it(workdir):
+    result = run_script("bc.py", "--env-id", "Acrobot-v1", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
+    assert_clean_error(result, "no expert at", "python cleanil/dqn.py --env-id Acrobot-v1 --save-expert")
+
+
+@pytest.mark.learning
+def test_bc_cartpole_reaches_expert_return(workdir):
+    run_script("bc.py", "--env-id", "CartPole-v1", "--num-expert-trajectories", 10, "--total-timesteps", 3000,
+               "--eval-frequency", 1000, cwd=workdir)
+    rows = read_eval_csv(run_dirs(workdir)[0])
+    assert rows[-1]["eval_return_mean"] >= 475, rows
+
+
+@pytest.mark.learning
+def test_bc_pendulum_gaussian_recovers_most_of_the_expert(workdir):
+    # Pendulum's swing-up punishes small action errors: BC needs all 25 demos and ~7k steps (0.99-1.04 over seeds 1-3)
+    run_script("bc.py", "--env-id", "Pendulum-v1", "--num-expert-trajectories", 25, "--total-timesteps", 10_000,
+               "--eval-frequency", 5_000, cwd=workdir)
+    rows = read_eval_csv(run_dirs(workdir)[0])
+    assert rows[-1]["normalized_score"] >= 0.9, rows
