@@ -77,6 +77,6 @@ def test_bad_input(workdir):
 
 @pytest.mark.learning
 def test_dqn_learns_cartpole(workdir):
-    run_script("dqn.py", "--total-timesteps", "30000", "--eval-frequency", "10000", cwd=workdir)
+    run_script("dqn.py", "--total-timesteps", "50000", "--eval-frequency", "5000", "--checkpoint-frequency", "0", cwd=workdir)
     rows = read_eval_csv(run_dirs(workdir)[0])
-    assert rows[0]["eval_return_mean"] < 100 and max(row["eval_return_mean"] for row in rows) >= 400, rows
+    assert rows[0]["eval_return_mean"] < 100 and max(row["eval_return_mean"] for row in rows) >= 475, rows
