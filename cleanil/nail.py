@@ -1,0 +1,635 @@
+"""Non-Adversarial Imitation Learning: SAC on r = -log r~(s,a) + log pi~(a|s), in the Discriminator-Actor-Critic loop.
+
+NAIL (Arenz & Neumann 2020, "Non-Adversarial Imitation Learning and its Connections to Adversarial Methods", arXiv
+2008.03525) minimises the reverse KL(q_pi(s,a) || p(s,a)) between the agent's state-action distribution q and the
+expert's p by iterations t = 0, 1, ...: sample from the current policy pi~ = pi_t (its distribution q_t), estimate the
+density ratio r~ = q_t / p with a discriminator, then solve the maximum-entropy RL problem with the reward
+r_t(s,a) = -log r~(s,a) + log pi~(a|s). Our reading (the paper's text and equation numbers could not be opened here,
+only its abstract; the derivation below is ours, and matches the abstract's statement that AIRL is an instance: AIRL's
+f(s,a) = log D/(1-D) + log pi_t at the optimum is exactly r_t): with an exact r~ and entropy weight alpha = 1,
+  E_q[r_t - log pi] = -E_q[log q_t(s,a)/p(s,a)] - E_{q(s)} KL(pi(.|s) || pi~(.|s)) = -KL(q || p) + KL(q(s) || q_t(s)),
+so each step is a KL(pi || pi~)-regularised improvement on the frozen log-ratio, equal to -KL(q || p) at pi = pi~: the
+reference term log pi~ cancels the entropy bonus near pi~ (no entropy drift) and ties the policy step to the density
+ratio of the policy that produced the data, which plain AIL (`--reward ail`: r = -log r~, same loop) does not.
+Map to this file:
+  iteration t (--epoch-steps)  the reference pi~ is a frozen copy of the actor taken at the start of each epoch; it
+                               alone collects that epoch's transitions (the uniform policy in the warm-up epochs)
+  `Discriminator`              logit(s,a) -> log q_t(s,a)/p(s,a): logistic regression, agent label 1, expert label 0
+  `discriminator_loss`         the binary cross-entropy, trained at each epoch's end on that epoch's transitions (q_t)
+                               against the demos, --discriminator-updates-per-step minibatches per collected step
+  `gradient_penalty`           as DAC (Kostrikov et al. 2019, arXiv 1809.02925): WGAN-GP (Gulrajani et al. 2017, arXiv
+                               1704.00028, Eq. 3) (||grad logit(x_hat)|| - 1)^2 on expert/agent interpolates
+  `add_absorbing_state`        DAC's absorbing states: a terminated transition leads to an absorbing state s_a (zeros plus an
+                               indicator feature) with a self-transition (s_a, 0, s_a) whose reward the discriminator
+                               learns like any other; every target bootstraps (none is zeroed), truncations keep their
+                               real next state; expert absorbing transitions are never subsampled and weigh
+                               1/--subsample-frequency in the discriminator loss (checked against google-research/dac)
+  `nail_reward`, `ail_reward`  computed under no_grad on every SAC minibatch from the current discriminator and pi~
+                               (the replay buffer stores no reward); log pi~ = 0 in the absorbing state (one action)
+  `soft_q_loss` ... `sac_update`  SAC (sac.py's block; Haarnoja et al. 2018, arXiv 1812.05905, Eq. 5-7, 18) with DAC's
+                               absorbing-state target (zero action, no entropy in s_a) and no actor update on s_a;
+                               --updates-per-step SAC updates per collected step at each epoch's end, on the whole buffer
+alpha = 1 fixed is the entropy weight of the reward above (autotuning it leaves the bound; --autotune is there to try).
+Replay actions of old policies can be arbitrarily unlikely under a narrow pi~, so log pi~ is clipped below at
+--reference-log-prob-min per action dimension: an off-policy guard of ours that leaves pi~'s own actions untouched.
+Discriminator (DAC): two tanh layers of 256, Adam 1e-3, batches of 100, gradient penalty 10.
+"""
+import json
+import os
+import random
+import sys
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from tqdm import tqdm
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanil"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """record the first episode of every evaluation to videos/<run_name>/ (MuJoCo on a headless machine: MUJOCO_GL=egl)"""
+    env_id: str = "Hopper-v4"
+    """the id of the environment"""
+    total_timesteps: int = 1_000_000
+    """total environment steps of the experiment"""
+    eval_frequency: int = 10_000
+    """evaluate the deterministic policy every this many environment steps"""
+    eval_episodes: int = 10
+    """number of episodes per evaluation"""
+    expert_path: Optional[str] = None
+    """folder of the expert artefacts (default: experts/<env-id>/ next to cleanil/)"""
+    num_expert_trajectories: int = 4
+    """number of expert demo episodes to imitate (the first ones of demos.npz)"""
+    subsample_frequency: int = 1
+    """keep every k-th expert transition, with a random offset per trajectory (DAC's subsampled regime: 20)"""
+
+    # NAIL
+    reward: Literal["nail", "ail"] = "nail"
+    """`nail`: r = -log r~(s,a) + log pi~(a|s); `ail`: r = -log r~(s,a), the same loop without the reference term"""
+    epoch_steps: int = 1_000
+    """environment steps per NAIL iteration, collected by the reference policy frozen at the epoch's start (DAC: one
+    rollout of up to 1000 steps between updates)"""
+    discriminator_updates_per_step: float = 1.0
+    """discriminator minibatches per environment step of the epoch, run at the epoch's end (DAC: one)"""
+    discriminator_batch_size: int = 100
+    """agent and expert transitions per discriminator minibatch, each (DAC: 100)"""
+    discriminator_lr: float = 1e-3
+    """the learning rate of the discriminator's Adam optimizer (DAC: Adam's default)"""
+    discriminator_hidden_size: int = 256
+    """width of the discriminator's two tanh hidden layers (DAC: 256)"""
+    gradient_penalty: float = 10.0
+    """coefficient of the WGAN-GP gradient penalty on the discriminator's logit (DAC: 10; 0: off)"""
+    reference_log_prob_min: float = -10.0
+    """lower clip of log pi~(a|s) per action dimension in the NAIL reward (an off-policy guard, see the docstring)"""
+    updates_per_step: int = 1
+    """SAC updates per environment step of the epoch, run at the epoch's end on the whole replay buffer"""
+
+    # SAC (cleanrl/sac_continuous_action.py defaults, entropy weight fixed at NAIL's 1)
+    buffer_size: int = 1_000_000
+    """the replay memory buffer size"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 0.005
+    """target smoothing coefficient (Polyak averaging)"""
+    batch_size: int = 256
+    """the batch size of samples from the replay memory"""
+    learning_starts: int = 1_000
+    """environment steps with uniformly random actions before learning starts (DAC: 1000); the first update runs at
+    the end of the epoch that reaches it"""
+    policy_lr: float = 3e-4
+    """the learning rate of the policy network optimizer"""
+    q_lr: float = 1e-3
+    """the learning rate of the Q network optimizer"""
+    policy_frequency: int = 2
+    """the actor is updated every this many steps, this many times (delayed updates as in TD3)"""
+    target_network_frequency: int = 1
+    """the frequency of updates for the target networks"""
+    alpha: float = 1.0
+    """entropy regularization coefficient (NAIL's bound: 1, the weight of log pi~ in the reward)"""
+    autotune: bool = False
+    """automatic tuning of the entropy coefficient (SAC Eq. 18; off: it departs from NAIL's bound)"""
+    hidden_size: int = 256
+    """width of the two hidden layers of actor and critics"""
+    log_std_min: float = -5.0
+    """lower bound of the actor's log standard deviation"""
+    log_std_max: float = 2.0
+    """upper bound of the actor's log standard deviation"""
+
+
+def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+    try:
+        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+    except gym.error.Error as error:
+        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
+    if capture_video:
+        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.action_space.seed(seed)
+    return env
+
+
+def load_expert_info(expert_dir, env, required):
+    """expert.json as a dict, checked against the env; None if absent and not required."""
+    info_path = Path(expert_dir) / "expert.json"
+    if not info_path.exists():
+        if required:
+            sys.exit(f"error: no expert at {info_path}; create it with `{expert_command(env.spec.id)}`.")
+        return None
+    try:
+        info = json.loads(info_path.read_text())
+        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
+        float(info["expert_return_mean"]), float(info["random_return_mean"])
+    except (ValueError, KeyError, TypeError) as error:
+        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
+        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+    return info
+
+
+def expert_command(env_id):
+    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
+    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
+
+
+def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
+    """The first num_trajectories demo episodes, every subsample_frequency-th transition from a random offset per
+    episode (as GAIL's subsampled demos, Ho & Ermon 2016); only `keys` are read from demos.npz."""
+    path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id)
+    if not path.exists():
+        sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
+    if num_trajectories < 1 or subsample_frequency < 1:
+        sys.exit(f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must be >= 1.")
+    try:
+        data = np.load(path)
+        starts, length = data["episode_starts"], len(data["rewards"])
+        arrays = {key: data[key] for key in keys}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        sys.exit(f"error: {path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
+    if num_trajectories > len(starts):
+        sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
+                 f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
+                 f"--num-demo-episodes {num_trajectories} --overwrite`.")
+    action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
+    expected = {"observations": env.observation_space.shape, "next_observations": env.observation_space.shape, "actions": action_shape}
+    for key, shape in expected.items():
+        if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
+            sys.exit(f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
+                     f"regenerate it with `{command} --overwrite`.")
+    rng = np.random.default_rng(seed)
+    episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
+    index = np.concatenate([episode[rng.integers(min(subsample_frequency, len(episode))):: subsample_frequency] for episode in episodes])
+    return {key: value[index] for key, value in arrays.items()}
+
+
+def normalized_score(episode_return, expert_info):
+    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
+    if expert_info is None:
+        return float("nan")
+    random_return = expert_info["random_return_mean"]
+    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
+
+
+class SoftQEnsemble(nn.Module):
+    """num_q independent critics Q_k(s, a), evaluated together: each layer is one batched matmul over the critics."""
+
+    def __init__(self, obs_dim, action_dim, hidden_size, num_q=2):
+        super().__init__()
+        sizes = [obs_dim + action_dim, hidden_size, hidden_size, 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1 / np.sqrt(fan_in)  # nn.Linear's default initialisation, per critic
+            self.weights.append(nn.Parameter(torch.empty(num_q, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(num_q, 1, fan_out).uniform_(-bound, bound)))
+
+    def forward(self, obs, action):
+        x = torch.cat([obs, action], -1).expand(len(self.weights[0]), -1, -1)
+        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(bias, x, weight)
+            if layer < len(self.weights) - 1:
+                x = F.relu(x)
+        return x.squeeze(-1)  # [num_q, batch]
+
+
+class Actor(nn.Module):
+    def __init__(self, env, hidden_size, log_std_min, log_std_max):
+        super().__init__()
+        obs_dim, action_dim = np.prod(env.observation_space.shape), np.prod(env.action_space.shape)
+        self.fc1 = nn.Linear(obs_dim, hidden_size)
+        self.fc2 = nn.Linear(hidden_size, hidden_size)
+        self.fc_mean = nn.Linear(hidden_size, action_dim)
+        self.fc_logstd = nn.Linear(hidden_size, action_dim)
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        high, low = env.action_space.high, env.action_space.low
+        self.register_buffer("action_scale", torch.tensor((high - low) / 2.0, dtype=torch.float32))
+        self.register_buffer("action_bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
+
+    def forward(self, obs):
+        hidden = F.relu(self.fc2(F.relu(self.fc1(obs))))
+        mean = self.fc_mean(hidden)
+        # squash log_std into [min, max] smoothly instead of clipping (keeps its gradient alive)
+        log_std = torch.tanh(self.fc_logstd(hidden))
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
+        return mean, log_std
+
+    def get_action(self, obs):
+        """a = tanh(u) * scale + bias with u ~ N(mean, std) reparameterised; log pi(a|s) by Eq. 21."""
+        mean, log_std = self(obs)
+        normal = torch.distributions.Normal(mean, log_std.exp())
+        u = normal.rsample()
+        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)): exact and stable where tanh saturates
+        log_prob = normal.log_prob(u) - 2 * (np.log(2) - u - F.softplus(-2 * u)) - torch.log(self.action_scale)
+        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob.sum(-1)
+
+    def deterministic_action(self, obs):
+        return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
+
+
+class ReplayBuffer:
+    """Transitions in preallocated tensors on the training device; uniform sampling without leaving it.
+    Observations carry DAC's absorbing indicator as their last feature; no rewards: NAIL's reward is a function of the
+    current discriminator and reference policy, recomputed on every sampled minibatch."""
+
+    def __init__(self, obs_dim, action_dim, size, device):
+        self.observations = torch.zeros(size, obs_dim, device=device)
+        self.actions = torch.zeros(size, action_dim, device=device)
+        self.next_observations = torch.zeros(size, obs_dim, device=device)
+        self.size, self.pos, self.full = size, 0, False
+
+    def add(self, obs, action, next_obs):
+        for storage, value in zip(self.tensors(), (obs, action, next_obs)):
+            storage[self.pos] = torch.as_tensor(value, dtype=torch.float32)
+        self.pos = (self.pos + 1) % self.size
+        self.full = self.full or self.pos == 0
+
+    def sample(self, batch_size, recent=None):
+        """Uniform over the buffer, or over its `recent` last rows (one epoch: samples of q_t only)."""
+        filled = self.size if self.full else self.pos
+        if recent is None:
+            index = torch.randint(0, filled, (batch_size,), device=self.observations.device)
+        else:
+            index = (self.pos - 1 - torch.randint(0, min(recent, filled), (batch_size,), device=self.observations.device)) % self.size
+        return [storage[index] for storage in self.tensors()]
+
+    def tensors(self):
+        return self.observations, self.actions, self.next_observations
+
+
+class Discriminator(nn.Module):
+    """logit(s, a); trained by `discriminator_loss` (agent 1, expert 0) it estimates log q_t(s,a)/p(s,a) = log r~."""
+
+    def __init__(self, in_dim, hidden_size):
+        super().__init__()
+        self.network = nn.Sequential(nn.Linear(in_dim, hidden_size), nn.Tanh(), nn.Linear(hidden_size, hidden_size), nn.Tanh(),
+                                     nn.Linear(hidden_size, 1))
+
+    def forward(self, x):
+        return self.network(x).squeeze(-1)
+
+
+def add_absorbing_state(obs, actions, next_obs, terminations):
+    """DAC's absorbing states on a batch of transitions (numpy): observations gain an indicator feature (0: a real state); a
+    terminated transition's next state becomes the absorbing state s_a = (0, ..., 0, 1), and one self-transition
+    (s_a, 0, s_a) is appended per termination. Truncated transitions are not terminations: their next state stays."""
+    terminations = np.asarray(terminations, dtype=bool)
+    real = lambda x: np.concatenate([x, np.zeros((len(x), 1), dtype=np.float32)], 1)
+    absorbing = np.zeros((1, obs.shape[1] + 1), dtype=np.float32)
+    absorbing[0, -1] = 1
+    next_obs = np.where(terminations[:, None], absorbing, real(next_obs))
+    extra = int(terminations.sum())
+    return (np.concatenate([real(obs), np.repeat(absorbing, extra, 0)]),
+            np.concatenate([actions, np.zeros((extra, actions.shape[1]), dtype=actions.dtype)]),
+            np.concatenate([next_obs, np.repeat(absorbing, extra, 0)]).astype(np.float32))
+
+
+def discriminator_inputs(obs, actions, action_scale, action_bias):
+    """(s with its absorbing indicator, a rescaled to [-1, 1] and clipped there as the env clips what it executes);
+    the absorbing state's action is 0."""
+    live = 1 - obs[:, -1:]
+    return torch.cat([obs, ((actions - action_bias) / action_scale).clamp(-1, 1) * live], -1)
+
+
+def discriminator_loss(agent_logits, expert_logits, expert_weights=None):
+    """Logistic regression, agent (label 1) vs expert (label 0): -E_q[log sigma(l)] - E_p[w log(1 - sigma(l))], whose
+    optimum for balanced batches is l = log q_t/p. Expert absorbing rows weigh 1/subsample_frequency (DAC)."""
+    agent_term = F.binary_cross_entropy_with_logits(agent_logits, torch.ones_like(agent_logits))
+    expert_term = F.binary_cross_entropy_with_logits(expert_logits, torch.zeros_like(expert_logits), weight=expert_weights)
+    return agent_term + expert_term
+
+
+def gradient_penalty(discriminator, agent_inputs, expert_inputs):
+    """E[(||grad_x logit(x_hat)||_2 - 1)^2] at x_hat = eps x_expert + (1 - eps) x_agent, eps ~ U[0, 1] per pair
+    (WGAN-GP Eq. 3, as DAC puts it on its discriminator's logit): keeps the logit smooth between the two data sets."""
+    eps = torch.rand(len(expert_inputs), 1, device=expert_inputs.device)
+    mixed = (eps * expert_inputs + (1 - eps) * agent_inputs).requires_grad_(True)
+    (grad,) = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)
+    return ((grad.norm(2, dim=-1) - 1) ** 2).mean()
+
+
+def reference_log_prob(actor, obs, actions, log_prob_min):
+    """log pi~(a|s) of given actions under a tanh-Gaussian actor (Eq. 21 inverted: u = atanh((a - bias) / scale)),
+    clipped below at log_prob_min per action dimension."""
+    mean, log_std = actor(obs)
+    x = ((actions - actor.action_bias) / actor.action_scale).clamp(-1 + 1e-6, 1 - 1e-6)
+    u = torch.atanh(x)
+    log_prob = torch.distributions.Normal(mean, log_std.exp()).log_prob(u) - 2 * (np.log(2) - u - F.softplus(-2 * u))
+    log_prob = (log_prob - torch.log(actor.action_scale)).sum(-1)
+    return log_prob.clamp(min=log_prob_min * actions.shape[-1])
+
+
+def nail_reward(log_ratio, log_pi_reference):
+    """NAIL: r_t(s, a) = -log r~(s, a) + log pi~(a|s) = log p(s,a)/q_t(s,a) + log pi_t(a|s) (AIRL's f at its optimum)."""
+    return -log_ratio + log_pi_reference
+
+
+def ail_reward(log_ratio):
+    """Plain AIL: r(s, a) = -log r~(s, a) = log p(s,a)/q_t(s,a) (AIRL's / DAC's log D - log(1 - D))."""
+    return -log_ratio
+
+
+def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma):
+    """Eq. 5-6 with DAC's absorbing state: (Q_k(s,a) - [r + gamma (min_k Q'_k(s', a') - alpha log pi(a'|s'))])^2,
+    a' ~ pi(s') in a real s'; a' = 0 and no entropy in s_a, whose value is bootstrapped like any other (no (1 - d))."""
+    obs, actions, rewards, next_obs, next_absorbing = batch
+    with torch.no_grad():
+        next_actions, next_log_pi = actor.get_action(next_obs[:, :-1])
+        live = 1 - next_absorbing
+        min_q_next = qf_target(next_obs, next_actions * live[:, None]).min(0).values - alpha * live * next_log_pi
+        q_target = rewards + gamma * min_q_next
+    q_values = qf(obs, actions)
+    # sum over the critics: each critic gets the full MSE gradient, as with separate losses
+    return F.mse_loss(q_values, q_target.expand_as(q_values), reduction="none").mean(1).sum(), q_values
+
+
+def policy_loss(actor, qf, obs, alpha):
+    """Eq. 7: E_s E_{a~pi}[alpha log pi(a|s) - min_k Q_k(s, a)] through the reparameterised a, over real states only
+    (DAC: no actor update in the absorbing state, where the action is fixed)."""
+    actions, log_pi = actor.get_action(obs[:, :-1])
+    live = 1 - obs[:, -1]
+    return ((alpha * log_pi - qf(obs, actions).min(0).values) * live).sum() / live.sum().clamp(min=1), log_pi, live
+
+
+def alpha_loss(log_alpha, log_pi, target_entropy, live):
+    """Eq. 18: -alpha (log pi(a|s) + H_target), so alpha grows when the entropy drops below the target."""
+    return (-log_alpha.exp() * (log_pi.detach() + target_entropy) * live).sum() / live.sum().clamp(min=1)
+
+
+def sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer, alpha_optimizer, args,
+               target_entropy, global_step):
+    """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls."""
+    alpha = log_alpha.exp().detach()
+    qf_loss, q_values = soft_q_loss(qf, qf_target, actor, batch, alpha, args.gamma)
+    q_optimizer.zero_grad(set_to_none=True)
+    qf_loss.backward()
+    q_optimizer.step()
+    stats = {"losses/qf_loss": qf_loss.detach(), "losses/qf1_values": q_values[0].detach().mean()}
+
+    if global_step % args.policy_frequency == 0:
+        for _ in range(args.policy_frequency):
+            actor_loss, log_pi, live = policy_loss(actor, qf, batch[0], alpha)
+            actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            actor_optimizer.step()
+            if args.autotune:
+                loss = alpha_loss(log_alpha, log_pi, target_entropy, live)
+                alpha_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                alpha_optimizer.step()
+                alpha = log_alpha.exp().detach()
+        stats.update({"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha,
+                      "charts/entropy": -(log_pi.detach() * live).sum() / live.sum().clamp(min=1)})
+
+    if global_step % args.target_network_frequency == 0:
+        with torch.no_grad():
+            for param, target_param in zip(qf.parameters(), qf_target.parameters()):
+                target_param.lerp_(param, args.tau)
+    return stats
+
+
+def evaluate(act, env, num_episodes, seed):
+    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
+    returns = []
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
+    return np.array(returns, dtype=np.float64)
+
+
+def package_versions():
+    import importlib.metadata as metadata
+
+    return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
+
+
+def write_eval_row(run_dir, row):
+    """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
+    path = Path(run_dir) / "eval.csv"
+    new = not path.exists()
+    with open(path, "a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+
+
+def write_summary(run_dir, args, eval_rows, wall_time, sps):
+    scores = [row["normalized_score"] for row in eval_rows]
+    summary = {
+        "args": asdict(args),
+        "final_return": eval_rows[-1]["eval_return_mean"],
+        "final_normalized_score": scores[-1],
+        "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
+        "total_wall_time_s": wall_time,
+        "mean_sps": sps,
+        "versions": package_versions(),
+    }
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "batch_size", "epoch_steps", "discriminator_batch_size",
+                 "discriminator_hidden_size", "hidden_size", "updates_per_step", "buffer_size"):
+        if getattr(args, name) < 1:
+            sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}.")
+    if args.discriminator_updates_per_step <= 0 or args.gradient_penalty < 0 or args.alpha <= 0:
+        sys.exit("error: --discriminator-updates-per-step and --alpha must be positive, --gradient-penalty non-negative.")
+    expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / run_name
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    env = make_env(args.env_id, args.seed)
+    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
+    if not isinstance(env.action_space, gym.spaces.Box):
+        sys.exit(f"error: nail.py needs continuous (Box) actions (its RL algorithm is SAC) but {args.env_id} has {env.action_space}.")
+    expert_info = load_expert_info(expert_dir, env, required=True)
+    demos = load_demos(expert_dir, env, args.num_expert_trajectories, args.subsample_frequency, args.seed,
+                       ("observations", "actions", "next_observations", "terminations"))
+    # DAC adds the absorbing states before subsampling and never drops them: one per terminated demo episode
+    num_terminated = int(load_demos(expert_dir, env, args.num_expert_trajectories, 1, args.seed, ("terminations",))["terminations"].sum())
+    expert_obs, expert_actions, _ = add_absorbing_state(demos["observations"], demos["actions"].astype(np.float32),
+                                                        demos["next_observations"], demos["terminations"])
+    missing = num_terminated - int(demos["terminations"].sum())  # terminal transitions that subsampling dropped
+    expert_obs = np.concatenate([expert_obs, np.repeat(np.eye(expert_obs.shape[1], dtype=np.float32)[-1:], missing, 0)])
+    expert_actions = np.concatenate([expert_actions, np.zeros((missing, expert_actions.shape[1]), dtype=np.float32)])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name, save_code=True)
+    obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+
+    actor = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)
+    reference = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)  # pi~, frozen per epoch
+    qf = SoftQEnsemble(obs_dim + 1, action_dim, args.hidden_size).to(device)
+    qf_target = SoftQEnsemble(obs_dim + 1, action_dim, args.hidden_size).to(device)
+    qf_target.load_state_dict(qf.state_dict())
+    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    target_entropy = -float(action_dim)
+    log_alpha = torch.tensor(np.log(args.alpha), dtype=torch.float32, device=device, requires_grad=True)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr)
+    rb = ReplayBuffer(obs_dim + 1, action_dim, args.buffer_size, device)
+    discriminator = Discriminator(obs_dim + 1 + action_dim, args.discriminator_hidden_size).to(device)
+    discriminator_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.discriminator_lr)
+
+    scale, bias = actor.action_scale, actor.action_bias
+    expert_obs = torch.as_tensor(expert_obs, dtype=torch.float32, device=device)
+    expert_inputs = discriminator_inputs(expert_obs, torch.as_tensor(expert_actions, dtype=torch.float32, device=device), scale, bias)
+    expert_weights = torch.where(expert_obs[:, -1] == 1, 1.0 / args.subsample_frequency, 1.0)
+    # the warm-up epochs' reference is the uniform policy: log pi~ = -sum log(high - low) everywhere
+    uniform_log_prob = -torch.log(2 * scale).sum()
+    reference_is_uniform, num_updates, num_epochs, eval_rows = True, 0, 0, []
+
+    def minibatch_rewards(obs, actions):
+        """The reward of the current discriminator and pi~ on a replay minibatch (no_grad: a fixed reward per epoch)."""
+        with torch.no_grad():
+            log_ratio = discriminator(discriminator_inputs(obs, actions, scale, bias))
+            if args.reward == "ail":
+                return ail_reward(log_ratio)
+            log_pi_reference = uniform_log_prob if reference_is_uniform else reference_log_prob(
+                reference, obs[:, :-1], actions, args.reference_log_prob_min)
+            # the absorbing state has a single action: log pi~ = log 1 = 0
+            return nail_reward(log_ratio, log_pi_reference * (1 - obs[:, -1]))
+
+    @torch.no_grad()
+    def act_deterministic(obs):
+        return actor.deterministic_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+
+    def run_evaluation(global_step):
+        returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
+        wall_time = time.time() - start_time
+        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
+               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
+               "sps": global_step / max(wall_time, 1e-9)}
+        eval_rows.append(row)
+        write_eval_row(run_dir, row)
+        if args.track:
+            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+        progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
+
+    start_time = time.time()
+    progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
+    run_evaluation(0)
+    obs, _ = env.reset(seed=args.seed)
+    epoch_rows = 0  # replay rows (transitions and absorbing self-transitions) collected by the current pi~
+    for global_step in range(1, args.total_timesteps + 1):
+        if reference_is_uniform:
+            action = env.action_space.sample()
+        else:
+            with torch.no_grad():
+                action, _ = reference.get_action(torch.as_tensor(obs[None], dtype=torch.float32, device=device))
+            action = action[0].cpu().numpy()
+        next_obs, _, terminated, truncated, info = env.step(action)  # the env reward is only logged (episode statistics)
+        for row in zip(*add_absorbing_state(obs[None], action[None].astype(np.float32), next_obs[None], [terminated])):
+            rb.add(*row)
+            epoch_rows += 1
+        obs = next_obs
+        if terminated or truncated:
+            if args.track:
+                wandb.log({"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]}, step=global_step)
+            obs, _ = env.reset()
+
+        if global_step % args.epoch_steps == 0 and global_step >= args.learning_starts:
+            # end of iteration t: r~ = q_t/p from this epoch's transitions (all by pi~) against the demos ...
+            for _ in range(max(1, round(args.discriminator_updates_per_step * args.epoch_steps))):
+                agent_obs, agent_actions, _ = rb.sample(args.discriminator_batch_size, recent=epoch_rows)
+                agent_inputs = discriminator_inputs(agent_obs, agent_actions, scale, bias)
+                index = torch.randint(0, len(expert_inputs), (args.discriminator_batch_size,), device=device)
+                agent_logits, expert_logits = discriminator(agent_inputs), discriminator(expert_inputs[index])
+                d_loss = discriminator_loss(agent_logits, expert_logits, expert_weights[index])
+                penalty = (gradient_penalty(discriminator, agent_inputs, expert_inputs[index]) if args.gradient_penalty
+                           else torch.zeros((), device=device))
+                discriminator_optimizer.zero_grad(set_to_none=True)
+                (d_loss + args.gradient_penalty * penalty).backward()
+                discriminator_optimizer.step()
+            # ... then the max-ent RL step on r_t, SAC on the whole replay buffer with rewards of the frozen D and pi~
+            for _ in range(args.epoch_steps * args.updates_per_step):
+                num_updates += 1
+                batch_obs, batch_actions, batch_next_obs = rb.sample(args.batch_size)
+                rewards = minibatch_rewards(batch_obs, batch_actions)
+                stats = sac_update((batch_obs, batch_actions, rewards, batch_next_obs, batch_next_obs[:, -1]), actor, qf, qf_target,
+                                   log_alpha, q_optimizer, actor_optimizer, alpha_optimizer, args, target_entropy, num_updates)
+            # iteration t + 1: the new policy becomes the reference that collects the next epoch
+            reference.load_state_dict(actor.state_dict())
+            reference_is_uniform, num_epochs = False, num_epochs + 1
+            accuracy = 0.5 * ((agent_logits > 0).float().mean() + (expert_logits < 0).float().mean())
+            stats.update({"losses/discriminator_loss": d_loss.detach(), "losses/gradient_penalty": penalty.detach(),
+                          "charts/discriminator_accuracy": accuracy, "charts/reward_mean": rewards.mean(),
+                          "charts/agent_log_ratio": agent_logits.detach().mean(), "charts/expert_log_ratio": expert_logits.detach().mean(),
+                          "charts/epoch": torch.tensor(num_epochs)})
+            if not all(torch.isfinite(value) for value in stats.values()):
+                sys.exit(f"error: non-finite loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
+                         f"lower --q-lr, --policy-lr or --discriminator-lr.")
+            if args.track:
+                wandb.log({**{k: float(v) for k, v in stats.items()}, "charts/SPS": global_step / (time.time() - start_time)}, step=global_step)
+        if global_step % args.epoch_steps == 0:
+            epoch_rows = 0
+        progress.update(1)
+        if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
+            run_evaluation(global_step)
+    progress.close()
+
+    wall_time = time.time() - start_time
+    mean_sps = args.total_timesteps / max(wall_time, 1e-9)
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps)
+    print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
+    env.close()
+    eval_env.close()
+    if args.track:
+        wandb.finish()
