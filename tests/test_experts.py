@@ -8,8 +8,8 @@ from conftest import EXPERT_BARS, EXPERTS, load_expert_mlp, validate_expert_fold
 SHIPPED = sorted(path.name for path in EXPERTS.iterdir() if path.is_dir()) if EXPERTS.exists() else []
 
 
-def test_classic_control_and_pendulum_experts_are_shipped():
-    required = {"CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4"}
+def test_foundation_experts_are_shipped():
+    required = {"CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4", "Hopper-v4"}
     assert required <= set(SHIPPED), required - set(SHIPPED)
 
 
