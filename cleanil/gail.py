@@ -62,7 +62,7 @@ class Args:
     wandb_entity: Optional[str] = None
     """the entity (team) of wandb's project"""
     capture_video: bool = False
-    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    """record the first episode of every evaluation to videos/<run_name>/ (MuJoCo on a headless machine: MUJOCO_GL=egl)"""
     env_id: str = "CartPole-v1"
     """the id of the environment"""
     total_timesteps: int = 300_000
@@ -127,13 +127,14 @@ class Args:
     """weight of the gradient penalty on D at expert-agent interpolates (0 disables; 10 as in DAC)"""
 
 
-def make_env(env_id, seed, capture_video=False, run_name=""):
+def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
     try:
         env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
     except gym.error.Error as error:
         sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
     if capture_video:
-        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
     env.action_space.seed(seed)
     return env
@@ -387,12 +388,13 @@ def trpo_step(policy, obs, actions, advantages, max_kl, damping, cg_iterations, 
 def evaluate(act, env, num_episodes, seed):
     """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
     returns = []
-    obs, _ = env.reset(seed=seed)
-    while len(returns) < num_episodes:
-        obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
-        if terminated or truncated:
-            returns.append(info["episode"]["r"])
-            obs, _ = env.reset()
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
     return np.array(returns, dtype=np.float64)
 
 
@@ -439,7 +441,7 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    eval_env = make_env(args.env_id, args.seed + 10_000)
+    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     if not isinstance(eval_env.action_space, (gym.spaces.Discrete, gym.spaces.Box)):
         sys.exit(f"error: {Path(__file__).name} supports Discrete and Box actions, but {args.env_id} has {eval_env.action_space}; pick another env.")
     for name in ("num_envs", "num_steps", "fisher_subsample", "value_epochs", "value_num_minibatches", "disc_epochs", "disc_num_minibatches"):
@@ -457,7 +459,7 @@ if __name__ == "__main__":
                      f"regenerate it with `{expert_command(args.env_id)} --overwrite`.")
     # next-step autoreset (gymnasium 1.x): the step() after an env's episode ends only resets it (action ignored,
     # reward 0, no transition); the step that ended the episode already returned its true final observation
-    envs = gym.vector.SyncVectorEnv([lambda i=i: make_env(args.env_id, args.seed + i, args.capture_video and i == 0, run_name)
+    envs = gym.vector.SyncVectorEnv([lambda i=i: make_env(args.env_id, args.seed + i)
                                      for i in range(args.num_envs)], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.track:
