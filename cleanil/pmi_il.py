@@ -1,0 +1,611 @@
+"""PMI imitation from observation: reward the agent with the expert's pointwise mutual information of (s_t, s_{t+1}).
+
+Imitation from observation: the demonstrations hold the expert's states only (`DEMO_KEYS`; the `actions` array of
+demos.npz is never read). A two-tower critic f(s, s') = exp(phi1(s')^T phi2(s) / tau) (`PMICritic`, the log-bilinear
+model of CPC, van den Oord, Li, Vinyals 2018, arXiv 1807.03748, Eq. 3) is trained on expert transitions with InfoNCE
+(`infonce_loss`, CPC Eq. 4): the true next state against `--num-negatives` other expert next states of the batch.
+Its optimum is f(s, s') proportional to p(s'|s) / p(s') (CPC Eq. 2), so log f = PMI(s; s') + c(s): the expert's
+pointwise mutual information up to a per-state constant c(s) that InfoNCE leaves free. The policy is then trained on
+a reward computed from the frozen critic, for the whole rollout batch at once:
+  --reward pmi       r = phi1(s')^T phi2(s) / tau = log f(s, s')                               (`pmi_reward`)
+  --reward softmax   r = log-softmax of the true s' against K negatives at temperature T (`softmax_reward`),
+                     plus log(K + 1) (`--reward-shift`): then log f(s, s') - log mean_j f(s, s'_j), InfoNCE's
+                     per-sample PMI estimate, in which c(s) cancels; negatives s'_j from the expert's next states,
+                     the agent's (its rollout batch: a contrast with the agent's own next-state distribution) or
+                     half of each (--negatives)
+`softmax` is the default: on CartPole-v1 it reaches the expert's 500 where `pmi`, whose c(s) is a state-dependent
+offset far larger than the PMI itself, ends near 330 (100k steps, seed 1). The shift decides the reward's sign, which
+an episodic task reads as a reason to live (shifted: positive for expert-like steps; CartPole, which ends on failure)
+or to finish (`--no-reward-shift`: the plain log-softmax <= 0, a per-step cost; Acrobot and MountainCar, which end
+on success): the reward bias of Kostrikov et al. 2019 (arXiv 1809.02925, Sec. 4), as with GAIL's two reward forms.
+The reinforcement learner is PPO with an entropy bonus (Schulman et al. 2017, arXiv 1707.06347, Eq. 7 `ppo_loss`,
+the entropy term of Eq. 9, `--ent-coef`) on `--num-envs` vector envs with GAE advantages (`gae`, Schulman et al.
+2016, arXiv 1506.02438, Eq. 16), after cleanrl/ppo.py (orthogonal init, annealed Adam, per-minibatch advantage
+standardisation, gradient clipping, here per network); discrete and continuous (diagonal Gaussian) actions.
+
+The critic is trained first (`--critic-steps`, on expert data only: nothing it learns depends on the agent), then
+frozen, so the reward is stationary. Its quality is reported as the top-1 next-state accuracy on held-out expert
+trajectories (`top1_accuracy`: for each s_t, is the true s_{t+1} ranked first among the next states of its held-out
+batch), written to runs/<run>/critic.json. Observations are standardised with the training demos' mean and std for
+every network. Gymnasium's next-step autoreset makes the step after an episode's end a reset that carries no
+transition: it is masked out of every loss and not counted; the step that ends an episode returns its true final s',
+which the critic scores; time-limit truncations bootstrap from V(s'), terminations do not.
+"""
+import json
+import os
+import random
+import sys
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from tqdm import tqdm
+
+# the only expert arrays this script reads: never actions, which imitation from observation does not have
+DEMO_KEYS = ("observations", "next_observations")
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanil"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    env_id: str = "CartPole-v1"
+    """the id of the environment"""
+    total_timesteps: int = 100_000
+    """total environment transitions collected by the agent"""
+    eval_frequency: int = 10_000
+    """evaluate the deterministic policy every this many environment steps"""
+    eval_episodes: int = 10
+    """number of episodes per evaluation"""
+    expert_path: Optional[str] = None
+    """folder of the expert artefacts (default: experts/<env-id>/ next to cleanil/)"""
+    num_expert_trajectories: int = 10
+    """number of expert demo episodes to imitate (the first ones of demos.npz)"""
+    subsample_frequency: int = 1
+    """keep every k-th expert transition, with a random offset per trajectory"""
+
+    # PMI critic f(s, s') = exp(phi1(s')^T phi2(s) / tau), trained by InfoNCE
+    reward: Literal["pmi", "softmax"] = "softmax"
+    """the agent's reward: `softmax` = log-softmax of s' against negatives (+ log(K + 1), `--reward-shift`), or `pmi` = log f(s, s')"""
+    negatives: Literal["expert", "agent", "mixed"] = "expert"
+    """`--reward softmax` only: negatives from the expert's next states, the agent's rollout batch, or half of each"""
+    num_negatives: int = 64
+    """negatives K per positive, in InfoNCE (other next states of the critic batch) and in the softmax reward"""
+    temperature: float = 1.0
+    """temperature T of the softmax reward: log-softmax(log f / T)"""
+    reward_shift: bool = True
+    """`--reward softmax`: add log(K + 1), a reward positive for expert-like steps (tasks that end on failure, CartPole);
+    `--no-reward-shift`: the plain log-softmax <= 0, a per-step cost (tasks that end on success, Acrobot, MountainCar)"""
+    tau: float = 1.0
+    """temperature tau of the critic f = exp(phi1(s')^T phi2(s) / tau)"""
+    embedding_dim: int = 32
+    """output size of the two towers phi1 (next state) and phi2 (state)"""
+    critic_hidden_size: int = 128
+    """width of the two tanh hidden layers of each tower"""
+    critic_learning_rate: float = 1e-3
+    """the learning rate of the critic's Adam optimizer"""
+    critic_steps: int = 2_000
+    """InfoNCE gradient steps on the expert transitions, before the agent starts"""
+    critic_batch_size: int = 256
+    """expert transitions per InfoNCE step, and per held-out accuracy batch (capped at the number available)"""
+    num_heldout_trajectories: int = 5
+    """demo episodes after the training ones, held out for the critic's top-1 next-state accuracy"""
+
+    # PPO (cleanrl/ppo.py), with an entropy bonus
+    num_envs: int = 8
+    """parallel environments (a gymnasium vector env) collecting each iteration's batch"""
+    num_steps: int = 128
+    """steps per environment per iteration (batch = num_envs * num_steps, less the autoreset steps)"""
+    learning_rate: float = 1e-3
+    """the learning rate of the policy and value function's Adam optimizer"""
+    anneal_lr: bool = True
+    """anneal the learning rate linearly to 0 over total_timesteps"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda of generalized advantage estimation"""
+    num_minibatches: int = 4
+    """minibatches per PPO epoch"""
+    update_epochs: int = 10
+    """passes over each batch"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient epsilon of Eq. 7"""
+    ent_coef: float = 0.01
+    """weight of the policy's entropy bonus (Eq. 9)"""
+    vf_coef: float = 0.5
+    """weight of the value function's loss"""
+    max_grad_norm: float = 0.5
+    """the maximum norm of the gradient (clipped)"""
+    norm_adv: bool = True
+    """standardise the advantages of each minibatch"""
+    hidden_size: int = 64
+    """width of the two tanh hidden layers of the policy and the value function"""
+    normalize_observations: bool = True
+    """standardise observations with the expert demos' mean and std (policy, value function, critic)"""
+
+
+def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+    try:
+        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+    except gym.error.Error as error:
+        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
+    if capture_video:
+        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.action_space.seed(seed)
+    return env
+
+
+def load_expert_info(expert_dir, env, required):
+    """expert.json as a dict, checked against the env; None if absent and not required."""
+    info_path = Path(expert_dir) / "expert.json"
+    if not info_path.exists():
+        if required:
+            sys.exit(f"error: no expert at {info_path}; create it with `{expert_command(env.spec.id)}`.")
+        return None
+    try:
+        info = json.loads(info_path.read_text())
+        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
+        float(info["expert_return_mean"]), float(info["random_return_mean"])
+    except (ValueError, KeyError, TypeError) as error:
+        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
+        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+    return info
+
+
+def expert_command(env_id):
+    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
+    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
+
+
+def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
+    """The first num_trajectories demo episodes, every subsample_frequency-th transition from a random offset per
+    episode (as GAIL's subsampled demos, Ho & Ermon 2016); only `keys` are read from demos.npz."""
+    path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id)
+    if not path.exists():
+        sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
+    if num_trajectories < 1 or subsample_frequency < 1:
+        sys.exit(f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must be >= 1.")
+    try:
+        data = np.load(path)
+        starts, length = data["episode_starts"], len(data["rewards"])
+        arrays = {key: data[key] for key in keys}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        sys.exit(f"error: {path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
+    if num_trajectories > len(starts):
+        sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
+                 f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
+                 f"--num-demo-episodes {num_trajectories} --overwrite`.")
+    action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
+    expected = {"observations": env.observation_space.shape, "next_observations": env.observation_space.shape, "actions": action_shape}
+    for key, shape in expected.items():
+        if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
+            sys.exit(f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
+                     f"regenerate it with `{command} --overwrite`.")
+    rng = np.random.default_rng(seed)
+    episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
+    index = np.concatenate([episode[rng.integers(min(subsample_frequency, len(episode))):: subsample_frequency] for episode in episodes])
+    return {key: value[index] for key, value in arrays.items()}
+
+
+def normalized_score(episode_return, expert_info):
+    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
+    if expert_info is None:
+        return float("nan")
+    random_return = expert_info["random_return_mean"]
+    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    """Orthogonal initialisation, as cleanrl/ppo.py; std 0.01 on a policy's last layer gives a near-uniform initial
+    policy, as the original code's zero-initialised output layers do."""
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim, out_dim, hidden_size, out_std):
+    return nn.Sequential(layer_init(nn.Linear(in_dim, hidden_size)), nn.Tanh(), layer_init(nn.Linear(hidden_size, hidden_size)),
+                         nn.Tanh(), layer_init(nn.Linear(hidden_size, out_dim), std=out_std))
+
+
+class Policy(nn.Module):
+    """pi_theta(a|s) on standardised observations: a categorical over logits, or N(mu_theta(s), diag exp(2 log_std))
+    with a state-independent log_std initialised at 0 (the original code's Gibbs and Gaussian policies)."""
+
+    def __init__(self, obs_dim, action_space, hidden_size):
+        super().__init__()
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        out_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        self.network = mlp(obs_dim, out_dim, hidden_size, out_std=0.01)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.zeros(out_dim))
+
+    def forward(self, obs):
+        """The distribution's parameters: logits [B, A], or mean and log_std side by side [B, 2D]."""
+        out = self.network(obs)
+        return out if self.discrete else torch.cat([out, self.log_std.expand_as(out)], -1)
+
+    def distribution(self, params):
+        if self.discrete:
+            return torch.distributions.Categorical(logits=params)
+        mean, log_std = params.chunk(2, -1)
+        return torch.distributions.Independent(torch.distributions.Normal(mean, log_std.exp()), 1)
+
+    def deterministic_action(self, obs):
+        out = self.network(obs)
+        return out.argmax(-1) if self.discrete else out
+
+
+class PMICritic(nn.Module):
+    """The two towers of f(s, s') = exp(phi1(s')^T phi2(s) / tau) (CPC Eq. 3 with W folded into phi2). Tanh hidden
+    layers bound the embeddings, so the reward stays bounded on states far from the expert's."""
+
+    def __init__(self, obs_dim, hidden_size, embedding_dim):
+        super().__init__()
+        self.phi1 = mlp(obs_dim, embedding_dim, hidden_size, out_std=1.0)  # embeds the next state s'
+        self.phi2 = mlp(obs_dim, embedding_dim, hidden_size, out_std=1.0)  # embeds the state s
+
+
+def infonce_loss(positive_logits, negative_logits):
+    """CPC Eq. 4: -E[log f(s, s') / (f(s, s') + sum_j f(s, s'_j))] from logits log f of the positives [B] and of K
+    negatives per positive [B, K]; minimised by f proportional to p(s'|s) / p(s') (Eq. 2)."""
+    logits = torch.cat([positive_logits[:, None], negative_logits], 1)
+    return -F.log_softmax(logits, 1)[:, 0].mean()
+
+
+def pmi_reward(phi_next, phi_obs, tau):
+    """r(s, s') = phi1(s')^T phi2(s) / tau = log f(s, s'): the expert's PMI log p(s'|s) / p(s') plus the per-state
+    constant c(s) InfoNCE cannot identify; phi_next [B, E], phi_obs [B, E] -> [B]."""
+    return (phi_next * phi_obs).sum(-1) / tau
+
+
+def softmax_reward(positive_logits, negative_logits, temperature):
+    """log-softmax of the true next state's log f(s, s') / T among K negatives' log f(s, s'_j) / T; <= 0. Plus
+    log(K + 1), at T = 1, it is log f(s, s') - log mean_{s', s'_j} f(s, .), the per-sample InfoNCE estimate of the
+    PMI (c(s) cancels), 0 where s' is no likelier than the negatives. [B], [B, K] -> [B]."""
+    logits = torch.cat([positive_logits[:, None], negative_logits], 1) / temperature
+    return F.log_softmax(logits, 1)[:, 0]
+
+
+def top1_accuracy(phi_obs, phi_next):
+    """Fraction of rows i whose true next state s'_i scores highest among all next states of the batch under
+    f(s_i, .), i.e. argmax_j phi1(s'_j)^T phi2(s_i) == i (tau > 0 changes no ranking); [B, E], [B, E] -> scalar."""
+    scores = phi_obs @ phi_next.T
+    return (scores.argmax(1) == torch.arange(len(scores), device=scores.device)).float().mean()
+
+
+def gae(rewards, values, next_values, terminations, dones, gamma, gae_lambda):
+    """GAE(gamma, lambda) (Schulman et al. 2016, arXiv 1506.02438, Eq. 16): A_t = sum_l (gamma lambda)^l delta_{t+l},
+    delta_t = r_t + gamma (1 - terminated_t) V(s'_t) - V(s_t), on [T, num_envs] tensors in time order.
+    V(s'_t) is the value of the true next state, so a time-limit truncation bootstraps and only a termination zeroes
+    it; the sum stops where an episode ends (dones_t: terminated or truncated) and at the end of the rollout."""
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in reversed(range(len(rewards))):
+        delta = rewards[t] + gamma * (1.0 - terminations[t]) * next_values[t] - values[t]
+        running = delta + gamma * gae_lambda * (1.0 - dones[t]) * running
+        advantages[t] = running
+    return advantages
+
+
+def value_loss(values, returns):
+    """Regression of V_phi(s_t) on the GAE return A_t + V_old(s_t) (the TD(lambda) target): mean (V - R)^2."""
+    return F.mse_loss(values, returns)
+
+
+def ppo_loss(log_ratio, advantages, entropy, clip_coef, ent_coef):
+    """-L^CLIP (PPO Eq. 7) - ent_coef * entropy (the S term of Eq. 9): -E[min(rho A, clip(rho, 1 - eps, 1 + eps) A)]
+    - c2 E[H(pi(.|s))], rho = pi(a|s) / pi_old(a|s) = exp(log_ratio); all [B] -> scalar."""
+    ratio = log_ratio.exp()
+    surrogate = torch.min(ratio * advantages, ratio.clamp(1 - clip_coef, 1 + clip_coef) * advantages)
+    return -surrogate.mean() - ent_coef * entropy.mean()
+
+
+def evaluate(act, env, num_episodes, seed):
+    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
+    returns = []
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
+    return np.array(returns, dtype=np.float64)
+
+
+def package_versions():
+    import importlib.metadata as metadata
+
+    return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
+
+
+def write_eval_row(run_dir, row):
+    """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
+    path = Path(run_dir) / "eval.csv"
+    new = not path.exists()
+    with open(path, "a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+
+
+def write_summary(run_dir, args, eval_rows, wall_time, sps):
+    scores = [row["normalized_score"] for row in eval_rows]
+    summary = {
+        "args": asdict(args),
+        "final_return": eval_rows[-1]["eval_return_mean"],
+        "final_normalized_score": scores[-1],
+        "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
+        "total_wall_time_s": wall_time,
+        "mean_sps": sps,
+        "versions": package_versions(),
+    }
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / run_name
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
+    discrete = isinstance(eval_env.action_space, gym.spaces.Discrete)
+    if not discrete and not isinstance(eval_env.action_space, gym.spaces.Box):
+        sys.exit(f"error: pmi_il.py supports Discrete and Box actions, but {args.env_id} has {eval_env.action_space}; pick another env.")
+    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "num_negatives", "embedding_dim", "critic_batch_size",
+                 "num_heldout_trajectories"):
+        if getattr(args, name) < 1:
+            sys.exit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    if args.num_steps < 2 or args.critic_steps < 0 or args.tau <= 0 or args.temperature <= 0:
+        # with 2 steps or more every env contributes a transition: only the step after an episode's end carries none
+        sys.exit(f"error: --num-steps must be >= 2, --critic-steps >= 0 and --tau, --temperature > 0, got {args.num_steps}, "
+                 f"{args.critic_steps}, {args.tau}, {args.temperature}.")
+    expert_info = load_expert_info(expert_dir, eval_env, required=True)
+    demos = load_demos(expert_dir, eval_env, args.num_expert_trajectories, args.subsample_frequency, args.seed, DEMO_KEYS)
+    with np.load(expert_dir / "demos.npz") as npz:
+        episode_starts = npz["episode_starts"]  # to find where the held-out episodes begin; actions stay unread
+    num_trajectories = args.num_expert_trajectories + args.num_heldout_trajectories
+    if num_trajectories > len(episode_starts):
+        sys.exit(f"error: --num-expert-trajectories {args.num_expert_trajectories} plus --num-heldout-trajectories "
+                 f"{args.num_heldout_trajectories} exceed the {len(episode_starts)} episodes shipped in {expert_dir / 'demos.npz'}; "
+                 f"lower either, or regenerate the expert with `{expert_command(args.env_id)} --num-demo-episodes {num_trajectories} --overwrite`.")
+    # the episodes right after the training ones, every transition (subsample_frequency 1: in order, so they start
+    # where the first num_expert_trajectories episodes end)
+    heldout = {key: value[episode_starts[args.num_expert_trajectories]:]
+               for key, value in load_demos(expert_dir, eval_env, num_trajectories, 1, args.seed, DEMO_KEYS).items()}
+    for key in DEMO_KEYS:
+        if not (np.isfinite(demos[key]).all() and np.isfinite(heldout[key]).all()):
+            sys.exit(f"error: {expert_dir / 'demos.npz'} holds non-finite {key}; regenerate it with `{expert_command(args.env_id)} --overwrite`.")
+    critic_batch_size = min(args.critic_batch_size, len(demos["observations"]))
+    if args.num_negatives >= critic_batch_size:
+        sys.exit(f"error: --num-negatives {args.num_negatives} needs critic batches of more than {args.num_negatives} expert transitions "
+                 f"(its negatives are the batch's other next states), but a batch holds {critic_batch_size} (--critic-batch-size "
+                 f"{args.critic_batch_size}, {len(demos['observations'])} expert transitions); lower --num-negatives.")
+    # next-step autoreset (gymnasium 1.x): the step() after an env's episode ends only resets it (action ignored,
+    # reward 0, no transition); the step that ended the episode already returned its true final observation
+    envs = gym.vector.SyncVectorEnv([lambda i=i: make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
+                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name, save_code=True)
+
+    action_space = envs.single_action_space
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    expert_obs = torch.as_tensor(demos["observations"], dtype=torch.float32, device=device).flatten(1)
+    if args.normalize_observations:
+        # +1e-3 keeps near-constant observation dims (e.g. a pole the expert holds still) from blowing up, as TD3+BC does
+        obs_mean, obs_std = expert_obs.mean(0), expert_obs.std(0) + 1e-3
+    else:
+        obs_mean, obs_std = torch.zeros(obs_dim, device=device), torch.ones(obs_dim, device=device)
+
+    def normalize(obs):
+        return (torch.as_tensor(obs, dtype=torch.float32, device=device).flatten(1) - obs_mean) / obs_std
+
+    expert_obs, expert_next = normalize(demos["observations"]), normalize(demos["next_observations"])
+    heldout_obs, heldout_next = normalize(heldout["observations"]), normalize(heldout["next_observations"])
+
+    # CPC Eq. 4: InfoNCE on expert (s, s') pairs, K negatives per positive from the batch's other next states
+    critic = PMICritic(obs_dim, args.critic_hidden_size, args.embedding_dim).to(device)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate)
+    start_time = time.time()  # the critic's training counts towards the run's wall time
+    arange = torch.arange(critic_batch_size, device=device)
+    for _ in range(args.critic_steps):
+        # distinct transitions, so that no negative is a copy of its positive
+        index = torch.randperm(len(expert_obs), device=device)[:critic_batch_size]
+        logits = critic.phi2(expert_obs[index]) @ critic.phi1(expert_next[index]).T / args.tau  # [B, B], positives on the diagonal
+        negative_index = torch.rand(critic_batch_size, critic_batch_size - 1, device=device).argsort(1)[:, : args.num_negatives]
+        negative_index += negative_index >= arange[:, None]  # skip the diagonal
+        critic_loss = infonce_loss(logits.diagonal(), logits.gather(1, negative_index))
+        critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        critic_optimizer.step()
+    critic.requires_grad_(False)
+    with torch.no_grad():
+        # held-out top-1 accuracy, over shuffled batches of critic_batch_size (chance: 1 / batch size)
+        correct, chance = 0.0, 0.0
+        for index in torch.randperm(len(heldout_obs), device=device).split(critic_batch_size):
+            correct += float(top1_accuracy(critic.phi2(heldout_obs[index]), critic.phi1(heldout_next[index]))) * len(index)
+            chance += 1.0
+        critic_report = {"top1_accuracy": correct / len(heldout_obs), "top1_chance": chance / len(heldout_obs),
+                         "heldout_trajectories": args.num_heldout_trajectories, "heldout_transitions": len(heldout_obs),
+                         "final_infonce_loss": float(critic_loss.detach()) if args.critic_steps else float("nan"),
+                         "infonce_loss_at_chance": float(np.log(args.num_negatives + 1)),
+                         "critic_steps": args.critic_steps, "critic_wall_time_s": time.time() - start_time}
+        expert_next_embedding = critic.phi1(expert_next)  # the expert negatives of the softmax reward, fixed from now on
+    if not np.isfinite(critic_report["final_infonce_loss"]) and args.critic_steps:
+        sys.exit(f"error: non-finite InfoNCE loss after {args.critic_steps} critic steps; lower --critic-learning-rate or raise --tau.")
+    (run_dir / "critic.json").write_text(json.dumps(critic_report, indent=2) + "\n")
+    print(f"critic: held-out top-1 next-state accuracy {critic_report['top1_accuracy']:.3f} (chance {critic_report['top1_chance']:.3f}), "
+          f"InfoNCE loss {critic_report['final_infonce_loss']:.3f} (chance {critic_report['infonce_loss_at_chance']:.3f})")
+    if args.track:
+        wandb.log({"charts/top1_accuracy": critic_report["top1_accuracy"], "losses/infonce_loss": critic_report["final_infonce_loss"]}, step=0)
+
+    policy = Policy(obs_dim, action_space, args.hidden_size).to(device)
+    value_network = mlp(obs_dim, 1, args.hidden_size, out_std=1.0).to(device)
+    optimizer = torch.optim.Adam([*policy.parameters(), *value_network.parameters()], lr=args.learning_rate, eps=1e-5)
+    if not discrete:
+        low, high = action_space.low, action_space.high
+    eval_rows = []
+
+    # rollout storage, [num_steps, num_envs, ...] on the training device
+    shape = (args.num_steps, args.num_envs)
+    b_obs = torch.zeros(*shape, obs_dim, device=device)
+    b_next_obs = torch.zeros(*shape, obs_dim, device=device)
+    b_actions = torch.zeros(shape + action_space.shape, dtype=torch.long if discrete else torch.float32, device=device)
+    b_log_probs, b_terminations, b_dones, b_valid = (torch.zeros(shape, device=device) for _ in range(4))
+
+    @torch.no_grad()
+    def act_deterministic(obs):
+        action = policy.deterministic_action(normalize(obs)).cpu().numpy()
+        return action if discrete else np.clip(action.reshape((len(obs), *low.shape)), low, high)
+
+    def run_evaluation(global_step):
+        returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
+        wall_time = time.time() - start_time
+        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
+               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
+               "sps": global_step / max(wall_time, 1e-9)}
+        eval_rows.append(row)
+        write_eval_row(run_dir, row)
+        if args.track:
+            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+        progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
+
+    progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
+    run_evaluation(0)
+    obs, _ = envs.reset(seed=args.seed)
+    valid = np.ones(args.num_envs, dtype=bool)  # False where the coming step() is an autoreset
+    global_step, iteration = 0, 0
+    while global_step < args.total_timesteps:
+        iteration += 1
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = args.learning_rate * max(1.0 - global_step / args.total_timesteps, 0.0)
+        episode_returns = []
+        for step in range(args.num_steps):
+            obs_t = normalize(obs)
+            with torch.no_grad():
+                distribution = policy.distribution(policy(obs_t))
+                action = distribution.sample()
+                b_log_probs[step] = distribution.log_prob(action)
+            action_np = action.cpu().numpy()
+            # the Gaussian's sample is clipped for the env only; PPO's likelihood ratio stays that of the sample
+            next_obs, _, terminated, truncated, infos = envs.step(action_np if discrete else np.clip(action_np, low, high))
+            b_obs[step], b_next_obs[step], b_actions[step] = obs_t, normalize(next_obs), action
+            b_terminations[step] = torch.as_tensor(terminated, dtype=torch.float32, device=device)
+            b_dones[step] = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device)
+            b_valid[step] = torch.as_tensor(valid, dtype=torch.float32, device=device)
+            if "episode" in infos:
+                episode_returns.extend(infos["episode"]["r"][infos["_episode"]])
+            valid = ~(terminated | truncated)
+            obs = next_obs
+        mask = b_valid.bool()
+        obs_batch, actions_batch, old_log_probs = b_obs[mask], b_actions[mask], b_log_probs[mask]
+
+        # the learned reward of every transition of the batch at once, from the frozen critic
+        with torch.no_grad():
+            phi_obs, phi_next = critic.phi2(obs_batch), critic.phi1(b_next_obs[mask])
+            if args.reward == "pmi":
+                learned = pmi_reward(phi_next, phi_obs, args.tau)
+            else:
+                num_expert = {"expert": args.num_negatives, "agent": 0, "mixed": args.num_negatives // 2}[args.negatives]
+                num_agent = args.num_negatives - num_expert
+                # K next states per transition, drawn with replacement: the expert's, and/or the agent's own batch
+                # (a sample of the agent's next-state distribution, to which each transition's own s' belongs)
+                expert_index = torch.randint(len(expert_next_embedding), (len(phi_obs), num_expert), device=device)
+                agent_index = torch.randint(len(phi_next), (len(phi_obs), num_agent), device=device)
+                negatives = torch.cat([expert_next_embedding[expert_index], phi_next[agent_index]], 1)  # [B, K, E]
+                negative_logits = pmi_reward(negatives, phi_obs[:, None], args.tau)
+                learned = softmax_reward(pmi_reward(phi_next, phi_obs, args.tau), negative_logits, args.temperature)
+                if args.reward_shift:
+                    learned += np.log(args.num_negatives + 1)
+            rewards = torch.zeros(shape, device=device)
+            rewards[mask] = learned
+            values = value_network(b_obs).squeeze(-1)
+            advantages = gae(rewards, values, value_network(b_next_obs).squeeze(-1), b_terminations, b_dones, args.gamma, args.gae_lambda)
+            returns = (advantages + values)[mask]
+            advantages = advantages[mask]
+
+        # PPO Eq. 9: clipped surrogate + entropy bonus, and the value function, on minibatches for update_epochs epochs
+        for _ in range(args.update_epochs):
+            for index in torch.randperm(len(returns), device=device).chunk(args.num_minibatches):
+                distribution = policy.distribution(policy(obs_batch[index]))
+                log_ratio = distribution.log_prob(actions_batch[index]) - old_log_probs[index]
+                mb_advantages = advantages[index]
+                if args.norm_adv and len(index) > 1:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                entropy = distribution.entropy()
+                pg_loss = ppo_loss(log_ratio, mb_advantages, entropy, args.clip_coef, args.ent_coef)
+                v_loss = value_loss(value_network(obs_batch[index]).squeeze(-1), returns[index])
+                optimizer.zero_grad(set_to_none=True)
+                (pg_loss + args.vf_coef * v_loss).backward()
+                # each network clipped on its own: the value loss, on returns of up to log(K + 1) / (1 - gamma), would
+                # otherwise dominate the joint norm and scale the policy's gradient down to nothing
+                nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
+                nn.utils.clip_grad_norm_(value_network.parameters(), args.max_grad_norm)
+                optimizer.step()
+
+        with torch.no_grad():
+            stats = {"losses/policy_loss": pg_loss.detach(), "losses/value_loss": v_loss.detach(), "losses/entropy": entropy.mean(),
+                     "losses/approx_kl": ((log_ratio.exp() - 1) - log_ratio).mean(),
+                     "losses/clipfrac": ((log_ratio.exp() - 1).abs() > args.clip_coef).float().mean(), "charts/learned_reward": learned.mean()}
+        if not all(torch.isfinite(value) for value in stats.values()):
+            sys.exit(f"error: non-finite training statistics at iteration {iteration} ({ {k: float(v) for k, v in stats.items()} }); "
+                     f"lower --learning-rate.")
+        num_steps = int(mask.sum())
+        global_step += num_steps
+        progress.update(num_steps)
+        if args.track:
+            log = {key: float(value) for key, value in stats.items()}
+            log.update({"charts/SPS": global_step / (time.time() - start_time), "charts/learning_rate": optimizer.param_groups[0]["lr"]})
+            if episode_returns:
+                log["charts/episodic_return"] = float(np.mean(episode_returns))
+            wandb.log(log, step=global_step)
+        if global_step // args.eval_frequency > (global_step - num_steps) // args.eval_frequency or global_step >= args.total_timesteps:
+            run_evaluation(global_step)
+    progress.close()
+
+    wall_time = time.time() - start_time
+    mean_sps = global_step / max(wall_time, 1e-9)
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps)
+    print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
+    envs.close()
+    eval_env.close()
+    if args.track:
+        wandb.finish()

@@ -1,0 +1,222 @@
+"""pmi_il.py: the InfoNCE critic recovers a known PMI, the rewards, accuracy, GAE and PPO losses on toy tensors, the
+blocks it shares with bc.py, every flag path end to end, expert actions never read, bad input, and learning CartPole-v1
+from state-only demos."""
+import inspect
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bc
+import pmi_il
+from conftest import EXPERTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
+
+SHARED_WITH_BC = ["make_env", "load_expert_info", "expert_command", "load_demos", "normalized_score", "evaluate",
+                  "package_versions", "write_eval_row", "write_summary"]
+
+
+@pytest.mark.parametrize("name", SHARED_WITH_BC)
+def test_shared_blocks_are_bcs(name):
+    assert inspect.getsource(getattr(pmi_il, name)) == inspect.getsource(getattr(bc, name))
+
+
+def test_demos_are_read_without_actions():
+    assert "actions" not in pmi_il.DEMO_KEYS
+    main = inspect.getsource(pmi_il).split('if __name__ == "__main__":')[1]
+    assert '"actions"' not in main and "'actions'" not in main
+
+
+def correlated_gaussians(n, rho, generator):
+    """x ~ N(0, 1), y = rho x + sqrt(1 - rho^2) eps: a 2-D Gaussian with correlation rho."""
+    x = torch.randn(n, 1, generator=generator)
+    return x, rho * x + np.sqrt(1 - rho**2) * torch.randn(n, 1, generator=generator)
+
+
+def gaussian_pmi(x, y, rho):
+    """log p(y|x) / p(y) in closed form: N(y; rho x, 1 - rho^2) over N(y; 0, 1)."""
+    v = 1 - rho**2
+    return (-0.5 * np.log(v) - (y - rho * x) ** 2 / (2 * v) + y**2 / 2).squeeze(-1)
+
+
+def test_infonce_critic_recovers_the_pmi_of_correlated_gaussians():
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    rho, batch, num_negatives = 0.8, 256, 64
+    critic = pmi_il.PMICritic(1, 64, 16)
+    optimizer = torch.optim.Adam(critic.parameters(), lr=1e-3)
+    arange = torch.arange(batch)
+    for _ in range(1000):
+        x, y = correlated_gaussians(batch, rho, generator)
+        logits = critic.phi2(x) @ critic.phi1(y).T
+        negative_index = torch.rand(batch, batch - 1, generator=generator).argsort(1)[:, :num_negatives]
+        negative_index += negative_index >= arange[:, None]
+        loss = pmi_il.infonce_loss(logits.diagonal(), logits.gather(1, negative_index))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        x, y = correlated_gaussians(2000, rho, generator)
+        _, y_marginal = correlated_gaussians(4096, rho, generator)
+        log_f = pmi_il.pmi_reward(critic.phi1(y), critic.phi2(x), 1.0)
+        true_pmi = gaussian_pmi(x, y, rho)
+        # log f = PMI + c(x): up to a constant at each x (InfoNCE leaves c(x) free)
+        for x0 in (-1.5, -0.5, 0.0, 0.7, 1.5):
+            xs = torch.full((500, 1), x0)
+            ys = rho * xs + torch.randn(500, 1, generator=generator)
+            r = pmi_il.pmi_reward(critic.phi1(ys), critic.phi2(xs), 1.0)
+            assert np.corrcoef(r.numpy(), gaussian_pmi(xs, ys, rho).numpy())[0, 1] > 0.9, x0
+        assert np.corrcoef(log_f.numpy(), true_pmi.numpy())[0, 1] > 0.9
+        # against many marginal negatives the softmax reward cancels c(x): the PMI itself, constant included
+        estimate = pmi_il.softmax_reward(log_f, critic.phi2(x) @ critic.phi1(y_marginal).T, 1.0) + np.log(4096 + 1)
+    assert np.corrcoef(estimate.numpy(), true_pmi.numpy())[0, 1] > 0.95
+    assert (estimate - true_pmi).abs().mean() < 0.2
+    assert estimate.mean() == pytest.approx(-0.5 * np.log(1 - rho**2), abs=0.1)  # E[PMI] = I(x; y)
+
+
+def test_infonce_loss_is_cross_entropy_on_the_positive():
+    torch.manual_seed(0)
+    positive, negative = torch.randn(8), torch.randn(8, 5)
+    expected = F.cross_entropy(torch.cat([positive[:, None], negative], 1), torch.zeros(8, dtype=torch.long))
+    torch.testing.assert_close(pmi_il.infonce_loss(positive, negative), expected)
+    # a critic that tells nothing apart sits at log(K + 1), the bound I >= log(K + 1) - L of CPC Sec. 2.3 at 0
+    assert float(pmi_il.infonce_loss(torch.zeros(4), torch.zeros(4, 7))) == pytest.approx(np.log(8))
+
+
+def test_pmi_and_softmax_rewards():
+    torch.manual_seed(0)
+    phi_next, phi_obs = torch.randn(6, 3), torch.randn(6, 3)
+    torch.testing.assert_close(pmi_il.pmi_reward(phi_next, phi_obs, 0.5), (phi_next * phi_obs).sum(-1) / 0.5)
+    positive, negative = torch.randn(6), torch.randn(6, 9)
+    reward = pmi_il.softmax_reward(positive, negative, 1.0)
+    candidates = torch.cat([positive[:, None], negative], 1)
+    torch.testing.assert_close(reward, positive - torch.logsumexp(candidates, 1))
+    assert (reward <= 0).all()
+    # shifted by log(K + 1): log f(s, s') - log mean f over the true next state and its negatives, 0 at chance
+    torch.testing.assert_close(reward + np.log(10), positive - torch.log(candidates.exp().mean(1)))
+    torch.testing.assert_close(pmi_il.softmax_reward(torch.zeros(3), torch.zeros(3, 9), 1.0), torch.full((3,), -np.log(10)))
+    # the temperature divides the logits; a hot softmax flattens every reward towards 0
+    torch.testing.assert_close(pmi_il.softmax_reward(positive, negative, 2.0), pmi_il.softmax_reward(positive / 2, negative / 2, 1.0))
+    assert (pmi_il.softmax_reward(positive, negative, 1e6) + np.log(10)).abs().max() < 1e-4
+
+
+def test_top1_accuracy():
+    embedding = torch.eye(5)
+    assert float(pmi_il.top1_accuracy(embedding, embedding)) == 1.0
+    # next states permuted: only the fixed points of the permutation are still ranked first for their state
+    permutation = torch.tensor([0, 2, 1, 3, 4])
+    assert float(pmi_il.top1_accuracy(embedding, embedding[permutation])) == pytest.approx(3 / 5)
+
+
+def test_gae_bootstraps_truncations_not_terminations():
+    gamma, lam = 0.9, 0.8
+    rewards = torch.tensor([[1.0], [2.0], [0.0], [3.0]])
+    values = torch.tensor([[0.5], [0.25], [9.0], [1.0]])
+    next_values = torch.tensor([[4.0], [7.0], [9.0], [2.0]])
+    terminations = torch.tensor([[0.0], [1.0], [0.0], [0.0]])  # t = 1 terminates; t = 2 is the autoreset step
+    advantages = pmi_il.gae(rewards, values, next_values, terminations, terminations, gamma, lam)
+    assert float(advantages[3, 0]) == pytest.approx(3 + gamma * 2 - 1)  # the rollout's end bootstraps from V(s')
+    assert float(advantages[1, 0]) == pytest.approx(2 - 0.25)  # a termination does not
+    assert float(advantages[0, 0]) == pytest.approx(1 + gamma * 4 - 0.5 + gamma * lam * (2 - 0.25))
+    truncated = pmi_il.gae(rewards, values, next_values, torch.zeros_like(terminations), terminations, gamma, lam)
+    assert float(truncated[1, 0]) == pytest.approx(2 + gamma * 7 - 0.25)  # a truncation bootstraps, the sum still stops
+
+
+def test_ppo_loss_clips_the_ratio_and_adds_the_entropy_bonus():
+    advantages = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    log_ratio = torch.log(torch.tensor([1.1, 1.1, 1.5, 0.5])).requires_grad_(True)
+    entropy = torch.tensor([0.3, 0.3, 0.3, 0.3])
+    loss = pmi_il.ppo_loss(log_ratio, advantages, entropy, 0.2, 0.1)
+    # min(rho A, clip(rho, 0.8, 1.2) A), the pessimistic bound: 1.1, -1.1, then the clipped 1.2 (< 1.5) and -0.8 (< -0.5)
+    expected = -(1.1 - 1.1 + 1.2 - 0.8) / 4 - 0.1 * 0.3
+    assert float(loss.detach()) == pytest.approx(expected, abs=1e-6)
+    loss.backward()
+    # the clipped terms give no gradient, so the policy is not pushed further outside the trust region
+    assert log_ratio.grad[2] == log_ratio.grad[3] == 0 and log_ratio.grad[0] != 0 and log_ratio.grad[1] != 0
+    assert float(pmi_il.ppo_loss(torch.zeros(4), advantages, entropy, 0.2, 0.0)) == pytest.approx(0.0)
+
+
+COMMON = ["--total-timesteps", 600, "--num-envs", 2, "--num-steps", 100, "--eval-frequency", 200, "--eval-episodes", 2,
+          "--num-expert-trajectories", 2, "--num-heldout-trajectories", 1, "--critic-steps", 50, "--critic-batch-size", 64,
+          "--num-negatives", 16, "--update-epochs", 2]
+SMOKE = {
+    "pmi": ["--env-id", "CartPole-v1", "--reward", "pmi"],
+    "softmax-expert": ["--env-id", "CartPole-v1", "--reward", "softmax", "--negatives", "expert"],
+    "softmax-agent-subsample-track": ["--env-id", "CartPole-v1", "--reward", "softmax", "--negatives", "agent",
+                                      "--subsample-frequency", 4, "--track"],
+    "softmax-mixed-temperature-noshift": ["--env-id", "CartPole-v1", "--reward", "softmax", "--negatives", "mixed",
+                                          "--temperature", 0.5, "--tau", 0.5, "--no-reward-shift"],
+    "continuous-pmi-track": ["--env-id", "Pendulum-v1", "--reward", "pmi", "--track"],
+    "continuous-mixed-subsample": ["--env-id", "Pendulum-v1", "--reward", "softmax", "--negatives", "mixed",
+                                   "--subsample-frequency", 5, "--no-normalize-observations"],
+}
+
+
+def flag(flags, name, default):
+    return flags[flags.index(name) + 1] if name in flags else default
+
+
+@pytest.mark.parametrize("flags", SMOKE.values(), ids=SMOKE.keys())
+def test_smoke(workdir, flags):
+    run_script("pmi_il.py", *flags, *COMMON, cwd=workdir)
+    (run_dir,) = run_dirs(workdir)
+    rows = read_eval_csv(run_dir)
+    steps = [row["global_step"] for row in rows]
+    assert steps[0] == 0 and steps[-1] >= 600 and len(rows) >= 4 and (np.diff(steps) > 0).all(), steps
+    assert all(np.isfinite(list(row.values())).all() for row in rows), rows
+    summary = read_summary(run_dir)
+    assert np.isfinite([summary["final_return"], summary["final_normalized_score"], summary["mean_sps"]]).all(), summary
+    args = summary["args"]
+    assert (args["reward"], args["negatives"], args["subsample_frequency"], args["reward_shift"]) == (
+        flag(flags, "--reward", "softmax"), flag(flags, "--negatives", "expert"), flag(flags, "--subsample-frequency", 1),
+        "--no-reward-shift" not in flags)
+    critic = json.loads((run_dir / "critic.json").read_text())
+    assert 0 <= critic["top1_accuracy"] <= 1 and np.isfinite(critic["final_infonce_loss"]), critic
+    episode_length = 500 if "CartPole-v1" in flags else 200  # the expert's demos are full-length episodes
+    # ranked within held-out batches of 64 (the last one smaller): chance is 1 / 64 per state of a full batch
+    assert critic["heldout_transitions"] == episode_length
+    assert critic["top1_chance"] == pytest.approx(math.ceil(episode_length / 64) / episode_length)
+    if "--track" in flags:
+        # the run ends with status 0 only if every logged statistic (losses, KL, learned reward) was finite
+        assert list((workdir / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
+
+
+def test_expert_actions_are_never_read(workdir):
+    """Demos whose actions are NaN give exactly the run the real demos give, with finite outputs."""
+    expert_dir = workdir / "nan-actions"
+    shutil.copytree(EXPERTS / "CartPole-v1", expert_dir)
+    with np.load(expert_dir / "demos.npz") as npz:
+        demos = {key: npz[key] for key in npz.files}
+    np.savez_compressed(expert_dir / "demos.npz", **{**demos, "actions": np.full(demos["actions"].shape, np.nan, dtype=np.float32)})
+    results = []
+    for name, path in (("real", EXPERTS / "CartPole-v1"), ("nan", expert_dir)):
+        run_script("pmi_il.py", "--expert-path", path, "--exp-name", name, "--reward", "softmax", "--negatives", "mixed", *COMMON, cwd=workdir)
+        (run_dir,) = [d for d in run_dirs(workdir) if f"__{name}__" in d.name]
+        critic = json.loads((run_dir / "critic.json").read_text())
+        results.append([(row["global_step"], row["eval_return_mean"]) for row in read_eval_csv(run_dir)] + [critic["top1_accuracy"]])
+    assert results[0] == results[1] and np.isfinite(results[1][:-1]).all() and np.isfinite(results[1][-1]), results
+
+
+def test_bad_input_is_one_clear_sentence(workdir):
+    result = run_script("pmi_il.py", "--env-id", "MountainCar-v0", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
+    assert_clean_error(result, "no expert at", "python cleanil/dqn.py --env-id MountainCar-v0 --save-expert")
+    result = run_script("pmi_il.py", "--env-id", "NoSuchEnv-v0", cwd=workdir, check=False)
+    assert_clean_error(result, "unknown environment id 'NoSuchEnv-v0'")
+    result = run_script("pmi_il.py", "--num-expert-trajectories", 24, "--num-heldout-trajectories", 5, cwd=workdir, check=False)
+    assert_clean_error(result, "--num-heldout-trajectories 5 exceed the 25 episodes")
+    result = run_script("pmi_il.py", "--num-expert-trajectories", 1, "--subsample-frequency", 20, cwd=workdir, check=False)
+    assert_clean_error(result, "--num-negatives 64 needs critic batches of more than 64", "25 expert transitions")
+
+
+@pytest.mark.learning
+def test_pmi_il_cartpole_reaches_expert_return_from_observations_only(workdir):
+    # 100k agent steps after 2000 critic steps: about 40 s of one core (about 7 min on the loaded 2-core machine)
+    run_script("pmi_il.py", "--env-id", "CartPole-v1", "--total-timesteps", 100_000, "--eval-frequency", 50_000, cwd=workdir)
+    (run_dir,) = run_dirs(workdir)
+    returns = [row["eval_return_mean"] for row in read_eval_csv(run_dir)]
+    assert returns[-1] >= 450, returns
+    critic = json.loads((run_dir / "critic.json").read_text())
+    assert critic["top1_accuracy"] > 0.5, critic  # chance is 1/256
