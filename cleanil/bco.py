@@ -1,0 +1,526 @@
+"""BCO: Behavioral Cloning from Observation, BC on expert actions inferred by a learned inverse dynamics model.
+
+BCO (Torabi, Warnell, Stone 2018, arXiv 1805.01954) imitates from state-only demonstrations. The agent first
+interacts with its environment under a random policy (the pre-demonstration phase, `--pre-demo-steps`), and learns
+from its own (s, a, s') an agent-specific inverse dynamics model M_theta(a | s, s') by maximum likelihood
+(theta* = argmax prod_i M_theta(a_i | s_i, s'_i), `inverse_model_loss`). It then labels each demonstrated transition
+(s, s') with the most likely action a~ = argmax_a M_theta(a | s, s') (`infer_actions`) and clones the expert by BC
+on the inferred pairs (phi* = argmax prod_i pi_phi(a~_i | s_i), `bc_loss`). Expert actions are never read
+(`DEMO_KEYS`). Map from Alg. 1, BCO(alpha) (paraphrased), to this file:
+  pi_phi: a random policy; I = |I_pre|          the first iteration acts uniformly at random for --pre-demo-steps
+  while policy improvement:                     iterations until --total-timesteps environment steps are spent
+    run pi_phi for I steps, append (s, s', a)   `sample_action` (a ~ pi_phi, not its mode: M_theta needs varied a)
+    improve M_theta on all (s, s', a) so far    --inverse-gradient-steps of `inverse_model_loss`, continuing from the
+                                                previous M_theta; `inverse_model_score` on held-out transitions
+    infer A~_demo with M_theta from (s, s')     `infer_actions` over every demonstrated transition
+    improve pi_phi by BC on (S_demo, A~_demo)   --policy-gradient-steps of `bc_loss`, continuing from the previous pi_phi
+    I = alpha |I_pre|                           --alpha 0 is BCO(0): one iteration, no post-demonstration interaction
+M_theta and pi_phi are bc.py's networks (copied): a categorical over discrete actions, a Gaussian (or `--policy
+mixture` for pi_phi) over continuous actions in the [-1, 1]-rescaled action space, where the mode of M_theta is its
+mean. M_theta reads (s, s' - s), the same information as (s, s') but with the action's effect not buried in the
+difference of two large inputs, standardised with the pre-demonstration data's statistics; pi_phi reads s
+standardised with the demos' statistics. The paper's "agent-specific" state features are the full observation here.
+eval.csv's global_step counts environment steps (the pre-demonstration ones included), so BCO(0)'s only points are
+step 0 (the untrained policy) and step --pre-demo-steps.
+"""
+import json
+import os
+import random
+import sys
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from tqdm import tqdm
+
+# the only expert arrays this script reads: never actions, which state-only imitation does not have
+DEMO_KEYS = ("observations", "next_observations")
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanil"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    env_id: str = "CartPole-v1"
+    """the id of the environment"""
+    total_timesteps: int = 10_000
+    """environment steps in all: --pre-demo-steps, then BCO(alpha) iterations of alpha * pre_demo_steps steps each
+    until this budget is spent (with --alpha 0 the run ends after the pre-demonstration phase)"""
+    eval_frequency: int = 2_000
+    """evaluate the deterministic policy after the first iteration that crosses each multiple of this many environment steps"""
+    eval_episodes: int = 10
+    """number of episodes per evaluation"""
+    expert_path: Optional[str] = None
+    """folder of the expert artefacts (default: experts/<env-id>/ next to cleanil/)"""
+    num_expert_trajectories: int = 10
+    """number of expert demo episodes to imitate (the first ones of demos.npz)"""
+    subsample_frequency: int = 1
+    """keep every k-th expert transition, with a random offset per trajectory"""
+
+    # BCO
+    pre_demo_steps: int = 5_000
+    """|I_pre|: environment steps of the random policy before the demonstration, which the inverse model learns from"""
+    alpha: float = 0.1
+    """BCO(alpha): each post-demonstration iteration runs the current policy for alpha * pre_demo_steps steps (0: BCO(0))"""
+    holdout_fraction: float = 0.1
+    """fraction of each iteration's interaction kept out of the inverse model's training to measure its accuracy or error"""
+    inverse_gradient_steps: int = 2_000
+    """gradient steps on the inverse model per iteration (continuing from the previous iteration's model)"""
+    policy_gradient_steps: int = 2_000
+    """gradient steps of behavioral cloning per iteration (continuing from the previous iteration's policy)"""
+    policy: Literal["gaussian", "mixture"] = "gaussian"
+    """continuous actions only: the policy is a diagonal Gaussian, or a mixture of `num_components` diagonal Gaussians
+    (the inverse model is always a Gaussian, whose mean is its most likely action)"""
+    num_components: int = 5
+    """number of mixture components K of `--policy mixture`"""
+    batch_size: int = 256
+    """transitions per gradient step, of the inverse model and of the policy"""
+    learning_rate: float = 1e-3
+    """the learning rate of the Adam optimizers of the inverse model and of the policy"""
+    hidden_size: int = 256
+    """width of the two hidden layers of the inverse model and of the policy"""
+    log_std_min: float = -5.0
+    """lower bound of the log standard deviation of the Gaussian (components), in the [-1, 1]-rescaled action space"""
+    log_std_max: float = 2.0
+    """upper bound of the log standard deviation of the Gaussian (components)"""
+    normalize_observations: bool = True
+    """standardise the policy's observations with the demos' statistics, the inverse model's with the pre-demonstration data's"""
+
+
+def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+    try:
+        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+    except gym.error.Error as error:
+        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
+    if capture_video:
+        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.action_space.seed(seed)
+    return env
+
+
+def load_expert_info(expert_dir, env, required):
+    """expert.json as a dict, checked against the env; None if absent and not required."""
+    info_path = Path(expert_dir) / "expert.json"
+    if not info_path.exists():
+        if required:
+            sys.exit(f"error: no expert at {info_path}; create it with `{expert_command(env.spec.id)}`.")
+        return None
+    try:
+        info = json.loads(info_path.read_text())
+        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
+        float(info["expert_return_mean"]), float(info["random_return_mean"])
+    except (ValueError, KeyError, TypeError) as error:
+        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
+        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+    return info
+
+
+def expert_command(env_id):
+    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
+    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
+
+
+def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
+    """The first num_trajectories demo episodes, every subsample_frequency-th transition from a random offset per
+    episode (as GAIL's subsampled demos, Ho & Ermon 2016); only `keys` are read from demos.npz."""
+    path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id)
+    if not path.exists():
+        sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
+    if num_trajectories < 1 or subsample_frequency < 1:
+        sys.exit(f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must be >= 1.")
+    try:
+        data = np.load(path)
+        starts, length = data["episode_starts"], len(data["rewards"])
+        arrays = {key: data[key] for key in keys}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        sys.exit(f"error: {path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
+    if num_trajectories > len(starts):
+        sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
+                 f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
+                 f"--num-demo-episodes {num_trajectories} --overwrite`.")
+    action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
+    expected = {"observations": env.observation_space.shape, "next_observations": env.observation_space.shape, "actions": action_shape}
+    for key, shape in expected.items():
+        if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
+            sys.exit(f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
+                     f"regenerate it with `{command} --overwrite`.")
+    rng = np.random.default_rng(seed)
+    episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
+    index = np.concatenate([episode[rng.integers(min(subsample_frequency, len(episode))):: subsample_frequency] for episode in episodes])
+    return {key: value[index] for key, value in arrays.items()}
+
+
+def normalized_score(episode_return, expert_info):
+    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
+    if expert_info is None:
+        return float("nan")
+    random_return = expert_info["random_return_mean"]
+    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
+
+
+class Policy(nn.Module):
+    """MLP on standardised observations with a categorical, Gaussian or Gaussian-mixture head.
+
+    Continuous actions are modelled in the rescaled space (a - action_bias) / action_scale, which is [-1, 1] on the
+    env's bounds; their log-likelihoods differ from the raw-action ones by the constant sum(log action_scale)."""
+
+    def __init__(self, head, obs_mean, obs_std, action_dim, hidden_size, num_components=1, action_scale=None,
+                 action_bias=None, log_std_min=-5.0, log_std_max=2.0):
+        super().__init__()
+        self.head, self.action_dim, self.num_components = head, action_dim, num_components
+        out_dim = {"categorical": action_dim, "gaussian": 2 * action_dim, "mixture": num_components * (1 + 2 * action_dim)}[head]
+        self.network = nn.Sequential(nn.Linear(len(obs_mean), hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size),
+                                     nn.ReLU(), nn.Linear(hidden_size, out_dim))
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        self.register_buffer("obs_mean", torch.as_tensor(obs_mean, dtype=torch.float32))
+        self.register_buffer("obs_std", torch.as_tensor(obs_std, dtype=torch.float32))
+        ones = torch.ones(action_dim if head != "categorical" else 0)
+        self.register_buffer("action_scale", ones if action_scale is None else torch.as_tensor(action_scale, dtype=torch.float32))
+        self.register_buffer("action_bias", 0 * ones if action_bias is None else torch.as_tensor(action_bias, dtype=torch.float32))
+
+    def forward(self, obs):
+        """Categorical: logits [B, A]. Gaussian: mean, log_std [B, D]. Mixture: logits [B, K], means, log_stds [B, K, D]."""
+        out = self.network((obs - self.obs_mean) / self.obs_std)
+        if self.head == "categorical":
+            return (out,)
+        if self.head == "mixture":
+            logits, out = out[:, : self.num_components], out[:, self.num_components:].view(-1, self.num_components, 2 * self.action_dim)
+        mean, log_std = out.chunk(2, -1)
+        # squash log_std into [min, max] smoothly instead of clipping (keeps its gradient alive), as in sac.py
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
+        return (mean, log_std) if self.head == "gaussian" else (logits, mean, log_std)
+
+    def log_prob(self, obs, actions):
+        """log pi(a|s) of expert actions (class indices, or raw continuous actions)."""
+        params = self(obs)
+        if self.head == "categorical":
+            return categorical_log_prob(*params, actions)
+        actions = (actions - self.action_bias) / self.action_scale
+        return gaussian_log_prob(*params, actions) if self.head == "gaussian" else mixture_log_prob(*params, actions)
+
+    def deterministic_action(self, obs):
+        """argmax; the Gaussian mean; the mean of the most probable mixture component (not the mixture mean, which
+        would average the expert's modes, the very failure the mixture is there to avoid); clipped to the bounds."""
+        params = self(obs)
+        if self.head == "categorical":
+            return params[0].argmax(-1)
+        if self.head == "gaussian":
+            mean = params[0]
+        else:
+            logits, means, _ = params
+            mean = means[torch.arange(len(means), device=means.device), logits.argmax(-1)]
+        return mean.clamp(-1, 1) * self.action_scale + self.action_bias
+
+
+def categorical_log_prob(logits, actions):
+    """log softmax(logits)[a]."""
+    return F.log_softmax(logits, -1).gather(-1, actions[..., None]).squeeze(-1)
+
+
+def gaussian_log_prob(mean, log_std, actions):
+    """sum_d log N(a_d; mu_d, sigma_d), a diagonal Gaussian."""
+    return (-0.5 * ((actions - mean) / log_std.exp()) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+
+
+def mixture_log_prob(logits, means, log_stds, actions):
+    """log sum_k w_k N(a; mu_k, diag sigma_k^2), w = softmax(logits): the mixture density network likelihood (Bishop
+    1994), a logsumexp over components so that no component's tiny density underflows to log 0."""
+    component_log_prob = gaussian_log_prob(means, log_stds, actions.unsqueeze(-2))  # [B, K]
+    return torch.logsumexp(F.log_softmax(logits, -1) + component_log_prob, -1)
+
+
+def bc_loss(policy, obs, actions):
+    """Maximum likelihood: -1/N sum_i log pi_theta(a_i | s_i) over the expert minibatch."""
+    return -policy.log_prob(obs, actions).mean()
+
+
+def inverse_model_inputs(obs, next_obs):
+    """M_theta's input for the transition (s, s'): s and s' - s side by side (the same information as (s, s'))."""
+    return torch.cat([obs, next_obs - obs], -1)
+
+
+def inverse_model_loss(inverse_model, inputs, actions):
+    """modelLearning of Alg. 1, maximum likelihood: -1/N sum_i log M_theta(a_i | s_i, s'_i) on the agent's own data."""
+    return -inverse_model.log_prob(inputs, actions).mean()
+
+
+def infer_actions(inverse_model, inputs):
+    """a~ = argmax_a M_theta(a | s, s') for each demonstrated transition: the class of highest probability, or the
+    Gaussian's mean (clipped to the action bounds)."""
+    return inverse_model.deterministic_action(inputs)
+
+
+def inverse_model_score(inverse_model, inputs, actions):
+    """Held-out quality of M_theta: the accuracy of infer_actions (discrete), or its mean absolute error in the env's
+    action units (continuous)."""
+    inferred = infer_actions(inverse_model, inputs)
+    if inverse_model.head == "categorical":
+        return (inferred == actions).float().mean()
+    return (inferred - actions).abs().mean()
+
+
+def sample_action(policy, obs):
+    """a ~ pi_phi(.|s), what the agent executes after the demonstration: a class, or a continuous action drawn from the
+    Gaussian (or from a component drawn by its weight) in the rescaled space, clipped to [-1, 1], in env units."""
+    params = policy(obs)
+    if policy.head == "categorical":
+        return torch.distributions.Categorical(logits=params[0]).sample()
+    if policy.head == "gaussian":
+        mean, log_std = params
+    else:
+        logits, means, log_stds = params
+        rows, component = torch.arange(len(means), device=means.device), torch.distributions.Categorical(logits=logits).sample()
+        mean, log_std = means[rows, component], log_stds[rows, component]
+    action = mean + log_std.exp() * torch.randn_like(mean)
+    return action.clamp(-1, 1) * policy.action_scale + policy.action_bias
+
+
+def evaluate(act, env, num_episodes, seed):
+    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
+    returns = []
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
+    return np.array(returns, dtype=np.float64)
+
+
+def package_versions():
+    import importlib.metadata as metadata
+
+    return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
+
+
+def write_eval_row(run_dir, row):
+    """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
+    path = Path(run_dir) / "eval.csv"
+    new = not path.exists()
+    with open(path, "a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+
+
+def write_summary(run_dir, args, eval_rows, wall_time, sps):
+    scores = [row["normalized_score"] for row in eval_rows]
+    summary = {
+        "args": asdict(args),
+        "final_return": eval_rows[-1]["eval_return_mean"],
+        "final_normalized_score": scores[-1],
+        "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
+        "total_wall_time_s": wall_time,
+        "mean_sps": sps,
+        "versions": package_versions(),
+    }
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / run_name
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    env = make_env(args.env_id, args.seed)
+    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
+    discrete = isinstance(env.action_space, gym.spaces.Discrete)
+    if not discrete and not isinstance(env.action_space, gym.spaces.Box):
+        sys.exit(f"error: bco.py supports Discrete and Box actions, but {args.env_id} has {env.action_space}; pick another env.")
+    for name in ("pre_demo_steps", "inverse_gradient_steps", "policy_gradient_steps", "batch_size", "num_components"):
+        if getattr(args, name) < 1:
+            sys.exit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    if args.total_timesteps < args.pre_demo_steps or args.alpha < 0 or not 0 <= args.holdout_fraction < 1:
+        sys.exit(f"error: BCO needs --total-timesteps >= --pre-demo-steps, --alpha >= 0 and 0 <= --holdout-fraction < 1, got "
+                 f"{args.total_timesteps}, {args.pre_demo_steps}, {args.alpha} and {args.holdout_fraction}.")
+    expert_info = load_expert_info(expert_dir, env, required=True)
+    demos = load_demos(expert_dir, env, args.num_expert_trajectories, args.subsample_frequency, args.seed, DEMO_KEYS)
+    for key, value in demos.items():
+        if not np.isfinite(value).all():
+            sys.exit(f"error: {expert_dir / 'demos.npz'} holds non-finite {key}; regenerate it with `{expert_command(args.env_id)} --overwrite`.")
+    if not discrete:
+        high, low = env.action_space.high, env.action_space.low
+        if not (np.isfinite(high).all() and np.isfinite(low).all()):
+            sys.exit(f"error: bco.py rescales actions to [-1, 1] and needs finite action bounds, but {args.env_id} has {env.action_space}.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name, save_code=True)
+
+    obs_demo = torch.as_tensor(demos["observations"].reshape(len(demos["observations"]), -1), dtype=torch.float32, device=device)
+    next_obs_demo = torch.as_tensor(demos["next_observations"].reshape(len(obs_demo), -1), dtype=torch.float32, device=device)
+    obs_dim = obs_demo.shape[1]
+    if args.normalize_observations:
+        # +1e-3 keeps constant observation dims (e.g. a pinned joint) from blowing up, as TD3+BC does
+        obs_mean, obs_std = obs_demo.mean(0), obs_demo.std(0) + 1e-3
+    else:
+        obs_mean, obs_std = torch.zeros(obs_dim), torch.ones(obs_dim)
+    if discrete:
+        num_actions = int(env.action_space.n)
+        policy = Policy("categorical", obs_mean, obs_std, num_actions, args.hidden_size)
+    else:
+        action_dim, scale, bias = int(np.prod(env.action_space.shape)), (high - low) / 2, (high + low) / 2
+        policy = Policy(args.policy, obs_mean, obs_std, action_dim, args.hidden_size, args.num_components if args.policy == "mixture" else 1,
+                        scale, bias, args.log_std_min, args.log_std_max)
+    policy = policy.to(device)
+    policy_optimizer = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
+    inverse_model, inverse_optimizer = None, None  # built once the pre-demonstration data fixes its input statistics
+    demo_inputs = inverse_model_inputs(obs_demo, next_obs_demo)
+
+    # the agent's own transitions (Alg. 1's T^a and A), on the training device, plus which ones are held out
+    b_obs = torch.zeros(args.total_timesteps, obs_dim, device=device)
+    b_next_obs = torch.zeros(args.total_timesteps, obs_dim, device=device)
+    b_actions = torch.zeros((args.total_timesteps, *env.action_space.shape), dtype=torch.long if discrete else torch.float32, device=device)
+    b_held_out = torch.zeros(args.total_timesteps, dtype=torch.bool, device=device)
+    eval_rows = []
+
+    @torch.no_grad()
+    def act_deterministic(obs):
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=device).flatten(1)
+        return policy.deterministic_action(obs).cpu().numpy().reshape((len(obs), *eval_env.action_space.shape))
+
+    def run_evaluation(global_step):
+        returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
+        wall_time = time.time() - start_time
+        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
+               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
+               "sps": global_step / max(wall_time, 1e-9)}
+        eval_rows.append(row)
+        write_eval_row(run_dir, row)
+        if args.track:
+            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+        progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
+
+    start_time = time.time()
+    progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
+    run_evaluation(0)
+    obs, _ = env.reset(seed=args.seed)
+    global_step, iteration, episode_returns = 0, 0, []
+    post_demo_steps = max(1, round(args.alpha * args.pre_demo_steps))
+    while True:
+        iteration += 1
+        # Alg. 1: run pi_phi (at first a uniformly random policy) for I steps, appending (s, s') and a
+        iteration_start = global_step
+        num_steps = args.pre_demo_steps if iteration == 1 else min(post_demo_steps, args.total_timesteps - global_step)
+        for _ in range(num_steps):
+            if iteration == 1:
+                action = env.action_space.sample()
+            else:
+                with torch.no_grad():
+                    action = sample_action(policy, torch.as_tensor(obs[None], dtype=torch.float32, device=device).flatten(1))
+                action = action[0].cpu().numpy().reshape(env.action_space.shape)
+            next_obs, _, terminated, truncated, info = env.step(action)
+            b_obs[global_step] = torch.as_tensor(obs, dtype=torch.float32).flatten()
+            b_next_obs[global_step] = torch.as_tensor(next_obs, dtype=torch.float32).flatten()
+            b_actions[global_step] = torch.as_tensor(action)
+            obs = next_obs
+            global_step += 1
+            progress.update(1)
+            if terminated or truncated:
+                episode_returns.append(float(info["episode"]["r"]))
+                obs, _ = env.reset()
+        # a fixed share of each iteration's steps, drawn at random, never trains the inverse model
+        held_out = torch.randperm(num_steps, device=device)[: int(args.holdout_fraction * num_steps)] + iteration_start
+        b_held_out[held_out] = True
+        inputs = inverse_model_inputs(b_obs[:global_step], b_next_obs[:global_step])
+        train_index = (~b_held_out[:global_step]).nonzero().squeeze(-1)
+        held_out_index = b_held_out[:global_step].nonzero().squeeze(-1)
+        if iteration == 1:
+            if args.normalize_observations:
+                input_mean, input_std = inputs[train_index].mean(0), inputs[train_index].std(0) + 1e-3
+            else:
+                input_mean, input_std = torch.zeros(2 * obs_dim), torch.ones(2 * obs_dim)
+            if discrete:
+                inverse_model = Policy("categorical", input_mean, input_std, num_actions, args.hidden_size)
+            else:
+                inverse_model = Policy("gaussian", input_mean, input_std, action_dim, args.hidden_size, 1, scale, bias,
+                                       args.log_std_min, args.log_std_max)
+            inverse_model = inverse_model.to(device)
+            inverse_optimizer = torch.optim.Adam(inverse_model.parameters(), lr=args.learning_rate)
+
+        # Alg. 1: improve M_theta by model learning on all the agent's transitions so far
+        for _ in range(args.inverse_gradient_steps):
+            index = train_index[torch.randint(0, len(train_index), (args.batch_size,), device=device)]
+            inverse_loss = inverse_model_loss(inverse_model, inputs[index], b_actions[index])
+            inverse_optimizer.zero_grad(set_to_none=True)
+            inverse_loss.backward()
+            inverse_optimizer.step()
+
+        # Alg. 1: infer the demonstrated transitions' actions with M_theta, then improve pi_phi by behavioral cloning
+        with torch.no_grad():
+            inferred_actions = infer_actions(inverse_model, demo_inputs)
+        for _ in range(args.policy_gradient_steps):
+            index = torch.randint(0, len(obs_demo), (args.batch_size,), device=device)
+            loss = bc_loss(policy, obs_demo[index], inferred_actions[index])
+            policy_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            policy_optimizer.step()
+
+        inverse_loss, loss = inverse_loss.detach(), loss.detach()
+        if not (torch.isfinite(inverse_loss) and torch.isfinite(loss)):
+            sys.exit(f"error: non-finite loss at iteration {iteration} (inverse model {float(inverse_loss)}, BC {float(loss)}); lower --learning-rate.")
+        score = torch.tensor(float("nan"))  # --holdout-fraction 0: nothing to measure on
+        if len(held_out_index):
+            with torch.no_grad():
+                score = inverse_model_score(inverse_model, inputs[held_out_index], b_actions[held_out_index])
+        score_name = "inverse_model_accuracy" if discrete else "inverse_model_mae"
+        tqdm.write(f"iteration {iteration}, step {global_step}: held-out {score_name.replace('_', ' ')} {float(score):.4f} "
+                   f"({len(held_out_index)} transitions), inverse model loss {float(inverse_loss):.4f}, BC loss {float(loss):.4f}")
+        if args.track:
+            log = {f"charts/{score_name}": float(score), "losses/inverse_model_loss": float(inverse_loss), "losses/bc_loss": float(loss),
+                   "charts/iteration": iteration, "charts/SPS": global_step / (time.time() - start_time)}
+            if episode_returns:
+                log["charts/episodic_return"] = float(np.mean(episode_returns))
+            wandb.log(log, step=global_step)
+        episode_returns = []
+        done = args.alpha == 0 or global_step >= args.total_timesteps
+        if global_step // args.eval_frequency > iteration_start // args.eval_frequency or done:
+            run_evaluation(global_step)
+        if done:
+            break
+    progress.close()
+
+    wall_time = time.time() - start_time
+    mean_sps = global_step / max(wall_time, 1e-9)
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps)
+    print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
+    env.close()
+    eval_env.close()
+    if args.track:
+        wandb.finish()
