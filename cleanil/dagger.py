@@ -86,6 +86,8 @@ class Args:
     """exponential schedule: beta_i = beta_decay ** i (the paper's beta_i = p^(i-1))"""
     epochs_per_round: int = 10
     """passes over the whole aggregated dataset D when retraining the learner each round"""
+    min_updates_per_round: int = 1_000
+    """at least this many gradient steps per round: early rounds hold few pairs, so 10 epochs alone under-train"""
     batch_size: int = 256
     """minibatch size of the supervised updates"""
     learning_rate: float = 3e-4
@@ -272,9 +274,11 @@ def bc_loss(policy, obs, expert_actions):
     return -policy.log_prob(obs, expert_actions).mean()
 
 
-def train_policy(policy, optimizer, observations, expert_actions, epochs, batch_size):
-    """epochs passes of minibatch bc_loss over the whole aggregated dataset D; returns the last epoch's mean loss."""
-    for _ in range(epochs):
+def train_policy(policy, optimizer, observations, expert_actions, epochs, batch_size, min_updates=0):
+    """epochs passes of minibatch bc_loss over the whole aggregated dataset D (more if that is fewer than min_updates
+    gradient steps); returns the last epoch's mean loss."""
+    batches_per_epoch = -(-len(observations) // batch_size)
+    for _ in range(max(epochs, -(-min_updates // batches_per_epoch))):
         losses = []
         for index in torch.randperm(len(observations), device=observations.device).split(batch_size):
             loss = bc_loss(policy, observations[index], expert_actions[index])
@@ -426,7 +430,7 @@ if __name__ == "__main__":
     # Alg. 3.1 initialisation: D = the expert demos (beta_1 = 1), pi_hat_1 trained on them
     start_time, eval_rows = time.time(), []
     loss = train_policy(policy, optimizer, dataset_obs[:dataset_size], dataset_actions[:dataset_size], args.epochs_per_round,
-                        args.batch_size)
+                        args.batch_size, args.min_updates_per_round)
     log_round(0, 0, 1.0, loss, {})
     progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
     run_evaluation(0)
@@ -460,7 +464,7 @@ if __name__ == "__main__":
             # Alg. 3.1: D <- D u D_i, then train pi_hat_{i+1} on all of D
             dataset_size += args.steps_per_round
             loss = train_policy(policy, optimizer, dataset_obs[:dataset_size], dataset_actions[:dataset_size],
-                                args.epochs_per_round, args.batch_size)
+                                args.epochs_per_round, args.batch_size, args.min_updates_per_round)
             log_round(round_index, global_step, beta, loss, metrics)
         progress.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
