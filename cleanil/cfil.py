@@ -115,7 +115,8 @@ class Args:
     flow_hidden_layers: int = 3
     """hidden layers of each MADE (and of the regularnet MLP); official: an input layer plus n_hidden=2"""
     flow_batch_norm: bool = False
-    """a batch-norm flow layer after each MADE block (batch statistics when training, running ones for rewards)"""
+    """a batch-norm flow layer after each MADE block (batch statistics when training, running ones for rewards; the
+    official code, whose paper runs leave it off, uses each batch's own statistics everywhere)"""
 
     # SAC (official CFIL settings: spinningup SAC)
     buffer_size: int = 1_000_000
