@@ -6,7 +6,9 @@
 #
 # A run is identified by (exp_name, env_id, seed): benchmark.sh passes `--exp-name <algo>[_<tag>] --env-id --seed`,
 # and the scripts write runs/<env_id>__<exp_name>__<seed>__<unix time>/ (DESIGN.md). A combination with a
-# summary.json there is finished and skipped, so re-running the same command resumes an interrupted sweep.
+# summary.json there is finished and skipped, so re-running the same command resumes an interrupted sweep; an
+# unfinished one whose script has --resume and left checkpoints/<env_id>__<exp_name>__<seed>/checkpoint.pt continues
+# from that checkpoint (--resume) in its own run folder instead of starting again.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,6 +19,9 @@ usage: ./benchmark.sh --algos "ALGO ..." --env-ids "ENV ..." [--seeds N] [option
        ./benchmark.sh report [--workdir DIR] [--runs-dir DIR] [--output-dir DIR] [--algos "..."] [--env-ids "..."]
 
 Runs every (algorithm, env id, seed 1..N) combination; ALGO is a script name in cleanil/ (sac, dqn, bc, gail, ...).
+A combination with a finished run (WORKDIR/runs/<env-id>__<exp-name>__<seed>__*/summary.json) is skipped; an
+unfinished one continues from WORKDIR/checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt with --resume when its
+script has --resume (sac, dqn, cfil, nail, ...) and left one, so re-running a killed sweep loses little work.
 
 sweep options:
   --algos "A B"          scripts to run (required)
@@ -148,6 +153,8 @@ for extra in ${EXTRA[@]+"${EXTRA[@]}"}; do
     case "$extra" in
         --exp-name | --exp-name=* | --seed | --seed=* | --env-id | --env-id=*)
             die "benchmark.sh sets ${extra%%=*} itself; drop it from the extra args (use --tag to name a variant, --seeds and --env-ids for the rest)." ;;
+        --resume | --checkpoint-dir | --checkpoint-dir=*)
+            die "benchmark.sh passes --resume itself where WORKDIR/checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt exists; drop ${extra%%=*} from the extra args (use --workdir to move the checkpoints)." ;;
     esac
 done
 absolute() { if [[ "$1" == /* ]]; then echo "${1%/}"; else echo "$PWD/${1%/}"; fi; }
@@ -196,9 +203,15 @@ finished_run() { # the first finished run dir of combination $1, if any
     matches=$(compgen -G "$WORKDIR/runs/$(run_prefix "$1")__*/summary.json" | head -n 1)
     [[ -n "$matches" ]] && dirname "$matches"
 }
-build_command() { # sets CMD to the command line of combination $1
+supports_resume() { grep -qE '^[[:space:]]+resume:' "$REPO/cleanil/${COMBO_ALGO[$1]}.py"; } # an Args field `resume`
+checkpoint_file() { echo "$WORKDIR/checkpoints/$(run_prefix "$1")/checkpoint.pt"; } # the scripts' default checkpoint_dir
+resumable() { supports_resume "$1" && [[ -f "$(checkpoint_file "$1")" ]]; } # an interrupted run that can continue
+build_command() { # sets CMD to the command line of combination $1, with --resume when resumable (not given "noresume")
     CMD=("$PYTHON_BIN" "$REPO/cleanil/${COMBO_ALGO[$1]}.py" --env-id "${COMBO_ENV[$1]}" --seed "${COMBO_SEED[$1]}"
         --exp-name "$(exp_name "$1")" ${EXTRA[@]+"${EXTRA[@]}"})
+    if [[ "${2:-}" != noresume ]] && resumable "$1"; then
+        CMD+=(--resume)
+    fi
 }
 quoted() { printf '%q ' "$@" | sed 's/ $//'; }
 
@@ -240,9 +253,12 @@ render_sbatch() {
                 ;;
             "@TASKS@")
                 for i in "${PENDING[@]}"; do
-                    build_command "$i"
+                    build_command "$i" noresume
                     echo "    $task) name=$(quoted "$(label "$i")") prefix=$(quoted "$(run_prefix "$i")") log=$(quoted "$(log_file "$i")")"
-                    echo "       command=($(quoted "${CMD[@]}")) ;;"
+                    echo "       command=($(quoted "${CMD[@]}"))"
+                    # decided when the task runs: a requeued or resubmitted task continues from its last attempt's checkpoint
+                    supports_resume "$i" && echo "       [[ -f $(quoted "$(checkpoint_file "$i")") ]] && command+=(--resume)"
+                    echo "       ;;"
                     task=$((task + 1))
                 done
                 echo "    *) echo \"error: this array has tasks 0-$((n - 1)), not \$SLURM_ARRAY_TASK_ID\" >&2; exit 2 ;;"
@@ -273,7 +289,8 @@ fi
 if ((DRY_RUN)); then
     for i in "${PENDING[@]+"${PENDING[@]}"}"; do
         build_command "$i"
-        echo "cd $(quoted "$WORKDIR") && OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS$( ((CAPTURE_VIDEO)) && echo " MUJOCO_GL=$MUJOCO_GL") $(quoted "${CMD[@]}") > $(quoted "$(log_file "$i")") 2>&1"
+        redirect=">" && resumable "$i" && redirect=">>"
+        echo "cd $(quoted "$WORKDIR") && OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS$( ((CAPTURE_VIDEO)) && echo " MUJOCO_GL=$MUJOCO_GL") $(quoted "${CMD[@]}") $redirect $(quoted "$(log_file "$i")") 2>&1"
     done
     exit 0
 fi
@@ -333,11 +350,18 @@ for i in "${PENDING[@]}"; do
     done
     build_command "$i"
     count=$((count + 1))
+    resume_note=""
+    if resumable "$i"; then
+        checkpoint=$(checkpoint_file "$i")
+        resume_note=" (resume from ${checkpoint#"$WORKDIR"/})"
+    else
+        : >"$(log_file "$i")" # a fresh run starts a fresh log; a resumed one appends to its interrupted part's
+    fi
     # exec: the pid we hold is the script's own, so an interrupt reaches it directly
-    (cd "$WORKDIR" && OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS exec "${CMD[@]}") >"$(log_file "$i")" 2>&1 </dev/null &
+    (cd "$WORKDIR" && OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS exec "${CMD[@]}") >>"$(log_file "$i")" 2>&1 </dev/null &
     RUNNING[$!]=$i
     STARTED[$!]=$(date +%s)
-    echo "start  [$count/${#PENDING[@]}] $(label "$i") -> $(log_file "$i")" >&2
+    echo "start  [$count/${#PENDING[@]}] $(label "$i") -> $(log_file "$i")$resume_note" >&2
 done
 while ((${#RUNNING[@]})); do
     reap_one

@@ -29,6 +29,9 @@ two flows), `indflow` / `indflowns` (two flows trained independently by maximum 
 sigma(log q_phi - log p_psi) / log q_phi - log p_psi), `numerator` (r = log q_phi, the expert flow alone).
 SAC as in the official spinningup SAC (lr 1e-3, fixed alpha 0.2, batch 100, polyak 0.995, 2000 random steps, one
 update per env step; spinningup starts updating after 1000 steps in blocks of 50, here after the random steps).
+`--resume` continues from checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt (SAC networks and optimisers, the
+flows (or the regularnet MLP) and their optimizer, replay buffer, counters, RNG states), so that a long run spans
+several sessions; the episode in progress is restarted, and eval.csv continues in the same run folder.
 """
 import json
 import math
@@ -147,6 +150,14 @@ class Args:
     """lower bound of the actor's log standard deviation"""
     log_std_max: float = 2.0
     """upper bound of the actor's log standard deviation"""
+
+    # checkpoints
+    checkpoint_frequency: int = 20_000
+    """save a resumable checkpoint every this many environment steps (0: never; default: five of the paper's epochs)"""
+    checkpoint_dir: Optional[str] = None
+    """checkpoint folder (default: checkpoints/<env-id>__<exp-name>__<seed>/, git-ignored)"""
+    resume: bool = False
+    """continue from the checkpoint in checkpoint_dir"""
 
 
 def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
@@ -303,6 +314,16 @@ class ReplayBuffer:
 
     def tensors(self):
         return self.observations, self.actions, self.next_observations, self.terminations
+
+    def state_dict(self):
+        filled = self.size if self.full else self.pos
+        # copy=True: a slice saved as it is would drag the whole preallocated storage (all buffer_size rows) into the file
+        return {"tensors": [t[:filled].to("cpu", copy=True) for t in self.tensors()], "pos": self.pos, "full": self.full}
+
+    def load_state_dict(self, state):
+        for storage, saved in zip(self.tensors(), state["tensors"]):
+            storage[: len(saved)] = saved.to(storage.device)
+        self.pos, self.full = state["pos"], state["full"]
 
 
 class MaskedLinear(nn.Linear):
@@ -585,10 +606,16 @@ if __name__ == "__main__":
                  "density_batch", "flow_blocks", "flow_hidden_size", "flow_hidden_layers", "hidden_size"):
         if getattr(args, name) < 1:
             sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}.")
-    if args.squash_scale <= 0 or args.squash_bound <= 0 or args.smooth < 0 or args.flow_reg < 0:
-        sys.exit("error: --squash-scale and --squash-bound must be positive, --smooth and --flow-reg non-negative.")
+    if args.squash_scale <= 0 or args.squash_bound <= 0 or args.smooth < 0 or args.flow_reg < 0 or args.checkpoint_frequency < 0:
+        sys.exit("error: --squash-scale and --squash-bound must be positive, --smooth, --flow-reg and --checkpoint-frequency non-negative.")
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    checkpoint_dir = Path(args.checkpoint_dir or f"checkpoints/{args.env_id}__{args.exp_name}__{args.seed}")
+    checkpoint = None
+    if args.resume:
+        if not (checkpoint_dir / "checkpoint.pt").exists():
+            sys.exit(f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume.")
+        checkpoint = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=False)
+    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = Path("runs") / run_name
 
     # seeding
@@ -610,7 +637,8 @@ if __name__ == "__main__":
     if args.track:
         import wandb
 
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name, save_code=True)
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name,
+                   save_code=True, id=run_name, resume="allow")
     obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
 
     actor = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)
@@ -631,7 +659,29 @@ if __name__ == "__main__":
                                args.flow_batch_norm).to(device).eval()
     density_optimizer = torch.optim.Adam(reward_model.parameters(), lr=args.density_lr)
     reward_shift = args.squash_bound if args.reward_shift and args.variant in SQUASHED_VARIANTS else 0.0
-    eval_rows = []
+
+    start_step, wall_offset, eval_rows, commands = 0, 0.0, [], []
+    if checkpoint:
+        try:
+            for module, key in ((actor, "actor"), (qf, "qf"), (qf_target, "qf_target"), (q_optimizer, "q_optimizer"),
+                                (actor_optimizer, "actor_optimizer"), (alpha_optimizer, "alpha_optimizer"), (rb, "rb"),
+                                (reward_model, "reward_model"), (density_optimizer, "density_optimizer")):
+                module.load_state_dict(checkpoint[key])
+        except (KeyError, RuntimeError, ValueError) as error:
+            sys.exit(f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments ({' '.join(str(error).split())[:240]}); "
+                     f"resume with the arguments of the run that wrote it, or start without --resume.")
+        with torch.no_grad():
+            log_alpha.copy_(checkpoint["log_alpha"])
+        start_step, wall_offset, eval_rows, commands = (checkpoint[k] for k in ("global_step", "wall_time", "eval_rows", "commands"))
+        random.setstate(checkpoint["python_rng"])
+        np.random.set_state(checkpoint["numpy_rng"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        # a killed run may have evaluated past its checkpoint: those steps run again, so eval.csv restarts from the checkpoint's rows
+        (run_dir / "eval.csv").unlink(missing_ok=True)
+        for row in eval_rows:
+            write_eval_row(run_dir, row)
+        print(f"resumed {run_name} at step {start_step} from {checkpoint_dir}")
+    commands.append(" ".join(["python"] + sys.argv))
 
     @torch.no_grad()
     def act_deterministic(obs):
@@ -639,21 +689,33 @@ if __name__ == "__main__":
 
     def run_evaluation(global_step):
         returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
-        wall_time = time.time() - start_time
+        wall_time = wall_offset + time.time() - start_time
         row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
                "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
-               "sps": global_step / max(wall_time, 1e-9)}
+               "sps": (global_step - start_step) / max(time.time() - start_time, 1e-9)}
         eval_rows.append(row)
         write_eval_row(run_dir, row)
         if args.track:
             wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
+    def save_checkpoint(global_step):
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        state = {key: module.state_dict() for key, module in (("actor", actor), ("qf", qf), ("qf_target", qf_target),
+                 ("q_optimizer", q_optimizer), ("actor_optimizer", actor_optimizer), ("alpha_optimizer", alpha_optimizer), ("rb", rb),
+                 ("reward_model", reward_model), ("density_optimizer", density_optimizer))}
+        state.update(log_alpha=log_alpha.detach().cpu(), global_step=global_step, run_name=run_name, eval_rows=eval_rows,
+                     commands=commands, wall_time=wall_offset + time.time() - start_time, python_rng=random.getstate(),
+                     numpy_rng=np.random.get_state(), torch_rng=torch.get_rng_state(), args=asdict(args))
+        torch.save(state, checkpoint_dir / "checkpoint.pt.tmp")
+        os.replace(checkpoint_dir / "checkpoint.pt.tmp", checkpoint_dir / "checkpoint.pt")  # atomic: a kill never corrupts it
+
     start_time = time.time()
-    progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
-    run_evaluation(0)
-    obs, _ = env.reset(seed=args.seed)
-    for global_step in range(1, args.total_timesteps + 1):
+    progress = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
+    if start_step == 0:
+        run_evaluation(0)
+    obs, _ = env.reset(seed=args.seed + start_step)
+    for global_step in range(start_step + 1, args.total_timesteps + 1):
         if global_step <= args.learning_starts:
             action = env.action_space.sample()
         else:
@@ -696,7 +758,7 @@ if __name__ == "__main__":
                                log_alpha, q_optimizer, actor_optimizer, alpha_optimizer, args, target_entropy, global_step)
             if global_step % 1000 == 0:
                 stats["charts/reward_mean"] = rewards.mean()
-                sps = global_step / (time.time() - start_time)
+                sps = (global_step - start_step) / (time.time() - start_time)
                 if not all(torch.isfinite(value) for value in stats.values()):
                     sys.exit(f"error: non-finite SAC loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); lower --q-lr or --policy-lr.")
                 if args.track:
@@ -704,10 +766,12 @@ if __name__ == "__main__":
         progress.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             run_evaluation(global_step)
+        if args.checkpoint_frequency and (global_step % args.checkpoint_frequency == 0 or global_step == args.total_timesteps):
+            save_checkpoint(global_step)
     progress.close()
 
-    wall_time = time.time() - start_time
-    mean_sps = args.total_timesteps / max(wall_time, 1e-9)
+    wall_time = wall_offset + time.time() - start_time
+    mean_sps = (args.total_timesteps - start_step) / max(time.time() - start_time, 1e-9)
     write_summary(run_dir, args, eval_rows, wall_time, mean_sps)
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
     env.close()

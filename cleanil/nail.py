@@ -33,6 +33,9 @@ alpha = 1 fixed is the entropy weight of the reward above (autotuning it leaves 
 Replay actions of old policies can be arbitrarily unlikely under a narrow pi~, so log pi~ is clipped below at
 --reference-log-prob-min per action dimension: an off-policy guard of ours that leaves pi~'s own actions untouched.
 Discriminator (DAC): two tanh layers of 256, Adam 1e-3, batches of 100, gradient penalty 10.
+`--resume` continues from checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt (SAC networks and optimisers, the
+discriminator and its optimizer, the frozen reference pi~ and the epoch counters, replay buffer, RNG states), so that a
+long run spans several sessions; the episode in progress is restarted, and eval.csv continues in the same run folder.
 """
 import json
 import os
@@ -137,6 +140,14 @@ class Args:
     """lower bound of the actor's log standard deviation"""
     log_std_max: float = 2.0
     """upper bound of the actor's log standard deviation"""
+
+    # checkpoints
+    checkpoint_frequency: int = 50_000
+    """save a resumable checkpoint every this many environment steps (0: never)"""
+    checkpoint_dir: Optional[str] = None
+    """checkpoint folder (default: checkpoints/<env-id>__<exp-name>__<seed>/, git-ignored)"""
+    resume: bool = False
+    """continue from the checkpoint in checkpoint_dir"""
 
 
 def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
@@ -298,6 +309,16 @@ class ReplayBuffer:
 
     def tensors(self):
         return self.observations, self.actions, self.next_observations
+
+    def state_dict(self):
+        filled = self.size if self.full else self.pos
+        # copy=True: a slice saved as it is would drag the whole preallocated storage (all buffer_size rows) into the file
+        return {"tensors": [t[:filled].to("cpu", copy=True) for t in self.tensors()], "pos": self.pos, "full": self.full}
+
+    def load_state_dict(self, state):
+        for storage, saved in zip(self.tensors(), state["tensors"]):
+            storage[: len(saved)] = saved.to(storage.device)
+        self.pos, self.full = state["pos"], state["full"]
 
 
 class Discriminator(nn.Module):
@@ -480,10 +501,16 @@ if __name__ == "__main__":
                  "discriminator_hidden_size", "hidden_size", "updates_per_step", "buffer_size"):
         if getattr(args, name) < 1:
             sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}.")
-    if args.discriminator_updates_per_step <= 0 or args.gradient_penalty < 0 or args.alpha <= 0:
-        sys.exit("error: --discriminator-updates-per-step and --alpha must be positive, --gradient-penalty non-negative.")
+    if args.discriminator_updates_per_step <= 0 or args.gradient_penalty < 0 or args.alpha <= 0 or args.checkpoint_frequency < 0:
+        sys.exit("error: --discriminator-updates-per-step and --alpha must be positive, --gradient-penalty and --checkpoint-frequency non-negative.")
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    checkpoint_dir = Path(args.checkpoint_dir or f"checkpoints/{args.env_id}__{args.exp_name}__{args.seed}")
+    checkpoint = None
+    if args.resume:
+        if not (checkpoint_dir / "checkpoint.pt").exists():
+            sys.exit(f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume.")
+        checkpoint = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=False)
+    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = Path("runs") / run_name
 
     # seeding
@@ -511,7 +538,8 @@ if __name__ == "__main__":
     if args.track:
         import wandb
 
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name, save_code=True)
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name,
+                   save_code=True, id=run_name, resume="allow")
     obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
 
     actor = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)
@@ -534,7 +562,34 @@ if __name__ == "__main__":
     expert_weights = torch.where(expert_obs[:, -1] == 1, 1.0 / args.subsample_frequency, 1.0)
     # the warm-up epochs' reference is the uniform policy: log pi~ = -sum log(high - low) everywhere
     uniform_log_prob = -torch.log(2 * scale).sum()
-    reference_is_uniform, num_updates, num_epochs, eval_rows = True, 0, 0, []
+    # epoch_rows: replay rows (transitions and absorbing self-transitions) collected by the current pi~
+    reference_is_uniform, num_updates, num_epochs, epoch_rows = True, 0, 0, 0
+
+    start_step, wall_offset, eval_rows, commands = 0, 0.0, [], []
+    if checkpoint:
+        try:
+            for module, key in ((actor, "actor"), (qf, "qf"), (qf_target, "qf_target"), (q_optimizer, "q_optimizer"),
+                                (actor_optimizer, "actor_optimizer"), (alpha_optimizer, "alpha_optimizer"), (rb, "rb"),
+                                (discriminator, "discriminator"), (discriminator_optimizer, "discriminator_optimizer"),
+                                (reference, "reference")):
+                module.load_state_dict(checkpoint[key])
+        except (KeyError, RuntimeError, ValueError) as error:
+            sys.exit(f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments ({' '.join(str(error).split())[:240]}); "
+                     f"resume with the arguments of the run that wrote it, or start without --resume.")
+        with torch.no_grad():
+            log_alpha.copy_(checkpoint["log_alpha"])
+        start_step, wall_offset, eval_rows, commands = (checkpoint[k] for k in ("global_step", "wall_time", "eval_rows", "commands"))
+        reference_is_uniform, num_updates, num_epochs, epoch_rows = (
+            checkpoint[k] for k in ("reference_is_uniform", "num_updates", "num_epochs", "epoch_rows"))
+        random.setstate(checkpoint["python_rng"])
+        np.random.set_state(checkpoint["numpy_rng"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        # a killed run may have evaluated past its checkpoint: those steps run again, so eval.csv restarts from the checkpoint's rows
+        (run_dir / "eval.csv").unlink(missing_ok=True)
+        for row in eval_rows:
+            write_eval_row(run_dir, row)
+        print(f"resumed {run_name} at step {start_step} from {checkpoint_dir}")
+    commands.append(" ".join(["python"] + sys.argv))
 
     def minibatch_rewards(obs, actions):
         """The reward of the current discriminator and pi~ on a replay minibatch (no_grad: a fixed reward per epoch)."""
@@ -553,22 +608,34 @@ if __name__ == "__main__":
 
     def run_evaluation(global_step):
         returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
-        wall_time = time.time() - start_time
+        wall_time = wall_offset + time.time() - start_time
         row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
                "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
-               "sps": global_step / max(wall_time, 1e-9)}
+               "sps": (global_step - start_step) / max(time.time() - start_time, 1e-9)}
         eval_rows.append(row)
         write_eval_row(run_dir, row)
         if args.track:
             wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
+    def save_checkpoint(global_step):
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        state = {key: module.state_dict() for key, module in (("actor", actor), ("qf", qf), ("qf_target", qf_target),
+                 ("q_optimizer", q_optimizer), ("actor_optimizer", actor_optimizer), ("alpha_optimizer", alpha_optimizer), ("rb", rb),
+                 ("discriminator", discriminator), ("discriminator_optimizer", discriminator_optimizer), ("reference", reference))}
+        state.update(log_alpha=log_alpha.detach().cpu(), global_step=global_step, run_name=run_name, eval_rows=eval_rows,
+                     commands=commands, wall_time=wall_offset + time.time() - start_time, python_rng=random.getstate(),
+                     numpy_rng=np.random.get_state(), torch_rng=torch.get_rng_state(), args=asdict(args),
+                     reference_is_uniform=reference_is_uniform, num_updates=num_updates, num_epochs=num_epochs, epoch_rows=epoch_rows)
+        torch.save(state, checkpoint_dir / "checkpoint.pt.tmp")
+        os.replace(checkpoint_dir / "checkpoint.pt.tmp", checkpoint_dir / "checkpoint.pt")  # atomic: a kill never corrupts it
+
     start_time = time.time()
-    progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
-    run_evaluation(0)
-    obs, _ = env.reset(seed=args.seed)
-    epoch_rows = 0  # replay rows (transitions and absorbing self-transitions) collected by the current pi~
-    for global_step in range(1, args.total_timesteps + 1):
+    progress = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
+    if start_step == 0:
+        run_evaluation(0)
+    obs, _ = env.reset(seed=args.seed + start_step)
+    for global_step in range(start_step + 1, args.total_timesteps + 1):
         if reference_is_uniform:
             action = env.action_space.sample()
         else:
@@ -617,16 +684,19 @@ if __name__ == "__main__":
                 sys.exit(f"error: non-finite loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
                          f"lower --q-lr, --policy-lr or --discriminator-lr.")
             if args.track:
-                wandb.log({**{k: float(v) for k, v in stats.items()}, "charts/SPS": global_step / (time.time() - start_time)}, step=global_step)
+                sps = (global_step - start_step) / (time.time() - start_time)
+                wandb.log({**{k: float(v) for k, v in stats.items()}, "charts/SPS": sps}, step=global_step)
         if global_step % args.epoch_steps == 0:
             epoch_rows = 0
         progress.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             run_evaluation(global_step)
+        if args.checkpoint_frequency and (global_step % args.checkpoint_frequency == 0 or global_step == args.total_timesteps):
+            save_checkpoint(global_step)
     progress.close()
 
-    wall_time = time.time() - start_time
-    mean_sps = args.total_timesteps / max(wall_time, 1e-9)
+    wall_time = wall_offset + time.time() - start_time
+    mean_sps = (args.total_timesteps - start_step) / max(time.time() - start_time, 1e-9)
     write_summary(run_dir, args, eval_rows, wall_time, mean_sps)
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
     env.close()

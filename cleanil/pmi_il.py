@@ -18,6 +18,20 @@ offset far larger than the PMI itself, ends near 330 (100k steps, seed 1). The s
 an episodic task reads as a reason to live (shifted: positive for expert-like steps; CartPole, which ends on failure)
 or to finish (`--no-reward-shift`: the plain log-softmax <= 0, a per-step cost; Acrobot and MountainCar, which end
 on success): the reward bias of Kostrikov et al. 2019 (arXiv 1809.02925, Sec. 4), as with GAIL's two reward forms.
+The temperature decides what of the critic the reward reads. A deterministic expert's p(s'|s) is a spike, so the
+critic separates s' from the other expert next states by hundreds of logits (`logit_margin`, `heldout_logit_margin`
+in critic.json: about 600 on CartPole-v1 and Acrobot-v1, 1900 on MountainCar-v0). At T = 1 the log-softmax then
+saturates: any s' that continues s beats every negative, r is 0 whatever the action, and the unshifted reward costs
+nothing anywhere (Acrobot-v1: the mean step reward of a random policy, -0.05, is above the expert's, -0.08; the agent
+stays at -500). At a T of the margin's order the log-softmax is linear, r = (log f(s, s') - mean_j log f(s, s'_j)) / T
+- log(K + 1) (the mean over s' and its negatives): a per-step cost that the PMI estimate lowers on expert-like
+transitions. The cost alone does not imitate (T = 1e6: Acrobot-v1 -500, MountainCar-v0 -200), the PMI term does:
+  CartPole-v1     the defaults                                                   500 (seed 1)
+  Acrobot-v1      --no-reward-shift --temperature 100                            -75, -83, -82 (seeds 1-3)
+  MountainCar-v0  --no-reward-shift --temperature 300 --negatives agent          -119 (seed 1)
+(100k steps each; expert -77.5 and -100.8). On MountainCar-v0 expert negatives (`--temperature 1000`: -130 with seed
+1, -200 with seed 2) are less reliable than the agent's own next states, which also cost the agent for next states it
+keeps revisiting, such as the valley floor.
 The reinforcement learner is PPO with an entropy bonus (Schulman et al. 2017, arXiv 1707.06347, Eq. 7 `ppo_loss`,
 the entropy term of Eq. 9, `--ent-coef`) on `--num-envs` vector envs with GAE advantages (`gae`, Schulman et al.
 2016, arXiv 1506.02438, Eq. 16), after cleanrl/ppo.py (orthogonal init, annealed Adam, per-minibatch advantage
@@ -94,7 +108,8 @@ class Args:
     num_negatives: int = 64
     """negatives K per positive, in InfoNCE (other next states of the critic batch) and in the softmax reward"""
     temperature: float = 1.0
-    """temperature T of the softmax reward: log-softmax(log f / T)"""
+    """temperature T of the softmax reward: log-softmax(log f / T); 1 saturates the reward when the critic's logit margin
+    (critic.json) is in the hundreds, T of the margin's order reads the PMI in it (100 on Acrobot-v1, 300 on MountainCar-v0)"""
     reward_shift: bool = True
     """`--reward softmax`: add log(K + 1), a reward positive for expert-like steps (tasks that end on failure, CartPole);
     `--no-reward-shift`: the plain log-softmax <= 0, a per-step cost (tasks that end on success, Acrobot, MountainCar)"""
@@ -300,6 +315,15 @@ def top1_accuracy(phi_obs, phi_next):
     return (scores.argmax(1) == torch.arange(len(scores), device=scores.device)).float().mean()
 
 
+def logit_margin(phi_obs, phi_next, tau):
+    """Mean over rows i of log f(s_i, s'_i) - mean_{j != i} log f(s_i, s'_j): how far, in logits, the true next state
+    stands above the batch's other next states. When it is much larger than T log(K + 1) the softmax reward saturates
+    at 0 for every s' that continues s (see the module docstring); [B, E], [B, E] -> scalar."""
+    logits = phi_obs @ phi_next.T / tau
+    positive = logits.diagonal()
+    return (positive - (logits.sum(1) - positive) / max(len(logits) - 1, 1)).mean()
+
+
 def gae(rewards, values, next_values, terminations, dones, gamma, gae_lambda):
     """GAE(gamma, lambda) (Schulman et al. 2016, arXiv 1506.02438, Eq. 16): A_t = sum_l (gamma lambda)^l delta_{t+l},
     delta_t = r_t + gamma (1 - terminated_t) V(s'_t) - V(s_t), on [T, num_envs] tensors in time order.
@@ -459,11 +483,14 @@ if __name__ == "__main__":
     critic.requires_grad_(False)
     with torch.no_grad():
         # held-out top-1 accuracy, over shuffled batches of critic_batch_size (chance: 1 / batch size)
-        correct, chance = 0.0, 0.0
+        correct, chance, margin = 0.0, 0.0, 0.0
         for index in torch.randperm(len(heldout_obs), device=device).split(critic_batch_size):
-            correct += float(top1_accuracy(critic.phi2(heldout_obs[index]), critic.phi1(heldout_next[index]))) * len(index)
+            phi_obs, phi_next = critic.phi2(heldout_obs[index]), critic.phi1(heldout_next[index])
+            correct += float(top1_accuracy(phi_obs, phi_next)) * len(index)
+            margin += float(logit_margin(phi_obs, phi_next, args.tau)) * len(index)
             chance += 1.0
         critic_report = {"top1_accuracy": correct / len(heldout_obs), "top1_chance": chance / len(heldout_obs),
+                         "heldout_logit_margin": margin / len(heldout_obs),
                          "heldout_trajectories": args.num_heldout_trajectories, "heldout_transitions": len(heldout_obs),
                          "final_infonce_loss": float(critic_loss.detach()) if args.critic_steps else float("nan"),
                          "infonce_loss_at_chance": float(np.log(args.num_negatives + 1)),
@@ -473,7 +500,8 @@ if __name__ == "__main__":
         sys.exit(f"error: non-finite InfoNCE loss after {args.critic_steps} critic steps; lower --critic-learning-rate or raise --tau.")
     (run_dir / "critic.json").write_text(json.dumps(critic_report, indent=2) + "\n")
     print(f"critic: held-out top-1 next-state accuracy {critic_report['top1_accuracy']:.3f} (chance {critic_report['top1_chance']:.3f}), "
-          f"InfoNCE loss {critic_report['final_infonce_loss']:.3f} (chance {critic_report['infonce_loss_at_chance']:.3f})")
+          f"InfoNCE loss {critic_report['final_infonce_loss']:.3f} (chance {critic_report['infonce_loss_at_chance']:.3f}), "
+          f"logit margin {critic_report['heldout_logit_margin']:.1f}")
     if args.track:
         wandb.log({"charts/top1_accuracy": critic_report["top1_accuracy"], "losses/infonce_loss": critic_report["final_infonce_loss"]}, step=0)
 

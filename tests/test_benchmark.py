@@ -1,4 +1,5 @@
-"""benchmark.sh and benchmark/report.py: a tiny real sweep end to end, resume, failures, Slurm rendering, aggregation."""
+"""benchmark.sh and benchmark/report.py: a tiny real sweep end to end, resume (skipping finished runs, continuing
+checkpointed ones), failures, Slurm rendering, aggregation."""
 import json
 import os
 import re
@@ -183,6 +184,78 @@ def test_slurm_dry_run_renders_a_runnable_array(tmp_path):
     assert "CartPole-v1 --seed 2" not in result.stdout
 
 
+def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path):
+    """cfil on Pendulum-v1 (the shipped expert), 300 steps with a checkpoint; its summary.json removed, as if the run had
+    been killed after that checkpoint; the sweep again (longer): the run continues with --resume instead of restarting."""
+    cfil_tiny = ["--learning-starts", "100", "--density-update-every", "100", "--density-batch", "32", "--eval-frequency", "150",
+                 "--eval-episodes", "2", "--batch-size", "32", "--hidden-size", "32", "--flow-hidden-size", "32",
+                 "--checkpoint-frequency", "300"]
+    common = ["--algos", "cfil", "--env-ids", "Pendulum-v1", "--seeds", 1, "--workers", 1, "--threads", 1, "--workdir", tmp_path,
+              "--", *cfil_tiny]
+    log = tmp_path / "benchmark" / "logs" / "cfil__Pendulum-v1__1.log"
+    result = bench(*common, "--total-timesteps", 300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"start  [1/1] cfil Pendulum-v1 seed 1 -> {log}\n" in result.stderr
+    (run_dir,) = finished_runs(tmp_path, "Pendulum-v1__cfil__1")
+    assert (tmp_path / "checkpoints" / "Pendulum-v1__cfil__1" / "checkpoint.pt").exists()
+    (run_dir / "summary.json").unlink()
+
+    result = bench(*common, "--total-timesteps", 600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 combinations: 1 to run, 0 already finished" in result.stderr
+    assert (f"start  [1/1] cfil Pendulum-v1 seed 1 -> {log} (resume from checkpoints/Pendulum-v1__cfil__1/checkpoint.pt)"
+            in result.stderr)
+    assert finished_runs(tmp_path, "Pendulum-v1__cfil__1") == [run_dir]  # the same run folder, finished now
+    assert [row["global_step"] for row in read_eval_csv(run_dir)] == [0, 150, 300, 450, 600]
+    assert read_summary(run_dir)["args"]["resume"] is True
+    text = log.read_text()  # the log keeps the interrupted part, the resumed one appended
+    assert text.count("final return") == 2 and f"resumed {run_dir.name} at step 300" in text
+
+
+def test_resume_is_passed_only_where_the_script_has_it_and_left_a_checkpoint(tmp_path):
+    """Dry runs, local and Slurm, with a stand-in interpreter that prints its arguments; cfil and nail have --resume,
+    bc does not."""
+    fake_python = tmp_path / "fake-python"
+    fake_python.write_text('#!/bin/bash\necho "fake-python $*"\n')
+    fake_python.chmod(fake_python.stat().st_mode | stat.S_IEXEC)
+    for prefix in ("Pendulum-v1__cfil__1", "Pendulum-v1__bc__1", "Pendulum-v1__nail__2"):
+        (tmp_path / "checkpoints" / prefix).mkdir(parents=True)
+        (tmp_path / "checkpoints" / prefix / "checkpoint.pt").write_bytes(b"")
+    finished = tmp_path / "runs" / "Pendulum-v1__nail__2__1700000000"  # finished: skipped, its checkpoint or not
+    finished.mkdir(parents=True)
+    (finished / "summary.json").write_text("{}")
+    args = ["--algos", "cfil nail bc", "--env-ids", "Pendulum-v1", "--seeds", 2, "--workdir", tmp_path, "--python", fake_python,
+            "--dry-run"]
+    result = bench(*args, "--", "--total-timesteps", 1000, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = {re.search(r"cleanil/(\w+)\.py --env-id Pendulum-v1 --seed (\d)", line).groups(): line
+             for line in result.stdout.strip().splitlines()}
+    assert set(lines) == {("cfil", "1"), ("cfil", "2"), ("nail", "1"), ("bc", "1"), ("bc", "2")}
+    assert lines["cfil", "1"].endswith(f"--total-timesteps 1000 --resume >> {tmp_path}/benchmark/logs/cfil__Pendulum-v1__1.log 2>&1")
+    for key in (("cfil", "2"), ("nail", "1"), ("bc", "1"), ("bc", "2")):
+        assert "--resume" not in lines[key] and "--total-timesteps 1000 > " in lines[key], lines[key]
+
+    # Slurm: each task decides when it runs, so a requeued task continues from the checkpoint its last attempt left
+    result = bench(*args, "--slurm", "--", "--total-timesteps", 1000, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "#SBATCH --array=0-4" in result.stdout and result.stdout.count("command+=(--resume)") == 3  # cfil and nail tasks
+    script_file = tmp_path / "array.sh"
+    script_file.write_text(result.stdout)
+
+    def task_arguments(task, log_name):
+        done = subprocess.run(["bash", str(script_file)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "SLURM_ARRAY_TASK_ID": str(task)})
+        assert done.returncode == 0, done.stdout + done.stderr
+        return (tmp_path / "benchmark" / "logs" / log_name).read_text()
+
+    assert task_arguments(0, "cfil__Pendulum-v1__1.log").rstrip().endswith("--total-timesteps 1000 --resume")
+    assert "--resume" not in task_arguments(1, "cfil__Pendulum-v1__2.log")
+    (tmp_path / "checkpoints" / "Pendulum-v1__cfil__2").mkdir()
+    (tmp_path / "checkpoints" / "Pendulum-v1__cfil__2" / "checkpoint.pt").write_bytes(b"")
+    assert task_arguments(1, "cfil__Pendulum-v1__2.log").rstrip().endswith("--total-timesteps 1000 --resume")
+    assert "--resume" not in task_arguments(3, "bc__Pendulum-v1__1.log")  # bc has no --resume, checkpoint or not
+
+
 def test_slurm_submits_the_rendered_script(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -205,6 +278,8 @@ def test_slurm_submits_the_rendered_script(tmp_path):
     (["--algos", "dqn", "--env-ids", "CartPole-v1", "--seeds", "0"], "--seeds must be a positive integer"),
     (["--algos", "dqn", "--env-ids", "CartPole-v1", "--", "--seed", "3"], "benchmark.sh sets --seed itself"),
     (["--algos", "dqn", "--env-ids", "CartPole-v1", "--total-timesteps", "10"], "unknown option '--total-timesteps'; options for the scripts go after '--'"),
+    (["--algos", "sac", "--env-ids", "Pendulum-v1", "--", "--resume"], "benchmark.sh passes --resume itself where WORKDIR/checkpoints/"),
+    (["--algos", "sac", "--env-ids", "Pendulum-v1", "--", "--checkpoint-dir=ckpt"], "drop --checkpoint-dir from the extra args"),
 ])
 def test_bad_usage_is_one_sentence(tmp_path, args, message):
     result = bench(*args, "--workdir", tmp_path, cwd=tmp_path)

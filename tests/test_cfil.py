@@ -1,6 +1,7 @@
 """cfil.py: the MAF (a normalised density, autoregressive Jacobians, exact log-determinants), the coupled DV estimator
 on two known Gaussians, the losses on toy tensors, the reward's cost next to a SAC update, every variant and mode end
-to end, state-only modes that never read the demos' actions, bad input, and imitating Pendulum-v1 from one demo."""
+to end, state-only modes that never read the demos' actions, resuming from a checkpoint, bad input, and imitating
+Pendulum-v1 from one demo."""
 import time
 
 import gymnasium as gym
@@ -253,11 +254,54 @@ def test_state_only_modes_never_read_the_demo_actions(workdir):
     assert_clean_error(result, "malformed", "actions")
 
 
+def test_resume_continues_the_run_and_every_optimiser_and_rewinds_eval_csv_to_the_checkpoint(workdir):
+    """300 steps, then --resume to 600 in the same run folder; then the 300-step checkpoint again (as if the process had
+    been killed after evaluating past it) and --resume to 600 once more: eval.csv holds each step once, the same values."""
+    flags = [*TINY, "--checkpoint-frequency", "300"]
+    path = workdir / "checkpoints" / "Pendulum-v1__cfil__1" / "checkpoint.pt"
+    run_script("cfil.py", *flags, cwd=workdir)
+    (run_dir,) = run_dirs(workdir)
+    first = torch.load(path, weights_only=False)
+    assert first["global_step"] == 300 and first["run_name"] == run_dir.name and len(first["eval_rows"]) == 3
+    assert not (path.parent / "checkpoint.pt.tmp").exists()  # written aside, then renamed into place
+    saved = path.read_bytes()
+
+    run_script("cfil.py", *flags, "--total-timesteps", "600", "--resume", cwd=workdir)
+    assert run_dirs(workdir) == [run_dir]  # the same run folder, eval.csv appended to
+    rows = read_eval_csv(run_dir)
+    assert [row["global_step"] for row in rows] == [0, 150, 300, 450, 600]
+    assert all(b["wall_time"] > a["wall_time"] for a, b in zip(rows, rows[1:]))  # the wall clock continues too
+    summary = read_summary(run_dir)
+    assert summary["args"]["total_timesteps"] == 600 and summary["final_return"] == pytest.approx(rows[-1]["eval_return_mean"])
+    last = torch.load(path, weights_only=False)
+    assert last["global_step"] == 600 and len(last["commands"]) == 2 and "--resume" in last["commands"][1]
+    # continued, not restarted: the buffer holds all 600 transitions, SAC has made 500 updates (steps 101-600) and the
+    # flows 60 (10 every 100 steps), counted by the restored Adam states
+    assert last["rb"]["pos"] == 600 and len(last["rb"]["tensors"][0]) == 600
+    assert last["q_optimizer"]["state"][0]["step"] == 500 and last["actor_optimizer"]["state"][0]["step"] == 500
+    assert last["density_optimizer"]["state"][0]["step"] == 60
+
+    path.write_bytes(saved)
+    (run_dir / "summary.json").unlink()
+    run_script("cfil.py", *flags, "--total-timesteps", "600", "--resume", cwd=workdir)
+    again = read_eval_csv(run_dir)
+    assert [row["global_step"] for row in again] == [0, 150, 300, 450, 600]
+    # the same checkpoint (networks, buffer, RNG states) gives the same continuation
+    assert [row["eval_return_mean"] for row in again] == [row["eval_return_mean"] for row in rows]
+    assert read_summary(run_dir)["final_return"] == pytest.approx(rows[-1]["eval_return_mean"])
+
+    result = run_script("cfil.py", *flags, "--mode", "s", "--total-timesteps", "900", "--resume", cwd=workdir, check=False)
+    assert_clean_error(result, "does not fit these arguments", "without --resume")
+    assert read_eval_csv(run_dir) == again  # a refused resume leaves the run as it was
+
+
 def test_bad_input(workdir):
     assert_clean_error(run_script("cfil.py", "--env-id", "CartPole-v1", cwd=workdir, check=False), "continuous")
     assert_clean_error(run_script("cfil.py", *TINY, "--num-expert-trajectories", "1000", cwd=workdir, check=False),
                        "more trajectories", "--num-demo-episodes")
     assert_clean_error(run_script("cfil.py", *TINY, "--squash-bound", "0", cwd=workdir, check=False), "--squash-bound")
+    assert_clean_error(run_script("cfil.py", *TINY, "--resume", cwd=workdir, check=False),
+                       "--resume found no checkpoint at checkpoints/Pendulum-v1__cfil__1/checkpoint.pt", "without --resume")
     assert_clean_error(run_script("cfil.py", *TINY, "--expert-path", workdir / "none", cwd=workdir, check=False),
                        "no expert", "python cleanil/sac.py --env-id Pendulum-v1 --save-expert")
     assert not (workdir / "runs").exists() or not list((workdir / "runs").iterdir())

@@ -1,6 +1,7 @@
 """nail.py: the discriminator recovers a known log density ratio, the gradient penalty of a linear logit, DAC's absorbing
 states (terminated vs truncated, in the data and in the SAC target), the NAIL / AIL rewards and pi~'s log-density on
-toy tensors, both reward modes, subsampling and --track end to end, bad input, and imitating Pendulum-v1 from one demo."""
+toy tensors, both reward modes, subsampling and --track end to end, resuming from a checkpoint, bad input, and imitating
+Pendulum-v1 from one demo."""
 import time
 
 import numpy as np
@@ -209,6 +210,50 @@ def test_smoke_terminating_env_fills_absorbing_states(tmp_path):
     assert_finite_run(tmp_path)
 
 
+def test_resume_restores_the_epoch_bookkeeping_and_rewinds_eval_csv_to_the_checkpoint(tmp_path):
+    """350 steps (a checkpoint in the middle of the fourth epoch), then --resume to 600 in the same run folder; then the
+    350-step checkpoint again (as if the process had been killed after evaluating past it) and --resume to 600 once
+    more: eval.csv holds each step once, with the same values."""
+    flags = [*TINY, "--checkpoint-frequency", "300"]
+    path = tmp_path / "checkpoints" / "Pendulum-v1__nail__1" / "checkpoint.pt"
+    run_script("nail.py", *flags, "--total-timesteps", "350", cwd=tmp_path)
+    (run_dir,) = run_dirs(tmp_path)
+    first = torch.load(path, weights_only=False)
+    assert first["global_step"] == 350 and first["run_name"] == run_dir.name
+    # three epochs of 100 steps done, 50 rows of the fourth collected by the pi~ frozen at step 300
+    assert (first["num_epochs"], first["num_updates"], first["epoch_rows"], first["reference_is_uniform"]) == (3, 300, 50, False)
+    assert all(torch.equal(first["reference"][key], first["actor"][key]) for key in first["actor"])  # no update since step 300
+    saved = path.read_bytes()
+
+    run_script("nail.py", *flags, "--total-timesteps", "600", "--resume", cwd=tmp_path)
+    assert run_dirs(tmp_path) == [run_dir]  # the same run folder, eval.csv appended to
+    rows, summary = assert_finite_run(tmp_path)
+    assert [row["global_step"] for row in rows] == [0, 150, 300, 350, 450, 600]
+    assert all(b["wall_time"] > a["wall_time"] for a, b in zip(rows, rows[1:]))  # the wall clock continues too
+    assert summary["args"]["total_timesteps"] == 600
+    last = torch.load(path, weights_only=False)
+    assert last["global_step"] == 600 and len(last["commands"]) == 2 and "--resume" in last["commands"][1]
+    # continued, not restarted: six epochs in all, each of 100 SAC updates and 20 discriminator steps (Adam's counts)
+    assert (last["num_epochs"], last["num_updates"], last["epoch_rows"]) == (6, 600, 0)
+    assert last["rb"]["pos"] == 600 and len(last["rb"]["tensors"][0]) == 600
+    assert last["q_optimizer"]["state"][0]["step"] == 600 and last["discriminator_optimizer"]["state"][0]["step"] == 120
+    assert not torch.equal(last["reference"]["fc1.weight"], first["reference"]["fc1.weight"])
+
+    path.write_bytes(saved)
+    (run_dir / "summary.json").unlink()
+    run_script("nail.py", *flags, "--total-timesteps", "600", "--resume", cwd=tmp_path)
+    again = read_eval_csv(run_dir)
+    assert [row["global_step"] for row in again] == [0, 150, 300, 350, 450, 600]
+    # the same checkpoint (networks, pi~, discriminator, buffer, counters, RNG states) gives the same continuation
+    assert [row["eval_return_mean"] for row in again] == [row["eval_return_mean"] for row in rows]
+    assert read_summary(run_dir)["final_return"] == pytest.approx(rows[-1]["eval_return_mean"])
+
+    result = run_script("nail.py", *flags, "--discriminator-hidden-size", "16", "--total-timesteps", "900", "--resume",
+                        cwd=tmp_path, check=False)
+    assert_clean_error(result, "does not fit these arguments", "without --resume")
+    assert read_eval_csv(run_dir) == again  # a refused resume leaves the run as it was
+
+
 def test_bad_input_is_a_clean_error(tmp_path):
     assert_clean_error(run_script("nail.py", "--env-id", "NoSuchEnv-v0", cwd=tmp_path, check=False), "unknown environment id")
     assert_clean_error(run_script("nail.py", "--env-id", "CartPole-v1", cwd=tmp_path, check=False), "continuous (Box) actions")
@@ -216,6 +261,8 @@ def test_bad_input_is_a_clean_error(tmp_path):
                        "more trajectories than")
     assert_clean_error(run_script("nail.py", *TINY, "--expert-path", tmp_path / "nowhere", cwd=tmp_path, check=False), "no expert at")
     assert_clean_error(run_script("nail.py", *TINY, "--epoch-steps", "0", cwd=tmp_path, check=False), "--epoch-steps")
+    assert_clean_error(run_script("nail.py", *TINY, "--resume", cwd=tmp_path, check=False),
+                       "--resume found no checkpoint at checkpoints/Pendulum-v1__nail__1/checkpoint.pt", "without --resume")
 
 
 @pytest.mark.learning

@@ -1,6 +1,6 @@
 """pmi_il.py: the InfoNCE critic recovers a known PMI, the rewards, accuracy, GAE and PPO losses on toy tensors, the
 blocks it shares with bc.py, every flag path end to end, expert actions never read, bad input, and learning CartPole-v1
-from state-only demos."""
+(defaults) and Acrobot-v1 (the unsaturated per-step cost) from state-only demos."""
 import inspect
 import json
 import math
@@ -111,6 +111,22 @@ def test_top1_accuracy():
     assert float(pmi_il.top1_accuracy(embedding, embedding[permutation])) == pytest.approx(3 / 5)
 
 
+def test_logit_margin_and_the_softmax_rewards_linear_regime():
+    embedding = torch.eye(4) * 3.0
+    # true next states at logit 9, the 3 others at 0, tau 0.5 doubles every logit
+    assert float(pmi_il.logit_margin(embedding, embedding, 1.0)) == pytest.approx(9.0)
+    assert float(pmi_il.logit_margin(embedding, embedding, 0.5)) == pytest.approx(18.0)
+    torch.manual_seed(0)
+    positive, negative = 300 * torch.randn(6), 300 * torch.randn(6, 64)
+    # a margin of hundreds of logits saturates the T = 1 log-softmax: 0 or far below, nothing in between
+    saturated = pmi_il.softmax_reward(positive, negative, 1.0)
+    assert ((saturated > -1e-3) | (saturated < -10)).all()
+    # at T of the margin's order: a cost of log(K + 1), less the PMI estimate log f - mean_j log f_j over T
+    temperature = 1e4
+    linear = -np.log(65) + (positive - torch.cat([positive[:, None], negative], 1).mean(1)) / temperature
+    torch.testing.assert_close(pmi_il.softmax_reward(positive, negative, temperature), linear, atol=2e-3, rtol=0)
+
+
 def test_gae_bootstraps_truncations_not_terminations():
     gamma, lam = 0.9, 0.8
     rewards = torch.tensor([[1.0], [2.0], [0.0], [3.0]])
@@ -174,7 +190,7 @@ def test_smoke(workdir, flags):
         flag(flags, "--reward", "softmax"), flag(flags, "--negatives", "expert"), flag(flags, "--subsample-frequency", 1),
         "--no-reward-shift" not in flags)
     critic = json.loads((run_dir / "critic.json").read_text())
-    assert 0 <= critic["top1_accuracy"] <= 1 and np.isfinite(critic["final_infonce_loss"]), critic
+    assert 0 <= critic["top1_accuracy"] <= 1 and np.isfinite([critic["final_infonce_loss"], critic["heldout_logit_margin"]]).all(), critic
     episode_length = 500 if "CartPole-v1" in flags else 200  # the expert's demos are full-length episodes
     # ranked within held-out batches of 64 (the last one smaller): chance is 1 / 64 per state of a full batch
     assert critic["heldout_transitions"] == episode_length
@@ -220,3 +236,16 @@ def test_pmi_il_cartpole_reaches_expert_return_from_observations_only(workdir):
     assert returns[-1] >= 450, returns
     critic = json.loads((run_dir / "critic.json").read_text())
     assert critic["top1_accuracy"] > 0.5, critic  # chance is 1/256
+
+
+@pytest.mark.learning
+def test_pmi_il_acrobot_imitates_with_the_unsaturated_per_step_cost(workdir):
+    # the documented Acrobot-v1 flags (module docstring): seeds 1-3 end at -75, -83, -82 (expert -77.5, random -500),
+    # where the default saturated T = 1 reward stays at -500; 100k steps, about 50 s of one idle core
+    run_script("pmi_il.py", "--env-id", "Acrobot-v1", "--no-reward-shift", "--temperature", 100, "--total-timesteps", 100_000,
+               "--eval-frequency", 50_000, cwd=workdir)
+    (run_dir,) = run_dirs(workdir)
+    returns = [row["eval_return_mean"] for row in read_eval_csv(run_dir)]
+    assert returns[-1] >= -120, returns
+    critic = json.loads((run_dir / "critic.json").read_text())
+    assert critic["heldout_logit_margin"] > 100, critic  # the saturation the temperature of 100 answers
