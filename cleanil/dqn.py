@@ -193,7 +193,8 @@ class ReplayBuffer:
 
     def state_dict(self):
         filled = self.size if self.full else self.pos
-        return {"tensors": [t[:filled].cpu() for t in self.tensors()], "pos": self.pos, "full": self.full}
+        # copy=True: a slice saved as it is would drag the whole preallocated storage (all buffer_size rows) into the file
+        return {"tensors": [t[:filled].to("cpu", copy=True) for t in self.tensors()], "pos": self.pos, "full": self.full}
 
     def load_state_dict(self, state):
         for storage, saved in zip(self.tensors(), state["tensors"]):
@@ -387,13 +388,21 @@ if __name__ == "__main__":
 
     start_step, wall_offset, eval_rows, commands, best_q = 0, 0.0, [], [], {}
     if checkpoint:
-        for module, key in ((q_network, "q_network"), (target_network, "target_network"), (optimizer, "optimizer"), (rb, "rb")):
-            module.load_state_dict(checkpoint[key])
+        try:
+            for module, key in ((q_network, "q_network"), (target_network, "target_network"), (optimizer, "optimizer"), (rb, "rb")):
+                module.load_state_dict(checkpoint[key])
+        except (KeyError, RuntimeError, ValueError) as error:
+            sys.exit(f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments ({' '.join(str(error).split())[:240]}); "
+                     f"resume with the arguments of the run that wrote it, or start without --resume.")
         start_step, wall_offset, eval_rows, commands, best_q = (
             checkpoint[k] for k in ("global_step", "wall_time", "eval_rows", "commands", "best_q"))
         random.setstate(checkpoint["python_rng"])
         np.random.set_state(checkpoint["numpy_rng"])
         torch.set_rng_state(checkpoint["torch_rng"])
+        # a killed run may have evaluated past its checkpoint: those steps run again, so eval.csv restarts from the checkpoint's rows
+        (run_dir / "eval.csv").unlink(missing_ok=True)
+        for row in eval_rows:
+            write_eval_row(run_dir, row)
         print(f"resumed {run_name} at step {start_step} from {checkpoint_dir}")
     commands.append(" ".join(["python"] + sys.argv))
 

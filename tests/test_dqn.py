@@ -56,6 +56,12 @@ def test_smoke_track_resume_and_outputs(workdir):
     assert [row["global_step"] for row in read_eval_csv(run_dir)] == [0, 200, 400, 600, 800]
     checkpoint = torch.load(workdir / "checkpoints/CartPole-v1__dqn__1/checkpoint.pt", weights_only=False)
     assert checkpoint["global_step"] == 800 and checkpoint["rb"]["pos"] == 800
+    assert (workdir / "checkpoints/CartPole-v1__dqn__1/checkpoint.pt").stat().st_size < 2_000_000  # filled rows only
+    with open(run_dir / "eval.csv", "a") as eval_csv:  # killed after evaluating past its checkpoint
+        eval_csv.write("1000,9,0,nan,1,1\n")
+    run_script("dqn.py", *TINY, "--total-timesteps", "1000", "--checkpoint-frequency", "300", "--resume", cwd=workdir)
+    assert [row["global_step"] for row in read_eval_csv(run_dir)] == [0, 200, 400, 600, 800, 1000]
+    assert_clean_error(run_script("dqn.py", *TINY, "--hidden-size", "64", "--resume", cwd=workdir, check=False), "does not fit")
 
 
 def test_shaped_mountain_car_and_save_expert(workdir):

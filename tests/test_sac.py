@@ -98,8 +98,19 @@ def test_smoke_track_resume_and_outputs(workdir):
     run_script("sac.py", *TINY, "--total-timesteps", "1000", "--checkpoint-frequency", "300", "--resume", cwd=workdir)
     assert run_dirs(workdir) == [run_dir]  # the resumed run keeps its folder and appends to eval.csv
     assert [row["global_step"] for row in read_eval_csv(run_dir)] == [0, 200, 400, 600, 800, 1000]
-    checkpoint = torch.load(workdir / "checkpoints/Pendulum-v1__sac__1/checkpoint.pt", weights_only=False)
+    checkpoint_path = workdir / "checkpoints/Pendulum-v1__sac__1/checkpoint.pt"
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
     assert checkpoint["global_step"] == 1000 and len(checkpoint["commands"]) == 2
+    # only the 1,000 filled rows of the 1M-row replay buffer are saved (a saved slice would carry its whole storage)
+    assert checkpoint_path.stat().st_size < 2_000_000
+
+    # a run killed after evaluating past its last checkpoint: --resume rewinds eval.csv instead of duplicating rows
+    with open(run_dir / "eval.csv", "a") as eval_csv:
+        eval_csv.write("1200,-1,0,nan,1,1\n")
+    run_script("sac.py", *TINY, "--total-timesteps", "1200", "--checkpoint-frequency", "300", "--resume", cwd=workdir)
+    assert [row["global_step"] for row in read_eval_csv(run_dir)] == [0, 200, 400, 600, 800, 1000, 1200]
+    mismatched = run_script("sac.py", *TINY, "--hidden-size", "64", "--resume", cwd=workdir, check=False)
+    assert_clean_error(mismatched, "does not fit these arguments")
 
 
 def test_save_expert_writes_the_schema_and_refuses_to_overwrite(workdir):
