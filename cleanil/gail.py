@@ -269,10 +269,12 @@ def discriminator_inputs(batch, action_space):
 def discriminator_loss(expert_logits, agent_logits, entropy_coef):
     """GAIL Alg. 1 line 4 (Eq. 17) as a loss to minimise, with D = P(expert): -E_expert[log D] - E_agent[log(1 - D)], each
     side averaged on its own (the original code weights both sides equally), minus entropy_coef times the mean
-    Bernoulli entropy H(D) = softplus(logit) - D logit of each side (the original code's regulariser)."""
+    Bernoulli entropy H(D) = softplus(logit) - D logit over both sides' logits together (the original code's
+    regulariser, openai/baselines gail/adversary.py: reduce_mean over the concatenated logits)."""
     expert_term = F.binary_cross_entropy_with_logits(expert_logits, torch.ones_like(expert_logits))
     agent_term = F.binary_cross_entropy_with_logits(agent_logits, torch.zeros_like(agent_logits))
-    entropy = sum((F.softplus(logits) - torch.sigmoid(logits) * logits).mean() for logits in (expert_logits, agent_logits))
+    logits = torch.cat([expert_logits, agent_logits])
+    entropy = (F.softplus(logits) - torch.sigmoid(logits) * logits).mean()
     return expert_term + agent_term - entropy_coef * entropy
 
 

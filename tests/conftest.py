@@ -24,6 +24,23 @@ def run_script(script, *args, cwd, timeout=600, check=True, env_vars=None):
     return result
 
 
+def run_script_recording_wandb(script, *args, cwd, monkeypatch):
+    """python cleanil/<script> <args> --track, in this process, with wandb.init/log/finish replaced by a recorder;
+    returns what the script logged, one dict per wandb.log call (with its step under "_step"). wandb >= 0.2x
+    writes offline runs in a format with no Python reader, so this is how a test sees the logged statistics."""
+    import runpy
+
+    import wandb
+    logged = []
+    monkeypatch.setattr(wandb, "init", lambda *a, **k: None)
+    monkeypatch.setattr(wandb, "log", lambda data, step=None, **k: logged.append({**data, "_step": step}))
+    monkeypatch.setattr(wandb, "finish", lambda *a, **k: None)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPTS / script), *map(str, args), "--track"])
+    runpy.run_path(str(SCRIPTS / script), run_name="__main__")
+    return logged
+
+
 def run_dirs(cwd):
     return sorted((Path(cwd) / "runs").iterdir())
 

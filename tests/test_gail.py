@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import gail
-from conftest import EXPERTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
+from conftest import (EXPERTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script,
+                      run_script_recording_wandb)
 
 
 def test_conjugate_gradient_solves_a_small_spd_system():
@@ -142,15 +143,16 @@ def test_gae_bootstraps_truncations_not_terminations_and_skips_autoreset_steps()
 
 def test_discriminator_loss_rewards_and_penalty():
     torch.manual_seed(0)
-    # D = P(expert): logits 0 are chance, log 2 per side, and a maximal Bernoulli entropy log 2 per side
+    # D = P(expert): logits 0 are chance, log 2 per side, and the maximal Bernoulli entropy log 2 (mean over both sides)
     zeros = torch.zeros(8)
     assert gail.discriminator_loss(zeros, zeros, 0.0).item() == pytest.approx(2 * math.log(2))
-    assert gail.discriminator_loss(zeros, zeros, 0.1).item() == pytest.approx(2 * math.log(2) * (1 - 0.1))
+    assert gail.discriminator_loss(zeros, zeros, 0.1).item() == pytest.approx(2 * math.log(2) - 0.1 * math.log(2))
     assert gail.discriminator_loss(torch.full((8,), 20.0), torch.full((8,), -20.0), 0.0).item() < 1e-8
-    expert_logits, agent_logits = torch.randn(16, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+    expert_logits, agent_logits = torch.randn(16, dtype=torch.float64), torch.randn(24, dtype=torch.float64)
     p_e, p_a = torch.sigmoid(expert_logits), torch.sigmoid(agent_logits)
     entropy = lambda p: -(p * p.log() + (1 - p) * (1 - p).log()).mean()
-    expected = -p_e.log().mean() - (1 - p_a).log().mean() - 0.01 * (entropy(p_e) + entropy(p_a))
+    # the entropy is the mean over all logits: with unequal sides it weights each logit, not each side, equally
+    expected = -p_e.log().mean() - (1 - p_a).log().mean() - 0.01 * entropy(torch.cat([p_e, p_a]))
     torch.testing.assert_close(gail.discriminator_loss(expert_logits, agent_logits, 0.01), expected)
 
     logits = torch.linspace(-30, 30, 101, dtype=torch.float64)
@@ -189,6 +191,7 @@ SMOKE = {
     "continuous-gp": ["--env-id", "Pendulum-v1", "--gp-coef", 10],
     "continuous-logd-subsample-track": ["--env-id", "Pendulum-v1", "--reward-type", "log_d", "--subsample-frequency", 5,
                                         "--track", "--no-normalize-observations"],
+    "continuous-video": ["--env-id", "Pendulum-v1", "--capture-video"],
 }
 
 
@@ -208,6 +211,8 @@ def test_smoke(workdir, flags):
     if "--track" in flags:
         # the run ends with status 0 only if every logged statistic (KL, D accuracies, reward, losses) was finite
         assert list((workdir / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
+    if "--capture-video" in flags:
+        assert list((workdir / "videos").rglob("*.mp4")), "no evaluation video recorded"
 
 
 def test_bad_input_is_one_clear_sentence(workdir):
@@ -236,3 +241,19 @@ def test_gail_cartpole_reaches_expert_return(workdir):
     rows = read_eval_csv(run_dirs(workdir)[0])
     returns = [row["eval_return_mean"] for row in rows]
     assert max(returns) >= 475 and returns[-1] >= 475, returns
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_logs_discriminator_accuracy_reward_and_kl(workdir, monkeypatch, env_id):
+    logged = run_script_recording_wandb("gail.py", "--env-id", env_id, *COMMON, "--max-kl", 0.005, cwd=workdir,
+                                        monkeypatch=monkeypatch)
+    iterations = [log for log in logged if "charts/kl" in log]
+    assert len(iterations) >= 3, logged  # >= 600 steps from 2 envs x 100 steps per iteration, less autoreset steps
+    for log in iterations:
+        assert 0 <= log["charts/disc_accuracy_expert"] <= 1 and 0 <= log["charts/disc_accuracy_agent"] <= 1, log
+        assert 0 <= log["charts/kl"] <= 0.005 * (1 + 1e-5), log
+        assert math.isfinite(log["charts/learned_reward"]) and math.isfinite(log["losses/discriminator_loss"]), log
+    # -log(1 - D) >= 0, the default reward
+    assert all(log["charts/learned_reward"] >= 0 for log in iterations), iterations
+    # the discriminator learns to tell the random agent from the expert within three iterations
+    assert iterations[-1]["charts/disc_accuracy_expert"] + iterations[-1]["charts/disc_accuracy_agent"] > 1, iterations

@@ -168,6 +168,7 @@ SMOKE = {
     "continuous-pmi-track": ["--env-id", "Pendulum-v1", "--reward", "pmi", "--track"],
     "continuous-mixed-subsample": ["--env-id", "Pendulum-v1", "--reward", "softmax", "--negatives", "mixed",
                                    "--subsample-frequency", 5, "--no-normalize-observations"],
+    "video-no-anneal-no-norm-adv": ["--env-id", "CartPole-v1", "--capture-video", "--no-anneal-lr", "--no-norm-adv"],
 }
 
 
@@ -198,6 +199,9 @@ def test_smoke(workdir, flags):
     if "--track" in flags:
         # the run ends with status 0 only if every logged statistic (losses, KL, learned reward) was finite
         assert list((workdir / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
+    assert (args["anneal_lr"], args["norm_adv"]) == ("--no-anneal-lr" not in flags, "--no-norm-adv" not in flags)
+    if "--capture-video" in flags:
+        assert list((workdir / "videos").rglob("*.mp4")), "no evaluation video recorded"
 
 
 def test_expert_actions_are_never_read(workdir):
