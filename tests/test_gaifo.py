@@ -2,7 +2,6 @@
 step keeps the KL bound, its discriminator sees (s, s') and never the expert's actions (demos whose actions are NaN
 give the very same run), every flag path end to end, bad input, and learning CartPole-v1 from state-only demos."""
 import copy
-import math
 import inspect
 import shutil
 
@@ -13,8 +12,7 @@ import torch
 
 import gaifo
 import gail
-from conftest import (EXPERTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script,
-                      run_script_recording_wandb)
+from conftest import EXPERTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
 
 SHARED = ["Args", "make_env", "load_expert_info", "expert_command", "load_demos", "normalized_score", "layer_init", "mlp",
           "Policy", "Discriminator", "discriminator_loss", "gradient_penalty", "learned_reward", "gae", "value_loss",
@@ -120,18 +118,3 @@ def test_gaifo_cartpole_learns_from_observations_only(workdir):
     returns = [row["eval_return_mean"] for row in rows]
     assert max(returns) >= 400 and returns[-1] >= 400, returns
 
-
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-def test_logs_discriminator_accuracy_reward_and_kl(workdir, monkeypatch, env_id):
-    logged = run_script_recording_wandb("gaifo.py", "--env-id", env_id, *COMMON, "--max-kl", 0.005, cwd=workdir,
-                                        monkeypatch=monkeypatch)
-    iterations = [log for log in logged if "charts/kl" in log]
-    assert len(iterations) >= 3, logged  # >= 600 steps from 2 envs x 100 steps per iteration, less autoreset steps
-    for log in iterations:
-        assert 0 <= log["charts/disc_accuracy_expert"] <= 1 and 0 <= log["charts/disc_accuracy_agent"] <= 1, log
-        assert 0 <= log["charts/kl"] <= 0.005 * (1 + 1e-5), log
-        assert math.isfinite(log["charts/learned_reward"]) and math.isfinite(log["losses/discriminator_loss"]), log
-    # -log(1 - D) >= 0, the default reward
-    assert all(log["charts/learned_reward"] >= 0 for log in iterations), iterations
-    # the discriminator learns to tell the random agent from the expert within three iterations
-    assert iterations[-1]["charts/disc_accuracy_expert"] + iterations[-1]["charts/disc_accuracy_agent"] > 1, iterations

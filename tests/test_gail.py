@@ -243,9 +243,10 @@ def test_gail_cartpole_reaches_expert_return(workdir):
     assert max(returns) >= 475 and returns[-1] >= 475, returns
 
 
+@pytest.mark.parametrize("script", ["gail.py", "gaifo.py"])
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-def test_logs_discriminator_accuracy_reward_and_kl(workdir, monkeypatch, env_id):
-    logged = run_script_recording_wandb("gail.py", "--env-id", env_id, *COMMON, "--max-kl", 0.005, cwd=workdir,
+def test_logs_discriminator_accuracy_reward_and_kl(workdir, monkeypatch, script, env_id):
+    logged = run_script_recording_wandb(script, "--env-id", env_id, *COMMON, "--max-kl", 0.005, cwd=workdir,
                                         monkeypatch=monkeypatch)
     iterations = [log for log in logged if "charts/kl" in log]
     assert len(iterations) >= 3, logged  # >= 600 steps from 2 envs x 100 steps per iteration, less autoreset steps
