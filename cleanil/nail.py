@@ -4,19 +4,24 @@ NAIL (Arenz & Neumann 2020, "Non-Adversarial Imitation Learning and its Connecti
 2008.03525) minimises the reverse KL(q_pi(s,a) || p(s,a)) between the agent's state-action distribution q and the
 expert's p by iterations t = 0, 1, ...: sample from the current policy pi~ = pi_t (its distribution q_t), estimate the
 density ratio r~ = q_t / p with a discriminator, then solve the maximum-entropy RL problem with the reward
-r_t(s,a) = -log r~(s,a) + log pi~(a|s). Our reading (the paper's text and equation numbers could not be opened here,
-only its abstract; the derivation below is ours, and matches the abstract's statement that AIRL is an instance: AIRL's
-f(s,a) = log D/(1-D) + log pi_t at the optimum is exactly r_t): with an exact r~ and entropy weight alpha = 1,
+r_t(s,a) = -log r~(s,a) + log pi~(a|s). The paper's equation numbers could not be checked here (its text was not
+retrievable: only the abstract, a third-party summary and public code, OlegArenz/O-NAIL and a DAC-based NAIL), so the
+map names its terms. Its step-based "lower-bound reward" r^lb_pi~(s,a) = log q(s,a)/p_pi~(s,a) + log pi~(a|s) (per the
+summary) is r_t with our letters swapped: the paper's q is the expert's and p_pi~ the agent's occupancy, both discounted
+((1-gamma) sum_t gamma^t). Our derivation (matching the abstract: AIRL is an instance, its f = log D/(1-D) + log pi_t at
+the optimum being r_t): with an exact r~ and entropy weight alpha = 1,
   E_q[r_t - log pi] = -E_q[log q_t(s,a)/p(s,a)] - E_{q(s)} KL(pi(.|s) || pi~(.|s)) = -KL(q || p) + KL(q(s) || q_t(s)),
-so each step is a KL(pi || pi~)-regularised improvement on the frozen log-ratio, equal to -KL(q || p) at pi = pi~: the
-reference term log pi~ cancels the entropy bonus near pi~ (no entropy drift) and ties the policy step to the density
-ratio of the policy that produced the data, which plain AIL (`--reward ail`: r = -log r~, same loop) does not.
+so each step is a KL(pi || pi~)-regularised improvement on the frozen log-ratio, equal to -KL(q || p) at pi = pi~ and
+above it elsewhere (it bounds -KL from above, tightly at pi~): the reference term log pi~ cancels the entropy bonus near
+pi~ (no entropy drift) and ties the policy step to the density ratio of the policy that produced the data, which plain
+AIL (`--reward ail`: r = -log r~, same loop) does not.
 Map to this file:
   iteration t (--epoch-steps)  the reference pi~ is a frozen copy of the actor taken at the start of each epoch; it
                                alone collects that epoch's transitions (the uniform policy in the warm-up epochs)
-  `Discriminator`              logit(s,a) -> log q_t(s,a)/p(s,a): logistic regression, agent label 1, expert label 0
+  `Discriminator`              logit(s,a) -> log q_t(s,a)/p(s,a) (paper: log p_pi~/q), logistic regression: agent 1, expert 0
   `discriminator_loss`         the binary cross-entropy, trained at each epoch's end on that epoch's transitions (q_t)
-                               against the demos, --discriminator-updates-per-step minibatches per collected step
+                               against the demos, --discriminator-updates-per-step minibatches per collected step; every
+                               sample weighs 1 (undiscounted, as DAC), where the paper's occupancies are gamma-discounted
   `gradient_penalty`           as DAC (Kostrikov et al. 2019, arXiv 1809.02925): WGAN-GP (Gulrajani et al. 2017, arXiv
                                1704.00028, Eq. 3) (||grad logit(x_hat)|| - 1)^2 on expert/agent interpolates
   `add_absorbing_state`        DAC's absorbing states: a terminated transition leads to an absorbing state s_a (zeros plus an
@@ -322,7 +327,8 @@ class ReplayBuffer:
 
 
 class Discriminator(nn.Module):
-    """logit(s, a); trained by `discriminator_loss` (agent 1, expert 0) it estimates log q_t(s,a)/p(s,a) = log r~."""
+    """logit(s, a); trained by `discriminator_loss` (agent 1, expert 0) it estimates log q_t(s,a)/p(s,a) = log r~, the
+    negated log density ratio log q/p_pi~ of the paper's reward (its q is the expert, p_pi~ the agent)."""
 
     def __init__(self, in_dim, hidden_size):
         super().__init__()
@@ -357,7 +363,8 @@ def discriminator_inputs(obs, actions, action_scale, action_bias):
 
 def discriminator_loss(agent_logits, expert_logits, expert_weights=None):
     """Logistic regression, agent (label 1) vs expert (label 0): -E_q[log sigma(l)] - E_p[w log(1 - sigma(l))], whose
-    optimum for balanced batches is l = log q_t/p. Expert absorbing rows weigh 1/subsample_frequency (DAC)."""
+    optimum for balanced batches is l = log q_t/p. Expert absorbing rows weigh 1/subsample_frequency (DAC); all others
+    weigh 1, not the paper's (1-gamma) gamma^t of a discounted occupancy (O-NAIL weighs its expert steps so)."""
     agent_term = F.binary_cross_entropy_with_logits(agent_logits, torch.ones_like(agent_logits))
     expert_term = F.binary_cross_entropy_with_logits(expert_logits, torch.zeros_like(expert_logits), weight=expert_weights)
     return agent_term + expert_term
@@ -384,7 +391,8 @@ def reference_log_prob(actor, obs, actions, log_prob_min):
 
 
 def nail_reward(log_ratio, log_pi_reference):
-    """NAIL: r_t(s, a) = -log r~(s, a) + log pi~(a|s) = log p(s,a)/q_t(s,a) + log pi_t(a|s) (AIRL's f at its optimum)."""
+    """NAIL: r_t(s, a) = -log r~(s, a) + log pi~(a|s) = log p(s,a)/q_t(s,a) + log pi_t(a|s) (AIRL's f at its optimum): the
+    paper's step-based lower-bound reward r^lb_pi~ = log q/p_pi~ + log pi~, its q the expert's, p_pi~ the agent's."""
     return -log_ratio + log_pi_reference
 
 
@@ -672,7 +680,7 @@ if __name__ == "__main__":
                 rewards = minibatch_rewards(batch_obs, batch_actions)
                 stats = sac_update((batch_obs, batch_actions, rewards, batch_next_obs, batch_next_obs[:, -1]), actor, qf, qf_target,
                                    log_alpha, q_optimizer, actor_optimizer, alpha_optimizer, args, target_entropy, num_updates)
-            # iteration t + 1: the new policy becomes the reference that collects the next epoch
+            # iteration t + 1: pi~ <- pi, the auxiliary policy of the next bound (O-NAIL's update_reference)
             reference.load_state_dict(actor.state_dict())
             reference_is_uniform, num_epochs = False, num_epochs + 1
             accuracy = 0.5 * ((agent_logits > 0).float().mean() + (expert_logits < 0).float().mean())
