@@ -15,6 +15,12 @@ so each step is a KL(pi || pi~)-regularised improvement on the frozen log-ratio,
 above it elsewhere (it bounds -KL from above, tightly at pi~): the reference term log pi~ cancels the entropy bonus near
 pi~ (no entropy drift) and ties the policy step to the density ratio of the policy that produced the data, which plain
 AIL (`--reward ail`: r = -log r~, same loop) does not.
+How the log pi~ term enters SAC: as the identity above shows, r_t - alpha log pi = -log r~ - alpha (log pi - log pi~)
+(alpha = 1), so we train on the reward -log r~ and replace SAC's entropy bonus -alpha log pi(a|s) by the KL term
+-alpha (log pi(a|s) - log pi~(a|s)) in the critic's target and the actor's loss. The soft Q-function of the
+paper's reward is ours plus log pi~(a|s), the actor's loss is the same and so is the optimum; but log pi~ is now only
+evaluated at actions of the current policy (one epoch from pi~), where a reward computed on replayed actions of
+long-gone policies would sit far in pi~'s tails (on Hopper-v4 that form collapsed after 10k steps: README, Results).
 Map to this file:
   iteration t (--epoch-steps)  the reference pi~ is a frozen copy of the actor taken at the start of each epoch; it
                                alone collects that epoch's transitions (the uniform policy in the warm-up epochs)
@@ -29,14 +35,16 @@ Map to this file:
                                learns like any other; every target bootstraps (none is zeroed), truncations keep their
                                real next state; expert absorbing transitions are never subsampled and weigh
                                1/--subsample-frequency in the discriminator loss (checked against google-research/dac)
-  `nail_reward`, `ail_reward`  computed under no_grad on every SAC minibatch from the current discriminator and pi~
-                               (the replay buffer stores no reward); log pi~ = 0 in the absorbing state (one action)
+  `log_ratio_reward`           r = -log r~, computed under no_grad on every SAC minibatch from the current
+                               discriminator (the replay buffer stores no reward)
+  `reference_log_prob`         log pi~(a|s) of the current policy's actions in the critic target and actor loss;
+                               none in the absorbing state (a single action)
   `soft_q_loss` ... `sac_update`  SAC (sac.py's block; Haarnoja et al. 2018, arXiv 1812.05905, Eq. 5-7, 18) with DAC's
                                absorbing-state target (zero action, no entropy in s_a) and no actor update on s_a;
                                --updates-per-step SAC updates per collected step at each epoch's end, on the whole buffer
 alpha = 1 fixed is the entropy weight of the reward above (autotuning it leaves the bound; --autotune is there to try).
-Replay actions of old policies can be arbitrarily unlikely under a narrow pi~, so log pi~ is clipped below at
---reference-log-prob-min per action dimension: an off-policy guard of ours that leaves pi~'s own actions untouched.
+log pi~ is clipped below at --reference-log-prob-min per action dimension, a guard of ours against a policy that strays
+far from a narrow pi~ within one epoch; on-policy log pi~ sits well above it.
 Discriminator (DAC): two tanh layers of 256, Adam 1e-3, batches of 100, gradient penalty 10.
 `--resume` continues from checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt (SAC networks and optimisers, the
 discriminator and its optimizer, the frozen reference pi~ and the epoch counters, replay buffer, RNG states), so that a
@@ -96,7 +104,8 @@ class Args:
 
     # NAIL
     reward: Literal["nail", "ail"] = "nail"
-    """`nail`: r = -log r~(s,a) + log pi~(a|s); `ail`: r = -log r~(s,a), the same loop without the reference term"""
+    """`nail`: r = -log r~(s,a) + log pi~(a|s) (as -log r~ with the KL to pi~ in place of SAC's entropy); `ail`:
+    r = -log r~(s,a) with SAC's entropy, the same loop without the reference term"""
     epoch_steps: int = 1_000
     """environment steps per NAIL iteration, collected by the reference policy frozen at the epoch's start (DAC: one
     rollout of up to 1000 steps between updates)"""
@@ -111,7 +120,7 @@ class Args:
     gradient_penalty: float = 10.0
     """coefficient of the WGAN-GP gradient penalty on the discriminator's logit (DAC: 10; 0: off)"""
     reference_log_prob_min: float = -10.0
-    """lower clip of log pi~(a|s) per action dimension in the NAIL reward (an off-policy guard, see the docstring)"""
+    """lower clip of log pi~(a|s) per action dimension in NAIL's KL term (a guard, see the docstring)"""
     updates_per_step: int = 1
     """SAC updates per environment step of the epoch, run at the epoch's end on the whole replay buffer"""
 
@@ -390,37 +399,38 @@ def reference_log_prob(actor, obs, actions, log_prob_min):
     return log_prob.clamp(min=log_prob_min * actions.shape[-1])
 
 
-def nail_reward(log_ratio, log_pi_reference):
-    """NAIL: r_t(s, a) = -log r~(s, a) + log pi~(a|s) = log p(s,a)/q_t(s,a) + log pi_t(a|s) (AIRL's f at its optimum): the
-    paper's step-based lower-bound reward r^lb_pi~ = log q/p_pi~ + log pi~, its q the expert's, p_pi~ the agent's."""
-    return -log_ratio + log_pi_reference
-
-
-def ail_reward(log_ratio):
-    """Plain AIL: r(s, a) = -log r~(s, a) = log p(s,a)/q_t(s,a) (AIRL's / DAC's log D - log(1 - D))."""
+def log_ratio_reward(log_ratio):
+    """r(s, a) = -log r~(s, a) = log p(s,a)/q_t(s,a) (AIRL's / DAC's log D - log(1 - D)); NAIL's r_t without its log pi~
+    term, which enters the soft value as the KL to pi~ instead (see the docstring)."""
     return -log_ratio
 
 
-def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma):
-    """Eq. 5-6 with DAC's absorbing state: (Q_k(s,a) - [r + gamma (min_k Q'_k(s', a') - alpha log pi(a'|s'))])^2,
-    a' ~ pi(s') in a real s'; a' = 0 and no entropy in s_a, whose value is bootstrapped like any other (no (1 - d))."""
+def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma, log_pi_reference):
+    """Eq. 5-6 with NAIL's reference and DAC's absorbing state: (Q_k(s,a) - [r + gamma (min_k Q'_k(s', a')
+    - alpha (log pi(a'|s') - log pi~(a'|s')))])^2, a' ~ pi(s') in a real s' (log pi~ = 0: plain SAC); a' = 0 and no
+    entropy or KL in s_a, whose value is bootstrapped like any other (no (1 - d)). log pi~ is only ever evaluated at
+    actions of the current policy, never at the replay buffer's old ones."""
     obs, actions, rewards, next_obs, next_absorbing = batch
     with torch.no_grad():
         next_actions, next_log_pi = actor.get_action(next_obs[:, :-1])
         live = 1 - next_absorbing
-        min_q_next = qf_target(next_obs, next_actions * live[:, None]).min(0).values - alpha * live * next_log_pi
+        next_log_ratio_to_reference = next_log_pi - log_pi_reference(next_obs[:, :-1], next_actions)
+        min_q_next = qf_target(next_obs, next_actions * live[:, None]).min(0).values - alpha * live * next_log_ratio_to_reference
         q_target = rewards + gamma * min_q_next
     q_values = qf(obs, actions)
     # sum over the critics: each critic gets the full MSE gradient, as with separate losses
     return F.mse_loss(q_values, q_target.expand_as(q_values), reduction="none").mean(1).sum(), q_values
 
 
-def policy_loss(actor, qf, obs, alpha):
-    """Eq. 7: E_s E_{a~pi}[alpha log pi(a|s) - min_k Q_k(s, a)] through the reparameterised a, over real states only
-    (DAC: no actor update in the absorbing state, where the action is fixed)."""
+def policy_loss(actor, qf, obs, alpha, log_pi_reference):
+    """Eq. 7 with NAIL's reference: E_s E_{a~pi}[alpha (log pi(a|s) - log pi~(a|s)) - min_k Q_k(s, a)] through the
+    reparameterised a (pi~'s weights frozen), i.e. KL(pi || pi~) in place of SAC's negative entropy (log pi~ = 0: plain
+    SAC), over real states only (DAC: no actor update in the absorbing state, where the action is fixed)."""
     actions, log_pi = actor.get_action(obs[:, :-1])
     live = 1 - obs[:, -1]
-    return ((alpha * log_pi - qf(obs, actions).min(0).values) * live).sum() / live.sum().clamp(min=1), log_pi, live
+    log_ratio_to_reference = log_pi - log_pi_reference(obs[:, :-1], actions)
+    loss = ((alpha * log_ratio_to_reference - qf(obs, actions).min(0).values) * live).sum() / live.sum().clamp(min=1)
+    return loss, log_pi, log_ratio_to_reference, live
 
 
 def alpha_loss(log_alpha, log_pi, target_entropy, live):
@@ -429,10 +439,10 @@ def alpha_loss(log_alpha, log_pi, target_entropy, live):
 
 
 def sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer, alpha_optimizer, args,
-               target_entropy, global_step):
+               target_entropy, global_step, log_pi_reference):
     """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls."""
     alpha = log_alpha.exp().detach()
-    qf_loss, q_values = soft_q_loss(qf, qf_target, actor, batch, alpha, args.gamma)
+    qf_loss, q_values = soft_q_loss(qf, qf_target, actor, batch, alpha, args.gamma, log_pi_reference)
     q_optimizer.zero_grad(set_to_none=True)
     qf_loss.backward()
     q_optimizer.step()
@@ -440,7 +450,7 @@ def sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimi
 
     if global_step % args.policy_frequency == 0:
         for _ in range(args.policy_frequency):
-            actor_loss, log_pi, live = policy_loss(actor, qf, batch[0], alpha)
+            actor_loss, log_pi, log_ratio_to_reference, live = policy_loss(actor, qf, batch[0], alpha, log_pi_reference)
             actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             actor_optimizer.step()
@@ -451,7 +461,8 @@ def sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimi
                 alpha_optimizer.step()
                 alpha = log_alpha.exp().detach()
         stats.update({"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha,
-                      "charts/entropy": -(log_pi.detach() * live).sum() / live.sum().clamp(min=1)})
+                      "charts/entropy": -(log_pi.detach() * live).sum() / live.sum().clamp(min=1),
+                      "charts/kl_to_reference": (log_ratio_to_reference.detach() * live).sum() / live.sum().clamp(min=1)})
 
     if global_step % args.target_network_frequency == 0:
         with torch.no_grad():
@@ -551,7 +562,8 @@ if __name__ == "__main__":
     obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
 
     actor = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)
-    reference = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)  # pi~, frozen per epoch
+    # pi~, frozen per epoch: no gradient reaches its weights, only through the actions it scores
+    reference = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device).requires_grad_(False)
     qf = SoftQEnsemble(obs_dim + 1, action_dim, args.hidden_size).to(device)
     qf_target = SoftQEnsemble(obs_dim + 1, action_dim, args.hidden_size).to(device)
     qf_target.load_state_dict(qf.state_dict())
@@ -600,15 +612,17 @@ if __name__ == "__main__":
     commands.append(" ".join(["python"] + sys.argv))
 
     def minibatch_rewards(obs, actions):
-        """The reward of the current discriminator and pi~ on a replay minibatch (no_grad: a fixed reward per epoch)."""
+        """The reward of the current discriminator on a replay minibatch (no_grad: a fixed reward per epoch)."""
         with torch.no_grad():
-            log_ratio = discriminator(discriminator_inputs(obs, actions, scale, bias))
-            if args.reward == "ail":
-                return ail_reward(log_ratio)
-            log_pi_reference = uniform_log_prob if reference_is_uniform else reference_log_prob(
-                reference, obs[:, :-1], actions, args.reference_log_prob_min)
-            # the absorbing state has a single action: log pi~ = log 1 = 0
-            return nail_reward(log_ratio, log_pi_reference * (1 - obs[:, -1]))
+            return log_ratio_reward(discriminator(discriminator_inputs(obs, actions, scale, bias)))
+
+    def log_pi_reference(obs, actions):
+        """log pi~(a|s) at actions of the current policy (NAIL's KL regulariser); 0 for plain AIL (SAC's entropy)."""
+        if args.reward == "ail":
+            return torch.zeros((), device=device)
+        if reference_is_uniform:
+            return uniform_log_prob
+        return reference_log_prob(reference, obs, actions, args.reference_log_prob_min)
 
     @torch.no_grad()
     def act_deterministic(obs):
@@ -679,7 +693,8 @@ if __name__ == "__main__":
                 batch_obs, batch_actions, batch_next_obs = rb.sample(args.batch_size)
                 rewards = minibatch_rewards(batch_obs, batch_actions)
                 stats = sac_update((batch_obs, batch_actions, rewards, batch_next_obs, batch_next_obs[:, -1]), actor, qf, qf_target,
-                                   log_alpha, q_optimizer, actor_optimizer, alpha_optimizer, args, target_entropy, num_updates)
+                                   log_alpha, q_optimizer, actor_optimizer, alpha_optimizer, args, target_entropy, num_updates,
+                                   log_pi_reference)
             # iteration t + 1: pi~ <- pi, the auxiliary policy of the next bound (O-NAIL's update_reference)
             reference.load_state_dict(actor.state_dict())
             reference_is_uniform, num_epochs = False, num_epochs + 1

@@ -117,6 +117,9 @@ class ToyActor(torch.nn.Module):
     get_action = nail.Actor.get_action
 
 
+NO_REFERENCE = lambda obs, actions: torch.zeros(())  # plain SAC / AIL: log pi~ = 0
+
+
 def test_soft_q_target_bootstraps_through_the_absorbing_state_with_a_zero_action_and_no_entropy():
     torch.manual_seed(0)
     qf = nail.SoftQEnsemble(3, 1, 16)
@@ -125,7 +128,7 @@ def test_soft_q_target_bootstraps_through_the_absorbing_state_with_a_zero_action
     absorbing = torch.tensor([[0.0, 0.0, 1.0]]).expand(8, 3)
     batch = (obs, torch.rand(8, 1), torch.randn(8), absorbing, torch.ones(8))
     actor = ToyActor()
-    losses = [nail.soft_q_loss(qf, qf, actor, batch, alpha, 0.9)[0].item() for alpha in (0.0, 1.0, 100.0)]
+    losses = [nail.soft_q_loss(qf, qf, actor, batch, alpha, 0.9, NO_REFERENCE)[0].item() for alpha in (0.0, 1.0, 100.0)]
     assert losses[0] == pytest.approx(losses[1]) == pytest.approx(losses[2])  # no entropy term in s_a
     with torch.no_grad():
         q_target = batch[2] + 0.9 * qf(absorbing, torch.zeros(8, 1)).min(0).values  # not zeroed: bootstrapped
@@ -134,8 +137,13 @@ def test_soft_q_target_bootstraps_through_the_absorbing_state_with_a_zero_action
     # a real next state keeps SAC's entropy term
     real_next = torch.cat([torch.randn(8, 2), torch.zeros(8, 1)], 1)
     real_batch = (obs, batch[1], batch[2], real_next, torch.zeros(8))
-    without, with_entropy = (nail.soft_q_loss(qf, qf, actor, real_batch, alpha, 0.9)[0].item() for alpha in (0.0, 1.0))
+    without, with_entropy = (nail.soft_q_loss(qf, qf, actor, real_batch, alpha, 0.9, NO_REFERENCE)[0].item() for alpha in (0.0, 1.0))
     assert without != pytest.approx(with_entropy)
+    # NAIL with pi~ = pi: the KL term log pi - log pi~ vanishes, whatever alpha (SAC's entropy bonus is replaced, not added)
+    same_policy = lambda obs, actions: nail.reference_log_prob(actor, obs, actions, -1e9)
+    with_reference = nail.soft_q_loss(qf, qf, actor, real_batch, 1.0, 0.9, same_policy)[0].item()
+    # (float32 round trip a -> atanh -> log pi~ at this narrow pi: a little noise, far below the entropy term it replaces)
+    assert abs(with_reference - without) < 0.01 * abs(with_entropy - without), (with_reference, without, with_entropy)
 
 
 def test_policy_loss_ignores_absorbing_states():
@@ -144,20 +152,49 @@ def test_policy_loss_ignores_absorbing_states():
     actor = ToyActor()
     obs = torch.cat([torch.randn(4, 2), torch.tensor([[0.0], [0.0], [1.0], [1.0]])], 1)
     torch.manual_seed(1)
-    loss, _, live = nail.policy_loss(actor, qf, obs, 0.5)
+    loss, _, _, live = nail.policy_loss(actor, qf, obs, 0.5, NO_REFERENCE)
     torch.manual_seed(1)
-    real_only, _, _ = nail.policy_loss(actor, qf, obs[:2], 0.5)
+    real_only, _, _, _ = nail.policy_loss(actor, qf, obs[:2], 0.5, NO_REFERENCE)
     assert live.tolist() == [1, 1, 0, 0]
     assert loss.item() == pytest.approx(real_only.item(), rel=1e-5)
 
 
-def test_nail_and_ail_rewards_on_a_toy_batch():
+def test_log_ratio_reward_on_a_toy_batch():
     log_ratio = torch.tensor([2.0, -1.0, 0.0, 0.5])  # log q_t/p: agent-like, expert-like, balanced, ...
-    log_pi_reference = torch.tensor([-1.0, 0.5, 3.0, 0.0])
-    torch.testing.assert_close(nail.nail_reward(log_ratio, log_pi_reference), torch.tensor([-3.0, 1.5, 3.0, -0.5]))
-    torch.testing.assert_close(nail.ail_reward(log_ratio), torch.tensor([-2.0, 1.0, 0.0, -0.5]))
-    # with an exact ratio, E_{a~pi~}[r_nail - log pi~] = E[-log r~]: the reference term cancels pi~'s own entropy bonus
-    assert (nail.nail_reward(log_ratio, log_pi_reference) - log_pi_reference).tolist() == nail.ail_reward(log_ratio).tolist()
+    torch.testing.assert_close(nail.log_ratio_reward(log_ratio), torch.tensor([-2.0, 1.0, 0.0, -0.5]))
+
+
+def test_nails_kl_term_pulls_the_actor_to_the_reference_where_sacs_entropy_widens_it():
+    """With a flat critic, NAIL's actor loss alpha (log pi - log pi~) is KL(pi || pi~): minimised at pi = pi~ (the paper's
+    regularised step), while plain SAC's alpha log pi only raises the entropy; the gradient reaches the actor through the
+    reparameterised actions scored by the frozen pi~."""
+    import gymnasium as gym
+
+    env = gym.make("Pendulum-v1")
+    torch.manual_seed(0)
+    reference = nail.Actor(env, 32, -5.0, 2.0).requires_grad_(False)
+    with torch.no_grad():  # pi~: a state-dependent mean, log std -1.5 (the middle of [-5, 2]) everywhere
+        reference.fc_logstd.weight.zero_()
+        reference.fc_logstd.bias.zero_()
+    flat_q = lambda obs, actions: torch.zeros(1, len(obs))
+    obs = torch.cat([torch.randn(256, 3), torch.zeros(256, 1)], 1)
+    results = {}
+    for name, log_pi_reference in (("nail", lambda o, a: nail.reference_log_prob(reference, o, a, -1e9)), ("ail", NO_REFERENCE)):
+        torch.manual_seed(1)
+        actor = nail.Actor(env, 32, -5.0, 2.0)
+        optimizer = torch.optim.Adam(actor.parameters(), lr=3e-3)
+        for _ in range(1500):
+            loss, log_pi, log_ratio_to_reference, _ = nail.policy_loss(actor, flat_q, obs, 1.0, log_pi_reference)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            (mean, log_std), (reference_mean, reference_log_std) = actor(obs[:, :-1]), reference(obs[:, :-1])
+        results[name] = ((mean - reference_mean).abs().mean().item(), (log_std - reference_log_std).mean().item(),
+                         log_ratio_to_reference.mean().item())
+    mean_gap, log_std_gap, kl = results["nail"]
+    assert mean_gap < 0.05 and abs(log_std_gap) < 0.15 and kl < 0.05, results
+    assert results["ail"][1] > 0.8, results  # max entropy: a std well above pi~'s, whatever pi~ is
 
 
 def test_reference_log_prob_matches_the_actors_own_log_prob_and_is_clipped_off_policy():
