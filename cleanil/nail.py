@@ -42,7 +42,7 @@ Map to this file:
   `soft_q_loss` ... `sac_update`  SAC (sac.py's block; Haarnoja et al. 2018, arXiv 1812.05905, Eq. 5-7, 18) with DAC's
                                absorbing-state target (zero action, no entropy in s_a) and no actor update on s_a;
                                --updates-per-step SAC updates per collected step at each epoch's end, on the whole buffer
-alpha = 1 fixed is the entropy weight of the reward above (autotuning it leaves the bound; --autotune is there to try).
+alpha = 1 fixed is the weight of the KL term (NAIL's bound: log pi~ and log pi weigh 1; --autotune leaves the bound, to try).
 log pi~ is clipped below at --reference-log-prob-min per action dimension, a guard of ours against a policy that strays
 far from a narrow pi~ within one epoch; on-policy log pi~ sits well above it.
 Discriminator (DAC): two tanh layers of 256, Adam 1e-3, batches of 100, gradient penalty 10.
