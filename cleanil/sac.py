@@ -8,12 +8,16 @@ Eq. 21); the temperature alpha is tuned so the policy entropy tracks -|A| (Eq. 1
 cleanrl/sac_continuous_action.py (delayed, repeated actor updates; q_lr 1e-3, policy_lr 3e-4).
 
 `--save-expert` writes experts/<env-id>/ (expert.json, demos.npz, policy.pt; see README "Expert artefacts").
-`--resume` continues from checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt (networks, optimisers, replay
-buffer, counters, RNG states), so that a long run spans several sessions; the episode in progress is restarted.
+`--resume` continues from checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt (networks, optimisers, temperature,
+counters, RNG states, eval rows, best snapshot: a few MB), so that a long run spans several sessions; the replay
+buffer is not saved, so a resumed run first refills it with `--refill-steps` steps of the current policy.
+`--bf16` (on where the hardware has it) runs the hidden layers' matmuls in bfloat16 (mixed precision).
 """
 import json
 import os
+import platform
 import random
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -89,13 +93,23 @@ class Args:
     log_std_max: float = 2.0
     """upper bound of the actor's log standard deviation"""
 
+    bf16: bool = True
+    """autocast the hidden layers' matmuls to bfloat16 where the hardware computes it natively (CUDA with bf16, CPUs
+    with AMX or AVX512-BF16; ignored elsewhere); master weights, optimiser states, targets, log-probs, losses stay float32"""
+
     # checkpoints and expert artefacts
     checkpoint_frequency: int = 50_000
     """save a resumable checkpoint every this many environment steps (0: never)"""
+    checkpoint_minutes: float = 30.0
+    """also save it every this many minutes of wall time (0: never), and always when stopped by SIGINT/SIGTERM"""
     checkpoint_dir: Optional[str] = None
-    """checkpoint folder (default: checkpoints/<env-id>__<exp-name>__<seed>/, git-ignored)"""
+    """checkpoint folder (default: checkpoints/<env-id>__<exp-name>__<seed>/, git-ignored; long runs use a tracked
+    folder such as long_runs/, see README)"""
     resume: bool = False
     """continue from the checkpoint in checkpoint_dir"""
+    refill_steps: int = 50_000
+    """on --resume, environment steps of the current policy that refill the replay buffer (checkpoints leave it out)
+    before updates continue; not counted in global_step, recorded as refill_env_steps"""
     save_expert: bool = False
     """at the end, write expert.json, demos.npz and policy.pt to expert_path"""
     overwrite: bool = False
@@ -168,11 +182,11 @@ class SoftQEnsemble(nn.Module):
 
     def forward(self, obs, action):
         x = torch.cat([obs, action], -1).expand(len(self.weights[0]), -1, -1)
-        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(bias, x, weight)
-            if layer < len(self.weights) - 1:
-                x = F.relu(x)
-        return x.squeeze(-1)  # [num_q, batch]
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1]):
+            x = F.relu(torch.baddbmm(bias, x, weight))  # bfloat16 under --bf16's autocast
+        # the output layer stays float32: Q-values of a few hundred would round to steps of ~1 in bfloat16
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.baddbmm(self.biases[-1], x.float(), self.weights[-1]).squeeze(-1)  # [num_q, batch]
 
 
 class Actor(nn.Module):
@@ -181,67 +195,64 @@ class Actor(nn.Module):
         obs_dim, action_dim = np.prod(env.observation_space.shape), np.prod(env.action_space.shape)
         self.fc1 = nn.Linear(obs_dim, hidden_size)
         self.fc2 = nn.Linear(hidden_size, hidden_size)
-        self.fc_mean = nn.Linear(hidden_size, action_dim)
-        self.fc_logstd = nn.Linear(hidden_size, action_dim)
+        self.fc_head = nn.Linear(hidden_size, 2 * action_dim)  # mean and log-std in one matmul
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
         high, low = env.action_space.high, env.action_space.low
         self.register_buffer("action_scale", torch.tensor((high - low) / 2.0, dtype=torch.float32))
         self.register_buffer("action_bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
+        # the constant part of log pi(a|s): Gaussian normaliser and the affine rescaling's log-determinant
+        self.register_buffer("log_prob_offset", 0.5 * np.log(2 * np.pi) * action_dim + torch.log(self.action_scale).sum())
 
     def forward(self, obs):
         hidden = F.relu(self.fc2(F.relu(self.fc1(obs))))
-        mean = self.fc_mean(hidden)
+        # the head stays float32 under --bf16: the mean and log-std feed the log-probabilities
+        with torch.autocast(obs.device.type, enabled=False):
+            mean, log_std = self.fc_head(hidden.float()).chunk(2, -1)
         # squash log_std into [min, max] smoothly instead of clipping (keeps its gradient alive)
-        log_std = torch.tanh(self.fc_logstd(hidden))
-        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
         return mean, log_std
 
     def get_action(self, obs):
-        """a = tanh(u) * scale + bias with u ~ N(mean, std) reparameterised; log pi(a|s) by Eq. 21."""
+        """a = tanh(u) * scale + bias with u = mean + std * eps, eps ~ N(0, I) (reparameterised); log pi(a|s) by Eq. 21."""
         mean, log_std = self(obs)
-        normal = torch.distributions.Normal(mean, log_std.exp())
-        u = normal.rsample()
-        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)): exact and stable where tanh saturates
-        log_prob = normal.log_prob(u) - 2 * (np.log(2) - u - F.softplus(-2 * u)) - torch.log(self.action_scale)
-        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob.sum(-1)
+        eps = torch.randn_like(mean)
+        u = mean + log_std.exp() * eps
+        # log N(u; mean, std) - log(1 - tanh(u)^2), the latter as 2 (log 2 - u - softplus(-2u)): exact where tanh saturates
+        log_prob = -0.5 * eps.square() - log_std - 2 * (np.log(2) - u - F.softplus(-2 * u))
+        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob.sum(-1) - self.log_prob_offset
 
     def deterministic_action(self, obs):
         return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
 
+    def mean_mlp(self):
+        """obs -> pre-tanh mean as a plain nn.Sequential (the shipped policy.pt, loadable without this class)."""
+        action_dim = self.fc_head.out_features // 2
+        fc_mean = nn.Linear(self.fc_head.in_features, action_dim)
+        with torch.no_grad():
+            fc_mean.weight.copy_(self.fc_head.weight[:action_dim])
+            fc_mean.bias.copy_(self.fc_head.bias[:action_dim])
+        return nn.Sequential(self.fc1, nn.ReLU(), self.fc2, nn.ReLU(), fc_mean.to(self.fc1.weight.device))
+
 
 class ReplayBuffer:
-    """Transitions in preallocated tensors on the training device; uniform sampling without leaving it."""
+    """Transitions as rows [obs, action, reward, next_obs, termination] of one preallocated tensor on the training
+    device: a minibatch is one index gather. Checkpoints leave it out (hundreds of MB); --resume refills it."""
 
     def __init__(self, obs_dim, action_dim, size, device):
-        self.observations = torch.zeros(size, obs_dim, device=device)
-        self.actions = torch.zeros(size, action_dim, device=device)
-        self.rewards = torch.zeros(size, device=device)
-        self.next_observations = torch.zeros(size, obs_dim, device=device)
-        self.terminations = torch.zeros(size, device=device)
+        self.widths = (obs_dim, action_dim, 1, obs_dim, 1)
+        self.rows = torch.zeros(size, sum(self.widths), device=device)
         self.size, self.pos, self.full = size, 0, False
 
     def add(self, obs, action, reward, next_obs, termination):
-        for storage, value in zip(self.tensors(), (obs, action, reward, next_obs, termination)):
-            storage[self.pos] = torch.as_tensor(value, dtype=torch.float32)
+        row = np.concatenate([np.ravel(obs), np.ravel(action), [reward], np.ravel(next_obs), [termination]])
+        self.rows[self.pos] = torch.from_numpy(row.astype(np.float32))
         self.pos = (self.pos + 1) % self.size
         self.full = self.full or self.pos == 0
 
     def sample(self, batch_size):
-        index = torch.randint(0, self.size if self.full else self.pos, (batch_size,), device=self.observations.device)
-        return [storage[index] for storage in self.tensors()]
-
-    def tensors(self):
-        return self.observations, self.actions, self.rewards, self.next_observations, self.terminations
-
-    def state_dict(self):
-        filled = self.size if self.full else self.pos
-        # copy=True: a slice saved as it is would drag the whole preallocated storage (all buffer_size rows) into the file
-        return {"tensors": [t[:filled].to("cpu", copy=True) for t in self.tensors()], "pos": self.pos, "full": self.full}
-
-    def load_state_dict(self, state):
-        for storage, saved in zip(self.tensors(), state["tensors"]):
-            storage[: len(saved)] = saved.to(storage.device)
-        self.pos, self.full = state["pos"], state["full"]
+        index = torch.randint(0, self.size if self.full else self.pos, (batch_size,), device=self.rows.device)
+        obs, actions, rewards, next_obs, terminations = self.rows[index].split(self.widths, -1)
+        return obs, actions, rewards.squeeze(-1), next_obs, terminations.squeeze(-1)
 
 
 def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma):
@@ -268,18 +279,23 @@ def alpha_loss(log_alpha, log_pi, target_entropy):
 
 
 def sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer, alpha_optimizer, args,
-               target_entropy, global_step):
-    """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls."""
+               target_entropy, global_step, bf16=False):
+    """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls.
+    bf16 autocasts the hidden layers' matmuls; weights, optimiser states, targets, log-probs and losses stay float32."""
+    device_type = batch[0].device.type
     alpha = log_alpha.exp().detach()
-    qf_loss, q_values = soft_q_loss(qf, qf_target, actor, batch, alpha, args.gamma)
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        qf_loss, q_values = soft_q_loss(qf, qf_target, actor, batch, alpha, args.gamma)
     q_optimizer.zero_grad(set_to_none=True)
     qf_loss.backward()
     q_optimizer.step()
     stats = {"losses/qf_loss": qf_loss.detach(), "losses/qf1_values": q_values[0].detach().mean()}
 
     if global_step % args.policy_frequency == 0:
+        qf.requires_grad_(False)  # the actor's gradient flows through Q's input only (as Spinning Up freezes Q here)
         for _ in range(args.policy_frequency):
-            actor_loss, log_pi = policy_loss(actor, qf, batch[0], alpha)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                actor_loss, log_pi = policy_loss(actor, qf, batch[0], alpha)
             actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             actor_optimizer.step()
@@ -289,13 +305,32 @@ def sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimi
                 loss.backward()
                 alpha_optimizer.step()
                 alpha = log_alpha.exp().detach()
+        qf.requires_grad_(True)
         stats.update({"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha, "charts/entropy": -log_pi.detach().mean()})
 
     if global_step % args.target_network_frequency == 0:
         with torch.no_grad():
-            for param, target_param in zip(qf.parameters(), qf_target.parameters()):
-                target_param.lerp_(param, args.tau)
+            torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
     return stats
+
+
+def bf16_is_fast(device):
+    """Whether the hardware computes bfloat16 matmuls natively: CUDA with bf16, or a CPU with AMX / AVX512-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to ask, so stay in float32
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def make_optimizer(params, lr, device):
+    """Adam, fused into one kernel over all parameters where torch has it (CUDA, and CPU since torch 2.4)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, foreach=device.type == "cuda")
 
 
 def evaluate(act, env, num_episodes, seed):
@@ -356,7 +391,7 @@ def save_expert(expert_dir, args, actor, env_id, device, training, overwrite):
     random_returns = evaluate(lambda obs: env.action_space.sample()[None], env, args.expert_eval_episodes, args.seed + 30_000)
     demos, demo_returns = rollout_episodes(act, env, args.num_demo_episodes, args.seed + 40_000)
     np.savez_compressed(expert_dir / "demos.npz", **demos)
-    policy = nn.Sequential(actor.fc1, nn.ReLU(), actor.fc2, nn.ReLU(), actor.fc_mean)
+    policy = actor.mean_mlp()
     torch.save({key: value.cpu() for key, value in policy.state_dict().items()}, expert_dir / "policy.pt")
     info = {
         "env_id": env_id,
@@ -364,6 +399,7 @@ def save_expert(expert_dir, args, actor, env_id, device, training, overwrite):
         "training_steps": training["global_step"],
         "snapshot_step": training["snapshot_step"],
         "training_wall_time_s": round(training["wall_time"], 1),
+        "refill_env_steps": training["refill_env_steps"],
         "seed": args.seed,
         "command": training["commands"],
         "versions": package_versions(),
@@ -403,10 +439,12 @@ def write_eval_row(run_dir, row):
         f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
 
 
-def write_summary(run_dir, args, eval_rows, wall_time, sps):
+def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
+    """summary.json: args, final and best scores, wall time, mean SPS, versions, and the device/threads/precision used."""
     scores = [row["normalized_score"] for row in eval_rows]
     summary = {
         "args": asdict(args),
+        **(hardware or {}),
         "final_return": eval_rows[-1]["eval_return_mean"],
         "final_normalized_score": scores[-1],
         "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
@@ -419,6 +457,9 @@ def write_summary(run_dir, args, eval_rows, wall_time, sps):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "batch_size", "buffer_size"):
+        if getattr(args, name) <= 0:
+            sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
     checkpoint_dir = Path(args.checkpoint_dir or f"checkpoints/{args.env_id}__{args.exp_name}__{args.seed}")
     checkpoint = None
@@ -426,7 +467,22 @@ if __name__ == "__main__":
         if not (checkpoint_dir / "checkpoint.pt").exists():
             sys.exit(f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume.")
         checkpoint = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=False)
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    bf16 = args.bf16 and bf16_is_fast(device)
+
     run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    env = make_env(args.env_id, args.seed)
+    if not isinstance(env.action_space, gym.spaces.Box):
+        sys.exit(f"error: sac.py needs continuous (Box) actions but {args.env_id} has {env.action_space}; use cleanil/dqn.py.")
+    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
+    expert_info = load_expert_info(expert_dir, env, required=False)
+    obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
     run_dir = Path("runs") / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.track:
@@ -435,44 +491,32 @@ if __name__ == "__main__":
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name,
                    save_code=True, id=run_name, resume="allow")
 
-    # seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    env = make_env(args.env_id, args.seed)
-    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
-    if not isinstance(env.action_space, gym.spaces.Box):
-        sys.exit(f"error: sac.py needs continuous (Box) actions but {args.env_id} has {env.action_space}; use cleanil/dqn.py.")
-    expert_info = load_expert_info(expert_dir, env, required=False)
-    obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
-
     actor = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)
     qf = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
     qf_target = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
     qf_target.load_state_dict(qf.state_dict())
-    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    q_optimizer = make_optimizer(qf.parameters(), args.q_lr, device)
+    actor_optimizer = make_optimizer(actor.parameters(), args.policy_lr, device)
     target_entropy = -float(action_dim)
     log_alpha = torch.tensor(np.log(args.alpha), dtype=torch.float32, device=device, requires_grad=True)
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr)
+    alpha_optimizer = make_optimizer([log_alpha], args.q_lr, device)
     rb = ReplayBuffer(obs_dim, action_dim, args.buffer_size, device)
+    # the state a checkpoint holds, listed once (no replay buffer: --resume refills it)
+    saved_modules = {"actor": actor, "qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer,
+                     "actor_optimizer": actor_optimizer, "alpha_optimizer": alpha_optimizer}
 
-    start_step, wall_offset, eval_rows, commands, best_actor = 0, 0.0, [], [], {}
+    start_step, wall_offset, refill_env_steps, eval_rows, commands, best_actor = 0, 0.0, 0, [], [], {}
     if checkpoint:
         try:
-            for module, key in ((actor, "actor"), (qf, "qf"), (qf_target, "qf_target"), (q_optimizer, "q_optimizer"),
-                                (actor_optimizer, "actor_optimizer"), (alpha_optimizer, "alpha_optimizer"), (rb, "rb")):
+            for key, module in saved_modules.items():
                 module.load_state_dict(checkpoint[key])
         except (KeyError, RuntimeError, ValueError) as error:
             sys.exit(f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments ({' '.join(str(error).split())[:240]}); "
                      f"resume with the arguments of the run that wrote it, or start without --resume.")
         with torch.no_grad():
             log_alpha.copy_(checkpoint["log_alpha"])
-        start_step, wall_offset, eval_rows, commands, best_actor = (
-            checkpoint[k] for k in ("global_step", "wall_time", "eval_rows", "commands", "best_actor"))
+        start_step, wall_offset, refill_env_steps, eval_rows, commands, best_actor = (
+            checkpoint[k] for k in ("global_step", "wall_time", "refill_env_steps", "eval_rows", "commands", "best_actor"))
         random.setstate(checkpoint["python_rng"])
         np.random.set_state(checkpoint["numpy_rng"])
         torch.set_rng_state(checkpoint["torch_rng"])
@@ -486,6 +530,12 @@ if __name__ == "__main__":
     @torch.no_grad()
     def act_deterministic(obs):
         return actor.deterministic_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+
+    @torch.no_grad()
+    def act_exploring(obs, global_step):
+        if global_step <= args.learning_starts:
+            return env.action_space.sample()
+        return actor.get_action(torch.as_tensor(obs[None], dtype=torch.float32, device=device))[0][0].cpu().numpy()
 
     def run_evaluation(global_step):
         returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
@@ -503,26 +553,35 @@ if __name__ == "__main__":
 
     def save_checkpoint(global_step):
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = {key: module.state_dict() for key, module in (("actor", actor), ("qf", qf), ("qf_target", qf_target),
-                 ("q_optimizer", q_optimizer), ("actor_optimizer", actor_optimizer), ("alpha_optimizer", alpha_optimizer), ("rb", rb))}
+        state = {key: module.state_dict() for key, module in saved_modules.items()}
         state.update(log_alpha=log_alpha.detach().cpu(), global_step=global_step, run_name=run_name, eval_rows=eval_rows,
-                     commands=commands, best_actor=best_actor, wall_time=wall_offset + time.time() - start_time, python_rng=random.getstate(),
+                     refill_env_steps=refill_env_steps, commands=commands, best_actor=best_actor,
+                     wall_time=wall_offset + time.time() - start_time, python_rng=random.getstate(),
                      numpy_rng=np.random.get_state(), torch_rng=torch.get_rng_state(), args=asdict(args))
         torch.save(state, checkpoint_dir / "checkpoint.pt.tmp")
         os.replace(checkpoint_dir / "checkpoint.pt.tmp", checkpoint_dir / "checkpoint.pt")  # atomic: a kill never corrupts it
 
+    # SIGINT (Ctrl-C) and SIGTERM (a session's end, a cluster's preemption) finish the step, checkpoint, and exit
+    stop_signals = []
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, lambda signum, frame: stop_signals.append(signum))
+
     start_time = time.time()
+    obs, _ = env.reset(seed=args.seed + start_step)
+    if checkpoint:
+        # the buffer was left out of the checkpoint: refill it with the current policy before updates continue
+        for _ in tqdm(range(min(args.refill_steps, args.buffer_size)), desc="refilling the replay buffer", file=sys.stderr, mininterval=2.0):
+            action = act_exploring(obs, start_step)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            rb.add(obs, action, reward, next_obs, terminated)
+            obs = next_obs if not (terminated or truncated) else env.reset()[0]
+            refill_env_steps += 1
     progress = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
     if start_step == 0:
         run_evaluation(0)
-    obs, _ = env.reset(seed=args.seed + start_step)
+    last_checkpoint_time = time.time()
     for global_step in range(start_step + 1, args.total_timesteps + 1):
-        if global_step <= args.learning_starts:
-            action = env.action_space.sample()
-        else:
-            with torch.no_grad():
-                action, _ = actor.get_action(torch.as_tensor(obs[None], dtype=torch.float32, device=device))
-            action = action[0].cpu().numpy()
+        action = act_exploring(obs, global_step)
         next_obs, reward, terminated, truncated, info = env.step(action)
         # bootstrap through time-limit truncations: only a true termination zeroes the target
         rb.add(obs, action, reward, next_obs, terminated)
@@ -534,7 +593,7 @@ if __name__ == "__main__":
 
         if global_step > args.learning_starts:
             stats = sac_update(rb.sample(args.batch_size), actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer,
-                               alpha_optimizer, args, target_entropy, global_step)
+                               alpha_optimizer, args, target_entropy, global_step, bf16)
             if global_step % 1000 == 0:
                 sps = (global_step - start_step) / (time.time() - start_time)
                 if not all(torch.isfinite(value) for value in stats.values()):
@@ -544,20 +603,29 @@ if __name__ == "__main__":
         progress.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             run_evaluation(global_step)
-        if args.checkpoint_frequency and (global_step % args.checkpoint_frequency == 0 or global_step == args.total_timesteps):
+        if (args.checkpoint_frequency and global_step % args.checkpoint_frequency == 0) or global_step == args.total_timesteps or stop_signals \
+                or (args.checkpoint_minutes and time.time() - last_checkpoint_time > 60 * args.checkpoint_minutes):
             save_checkpoint(global_step)
+            last_checkpoint_time = time.time()
+        if stop_signals:
+            progress.close()
+            print(f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}; checkpoint saved to {checkpoint_dir}; "
+                  f"continue with the same command plus --resume.", file=sys.stderr)
+            sys.exit(128 + stop_signals[0])
     progress.close()
 
     wall_time = wall_offset + time.time() - start_time
     mean_sps = (args.total_timesteps - start_step) / max(time.time() - start_time, 1e-9)
-    write_summary(run_dir, args, eval_rows, wall_time, mean_sps)
+    hardware = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+                "threads": torch.get_num_threads(), "precision": "bf16-autocast" if bf16 else "fp32", "refill_env_steps": refill_env_steps}
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, hardware)
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
     if args.save_expert:
         if args.expert_snapshot == "best":
             actor.load_state_dict(best_actor["state"])
         snapshot_step = best_actor["step"] if args.expert_snapshot == "best" else args.total_timesteps
         save_expert(expert_dir, args, actor, args.env_id, device, {"global_step": args.total_timesteps, "snapshot_step": snapshot_step,
-                    "wall_time": wall_time, "commands": commands}, args.overwrite)
+                    "wall_time": wall_time, "commands": commands, "refill_env_steps": refill_env_steps}, args.overwrite)
     env.close()
     eval_env.close()
     if args.track:

@@ -47,7 +47,14 @@ def test_expert_loader_reproduces_demo_actions(env_id):
         predicted = expert(torch.as_tensor(observations)).numpy()
     assert predicted.shape == actions.shape
     if info["action_space"] == "discrete":
-        np.testing.assert_array_equal(predicted, actions)
+        # Batched and one-at-a-time matmuls round differently, so a near-tie between two Q-values may flip the argmax:
+        # demand exact agreement where the top two outputs are clearly apart, and near-total agreement overall.
+        with torch.no_grad():
+            top_two = expert.mlp(torch.as_tensor(observations)).topk(2, dim=-1).values.numpy()
+        clear = top_two[:, 0] - top_two[:, 1] > 1e-3 * np.maximum(1.0, np.abs(top_two[:, 0]))
+        assert clear.mean() > 0.99
+        np.testing.assert_array_equal(predicted[clear], actions[clear])
+        assert (predicted == actions).mean() >= 0.999
     else:
         np.testing.assert_allclose(predicted, actions, atol=1e-5)
 
