@@ -140,7 +140,7 @@ def load_expert_info(expert_dir, env, required):
     info_path = Path(expert_dir) / "expert.json"
     if not info_path.exists():
         if required:
-            sys.exit(f"error: no expert at {info_path}; create it with `{expert_command(env.spec.id)}`.")
+            sys.exit(f"error: no expert at {info_path}; {missing_expert_hint(env.spec.id)}")
         return None
     try:
         info = json.loads(info_path.read_text())
@@ -157,6 +157,20 @@ def load_expert_info(expert_dir, env, required):
 def expert_command(env_id):
     trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
     return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
+
+
+SHIPPED_EXPERTS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4", "Hopper-v4",
+                   "HalfCheetah-v4", "Walker2d-v4", "Ant-v4", "Humanoid-v4")
+
+
+def missing_expert_hint(env_id):
+    """What a missing expert costs: the shipped ones come with the repository; any other env needs a training run."""
+    if env_id in SHIPPED_EXPERTS:
+        return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
+    if "dqn.py" in expert_command(env_id):
+        return f"create it with `{expert_command(env_id)}` (50,000 DQN steps: minutes on a CPU)."
+    return (f"create it with `{expert_command(env_id)}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+            f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert).")
 
 
 def normalized_score(episode_return, expert_info):
@@ -375,6 +389,20 @@ def package_versions():
     return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
 
 
+def expert_weakness(expert_return, random_return, best_eval_return, reward_threshold, fraction=0.8):
+    """Why a policy about to ship as an expert looks weak (None if it does not): it is barely above random, it returns
+    less than `fraction` of the best evaluation's gain over random, or a quarter of the gain the env's registered
+    reward threshold ("solved") asks for."""
+    gain, best_gain = expert_return - random_return, best_eval_return - random_return
+    if gain < 0.05 * abs(random_return) + 1:
+        return f"returns {expert_return:.1f}, barely above a random policy's {random_return:.1f}"
+    if gain < fraction * best_gain:
+        return f"returns {expert_return:.1f}, below {fraction:.0%} of the best evaluation's {best_eval_return:.1f} (random {random_return:.1f})"
+    if reward_threshold is not None and gain < 0.25 * (reward_threshold - random_return):
+        return f"returns {expert_return:.1f}, far below the env's registered reward threshold {reward_threshold:g} (random {random_return:.1f})"
+    return None
+
+
 def save_expert(expert_dir, args, actor, env_id, device, training, overwrite):
     """expert.json + demos.npz + policy.pt: a plain MLP obs -> tanh(mean) (rebuilt from the json alone)."""
     expert_dir = Path(expert_dir)
@@ -389,6 +417,9 @@ def save_expert(expert_dir, args, actor, env_id, device, training, overwrite):
 
     expert_returns = evaluate(act, env, args.expert_eval_episodes, args.seed + 20_000)
     random_returns = evaluate(lambda obs: env.action_space.sample()[None], env, args.expert_eval_episodes, args.seed + 30_000)
+    weak = expert_weakness(expert_returns.mean(), random_returns.mean(), training["best_eval_return"], env.spec.reward_threshold)
+    if weak:
+        print(f"warning: the saved expert {weak}; train longer (--total-timesteps) before imitating it.", file=sys.stderr)
     demos, demo_returns = rollout_episodes(act, env, args.num_demo_episodes, args.seed + 40_000)
     np.savez_compressed(expert_dir / "demos.npz", **demos)
     policy = actor.mean_mlp()
@@ -625,7 +656,8 @@ if __name__ == "__main__":
             actor.load_state_dict(best_actor["state"])
         snapshot_step = best_actor["step"] if args.expert_snapshot == "best" else args.total_timesteps
         save_expert(expert_dir, args, actor, args.env_id, device, {"global_step": args.total_timesteps, "snapshot_step": snapshot_step,
-                    "wall_time": wall_time, "commands": commands, "refill_env_steps": refill_env_steps}, args.overwrite)
+                    "wall_time": wall_time, "commands": commands, "refill_env_steps": refill_env_steps,
+                    "best_eval_return": max(row["eval_return_mean"] for row in eval_rows)}, args.overwrite)
     env.close()
     eval_env.close()
     if args.track:
