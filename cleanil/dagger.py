@@ -440,6 +440,7 @@ if __name__ == "__main__":
             # Alg. 3.1: pi_i = beta_i pi* + (1 - beta_i) pi_hat_i, rolled out as fresh trajectories each round
             beta = beta_schedule(round_index, args.beta_schedule, args.beta_rampdown_rounds, args.beta_decay)
             obs, _ = env.reset(seed=args.seed if round_index == 1 else None)
+            expert_steps = 0
         with torch.no_grad():
             obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=device).reshape(1, obs_dim)
             expert_action, learner_action = expert(obs_tensor)[0], policy.deterministic_action(obs_tensor)[0]
@@ -448,7 +449,9 @@ if __name__ == "__main__":
         dataset_actions[dataset_size + step_in_round] = expert_action
         learner_actions[step_in_round] = learner_action
         # the mixture draws its policy per step, so a round's states interpolate between pi*'s and pi_hat_i's
-        action = (expert_action if random.random() < beta else learner_action).cpu().numpy()
+        expert_acts = random.random() < beta
+        expert_steps += expert_acts
+        action = (expert_action if expert_acts else learner_action).cpu().numpy()
         obs, _, terminated, truncated, info = env.step(action)
         if terminated or truncated:
             if args.track:
@@ -461,6 +464,7 @@ if __name__ == "__main__":
             metrics = {"charts/expert_agreement": expert_agreement(learner_actions, round_expert_actions, tolerance)}
             if not discrete:
                 metrics["charts/expert_action_mse"] = (learner_actions - round_expert_actions).pow(2).sum(-1).mean()
+            metrics["charts/expert_share"] = expert_steps / args.steps_per_round  # of executed actions: ~beta_i
             # Alg. 3.1: D <- D u D_i, then train pi_hat_{i+1} on all of D
             dataset_size += args.steps_per_round
             loss = train_policy(policy, optimizer, dataset_obs[:dataset_size], dataset_actions[:dataset_size],

@@ -15,12 +15,13 @@ from conftest import EXPERTS, assert_clean_error, read_eval_csv, read_summary, r
 import dagger
 
 ROUND_LINE = re.compile(r"^round (\d+)/(\d+): beta (\S+), dataset_size (\d+), bc_loss (\S+?)(?:, expert_agreement (\S+?))?"
-                        r"(?:, expert_action_mse (\S+))?$", re.M)
+                        r"(?:, expert_action_mse (\S+))?(?:, expert_share (\S+))?$", re.M)
 
 
 def parse_rounds(stdout):
-    """The per-round lines dagger.py prints: [(round, beta, dataset_size, bc_loss, agreement or None, mse or None)]."""
-    return [(int(m[1]), float(m[3]), int(m[4]), float(m[5]), m[6] and float(m[6]), m[7] and float(m[7]))
+    """The per-round lines dagger.py prints:
+    [(round, beta, dataset_size, bc_loss, agreement or None, mse or None, expert share of executed actions or None)]."""
+    return [(int(m[1]), float(m[3]), int(m[4]), float(m[5]), m[6] and float(m[6]), m[7] and float(m[7]), m[8] and float(m[8]))
             for m in ROUND_LINE.finditer(stdout)]
 
 
@@ -51,8 +52,10 @@ def test_expert_loader_reproduces_demo_actions(env_id):
         # demand exact agreement where the top two outputs are clearly apart, and near-total agreement overall.
         with torch.no_grad():
             top_two = expert.mlp(torch.as_tensor(observations)).topk(2, dim=-1).values.numpy()
-        clear = top_two[:, 0] - top_two[:, 1] > 1e-3 * np.maximum(1.0, np.abs(top_two[:, 0]))
-        assert clear.mean() > 0.99
+        # (1e-5 relative: ~100 float32 ulps of the Q-values, far above any rounding difference; CartPole's Q-values
+        # of ~90 sit close together, so 97% of its states clear it)
+        clear = top_two[:, 0] - top_two[:, 1] > 1e-5 * np.maximum(1.0, np.abs(top_two[:, 0]))
+        assert clear.mean() > 0.95
         np.testing.assert_array_equal(predicted[clear], actions[clear])
         assert (predicted == actions).mean() >= 0.999
     else:
@@ -150,6 +153,17 @@ def test_smoke(case, tmp_path):
     if "--track" in flags:
         (wandb_run,) = (tmp_path / "wandb").glob("offline-run-*")
         assert list(wandb_run.glob("run-*.wandb"))
+
+
+@pytest.mark.parametrize("schedule, expected_share", [(["--beta-schedule", "exponential", "--beta-decay", 1.0], 1.0),
+                                                       (["--beta-schedule", "linear", "--beta-rampdown-rounds", 1], 0.0)])
+def test_beta_is_the_share_of_expert_actions_executed(schedule, expected_share, tmp_path):
+    """beta_i = 1: every executed action is the expert's; beta_i = 0: none is (the mixture pi_i of Alg. 3.1)."""
+    result = run_script("dagger.py", "--env-id", "CartPole-v1", "--steps-per-round", 100, "--rounds", 2, "--eval-frequency", 200,
+                        "--eval-episodes", 1, "--num-expert-trajectories", 1, "--epochs-per-round", 1, *schedule, cwd=tmp_path)
+    rounds = parse_rounds(result.stdout)[1:]
+    assert [r[1] for r in rounds] == [expected_share] * 2
+    assert [r[6] for r in rounds] == [expected_share] * 2, result.stdout
 
 
 @pytest.mark.learning
