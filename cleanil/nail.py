@@ -4,55 +4,67 @@ NAIL (Arenz & Neumann 2020, "Non-Adversarial Imitation Learning and its Connecti
 2008.03525) minimises the reverse KL(q_pi(s,a) || p(s,a)) between the agent's state-action distribution q and the
 expert's p by iterations t = 0, 1, ...: sample from the current policy pi~ = pi_t (its distribution q_t), estimate the
 density ratio r~ = q_t / p with a discriminator, then solve the maximum-entropy RL problem with the reward
-r_t(s,a) = -log r~(s,a) + log pi~(a|s). The paper's equation numbers could not be checked here (its text was not
-retrievable: only the abstract, a third-party summary and public code, OlegArenz/O-NAIL and a DAC-based NAIL), so the
-map names its terms. Its step-based "lower-bound reward" r^lb_pi~(s,a) = log q(s,a)/p_pi~(s,a) + log pi~(a|s) (per the
-summary) is r_t with our letters swapped: the paper's q is the expert's and p_pi~ the agent's occupancy, both discounted
-((1-gamma) sum_t gamma^t). Our derivation (matching the abstract: AIRL is an instance, its f = log D/(1-D) + log pi_t at
-the optimum being r_t): with an exact r~ and entropy weight alpha = 1,
-  E_q[r_t - log pi] = -E_q[log q_t(s,a)/p(s,a)] - E_{q(s)} KL(pi(.|s) || pi~(.|s)) = -KL(q || p) + KL(q(s) || q_t(s)),
-so each step is a KL(pi || pi~)-regularised improvement on the frozen log-ratio, equal to -KL(q || p) at pi = pi~ and
-above it elsewhere (it bounds -KL from above, tightly at pi~): the reference term log pi~ cancels the entropy bonus near
-pi~ (no entropy drift) and ties the policy step to the density ratio of the policy that produced the data, which plain
-AIL (`--reward ail`: r = -log r~, same loop) does not.
-How the log pi~ term enters SAC: as the identity above shows, r_t - alpha log pi = -log r~ - alpha (log pi - log pi~)
-(alpha = 1), so we train on the reward -log r~ and replace SAC's entropy bonus -alpha log pi(a|s) by the KL term
--alpha (log pi(a|s) - log pi~(a|s)) in the critic's target and the actor's loss. The soft Q-function of the
-paper's reward is ours plus log pi~(a|s), the actor's loss is the same and so is the optimum; but log pi~ is now only
-evaluated at actions of the current policy (one epoch from pi~), where a reward computed on replayed actions of
-long-gone policies would sit far in pi~'s tails (on Hopper-v4 that form collapsed after 10k steps: README, Results).
+r_t(s,a) = -log r~(s,a) + log pi~(a|s). The paper's step-based reward r^lb_pi~(s,a) = log q(s,a)/p_pi~(s,a) + log pi~(a|s)
+is r_t with our letters swapped: the paper's q is the expert's and p_pi~ the agent's occupancy, both discounted
+((1-gamma) sum_t gamma^t). AIRL is an instance: its f = log D/(1-D) + log pi_t at the optimum is r_t.
+What an iteration guarantees. With an exact r~ and the KL(pi || pi~) term weighted by alpha, the RL step maximises
+  L_alpha(pi) = -E_q[log q_t(s,a)/p(s,a)] - alpha E_{q(s)} KL(pi(.|s) || pi~(.|s)),
+while -KL(q || p) = -E_q[log q_t/p] - KL(q(s) || q_t(s)) - E_{q(s)} KL(pi || pi~), and the joint convexity of KL with the
+chain rule over trajectories gives 0 <= KL(q(s) || q_t(s)) <= gamma/(1-gamma) E_{q(s)} KL(pi || pi~); so, with all three
+equal at pi = pi~,
+  L_{1/(1-gamma)}(pi) <= -KL(q || p) <= L_1(pi).
+The per-step weight alpha = 1 (the default: r_t itself) bounds -KL from above, not below. Its step is a
+KL(pi || pi~)-regularised move on the frozen log-ratio whose log pi~ cancels the entropy bonus near pi~ (no entropy
+drift), but a policy that scores above pi~ on L_1 can still be farther from the expert: a step can increase KL(q || p).
+The trajectory-level weight alpha = 1/(1-gamma) (`--alpha 100` at gamma 0.99) gives the lower bound: a policy that
+scores above pi~ on it has KL(q || p) no larger than pi~'s, a monotone improvement, at the price of far smaller steps.
+Both readings assume an exact ratio and discounted occupancies, where the discriminator here weighs its samples
+undiscounted (as DAC).
+How the log pi~ term enters SAC: r_t - alpha log pi = -log r~ - alpha (log pi - log pi~) at alpha = 1, so we train on
+the reward -log r~ and replace SAC's entropy bonus -alpha log pi(a|s) by the KL term -alpha (log pi(a|s) - log pi~(a|s))
+in the critic's target and the actor's loss. The soft Q-function of the paper's reward is ours plus log pi~(a|s), the
+actor's loss is the same and so is the optimum; but log pi~ is now only evaluated at actions of the current policy (one
+epoch from pi~), where a reward computed on replayed actions of long-gone policies would sit far in pi~'s tails (on
+Hopper-v4 that form collapsed after 10k steps: README, Results); and it is scored at the actor's own pre-tanh sample u,
+so the tanh change of variables, identical in log pi and log pi~, cancels exactly even where the actions saturate.
+Plain AIL (`--reward ail`: r = -log r~ with SAC's entropy) is the same loop without the reference term.
 Map to this file:
   iteration t (--epoch-steps)  the reference pi~ is a frozen copy of the actor taken at the start of each epoch; it
                                alone collects that epoch's transitions (the uniform policy in the warm-up epochs)
   `Discriminator`              logit(s,a) -> log q_t(s,a)/p(s,a) (paper: log p_pi~/q), logistic regression: agent 1, expert 0
-  `discriminator_loss`         the binary cross-entropy, trained at each epoch's end on that epoch's transitions (q_t)
-                               against the demos, --discriminator-updates-per-step minibatches per collected step; every
-                               sample weighs 1 (undiscounted, as DAC), where the paper's occupancies are gamma-discounted
+  `discriminator_loss`         the binary cross-entropy, trained by `update_discriminator` at each epoch's end on that
+                               epoch's transitions (q_t) against the demos, --discriminator-updates-per-step minibatches
+                               per collected step; every sample weighs 1 (undiscounted, as DAC), where the paper's
+                               occupancies are gamma-discounted
   `gradient_penalty`           as DAC (Kostrikov et al. 2019, arXiv 1809.02925): WGAN-GP (Gulrajani et al. 2017, arXiv
                                1704.00028, Eq. 3) (||grad logit(x_hat)|| - 1)^2 on expert/agent interpolates
   `add_absorbing_state`        DAC's absorbing states: a terminated transition leads to an absorbing state s_a (zeros plus an
                                indicator feature) with a self-transition (s_a, 0, s_a) whose reward the discriminator
                                learns like any other; every target bootstraps (none is zeroed), truncations keep their
-                               real next state; expert absorbing transitions are never subsampled and weigh
-                               1/--subsample-frequency in the discriminator loss (checked against google-research/dac)
+                               real next state; expert absorbing transitions (`expert_transitions`) are never subsampled
+                               and weigh 1/--subsample-frequency in the discriminator loss (as google-research/dac)
   `log_ratio_reward`           r = -log r~, computed under no_grad on every SAC minibatch from the current
                                discriminator (the replay buffer stores no reward)
-  `reference_log_prob`         log pi~(a|s) of the current policy's actions in the critic target and actor loss;
-                               none in the absorbing state (a single action)
+  `reference_log_prob`         log pi~(a|s) at the current policy's pre-tanh samples, in the critic target and actor
+                               loss; none in the absorbing state (a single action)
   `soft_q_loss` ... `sac_update`  SAC (sac.py's block; Haarnoja et al. 2018, arXiv 1812.05905, Eq. 5-7, 18) with DAC's
                                absorbing-state target (zero action, no entropy in s_a) and no actor update on s_a;
                                --updates-per-step SAC updates per collected step at each epoch's end, on the whole buffer
-alpha = 1 fixed is the weight of the KL term (NAIL's bound: log pi~ and log pi weigh 1; --autotune leaves the bound, to try).
-log pi~ is clipped below at --reference-log-prob-min per action dimension, a guard of ours against a policy that strays
-far from a narrow pi~ within one epoch; on-policy log pi~ sits well above it.
+alpha, fixed at 1 by default, weighs the KL term (see above; --autotune tunes it for a target entropy instead, which
+leaves both bounds). log pi~ is clipped below at --reference-log-prob-min per action dimension, a guard of ours against a
+policy that strays far from a narrow pi~ within one epoch; on-policy log pi~ sits well above it.
 Discriminator (DAC): two tanh layers of 256, Adam 1e-3, batches of 100, gradient penalty 10.
 `--resume` continues from checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt (SAC networks and optimisers, the
-discriminator and its optimizer, the frozen reference pi~ and the epoch counters, replay buffer, RNG states), so that a
-long run spans several sessions; the episode in progress is restarted, and eval.csv continues in the same run folder.
+discriminator and its optimizer, the frozen reference pi~, the epoch counters, RNG states, eval rows: a few MB), so that
+a long run spans several sessions; the replay buffer is not saved, so a resumed run first refills it with
+`--refill-steps` steps of the epoch's policy pi~. `--bf16` (on where the hardware has it) runs the SAC networks' hidden
+layers' matmuls in bfloat16 (mixed precision).
 """
 import json
 import os
+import platform
 import random
+import signal
 import sys
 import time
 import zipfile
@@ -145,9 +157,11 @@ class Args:
     target_network_frequency: int = 1
     """the frequency of updates for the target networks"""
     alpha: float = 1.0
-    """entropy regularization coefficient (NAIL's bound: 1, the weight of log pi~ in the reward)"""
+    """weight of the KL(pi || pi~) term (of SAC's entropy under --reward ail): 1 is the paper's per-step reward r_t, an
+    upper bound on -KL(q || p); 1/(1-gamma) (100 at gamma 0.99) the trajectory-level lower bound: a policy that scores
+    above pi~ on it is no farther from the expert (see the docstring)"""
     autotune: bool = False
-    """automatic tuning of the entropy coefficient (SAC Eq. 18; off: it departs from NAIL's bound)"""
+    """automatic tuning of alpha for a target entropy (SAC Eq. 18; it leaves both of the docstring's bounds)"""
     hidden_size: int = 256
     """width of the two hidden layers of actor and critics"""
     log_std_min: float = -5.0
@@ -155,13 +169,23 @@ class Args:
     log_std_max: float = 2.0
     """upper bound of the actor's log standard deviation"""
 
+    bf16: bool = True
+    """autocast the hidden layers' matmuls to bfloat16 where the hardware computes it natively (CUDA with bf16, CPUs
+    with AMX or AVX512-BF16; ignored elsewhere); master weights, optimiser states, targets, log-probs, losses stay float32"""
+
     # checkpoints
     checkpoint_frequency: int = 50_000
     """save a resumable checkpoint every this many environment steps (0: never)"""
+    checkpoint_minutes: float = 30.0
+    """also save it every this many minutes of wall time (0: never), and always when stopped by SIGINT/SIGTERM"""
     checkpoint_dir: Optional[str] = None
-    """checkpoint folder (default: checkpoints/<env-id>__<exp-name>__<seed>/, git-ignored)"""
+    """checkpoint folder (default: checkpoints/<env-id>__<exp-name>__<seed>/, git-ignored; long runs use a tracked
+    folder such as long_runs/, see README)"""
     resume: bool = False
     """continue from the checkpoint in checkpoint_dir"""
+    refill_steps: int = 50_000
+    """on --resume, environment steps of the epoch's policy pi~ that refill the replay buffer (checkpoints leave it out)
+    before updates continue; not counted in global_step, recorded as refill_env_steps"""
 
 
 def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
@@ -254,11 +278,11 @@ class SoftQEnsemble(nn.Module):
 
     def forward(self, obs, action):
         x = torch.cat([obs, action], -1).expand(len(self.weights[0]), -1, -1)
-        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(bias, x, weight)
-            if layer < len(self.weights) - 1:
-                x = F.relu(x)
-        return x.squeeze(-1)  # [num_q, batch]
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1]):
+            x = F.relu(torch.baddbmm(bias, x, weight))  # bfloat16 under --bf16's autocast
+        # the output layer stays float32: Q-values of a few hundred would round to steps of ~1 in bfloat16
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.baddbmm(self.biases[-1], x.float(), self.weights[-1]).squeeze(-1)  # [num_q, batch]
 
 
 class Actor(nn.Module):
@@ -267,48 +291,60 @@ class Actor(nn.Module):
         obs_dim, action_dim = np.prod(env.observation_space.shape), np.prod(env.action_space.shape)
         self.fc1 = nn.Linear(obs_dim, hidden_size)
         self.fc2 = nn.Linear(hidden_size, hidden_size)
-        self.fc_mean = nn.Linear(hidden_size, action_dim)
-        self.fc_logstd = nn.Linear(hidden_size, action_dim)
+        self.fc_head = nn.Linear(hidden_size, 2 * action_dim)  # mean and log-std in one matmul
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
         high, low = env.action_space.high, env.action_space.low
         self.register_buffer("action_scale", torch.tensor((high - low) / 2.0, dtype=torch.float32))
         self.register_buffer("action_bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
+        # the constant part of log pi(a|s): Gaussian normaliser and the affine rescaling's log-determinant
+        self.register_buffer("log_prob_offset", 0.5 * np.log(2 * np.pi) * action_dim + torch.log(self.action_scale).sum())
 
     def forward(self, obs):
         hidden = F.relu(self.fc2(F.relu(self.fc1(obs))))
-        mean = self.fc_mean(hidden)
+        # the head stays float32 under --bf16: the mean and log-std feed the log-probabilities
+        with torch.autocast(obs.device.type, enabled=False):
+            mean, log_std = self.fc_head(hidden.float()).chunk(2, -1)
         # squash log_std into [min, max] smoothly instead of clipping (keeps its gradient alive)
-        log_std = torch.tanh(self.fc_logstd(hidden))
-        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
         return mean, log_std
 
     def get_action(self, obs):
-        """a = tanh(u) * scale + bias with u ~ N(mean, std) reparameterised; log pi(a|s) by Eq. 21."""
+        """a = tanh(u) * scale + bias with u = mean + std * eps, eps ~ N(0, I) (reparameterised); log pi(a|s) by Eq. 21;
+        and u itself, at which NAIL scores pi~ (`reference_log_prob`)."""
         mean, log_std = self(obs)
-        normal = torch.distributions.Normal(mean, log_std.exp())
-        u = normal.rsample()
-        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)): exact and stable where tanh saturates
-        log_prob = normal.log_prob(u) - 2 * (np.log(2) - u - F.softplus(-2 * u)) - torch.log(self.action_scale)
-        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob.sum(-1)
+        eps = torch.randn_like(mean)
+        u = mean + log_std.exp() * eps
+        # log N(u; mean, std) - log(1 - tanh(u)^2), the latter as 2 (log 2 - u - softplus(-2u)): exact where tanh saturates
+        log_prob = -0.5 * eps.square() - log_std - 2 * (np.log(2) - u - F.softplus(-2 * u))
+        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob.sum(-1) - self.log_prob_offset, u
 
     def deterministic_action(self, obs):
         return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
 
+    def mean_mlp(self):
+        """obs -> pre-tanh mean as a plain nn.Sequential (the shipped policy.pt, loadable without this class)."""
+        action_dim = self.fc_head.out_features // 2
+        fc_mean = nn.Linear(self.fc_head.in_features, action_dim)
+        with torch.no_grad():
+            fc_mean.weight.copy_(self.fc_head.weight[:action_dim])
+            fc_mean.bias.copy_(self.fc_head.bias[:action_dim])
+        return nn.Sequential(self.fc1, nn.ReLU(), self.fc2, nn.ReLU(), fc_mean.to(self.fc1.weight.device))
+
 
 class ReplayBuffer:
-    """Transitions in preallocated tensors on the training device; uniform sampling without leaving it.
-    Observations carry DAC's absorbing indicator as their last feature; no rewards: NAIL's reward is a function of the
-    current discriminator and reference policy, recomputed on every sampled minibatch."""
+    """Transitions as rows [obs, action, next_obs] of one preallocated tensor on the training device: a minibatch is one
+    index gather. Checkpoints leave it out (hundreds of MB); --resume refills it. Observations carry DAC's absorbing
+    indicator as their last feature; no rewards: NAIL's reward is a function of the current discriminator and reference
+    policy, recomputed on every sampled minibatch."""
 
     def __init__(self, obs_dim, action_dim, size, device):
-        self.observations = torch.zeros(size, obs_dim, device=device)
-        self.actions = torch.zeros(size, action_dim, device=device)
-        self.next_observations = torch.zeros(size, obs_dim, device=device)
+        self.widths = (obs_dim, action_dim, obs_dim)
+        self.rows = torch.zeros(size, sum(self.widths), device=device)
         self.size, self.pos, self.full = size, 0, False
 
     def add(self, obs, action, next_obs):
-        for storage, value in zip(self.tensors(), (obs, action, next_obs)):
-            storage[self.pos] = torch.as_tensor(value, dtype=torch.float32)
+        row = np.concatenate([np.ravel(obs), np.ravel(action), np.ravel(next_obs)])
+        self.rows[self.pos] = torch.from_numpy(row.astype(np.float32))
         self.pos = (self.pos + 1) % self.size
         self.full = self.full or self.pos == 0
 
@@ -316,23 +352,10 @@ class ReplayBuffer:
         """Uniform over the buffer, or over its `recent` last rows (one epoch: samples of q_t only)."""
         filled = self.size if self.full else self.pos
         if recent is None:
-            index = torch.randint(0, filled, (batch_size,), device=self.observations.device)
+            index = torch.randint(0, filled, (batch_size,), device=self.rows.device)
         else:
-            index = (self.pos - 1 - torch.randint(0, min(recent, filled), (batch_size,), device=self.observations.device)) % self.size
-        return [storage[index] for storage in self.tensors()]
-
-    def tensors(self):
-        return self.observations, self.actions, self.next_observations
-
-    def state_dict(self):
-        filled = self.size if self.full else self.pos
-        # copy=True: a slice saved as it is would drag the whole preallocated storage (all buffer_size rows) into the file
-        return {"tensors": [t[:filled].to("cpu", copy=True) for t in self.tensors()], "pos": self.pos, "full": self.full}
-
-    def load_state_dict(self, state):
-        for storage, saved in zip(self.tensors(), state["tensors"]):
-            storage[: len(saved)] = saved.to(storage.device)
-        self.pos, self.full = state["pos"], state["full"]
+            index = (self.pos - 1 - torch.randint(0, min(recent, filled), (batch_size,), device=self.rows.device)) % self.size
+        return self.rows[index].split(self.widths, -1)
 
 
 class Discriminator(nn.Module):
@@ -363,6 +386,22 @@ def add_absorbing_state(obs, actions, next_obs, terminations):
             np.concatenate([next_obs, np.repeat(absorbing, extra, 0)]).astype(np.float32))
 
 
+def expert_transitions(expert_dir, env, num_trajectories, subsample_frequency, seed):
+    """The demos' (s, a) pairs with DAC's absorbing states (numpy), and their weights in `discriminator_loss`. As DAC,
+    the absorbing states are added before subsampling and never dropped: one (s_a, 0) per terminated demo episode, even
+    where subsampling dropped its terminal transition, weighing 1/subsample_frequency where every other pair weighs 1
+    (the subsampled pairs stand for subsample_frequency transitions each, the absorbing ones for one)."""
+    demos = load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed,
+                       ("observations", "actions", "next_observations", "terminations"))
+    num_terminated = int(load_demos(expert_dir, env, num_trajectories, 1, seed, ("terminations",))["terminations"].sum())
+    obs, actions, _ = add_absorbing_state(demos["observations"], demos["actions"].astype(np.float32),
+                                          demos["next_observations"], demos["terminations"])
+    missing = num_terminated - int(np.sum(demos["terminations"]))  # terminal transitions that subsampling dropped
+    obs = np.concatenate([obs, np.repeat(np.eye(obs.shape[1], dtype=np.float32)[-1:], missing, 0)])
+    actions = np.concatenate([actions, np.zeros((missing, actions.shape[1]), dtype=np.float32)])
+    return obs, actions, np.where(obs[:, -1] == 1, 1.0 / subsample_frequency, 1.0).astype(np.float32)
+
+
 def discriminator_inputs(obs, actions, action_scale, action_bias):
     """(s with its absorbing indicator, a rescaled to [-1, 1] and clipped there as the env clips what it executes);
     the absorbing state's action is 0."""
@@ -388,15 +427,36 @@ def gradient_penalty(discriminator, agent_inputs, expert_inputs):
     return ((grad.norm(2, dim=-1) - 1) ** 2).mean()
 
 
-def reference_log_prob(actor, obs, actions, log_prob_min):
-    """log pi~(a|s) of given actions under a tanh-Gaussian actor (Eq. 21 inverted: u = atanh((a - bias) / scale)),
-    clipped below at log_prob_min per action dimension."""
+def update_discriminator(discriminator, optimizer, rb, epoch_rows, expert_inputs, expert_weights, action_scale, action_bias,
+                         args):
+    """The end of iteration t: r~ = q_t/p by `discriminator_loss` (+ the gradient penalty), --discriminator-updates-per-step
+    minibatches per epoch step, the agent's from the epoch's `epoch_rows` last replay rows only (q_t: all collected by
+    pi~; older rows come from earlier policies), the expert's from the demos. Returns the last minibatch's statistics."""
+    for _ in range(max(1, round(args.discriminator_updates_per_step * args.epoch_steps))):
+        agent_obs, agent_actions, _ = rb.sample(args.discriminator_batch_size, recent=epoch_rows)
+        agent_inputs = discriminator_inputs(agent_obs, agent_actions, action_scale, action_bias)
+        index = torch.randint(0, len(expert_inputs), (args.discriminator_batch_size,), device=expert_inputs.device)
+        agent_logits, expert_logits = discriminator(agent_inputs), discriminator(expert_inputs[index])
+        d_loss = discriminator_loss(agent_logits, expert_logits, expert_weights[index])
+        penalty = (gradient_penalty(discriminator, agent_inputs, expert_inputs[index]) if args.gradient_penalty
+                   else torch.zeros((), device=expert_inputs.device))
+        optimizer.zero_grad(set_to_none=True)
+        (d_loss + args.gradient_penalty * penalty).backward()
+        optimizer.step()
+    accuracy = 0.5 * ((agent_logits > 0).float().mean() + (expert_logits < 0).float().mean())
+    return {"losses/discriminator_loss": d_loss.detach(), "losses/gradient_penalty": penalty.detach(),
+            "charts/discriminator_accuracy": accuracy, "charts/agent_log_ratio": agent_logits.detach().mean(),
+            "charts/expert_log_ratio": expert_logits.detach().mean()}
+
+
+def reference_log_prob(actor, obs, u, log_prob_min):
+    """log pi~(a|s) under a tanh-Gaussian actor, at a = tanh(u) * scale + bias given by its pre-tanh value u (the
+    current policy's own sample), clipped below at log_prob_min per action dimension. Eq. 21 at u as in
+    `Actor.get_action`, so the tanh term is the very one of log pi(a|s) and cancels exactly in log pi - log pi~, value
+    and gradient: recovering u as atanh of the float32 action would cap |u| near 7.25 and cut the gradient there."""
     mean, log_std = actor(obs)
-    x = ((actions - actor.action_bias) / actor.action_scale).clamp(-1 + 1e-6, 1 - 1e-6)
-    u = torch.atanh(x)
-    log_prob = torch.distributions.Normal(mean, log_std.exp()).log_prob(u) - 2 * (np.log(2) - u - F.softplus(-2 * u))
-    log_prob = (log_prob - torch.log(actor.action_scale)).sum(-1)
-    return log_prob.clamp(min=log_prob_min * actions.shape[-1])
+    log_prob = -0.5 * ((u - mean) * torch.exp(-log_std)).square() - log_std - 2 * (np.log(2) - u - F.softplus(-2 * u))
+    return (log_prob.sum(-1) - actor.log_prob_offset).clamp(min=log_prob_min * u.shape[-1])
 
 
 def log_ratio_reward(log_ratio):
@@ -409,12 +469,12 @@ def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma, log_pi_reference):
     """Eq. 5-6 with NAIL's reference and DAC's absorbing state: (Q_k(s,a) - [r + gamma (min_k Q'_k(s', a')
     - alpha (log pi(a'|s') - log pi~(a'|s')))])^2, a' ~ pi(s') in a real s' (log pi~ = 0: plain SAC); a' = 0 and no
     entropy or KL in s_a, whose value is bootstrapped like any other (no (1 - d)). log pi~ is only ever evaluated at
-    actions of the current policy, never at the replay buffer's old ones."""
+    actions of the current policy (given by their pre-tanh samples u), never at the replay buffer's old ones."""
     obs, actions, rewards, next_obs, next_absorbing = batch
     with torch.no_grad():
-        next_actions, next_log_pi = actor.get_action(next_obs[:, :-1])
+        next_actions, next_log_pi, next_u = actor.get_action(next_obs[:, :-1])
         live = 1 - next_absorbing
-        next_log_ratio_to_reference = next_log_pi - log_pi_reference(next_obs[:, :-1], next_actions)
+        next_log_ratio_to_reference = next_log_pi - log_pi_reference(next_obs[:, :-1], next_u)
         min_q_next = qf_target(next_obs, next_actions * live[:, None]).min(0).values - alpha * live * next_log_ratio_to_reference
         q_target = rewards + gamma * min_q_next
     q_values = qf(obs, actions)
@@ -426,9 +486,9 @@ def policy_loss(actor, qf, obs, alpha, log_pi_reference):
     """Eq. 7 with NAIL's reference: E_s E_{a~pi}[alpha (log pi(a|s) - log pi~(a|s)) - min_k Q_k(s, a)] through the
     reparameterised a (pi~'s weights frozen), i.e. KL(pi || pi~) in place of SAC's negative entropy (log pi~ = 0: plain
     SAC), over real states only (DAC: no actor update in the absorbing state, where the action is fixed)."""
-    actions, log_pi = actor.get_action(obs[:, :-1])
+    actions, log_pi, u = actor.get_action(obs[:, :-1])
     live = 1 - obs[:, -1]
-    log_ratio_to_reference = log_pi - log_pi_reference(obs[:, :-1], actions)
+    log_ratio_to_reference = log_pi - log_pi_reference(obs[:, :-1], u)
     loss = ((alpha * log_ratio_to_reference - qf(obs, actions).min(0).values) * live).sum() / live.sum().clamp(min=1)
     return loss, log_pi, log_ratio_to_reference, live
 
@@ -439,18 +499,23 @@ def alpha_loss(log_alpha, log_pi, target_entropy, live):
 
 
 def sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer, alpha_optimizer, args,
-               target_entropy, global_step, log_pi_reference):
-    """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls."""
+               target_entropy, global_step, log_pi_reference, bf16=False):
+    """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls.
+    bf16 autocasts the hidden layers' matmuls; weights, optimiser states, targets, log-probs and losses stay float32."""
+    device_type = batch[0].device.type
     alpha = log_alpha.exp().detach()
-    qf_loss, q_values = soft_q_loss(qf, qf_target, actor, batch, alpha, args.gamma, log_pi_reference)
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        qf_loss, q_values = soft_q_loss(qf, qf_target, actor, batch, alpha, args.gamma, log_pi_reference)
     q_optimizer.zero_grad(set_to_none=True)
     qf_loss.backward()
     q_optimizer.step()
     stats = {"losses/qf_loss": qf_loss.detach(), "losses/qf1_values": q_values[0].detach().mean()}
 
     if global_step % args.policy_frequency == 0:
+        qf.requires_grad_(False)  # the actor's gradient flows through Q's input only (as Spinning Up freezes Q here)
         for _ in range(args.policy_frequency):
-            actor_loss, log_pi, log_ratio_to_reference, live = policy_loss(actor, qf, batch[0], alpha, log_pi_reference)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                actor_loss, log_pi, log_ratio_to_reference, live = policy_loss(actor, qf, batch[0], alpha, log_pi_reference)
             actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             actor_optimizer.step()
@@ -460,15 +525,34 @@ def sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimi
                 loss.backward()
                 alpha_optimizer.step()
                 alpha = log_alpha.exp().detach()
+        qf.requires_grad_(True)
         stats.update({"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha,
                       "charts/entropy": -(log_pi.detach() * live).sum() / live.sum().clamp(min=1),
                       "charts/kl_to_reference": (log_ratio_to_reference.detach() * live).sum() / live.sum().clamp(min=1)})
 
     if global_step % args.target_network_frequency == 0:
         with torch.no_grad():
-            for param, target_param in zip(qf.parameters(), qf_target.parameters()):
-                target_param.lerp_(param, args.tau)
+            torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
     return stats
+
+
+def bf16_is_fast(device):
+    """Whether the hardware computes bfloat16 matmuls natively: CUDA with bf16, or a CPU with AMX / AVX512-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to ask, so stay in float32
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def make_optimizer(params, lr, device):
+    """Adam, fused into one kernel over all parameters where torch has it (CUDA, and CPU since torch 2.4)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, foreach=device.type == "cuda")
 
 
 def evaluate(act, env, num_episodes, seed):
@@ -500,10 +584,12 @@ def write_eval_row(run_dir, row):
         f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
 
 
-def write_summary(run_dir, args, eval_rows, wall_time, sps):
+def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
+    """summary.json: args, final and best scores, wall time, mean SPS, versions, and the device/threads/precision used."""
     scores = [row["normalized_score"] for row in eval_rows]
     summary = {
         "args": asdict(args),
+        **(hardware or {}),
         "final_return": eval_rows[-1]["eval_return_mean"],
         "final_normalized_score": scores[-1],
         "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
@@ -516,12 +602,16 @@ def write_summary(run_dir, args, eval_rows, wall_time, sps):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "batch_size", "epoch_steps", "discriminator_batch_size",
-                 "discriminator_hidden_size", "hidden_size", "updates_per_step", "buffer_size"):
-        if getattr(args, name) < 1:
-            sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}.")
-    if args.discriminator_updates_per_step <= 0 or args.gradient_penalty < 0 or args.alpha <= 0 or args.checkpoint_frequency < 0:
-        sys.exit("error: --discriminator-updates-per-step and --alpha must be positive, --gradient-penalty and --checkpoint-frequency non-negative.")
+    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "batch_size", "buffer_size", "epoch_steps",
+                 "discriminator_batch_size", "discriminator_hidden_size", "hidden_size", "updates_per_step"):
+        if getattr(args, name) <= 0:
+            sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
+    for name in ("discriminator_updates_per_step", "alpha"):
+        if not getattr(args, name) > 0:
+            sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
+    for name in ("gradient_penalty", "checkpoint_frequency", "checkpoint_minutes", "refill_steps"):
+        if not getattr(args, name) >= 0:
+            sys.exit(f"error: --{name.replace('_', '-')} must be non-negative, got {getattr(args, name)}.")
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
     checkpoint_dir = Path(args.checkpoint_dir or f"checkpoints/{args.env_id}__{args.exp_name}__{args.seed}")
     checkpoint = None
@@ -529,8 +619,6 @@ if __name__ == "__main__":
         if not (checkpoint_dir / "checkpoint.pt").exists():
             sys.exit(f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume.")
         checkpoint = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=False)
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = Path("runs") / run_name
 
     # seeding
     random.seed(args.seed)
@@ -538,28 +626,24 @@ if __name__ == "__main__":
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    bf16 = args.bf16 and bf16_is_fast(device)
 
+    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     env = make_env(args.env_id, args.seed)
-    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     if not isinstance(env.action_space, gym.spaces.Box):
         sys.exit(f"error: nail.py needs continuous (Box) actions (its RL algorithm is SAC) but {args.env_id} has {env.action_space}.")
+    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     expert_info = load_expert_info(expert_dir, env, required=True)
-    demos = load_demos(expert_dir, env, args.num_expert_trajectories, args.subsample_frequency, args.seed,
-                       ("observations", "actions", "next_observations", "terminations"))
-    # DAC adds the absorbing states before subsampling and never drops them: one per terminated demo episode
-    num_terminated = int(load_demos(expert_dir, env, args.num_expert_trajectories, 1, args.seed, ("terminations",))["terminations"].sum())
-    expert_obs, expert_actions, _ = add_absorbing_state(demos["observations"], demos["actions"].astype(np.float32),
-                                                        demos["next_observations"], demos["terminations"])
-    missing = num_terminated - int(demos["terminations"].sum())  # terminal transitions that subsampling dropped
-    expert_obs = np.concatenate([expert_obs, np.repeat(np.eye(expert_obs.shape[1], dtype=np.float32)[-1:], missing, 0)])
-    expert_actions = np.concatenate([expert_actions, np.zeros((missing, expert_actions.shape[1]), dtype=np.float32)])
+    expert_obs, expert_actions, expert_weights = expert_transitions(expert_dir, env, args.num_expert_trajectories,
+                                                                    args.subsample_frequency, args.seed)
+    obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    run_dir = Path("runs") / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.track:
         import wandb
 
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name,
                    save_code=True, id=run_name, resume="allow")
-    obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
 
     actor = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)
     # pi~, frozen per epoch: no gradient reaches its weights, only through the actions it scores
@@ -567,38 +651,40 @@ if __name__ == "__main__":
     qf = SoftQEnsemble(obs_dim + 1, action_dim, args.hidden_size).to(device)
     qf_target = SoftQEnsemble(obs_dim + 1, action_dim, args.hidden_size).to(device)
     qf_target.load_state_dict(qf.state_dict())
-    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    q_optimizer = make_optimizer(qf.parameters(), args.q_lr, device)
+    actor_optimizer = make_optimizer(actor.parameters(), args.policy_lr, device)
     target_entropy = -float(action_dim)
     log_alpha = torch.tensor(np.log(args.alpha), dtype=torch.float32, device=device, requires_grad=True)
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr)
+    alpha_optimizer = make_optimizer([log_alpha], args.q_lr, device)
     rb = ReplayBuffer(obs_dim + 1, action_dim, args.buffer_size, device)
     discriminator = Discriminator(obs_dim + 1 + action_dim, args.discriminator_hidden_size).to(device)
-    discriminator_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.discriminator_lr)
+    discriminator_optimizer = make_optimizer(discriminator.parameters(), args.discriminator_lr, device)
+    # the state a checkpoint holds, listed once (no replay buffer: --resume refills it)
+    saved_modules = {"actor": actor, "qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer,
+                     "actor_optimizer": actor_optimizer, "alpha_optimizer": alpha_optimizer, "discriminator": discriminator,
+                     "discriminator_optimizer": discriminator_optimizer, "reference": reference}
 
     scale, bias = actor.action_scale, actor.action_bias
-    expert_obs = torch.as_tensor(expert_obs, dtype=torch.float32, device=device)
-    expert_inputs = discriminator_inputs(expert_obs, torch.as_tensor(expert_actions, dtype=torch.float32, device=device), scale, bias)
-    expert_weights = torch.where(expert_obs[:, -1] == 1, 1.0 / args.subsample_frequency, 1.0)
+    expert_inputs = discriminator_inputs(torch.as_tensor(expert_obs, device=device),
+                                         torch.as_tensor(expert_actions, device=device), scale, bias)
+    expert_weights = torch.as_tensor(expert_weights, device=device)
     # the warm-up epochs' reference is the uniform policy: log pi~ = -sum log(high - low) everywhere
     uniform_log_prob = -torch.log(2 * scale).sum()
     # epoch_rows: replay rows (transitions and absorbing self-transitions) collected by the current pi~
     reference_is_uniform, num_updates, num_epochs, epoch_rows = True, 0, 0, 0
 
-    start_step, wall_offset, eval_rows, commands = 0, 0.0, [], []
+    start_step, wall_offset, refill_env_steps, eval_rows, commands = 0, 0.0, 0, [], []
     if checkpoint:
         try:
-            for module, key in ((actor, "actor"), (qf, "qf"), (qf_target, "qf_target"), (q_optimizer, "q_optimizer"),
-                                (actor_optimizer, "actor_optimizer"), (alpha_optimizer, "alpha_optimizer"), (rb, "rb"),
-                                (discriminator, "discriminator"), (discriminator_optimizer, "discriminator_optimizer"),
-                                (reference, "reference")):
+            for key, module in saved_modules.items():
                 module.load_state_dict(checkpoint[key])
         except (KeyError, RuntimeError, ValueError) as error:
             sys.exit(f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments ({' '.join(str(error).split())[:240]}); "
                      f"resume with the arguments of the run that wrote it, or start without --resume.")
         with torch.no_grad():
             log_alpha.copy_(checkpoint["log_alpha"])
-        start_step, wall_offset, eval_rows, commands = (checkpoint[k] for k in ("global_step", "wall_time", "eval_rows", "commands"))
+        start_step, wall_offset, refill_env_steps, eval_rows, commands = (
+            checkpoint[k] for k in ("global_step", "wall_time", "refill_env_steps", "eval_rows", "commands"))
         reference_is_uniform, num_updates, num_epochs, epoch_rows = (
             checkpoint[k] for k in ("reference_is_uniform", "num_updates", "num_epochs", "epoch_rows"))
         random.setstate(checkpoint["python_rng"])
@@ -616,17 +702,25 @@ if __name__ == "__main__":
         with torch.no_grad():
             return log_ratio_reward(discriminator(discriminator_inputs(obs, actions, scale, bias)))
 
-    def log_pi_reference(obs, actions):
-        """log pi~(a|s) at actions of the current policy (NAIL's KL regulariser); 0 for plain AIL (SAC's entropy)."""
+    def log_pi_reference(obs, u):
+        """log pi~(a|s) at the current policy's actions, given by their pre-tanh samples u (NAIL's KL regulariser);
+        0 for plain AIL (SAC's entropy)."""
         if args.reward == "ail":
             return torch.zeros((), device=device)
         if reference_is_uniform:
             return uniform_log_prob
-        return reference_log_prob(reference, obs, actions, args.reference_log_prob_min)
+        return reference_log_prob(reference, obs, u, args.reference_log_prob_min)
 
     @torch.no_grad()
     def act_deterministic(obs):
         return actor.deterministic_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+
+    @torch.no_grad()
+    def act_exploring(obs):
+        """The epoch's behaviour policy: pi~ (the uniform policy in the warm-up epochs)."""
+        if reference_is_uniform:
+            return env.action_space.sample()
+        return reference.get_action(torch.as_tensor(obs[None], dtype=torch.float32, device=device))[0][0].cpu().numpy()
 
     def run_evaluation(global_step):
         returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
@@ -642,28 +736,38 @@ if __name__ == "__main__":
 
     def save_checkpoint(global_step):
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = {key: module.state_dict() for key, module in (("actor", actor), ("qf", qf), ("qf_target", qf_target),
-                 ("q_optimizer", q_optimizer), ("actor_optimizer", actor_optimizer), ("alpha_optimizer", alpha_optimizer), ("rb", rb),
-                 ("discriminator", discriminator), ("discriminator_optimizer", discriminator_optimizer), ("reference", reference))}
+        state = {key: module.state_dict() for key, module in saved_modules.items()}
         state.update(log_alpha=log_alpha.detach().cpu(), global_step=global_step, run_name=run_name, eval_rows=eval_rows,
-                     commands=commands, wall_time=wall_offset + time.time() - start_time, python_rng=random.getstate(),
+                     refill_env_steps=refill_env_steps, commands=commands,
+                     wall_time=wall_offset + time.time() - start_time, python_rng=random.getstate(),
                      numpy_rng=np.random.get_state(), torch_rng=torch.get_rng_state(), args=asdict(args),
                      reference_is_uniform=reference_is_uniform, num_updates=num_updates, num_epochs=num_epochs, epoch_rows=epoch_rows)
         torch.save(state, checkpoint_dir / "checkpoint.pt.tmp")
         os.replace(checkpoint_dir / "checkpoint.pt.tmp", checkpoint_dir / "checkpoint.pt")  # atomic: a kill never corrupts it
 
+    # SIGINT (Ctrl-C) and SIGTERM (a session's end, a cluster's preemption) finish the step, checkpoint, and exit
+    stop_signals = []
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, lambda signum, frame: stop_signals.append(signum))
+
     start_time = time.time()
+    obs, _ = env.reset(seed=args.seed + start_step)
+    if checkpoint:
+        # the buffer was left out of the checkpoint: refill it with the epoch's pi~ (= the actor: updates only run at an
+        # epoch's end) before updates continue; its last rows stand in for the epoch_rows the checkpoint counted, all of q_t
+        for _ in tqdm(range(min(args.refill_steps, args.buffer_size)), desc="refilling the replay buffer", file=sys.stderr, mininterval=2.0):
+            action = act_exploring(obs)
+            next_obs, _, terminated, truncated, info = env.step(action)
+            for row in zip(*add_absorbing_state(obs[None], action[None].astype(np.float32), next_obs[None], [terminated])):
+                rb.add(*row)
+            obs = next_obs if not (terminated or truncated) else env.reset()[0]
+            refill_env_steps += 1
     progress = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
     if start_step == 0:
         run_evaluation(0)
-    obs, _ = env.reset(seed=args.seed + start_step)
+    last_checkpoint_time = time.time()
     for global_step in range(start_step + 1, args.total_timesteps + 1):
-        if reference_is_uniform:
-            action = env.action_space.sample()
-        else:
-            with torch.no_grad():
-                action, _ = reference.get_action(torch.as_tensor(obs[None], dtype=torch.float32, device=device))
-            action = action[0].cpu().numpy()
+        action = act_exploring(obs)
         next_obs, _, terminated, truncated, info = env.step(action)  # the env reward is only logged (episode statistics)
         for row in zip(*add_absorbing_state(obs[None], action[None].astype(np.float32), next_obs[None], [terminated])):
             rb.add(*row)
@@ -676,33 +780,20 @@ if __name__ == "__main__":
 
         if global_step % args.epoch_steps == 0 and global_step >= args.learning_starts:
             # end of iteration t: r~ = q_t/p from this epoch's transitions (all by pi~) against the demos ...
-            for _ in range(max(1, round(args.discriminator_updates_per_step * args.epoch_steps))):
-                agent_obs, agent_actions, _ = rb.sample(args.discriminator_batch_size, recent=epoch_rows)
-                agent_inputs = discriminator_inputs(agent_obs, agent_actions, scale, bias)
-                index = torch.randint(0, len(expert_inputs), (args.discriminator_batch_size,), device=device)
-                agent_logits, expert_logits = discriminator(agent_inputs), discriminator(expert_inputs[index])
-                d_loss = discriminator_loss(agent_logits, expert_logits, expert_weights[index])
-                penalty = (gradient_penalty(discriminator, agent_inputs, expert_inputs[index]) if args.gradient_penalty
-                           else torch.zeros((), device=device))
-                discriminator_optimizer.zero_grad(set_to_none=True)
-                (d_loss + args.gradient_penalty * penalty).backward()
-                discriminator_optimizer.step()
+            stats = update_discriminator(discriminator, discriminator_optimizer, rb, epoch_rows, expert_inputs, expert_weights,
+                                         scale, bias, args)
             # ... then the max-ent RL step on r_t, SAC on the whole replay buffer with rewards of the frozen D and pi~
             for _ in range(args.epoch_steps * args.updates_per_step):
                 num_updates += 1
                 batch_obs, batch_actions, batch_next_obs = rb.sample(args.batch_size)
                 rewards = minibatch_rewards(batch_obs, batch_actions)
-                stats = sac_update((batch_obs, batch_actions, rewards, batch_next_obs, batch_next_obs[:, -1]), actor, qf, qf_target,
-                                   log_alpha, q_optimizer, actor_optimizer, alpha_optimizer, args, target_entropy, num_updates,
-                                   log_pi_reference)
+                batch = (batch_obs, batch_actions, rewards, batch_next_obs, batch_next_obs[:, -1])
+                stats.update(sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer, alpha_optimizer,
+                                        args, target_entropy, num_updates, log_pi_reference, bf16))
             # iteration t + 1: pi~ <- pi, the auxiliary policy of the next bound (O-NAIL's update_reference)
             reference.load_state_dict(actor.state_dict())
             reference_is_uniform, num_epochs = False, num_epochs + 1
-            accuracy = 0.5 * ((agent_logits > 0).float().mean() + (expert_logits < 0).float().mean())
-            stats.update({"losses/discriminator_loss": d_loss.detach(), "losses/gradient_penalty": penalty.detach(),
-                          "charts/discriminator_accuracy": accuracy, "charts/reward_mean": rewards.mean(),
-                          "charts/agent_log_ratio": agent_logits.detach().mean(), "charts/expert_log_ratio": expert_logits.detach().mean(),
-                          "charts/epoch": torch.tensor(num_epochs)})
+            stats.update({"charts/reward_mean": rewards.mean(), "charts/epoch": torch.tensor(num_epochs)})
             if not all(torch.isfinite(value) for value in stats.values()):
                 sys.exit(f"error: non-finite loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
                          f"lower --q-lr, --policy-lr or --discriminator-lr.")
@@ -714,13 +805,22 @@ if __name__ == "__main__":
         progress.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             run_evaluation(global_step)
-        if args.checkpoint_frequency and (global_step % args.checkpoint_frequency == 0 or global_step == args.total_timesteps):
+        if (args.checkpoint_frequency and global_step % args.checkpoint_frequency == 0) or global_step == args.total_timesteps or stop_signals \
+                or (args.checkpoint_minutes and time.time() - last_checkpoint_time > 60 * args.checkpoint_minutes):
             save_checkpoint(global_step)
+            last_checkpoint_time = time.time()
+        if stop_signals:
+            progress.close()
+            print(f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}; checkpoint saved to {checkpoint_dir}; "
+                  f"continue with the same command plus --resume.", file=sys.stderr)
+            sys.exit(128 + stop_signals[0])
     progress.close()
 
     wall_time = wall_offset + time.time() - start_time
     mean_sps = (args.total_timesteps - start_step) / max(time.time() - start_time, 1e-9)
-    write_summary(run_dir, args, eval_rows, wall_time, mean_sps)
+    hardware = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+                "threads": torch.get_num_threads(), "precision": "bf16-autocast" if bf16 else "fp32", "refill_env_steps": refill_env_steps}
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, hardware)
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
     env.close()
     eval_env.close()
