@@ -1,13 +1,17 @@
 """REINFORCE: the Monte Carlo policy gradient, the reference from which the lecture derives every policy-gradient method.
 
 REINFORCE (Williams 1992, Machine Learning 8:229-256, "Simple statistical gradient-following algorithms") ascends
-grad J(theta) = E[sum_t grad log pi_theta(a_t | s_t) (G_t - b(s_t))] (the episodic REINFORCE of Williams' Sec. 5,
-a baseline b as in his Sec. 4), estimated from whole episodes of the current policy. Following the usual modern
-reading (Sutton & Barto 2018, Sec. 13.3-13.4): the return is the reward-to-go G_t = sum_{t' >= t} gamma^{t'-t} r_{t'}
-(`rewards_to_go`; causality drops the rewards before t without adding bias; the gamma^t factor of Sutton & Barto's
-box is dropped, as in common practice), `--baseline` subtracts a learned state value V_phi(s_t) regressed on G_t
-(`value_loss`, Sec. 13.4), and the advantages of a batch are standardised (`--norm-adv`: the centring acts as a
-constant baseline, the scaling as a per-batch step size). Each update
+grad J(theta) = E[sum_t grad log pi_theta(a_t | s_t) (Psi_t - b(s_t))] (the episodic REINFORCE of Williams' Sec. 5,
+a baseline b as in his Sec. 4), estimated from whole episodes of the current policy. The lecture derives two weights
+Psi_t, and both are here: first the whole episode's return G_0 = sum_t gamma^t r_t at every step (`episode_returns`,
+`--no-reward-to-go`), then, by default, the reward-to-go G_t = sum_{t' >= t} gamma^{t'-t} r_{t'} (`rewards_to_go`,
+Sutton & Barto 2018, Sec. 13.3; causality drops the rewards before t, which a_t cannot change: with gamma = 1 the
+expectation is unchanged and only their noise goes; the gamma^t factor of Sutton & Barto's box is dropped, as in
+common practice). `--baseline` subtracts a learned state value V_phi(s_t) regressed on Psi_t (`value_loss`,
+Sec. 13.4; any function of s_t leaves the estimator unbiased), and the advantages of a batch are standardised
+(`--norm-adv`: the centring acts as a constant baseline, the scaling as a per-batch step size). With `--track`,
+`charts/grad_variance` is the variance across a batch's episodes of the single-episode gradient estimates
+(`episode_gradient_variance`), the quantity reward-to-go and the baseline reduce. Each update
 uses `--num-episodes` complete episodes, one per environment of a gymnasium vector env; a categorical policy for
 discrete actions, a diagonal Gaussian with a state-independent log std for continuous ones (`reinforce_loss`).
 
@@ -66,17 +70,19 @@ class Args:
     num_episodes: int = 8
     """complete episodes per policy update, collected in parallel (one per vector env)"""
     gamma: float = 0.99
-    """the discount factor gamma of the reward-to-go"""
+    """the discount factor gamma of the returns"""
+    reward_to_go: bool = True
+    """weight grad log pi(a_t|s_t) by the reward-to-go G_t; off, by the whole episode's return G_0 (the lecture's first)"""
     learning_rate: float = 3e-3
     """the learning rate of the policy's Adam optimizer"""
     baseline: bool = False
-    """subtract a learned state-value baseline V(s_t) from the reward-to-go"""
+    """subtract a learned state-value baseline V(s_t), regressed on the returns, from the returns (G_t or G_0)"""
     value_learning_rate: float = 1e-3
     """the learning rate of the value baseline's Adam optimizer"""
     value_iterations: int = 25
     """full-batch gradient steps on the value baseline per update"""
     norm_adv: bool = True
-    """standardise the advantages (reward-to-go minus baseline) of each batch"""
+    """standardise the advantages (returns minus baseline) of each batch"""
     hidden_size: int = 64
     """width of the two hidden layers of the policy and of the value network"""
 
@@ -174,14 +180,41 @@ def rewards_to_go(rewards, dones, gamma):
     return returns
 
 
+def episode_returns(rewards, dones, gamma):
+    """G_0 = sum_{t'} gamma^{t'-t_0} r_{t'} over the episode that holds step t, repeated at each of its steps ([T, num_envs]
+    tensors): the full-trajectory weight of the lecture's first estimator, grad J = E[sum_t grad log pi(a_t|s_t) G_0].
+    Episodes are delimited as in `rewards_to_go`: done_t closes the episode at t, the next step opens a new one."""
+    starts = rewards_to_go(rewards, dones, gamma)  # G_t, which is G_0 at each episode's first step
+    returns = torch.empty_like(starts)
+    current = starts[0]
+    for t in range(len(rewards)):
+        if t > 0:
+            current = torch.where(dones[t - 1].bool(), starts[t], current)
+        returns[t] = current
+    return returns
+
+
 def reinforce_loss(log_probs, advantages):
-    """Williams' estimator: -1/N sum_t log pi(a_t|s_t) A_t, A_t = G_t - b(s_t) held constant; its gradient is the
-    sample mean of grad log pi(a_t|s_t) A_t over the batch's N transitions."""
+    """Williams' estimator: -1/N sum_t log pi(a_t|s_t) A_t, A_t = Psi_t - b(s_t) held constant (Psi_t = G_t or G_0); its
+    gradient is the sample mean of grad log pi(a_t|s_t) A_t over the batch's N transitions."""
     return -(log_probs * advantages.detach()).mean()
 
 
+def episode_gradient_variance(log_probs, weights, episode_ids, parameters):
+    """tr Cov_i[g_i], g_i = sum_{t in episode i} grad_theta log pi(a_t|s_t) Psi_t: the sample variance across the batch's
+    episodes of the single-episode policy-gradient estimates (the lecture's estimator with N = 1), summed over the
+    parameters. One backward pass per episode; log_probs keeps its graph for the update's own backward pass."""
+    parameters = list(parameters)
+    estimates = []
+    for episode in episode_ids.unique():
+        in_episode = episode_ids == episode
+        g_i = torch.autograd.grad((log_probs[in_episode] * weights[in_episode].detach()).sum(), parameters, retain_graph=True)
+        estimates.append(torch.cat([grad.flatten() for grad in g_i]))
+    return torch.stack(estimates).var(0).sum()
+
+
 def value_loss(values, returns):
-    """Baseline regression: 1/2 mean (V_phi(s_t) - G_t)^2, the Monte Carlo target (no bootstrapping)."""
+    """Baseline regression: 1/2 mean (V_phi(s_t) - Psi_t)^2 on the estimator's own Monte Carlo weight (no bootstrapping)."""
     return 0.5 * F.mse_loss(values, returns)
 
 
@@ -308,16 +341,23 @@ if __name__ == "__main__":
             alive &= ~done
         rewards = torch.as_tensor(np.array(batch_rewards), dtype=torch.float32, device=device)  # [T, num_episodes]
         valid = torch.as_tensor(np.array(batch_valid), device=device)
-        returns = rewards_to_go(rewards, torch.as_tensor(np.array(batch_dones), device=device), args.gamma)[valid]
+        dones = torch.as_tensor(np.array(batch_dones), device=device)
+        returns = (rewards_to_go if args.reward_to_go else episode_returns)(rewards, dones, args.gamma)[valid]
         b_obs, b_actions = torch.stack(batch_obs)[valid], torch.stack(batch_actions)[valid]
+        episode_ids = torch.arange(args.num_episodes, device=device).expand_as(valid)[valid]
 
         advantages = returns
         if args.baseline:
             with torch.no_grad():
                 advantages = returns - value_network(b_obs).squeeze(-1)
+        log_probs = policy.log_prob(b_obs, b_actions)
+        if args.track and args.num_episodes > 1:
+            # on the weights before --norm-adv, whose rescaling to unit std would hide the very scale the estimators differ
+            # in; one backward pass per episode, so only when logged
+            grad_variance = episode_gradient_variance(log_probs, advantages, episode_ids, policy.parameters()).item()
         if args.norm_adv and len(advantages) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        loss = reinforce_loss(policy.log_prob(b_obs, b_actions), advantages)
+        loss = reinforce_loss(log_probs, advantages)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -339,6 +379,8 @@ if __name__ == "__main__":
                      "charts/episodic_length": num_steps / args.num_episodes, "charts/SPS": global_step / (time.time() - start_time)}
             if args.baseline:
                 stats["losses/value_loss"] = v_loss.item()
+            if args.num_episodes > 1:
+                stats["charts/grad_variance"] = grad_variance
             wandb.log(stats, step=global_step)
         crossed_eval_step = global_step // args.eval_frequency > (global_step - num_steps) // args.eval_frequency
         if crossed_eval_step or global_step >= args.total_timesteps:
