@@ -10,8 +10,7 @@ the DV loss (plus a maximum-likelihood regularizer), which couples them: neither
 Sign convention, checked against gfreund123/cfil (rewarder.py, CoupledFlow): flow1 = p_psi is the agent's flow (its
 regularizer is -E_agent log p_psi), flow2 = q_phi is the expert's (-E_expert log q_phi); x = log p_psi - log q_phi;
 loss = log mean_expert e^x - mean_agent x; reward -x, shifted by +a when squashed so that it is non-negative.
-The paper's own equation numbers could not be checked here (only its abstract and the official code were at hand), so
-the map below names Algorithm 1's steps and the paper's terms:
+The map below names Algorithm 1's steps and the paper's terms:
   MADE, MAF                      the flows: masked autoregressive flows (Papamakarios et al. 2017, arXiv 1705.07057),
                                  MADE blocks (Germain et al. 2015) with a Gaussian base; official: 1 block, 3 hidden
                                  layers of 256, ReLU, sequential order, no batch norm, no input normalisation
@@ -19,9 +18,9 @@ the map below names Algorithm 1's steps and the paper's terms:
   dv_loss                        Alg. 1 loss, the negated DV bound: log E_{d_e}[e^x] - E_{d_pi}[x]
   flow_regularizer               Alg. 1 flow regularization, weight alpha: -E_{d_pi}[log p_psi] - E_{d_e}[log q_phi]
   smooth                         Alg. 1 smoothing (akin to dequantization): z + beta z u, u ~ U(-1/2, 1/2) per dimension
-  cfil_reward                    Alg. 1's policy step: SAC on r = -x, recomputed by the current flows (no_grad) on
+  cfil_reward, replay_reward     Alg. 1's policy step: SAC on r = -x, recomputed by the current flows (no_grad) on
                                  every SAC minibatch; the replay buffer stores no reward
-  main loop                      Alg. 1: every --density-update-every env steps, --density-updates minibatches of
+  update_density, main loop      Alg. 1: every --density-update-every env steps, --density-updates minibatches of
                                  --density-batch expert and replay transitions; one SAC update per env step
 Regimes: `--mode sa | s | ss` models (s, a), s or (s, s'); state-only modes never read the demos' actions.
 Ablations (`--variant`): `nosquash` (no sigma), `regularnet` (the same squashed DV estimator with an MLP x instead of
@@ -30,13 +29,19 @@ sigma(log q_phi - log p_psi) / log q_phi - log p_psi), `numerator` (r = log q_ph
 SAC as in the official spinningup SAC (lr 1e-3, fixed alpha 0.2, batch 100, polyak 0.995, 2000 random steps, one
 update per env step; spinningup starts updating after 1000 steps in blocks of 50, here after the random steps).
 `--resume` continues from checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt (SAC networks and optimisers, the
-flows (or the regularnet MLP) and their optimizer, replay buffer, counters, RNG states), so that a long run spans
-several sessions; the episode in progress is restarted, and eval.csv continues in the same run folder.
+flows (or the regularnet MLP) and their optimizer, counters, RNG states, eval rows: a few MB), so that a long run spans
+several sessions; the replay buffer is not saved, so a resumed run first refills it with `--refill-steps` steps of the
+current policy, and eval.csv continues in the same run folder.
+`--bf16` (on where the hardware has it) runs the hidden layers' matmuls of the SAC networks and of the flows in
+bfloat16 (mixed precision); the flows' shifts, log-scales, log-determinants and log-densities, and every loss, stay
+float32.
 """
 import json
 import math
 import os
+import platform
 import random
+import signal
 import sys
 import time
 import zipfile
@@ -151,13 +156,23 @@ class Args:
     log_std_max: float = 2.0
     """upper bound of the actor's log standard deviation"""
 
+    bf16: bool = True
+    """autocast the hidden layers' matmuls to bfloat16 where the hardware computes it natively (CUDA with bf16, CPUs
+    with AMX or AVX512-BF16; ignored elsewhere); master weights, optimiser states, targets, log-probs, losses stay float32"""
+
     # checkpoints
     checkpoint_frequency: int = 20_000
     """save a resumable checkpoint every this many environment steps (0: never; default: five of the paper's epochs)"""
+    checkpoint_minutes: float = 30.0
+    """also save it every this many minutes of wall time (0: never), and always when stopped by SIGINT/SIGTERM"""
     checkpoint_dir: Optional[str] = None
-    """checkpoint folder (default: checkpoints/<env-id>__<exp-name>__<seed>/, git-ignored)"""
+    """checkpoint folder (default: checkpoints/<env-id>__<exp-name>__<seed>/, git-ignored; long runs use a tracked
+    folder such as long_runs/, see README)"""
     resume: bool = False
     """continue from the checkpoint in checkpoint_dir"""
+    refill_steps: int = 50_000
+    """on --resume, environment steps of the current policy that refill the replay buffer (checkpoints leave it out)
+    before updates continue; not counted in global_step, recorded as refill_env_steps"""
 
 
 def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
@@ -250,11 +265,11 @@ class SoftQEnsemble(nn.Module):
 
     def forward(self, obs, action):
         x = torch.cat([obs, action], -1).expand(len(self.weights[0]), -1, -1)
-        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(bias, x, weight)
-            if layer < len(self.weights) - 1:
-                x = F.relu(x)
-        return x.squeeze(-1)  # [num_q, batch]
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1]):
+            x = F.relu(torch.baddbmm(bias, x, weight))  # bfloat16 under --bf16's autocast
+        # the output layer stays float32: Q-values of a few hundred would round to steps of ~1 in bfloat16
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.baddbmm(self.biases[-1], x.float(), self.weights[-1]).squeeze(-1)  # [num_q, batch]
 
 
 class Actor(nn.Module):
@@ -263,78 +278,79 @@ class Actor(nn.Module):
         obs_dim, action_dim = np.prod(env.observation_space.shape), np.prod(env.action_space.shape)
         self.fc1 = nn.Linear(obs_dim, hidden_size)
         self.fc2 = nn.Linear(hidden_size, hidden_size)
-        self.fc_mean = nn.Linear(hidden_size, action_dim)
-        self.fc_logstd = nn.Linear(hidden_size, action_dim)
+        self.fc_head = nn.Linear(hidden_size, 2 * action_dim)  # mean and log-std in one matmul
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
         high, low = env.action_space.high, env.action_space.low
         self.register_buffer("action_scale", torch.tensor((high - low) / 2.0, dtype=torch.float32))
         self.register_buffer("action_bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
+        # the constant part of log pi(a|s): Gaussian normaliser and the affine rescaling's log-determinant
+        self.register_buffer("log_prob_offset", 0.5 * np.log(2 * np.pi) * action_dim + torch.log(self.action_scale).sum())
 
     def forward(self, obs):
         hidden = F.relu(self.fc2(F.relu(self.fc1(obs))))
-        mean = self.fc_mean(hidden)
+        # the head stays float32 under --bf16: the mean and log-std feed the log-probabilities
+        with torch.autocast(obs.device.type, enabled=False):
+            mean, log_std = self.fc_head(hidden.float()).chunk(2, -1)
         # squash log_std into [min, max] smoothly instead of clipping (keeps its gradient alive)
-        log_std = torch.tanh(self.fc_logstd(hidden))
-        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
         return mean, log_std
 
     def get_action(self, obs):
-        """a = tanh(u) * scale + bias with u ~ N(mean, std) reparameterised; log pi(a|s) by Eq. 21."""
+        """a = tanh(u) * scale + bias with u = mean + std * eps, eps ~ N(0, I) (reparameterised); log pi(a|s) by Eq. 21."""
         mean, log_std = self(obs)
-        normal = torch.distributions.Normal(mean, log_std.exp())
-        u = normal.rsample()
-        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)): exact and stable where tanh saturates
-        log_prob = normal.log_prob(u) - 2 * (np.log(2) - u - F.softplus(-2 * u)) - torch.log(self.action_scale)
-        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob.sum(-1)
+        eps = torch.randn_like(mean)
+        u = mean + log_std.exp() * eps
+        # log N(u; mean, std) - log(1 - tanh(u)^2), the latter as 2 (log 2 - u - softplus(-2u)): exact where tanh saturates
+        log_prob = -0.5 * eps.square() - log_std - 2 * (np.log(2) - u - F.softplus(-2 * u))
+        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob.sum(-1) - self.log_prob_offset
 
     def deterministic_action(self, obs):
         return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
 
+    def mean_mlp(self):
+        """obs -> pre-tanh mean as a plain nn.Sequential (the shipped policy.pt, loadable without this class)."""
+        action_dim = self.fc_head.out_features // 2
+        fc_mean = nn.Linear(self.fc_head.in_features, action_dim)
+        with torch.no_grad():
+            fc_mean.weight.copy_(self.fc_head.weight[:action_dim])
+            fc_mean.bias.copy_(self.fc_head.bias[:action_dim])
+        return nn.Sequential(self.fc1, nn.ReLU(), self.fc2, nn.ReLU(), fc_mean.to(self.fc1.weight.device))
+
 
 class ReplayBuffer:
-    """Transitions in preallocated tensors on the training device; uniform sampling without leaving it.
-    No rewards: CFIL's reward is a function of the current flows, recomputed on every sampled minibatch."""
+    """Transitions as rows [obs, action, next_obs, termination] of one preallocated tensor on the training device: a
+    minibatch is one index gather. Checkpoints leave it out (hundreds of MB); --resume refills it. No rewards: CFIL's
+    reward is a function of the current flows, recomputed on every sampled minibatch."""
 
     def __init__(self, obs_dim, action_dim, size, device):
-        self.observations = torch.zeros(size, obs_dim, device=device)
-        self.actions = torch.zeros(size, action_dim, device=device)
-        self.next_observations = torch.zeros(size, obs_dim, device=device)
-        self.terminations = torch.zeros(size, device=device)
+        self.widths = (obs_dim, action_dim, obs_dim, 1)
+        self.rows = torch.zeros(size, sum(self.widths), device=device)
         self.size, self.pos, self.full = size, 0, False
 
     def add(self, obs, action, next_obs, termination):
-        for storage, value in zip(self.tensors(), (obs, action, next_obs, termination)):
-            storage[self.pos] = torch.as_tensor(value, dtype=torch.float32)
+        row = np.concatenate([np.ravel(obs), np.ravel(action), np.ravel(next_obs), [termination]])
+        self.rows[self.pos] = torch.from_numpy(row.astype(np.float32))
         self.pos = (self.pos + 1) % self.size
         self.full = self.full or self.pos == 0
 
     def sample(self, batch_size):
-        index = torch.randint(0, self.size if self.full else self.pos, (batch_size,), device=self.observations.device)
-        return [storage[index] for storage in self.tensors()]
-
-    def tensors(self):
-        return self.observations, self.actions, self.next_observations, self.terminations
-
-    def state_dict(self):
-        filled = self.size if self.full else self.pos
-        # copy=True: a slice saved as it is would drag the whole preallocated storage (all buffer_size rows) into the file
-        return {"tensors": [t[:filled].to("cpu", copy=True) for t in self.tensors()], "pos": self.pos, "full": self.full}
-
-    def load_state_dict(self, state):
-        for storage, saved in zip(self.tensors(), state["tensors"]):
-            storage[: len(saved)] = saved.to(storage.device)
-        self.pos, self.full = state["pos"], state["full"]
+        index = torch.randint(0, self.size if self.full else self.pos, (batch_size,), device=self.rows.device)
+        obs, actions, next_obs, terminations = self.rows[index].split(self.widths, -1)
+        return obs, actions, next_obs, terminations.squeeze(-1)
 
 
 class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 mask (MADE, Germain et al. 2015)."""
+    """A linear layer whose weight is zero outside a fixed 0/1 mask (MADE, Germain et al. 2015). The mask multiplies
+    the weight once, at initialisation, and its gradient at every backward pass, so no optimiser step moves a masked
+    entry (Adam's moments of a zero gradient stay zero, weight decay of a zero weight is zero) and the forward pass is
+    nn.Linear's: no mask product on each of the many reward minibatches."""
 
     def __init__(self, in_features, out_features, mask):
         super().__init__(in_features, out_features)
-        self.register_buffer("mask", mask.float())
-
-    def forward(self, x):
-        return F.linear(x, self.weight * self.mask, self.bias)
+        self.register_buffer("mask", mask.float(), persistent=False)  # rebuilt from the degrees, not checkpointed
+        with torch.no_grad():
+            self.weight.mul_(self.mask)
+        self.weight.register_hook(lambda grad: grad * self.mask)
 
 
 class MADE(nn.Module):
@@ -350,12 +366,15 @@ class MADE(nn.Module):
         for _ in range(hidden_layers):
             layers += [MaskedLinear(len(previous), hidden_size, hidden_degrees[:, None] >= previous[None]), nn.ReLU()]
             previous = hidden_degrees
-        layers.append(MaskedLinear(hidden_size, 2 * dim, (degrees[:, None] > previous[None]).repeat(2, 1)))
-        self.net = nn.Sequential(*layers)
+        self.hidden = nn.Sequential(*layers)
+        self.output = MaskedLinear(hidden_size, 2 * dim, (degrees[:, None] > previous[None]).repeat(2, 1))
         self.register_buffer("degrees", degrees)
 
     def forward(self, z):
-        m, log_a = self.net(z).chunk(2, -1)
+        hidden = self.hidden(z)  # bfloat16 under --bf16's autocast
+        # the output layer stays float32: the shift m and log-scale log_a enter u and log|det|, and so log p, directly
+        with torch.autocast(z.device.type, enabled=False):
+            m, log_a = self.output(hidden.to(z.dtype)).chunk(2, -1)
         return (z - m) * torch.exp(-log_a), -log_a.sum(-1)
 
 
@@ -420,7 +439,8 @@ class CoupledFlow(nn.Module):
         if variant == "regularnet":
             sizes = [dim] + [hidden_size] * hidden_layers
             layers = [module for fan_in, fan_out in zip(sizes[:-1], sizes[1:]) for module in (nn.Linear(fan_in, fan_out), nn.ReLU())]
-            self.net = nn.Sequential(*layers, nn.Linear(sizes[-1], 1))
+            self.net = nn.Sequential(*layers)
+            self.head = nn.Linear(sizes[-1], 1)
             return
         self.expert_flow = MAF(dim, blocks, hidden_size, hidden_layers, batch_norm)  # q_phi
         if variant != "numerator":
@@ -429,7 +449,9 @@ class CoupledFlow(nn.Module):
     def forward(self, z):
         """(x before squashing, log p_psi(z), log q_phi(z)); None where the variant has no such flow."""
         if self.variant == "regularnet":
-            return self.net(z).squeeze(-1), None, None
+            hidden = self.net(z)
+            with torch.autocast(z.device.type, enabled=False):  # x feeds the DV loss: float32, as the flows' log p
+                return self.head(hidden.to(z.dtype)).squeeze(-1), None, None
         log_q_expert = self.expert_flow.log_prob(z)
         if self.variant == "numerator":
             return -log_q_expert, None, log_q_expert  # r = -x = log q_phi
@@ -503,6 +525,34 @@ def density_loss(model, expert_batch, agent_batch, variant, scale, bound, flow_r
     return loss, stats
 
 
+def update_density(model, optimizer, expert_data, rb, args, bf16=False):
+    """Alg. 1 density step: args.density_updates gradient steps, each on args.density_batch smoothed expert demos and as
+    many smoothed replay transitions (samples of d_pi); returns the last loss and its stats. bf16 autocasts the flows'
+    hidden matmuls; log-determinants, log-probabilities and losses stay float32."""
+    model.train()
+    for _ in range(args.density_updates):
+        expert_batch = expert_data[torch.randint(0, len(expert_data), (args.density_batch,), device=expert_data.device)]
+        agent_obs, agent_actions, agent_next_obs, _ = rb.sample(args.density_batch)
+        agent_batch = flow_input(args.mode, agent_obs, agent_actions, agent_next_obs)
+        with torch.autocast(expert_data.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, stats = density_loss(model, smooth(expert_batch, args.smooth), smooth(agent_batch, args.smooth),
+                                       args.variant, args.squash_scale, args.squash_bound, args.flow_reg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return loss, stats
+
+
+@torch.no_grad()
+def replay_reward(model, obs, actions, next_obs, args, shift, bf16=False):
+    """Alg. 1 policy step: r = -x of a replay minibatch by the current flows (recomputed, never stored, so that the whole
+    buffer always carries the reward of the latest density step)."""
+    with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=bf16):
+        x = cfil_x(model, flow_input(args.mode, obs, actions, next_obs), args.variant, args.squash_scale, args.squash_bound)
+    return cfil_reward(x, shift)
+
+
 def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma):
     """Eq. 5-6: (Q_k(s,a) - [r + gamma (1 - d) (min_k Q'_k(s', a') - alpha log pi(a'|s'))])^2, a' ~ pi(s')."""
     obs, actions, rewards, next_obs, terminations = batch
@@ -527,18 +577,23 @@ def alpha_loss(log_alpha, log_pi, target_entropy):
 
 
 def sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer, alpha_optimizer, args,
-               target_entropy, global_step):
-    """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls."""
+               target_entropy, global_step, bf16=False):
+    """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls.
+    bf16 autocasts the hidden layers' matmuls; weights, optimiser states, targets, log-probs and losses stay float32."""
+    device_type = batch[0].device.type
     alpha = log_alpha.exp().detach()
-    qf_loss, q_values = soft_q_loss(qf, qf_target, actor, batch, alpha, args.gamma)
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        qf_loss, q_values = soft_q_loss(qf, qf_target, actor, batch, alpha, args.gamma)
     q_optimizer.zero_grad(set_to_none=True)
     qf_loss.backward()
     q_optimizer.step()
     stats = {"losses/qf_loss": qf_loss.detach(), "losses/qf1_values": q_values[0].detach().mean()}
 
     if global_step % args.policy_frequency == 0:
+        qf.requires_grad_(False)  # the actor's gradient flows through Q's input only (as Spinning Up freezes Q here)
         for _ in range(args.policy_frequency):
-            actor_loss, log_pi = policy_loss(actor, qf, batch[0], alpha)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                actor_loss, log_pi = policy_loss(actor, qf, batch[0], alpha)
             actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             actor_optimizer.step()
@@ -548,13 +603,32 @@ def sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimi
                 loss.backward()
                 alpha_optimizer.step()
                 alpha = log_alpha.exp().detach()
+        qf.requires_grad_(True)
         stats.update({"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha, "charts/entropy": -log_pi.detach().mean()})
 
     if global_step % args.target_network_frequency == 0:
         with torch.no_grad():
-            for param, target_param in zip(qf.parameters(), qf_target.parameters()):
-                target_param.lerp_(param, args.tau)
+            torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
     return stats
+
+
+def bf16_is_fast(device):
+    """Whether the hardware computes bfloat16 matmuls natively: CUDA with bf16, or a CPU with AMX / AVX512-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to ask, so stay in float32
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def make_optimizer(params, lr, device):
+    """Adam, fused into one kernel over all parameters where torch has it (CUDA, and CPU since torch 2.4)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, foreach=device.type == "cuda")
 
 
 def evaluate(act, env, num_episodes, seed):
@@ -586,10 +660,12 @@ def write_eval_row(run_dir, row):
         f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
 
 
-def write_summary(run_dir, args, eval_rows, wall_time, sps):
+def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
+    """summary.json: args, final and best scores, wall time, mean SPS, versions, and the device/threads/precision used."""
     scores = [row["normalized_score"] for row in eval_rows]
     summary = {
         "args": asdict(args),
+        **(hardware or {}),
         "final_return": eval_rows[-1]["eval_return_mean"],
         "final_normalized_score": scores[-1],
         "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
@@ -602,12 +678,15 @@ def write_summary(run_dir, args, eval_rows, wall_time, sps):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "batch_size", "density_update_every", "density_updates",
-                 "density_batch", "flow_blocks", "flow_hidden_size", "flow_hidden_layers", "hidden_size"):
-        if getattr(args, name) < 1:
-            sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}.")
-    if args.squash_scale <= 0 or args.squash_bound <= 0 or args.smooth < 0 or args.flow_reg < 0 or args.checkpoint_frequency < 0:
-        sys.exit("error: --squash-scale and --squash-bound must be positive, --smooth, --flow-reg and --checkpoint-frequency non-negative.")
+    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "batch_size", "buffer_size", "density_update_every",
+                 "density_updates", "density_batch", "flow_blocks", "flow_hidden_size", "flow_hidden_layers", "hidden_size"):
+        if getattr(args, name) <= 0:
+            sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
+    if args.squash_scale <= 0 or args.squash_bound <= 0:
+        sys.exit("error: --squash-scale and --squash-bound must be positive.")
+    for name in ("smooth", "flow_reg", "checkpoint_frequency", "checkpoint_minutes", "refill_steps"):
+        if not getattr(args, name) >= 0:
+            sys.exit(f"error: --{name.replace('_', '-')} must be non-negative, got {getattr(args, name)}.")
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
     checkpoint_dir = Path(args.checkpoint_dir or f"checkpoints/{args.env_id}__{args.exp_name}__{args.seed}")
     checkpoint = None
@@ -615,8 +694,6 @@ if __name__ == "__main__":
         if not (checkpoint_dir / "checkpoint.pt").exists():
             sys.exit(f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume.")
         checkpoint = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=False)
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = Path("runs") / run_name
 
     # seeding
     random.seed(args.seed)
@@ -624,55 +701,60 @@ if __name__ == "__main__":
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    bf16 = args.bf16 and bf16_is_fast(device)
 
+    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     env = make_env(args.env_id, args.seed)
-    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     if not isinstance(env.action_space, gym.spaces.Box):
         sys.exit(f"error: cfil.py needs continuous (Box) actions (its RL algorithm is SAC) but {args.env_id} has {env.action_space}.")
+    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     expert_info = load_expert_info(expert_dir, env, required=True)
     # state-only modes never read the demos' actions
     keys = {"sa": ("observations", "actions"), "s": ("observations",), "ss": ("observations", "next_observations")}[args.mode]
     demos = load_demos(expert_dir, env, args.num_expert_trajectories, args.subsample_frequency, args.seed, keys)
+    obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    run_dir = Path("runs") / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.track:
         import wandb
 
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name,
                    save_code=True, id=run_name, resume="allow")
-    obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
 
     actor = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)
     qf = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
     qf_target = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
     qf_target.load_state_dict(qf.state_dict())
-    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    q_optimizer = make_optimizer(qf.parameters(), args.q_lr, device)
+    actor_optimizer = make_optimizer(actor.parameters(), args.policy_lr, device)
     target_entropy = -float(action_dim)
     log_alpha = torch.tensor(np.log(args.alpha), dtype=torch.float32, device=device, requires_grad=True)
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr)
+    alpha_optimizer = make_optimizer([log_alpha], args.q_lr, device)
     rb = ReplayBuffer(obs_dim, action_dim, args.buffer_size, device)
-
     # the expert's flow inputs, once; no input normalisation, as in the official runs (flow_norm 'none')
     demo_tensors = {key: torch.as_tensor(value, dtype=torch.float32, device=device).reshape(len(value), -1) for key, value in demos.items()}
     expert_data = flow_input(args.mode, demo_tensors["observations"], demo_tensors.get("actions"), demo_tensors.get("next_observations"))
     reward_model = CoupledFlow(expert_data.shape[1], args.variant, args.flow_blocks, args.flow_hidden_size, args.flow_hidden_layers,
                                args.flow_batch_norm).to(device).eval()
-    density_optimizer = torch.optim.Adam(reward_model.parameters(), lr=args.density_lr)
+    density_optimizer = make_optimizer(reward_model.parameters(), args.density_lr, device)
     reward_shift = args.squash_bound if args.reward_shift and args.variant in SQUASHED_VARIANTS else 0.0
+    # the state a checkpoint holds, listed once (no replay buffer: --resume refills it)
+    saved_modules = {"actor": actor, "qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer,
+                     "actor_optimizer": actor_optimizer, "alpha_optimizer": alpha_optimizer, "reward_model": reward_model,
+                     "density_optimizer": density_optimizer}
 
-    start_step, wall_offset, eval_rows, commands = 0, 0.0, [], []
+    start_step, wall_offset, refill_env_steps, eval_rows, commands = 0, 0.0, 0, [], []
     if checkpoint:
         try:
-            for module, key in ((actor, "actor"), (qf, "qf"), (qf_target, "qf_target"), (q_optimizer, "q_optimizer"),
-                                (actor_optimizer, "actor_optimizer"), (alpha_optimizer, "alpha_optimizer"), (rb, "rb"),
-                                (reward_model, "reward_model"), (density_optimizer, "density_optimizer")):
+            for key, module in saved_modules.items():
                 module.load_state_dict(checkpoint[key])
         except (KeyError, RuntimeError, ValueError) as error:
             sys.exit(f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments ({' '.join(str(error).split())[:240]}); "
                      f"resume with the arguments of the run that wrote it, or start without --resume.")
         with torch.no_grad():
             log_alpha.copy_(checkpoint["log_alpha"])
-        start_step, wall_offset, eval_rows, commands = (checkpoint[k] for k in ("global_step", "wall_time", "eval_rows", "commands"))
+        start_step, wall_offset, refill_env_steps, eval_rows, commands = (
+            checkpoint[k] for k in ("global_step", "wall_time", "refill_env_steps", "eval_rows", "commands"))
         random.setstate(checkpoint["python_rng"])
         np.random.set_state(checkpoint["numpy_rng"])
         torch.set_rng_state(checkpoint["torch_rng"])
@@ -686,6 +768,12 @@ if __name__ == "__main__":
     @torch.no_grad()
     def act_deterministic(obs):
         return actor.deterministic_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+
+    @torch.no_grad()
+    def act_exploring(obs, global_step):
+        if global_step <= args.learning_starts:
+            return env.action_space.sample()
+        return actor.get_action(torch.as_tensor(obs[None], dtype=torch.float32, device=device))[0][0].cpu().numpy()
 
     def run_evaluation(global_step):
         returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
@@ -701,27 +789,35 @@ if __name__ == "__main__":
 
     def save_checkpoint(global_step):
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = {key: module.state_dict() for key, module in (("actor", actor), ("qf", qf), ("qf_target", qf_target),
-                 ("q_optimizer", q_optimizer), ("actor_optimizer", actor_optimizer), ("alpha_optimizer", alpha_optimizer), ("rb", rb),
-                 ("reward_model", reward_model), ("density_optimizer", density_optimizer))}
+        state = {key: module.state_dict() for key, module in saved_modules.items()}
         state.update(log_alpha=log_alpha.detach().cpu(), global_step=global_step, run_name=run_name, eval_rows=eval_rows,
-                     commands=commands, wall_time=wall_offset + time.time() - start_time, python_rng=random.getstate(),
+                     refill_env_steps=refill_env_steps, commands=commands,
+                     wall_time=wall_offset + time.time() - start_time, python_rng=random.getstate(),
                      numpy_rng=np.random.get_state(), torch_rng=torch.get_rng_state(), args=asdict(args))
         torch.save(state, checkpoint_dir / "checkpoint.pt.tmp")
         os.replace(checkpoint_dir / "checkpoint.pt.tmp", checkpoint_dir / "checkpoint.pt")  # atomic: a kill never corrupts it
 
+    # SIGINT (Ctrl-C) and SIGTERM (a session's end, a cluster's preemption) finish the step, checkpoint, and exit
+    stop_signals = []
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, lambda signum, frame: stop_signals.append(signum))
+
     start_time = time.time()
+    obs, _ = env.reset(seed=args.seed + start_step)
+    if checkpoint:
+        # the buffer was left out of the checkpoint: refill it with the current policy before updates continue
+        for _ in tqdm(range(min(args.refill_steps, args.buffer_size)), desc="refilling the replay buffer", file=sys.stderr, mininterval=2.0):
+            action = act_exploring(obs, start_step)
+            next_obs, _, terminated, truncated, info = env.step(action)
+            rb.add(obs, action, next_obs, terminated)
+            obs = next_obs if not (terminated or truncated) else env.reset()[0]
+            refill_env_steps += 1
     progress = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
     if start_step == 0:
         run_evaluation(0)
-    obs, _ = env.reset(seed=args.seed + start_step)
+    last_checkpoint_time = time.time()
     for global_step in range(start_step + 1, args.total_timesteps + 1):
-        if global_step <= args.learning_starts:
-            action = env.action_space.sample()
-        else:
-            with torch.no_grad():
-                action, _ = actor.get_action(torch.as_tensor(obs[None], dtype=torch.float32, device=device))
-            action = action[0].cpu().numpy()
+        action = act_exploring(obs, global_step)
         next_obs, _, terminated, truncated, info = env.step(action)  # the env reward is only logged (episode statistics)
         # bootstrap through time-limit truncations: only a true termination zeroes the target
         rb.add(obs, action, next_obs, terminated)
@@ -732,18 +828,8 @@ if __name__ == "__main__":
             obs, _ = env.reset()
 
         if global_step % args.density_update_every == 0:
-            # Alg. 1: a few gradient steps on the flows, expert demos vs the whole replay buffer, both smoothed
-            reward_model.train()
-            for _ in range(args.density_updates):
-                expert_batch = expert_data[torch.randint(0, len(expert_data), (args.density_batch,), device=device)]
-                agent_obs, agent_actions, agent_next_obs, _ = rb.sample(args.density_batch)
-                agent_batch = flow_input(args.mode, agent_obs, agent_actions, agent_next_obs)
-                loss, density_stats = density_loss(reward_model, smooth(expert_batch, args.smooth), smooth(agent_batch, args.smooth),
-                                                   args.variant, args.squash_scale, args.squash_bound, args.flow_reg)
-                density_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                density_optimizer.step()
-            reward_model.eval()
+            # Alg. 1: a few gradient steps on the flows, expert demos vs the whole replay buffer
+            loss, density_stats = update_density(reward_model, density_optimizer, expert_data, rb, args, bf16)
             if not torch.isfinite(loss):
                 sys.exit(f"error: non-finite density loss at step {global_step} ({float(loss)}); lower --density-lr or raise --smooth.")
             if args.track:
@@ -751,11 +837,9 @@ if __name__ == "__main__":
 
         if global_step > args.learning_starts:
             batch_obs, batch_actions, batch_next_obs, batch_terminations = rb.sample(args.batch_size)
-            with torch.no_grad():  # Alg. 1: r = -x from the current flows, for this minibatch only
-                rewards = cfil_reward(cfil_x(reward_model, flow_input(args.mode, batch_obs, batch_actions, batch_next_obs),
-                                             args.variant, args.squash_scale, args.squash_bound), reward_shift)
-            stats = sac_update((batch_obs, batch_actions, rewards, batch_next_obs, batch_terminations), actor, qf, qf_target,
-                               log_alpha, q_optimizer, actor_optimizer, alpha_optimizer, args, target_entropy, global_step)
+            rewards = replay_reward(reward_model, batch_obs, batch_actions, batch_next_obs, args, reward_shift, bf16)
+            stats = sac_update((batch_obs, batch_actions, rewards, batch_next_obs, batch_terminations), actor, qf, qf_target, log_alpha,
+                               q_optimizer, actor_optimizer, alpha_optimizer, args, target_entropy, global_step, bf16)
             if global_step % 1000 == 0:
                 stats["charts/reward_mean"] = rewards.mean()
                 sps = (global_step - start_step) / (time.time() - start_time)
@@ -766,13 +850,22 @@ if __name__ == "__main__":
         progress.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             run_evaluation(global_step)
-        if args.checkpoint_frequency and (global_step % args.checkpoint_frequency == 0 or global_step == args.total_timesteps):
+        if (args.checkpoint_frequency and global_step % args.checkpoint_frequency == 0) or global_step == args.total_timesteps or stop_signals \
+                or (args.checkpoint_minutes and time.time() - last_checkpoint_time > 60 * args.checkpoint_minutes):
             save_checkpoint(global_step)
+            last_checkpoint_time = time.time()
+        if stop_signals:
+            progress.close()
+            print(f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}; checkpoint saved to {checkpoint_dir}; "
+                  f"continue with the same command plus --resume.", file=sys.stderr)
+            sys.exit(128 + stop_signals[0])
     progress.close()
 
     wall_time = wall_offset + time.time() - start_time
     mean_sps = (args.total_timesteps - start_step) / max(time.time() - start_time, 1e-9)
-    write_summary(run_dir, args, eval_rows, wall_time, mean_sps)
+    hardware = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+                "threads": torch.get_num_threads(), "precision": "bf16-autocast" if bf16 else "fp32", "refill_env_steps": refill_env_steps}
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, hardware)
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
     env.close()
     eval_env.close()

@@ -189,7 +189,7 @@ def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path):
     been killed after that checkpoint; the sweep again (longer): the run continues with --resume instead of restarting."""
     cfil_tiny = ["--learning-starts", "100", "--density-update-every", "100", "--density-batch", "32", "--eval-frequency", "150",
                  "--eval-episodes", "2", "--batch-size", "32", "--hidden-size", "32", "--flow-hidden-size", "32",
-                 "--checkpoint-frequency", "300"]
+                 "--checkpoint-frequency", "300", "--refill-steps", "100"]
     common = ["--algos", "cfil", "--env-ids", "Pendulum-v1", "--seeds", 1, "--workers", 1, "--threads", 1, "--workdir", tmp_path,
               "--", *cfil_tiny]
     log = tmp_path / "benchmark" / "logs" / "cfil__Pendulum-v1__1.log"
