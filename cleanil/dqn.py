@@ -15,7 +15,10 @@ adds the potential-based term gamma Phi(s') - Phi(s) with Phi the cart's mechani
 """
 import json
 import os
+import platform
 import random
+import shlex
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -118,6 +121,12 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
     except gym.error.Error as error:
         sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
     if capture_video:
+        try:
+            env.reset(seed=seed)
+            env.render()
+        except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
+            sys.exit(f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                     f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video.")
         # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
         env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -130,23 +139,44 @@ def load_expert_info(expert_dir, env, required):
     info_path = Path(expert_dir) / "expert.json"
     if not info_path.exists():
         if required:
-            sys.exit(f"error: no expert at {info_path}; create it with `{expert_command(env.spec.id)}`.")
+            sys.exit(f"error: no expert at {info_path}; {missing_expert_hint(env.spec.id, expert_dir)}")
         return None
     try:
         info = json.loads(info_path.read_text())
         obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
         float(info["expert_return_mean"]), float(info["random_return_mean"])
     except (ValueError, KeyError, TypeError) as error:
-        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{expert_command(env.spec.id, expert_dir)} --overwrite`.")
     if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
         sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{expert_command(env.spec.id, expert_dir)} --overwrite`.")
     return info
 
 
-def expert_command(env_id):
+def expert_command(env_id, expert_dir=None):
+    """The command that creates expert_dir; the default experts/<env-id>/ needs no --expert-path."""
     trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
-    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
+    command = f"python cleanil/{trainer} --env-id {env_id} --save-expert"
+    if expert_dir is not None and Path(expert_dir).resolve() != Path(__file__).resolve().parent.parent / "experts" / env_id:
+        command += f" --expert-path {shlex.quote(str(expert_dir))}"
+    return command
+
+
+SHIPPED_EXPERTS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4", "Hopper-v4",
+                   "HalfCheetah-v4", "Walker2d-v4", "Ant-v4", "Humanoid-v4")
+
+
+def missing_expert_hint(env_id, expert_dir=None):
+    """What a missing expert costs: the shipped ones come with the repository; any other env or folder needs a training run."""
+    command = expert_command(env_id, expert_dir)
+    if env_id in SHIPPED_EXPERTS:
+        if "--expert-path" not in command:
+            return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
+        return f"cleanil ships one at experts/{env_id}: drop --expert-path to use it, copy it there, or train one there with `{command}`."
+    if "dqn.py" in command:
+        return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
+    return (f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+            f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert).")
 
 
 def normalized_score(episode_return, expert_info):
@@ -332,10 +362,19 @@ def write_eval_row(run_dir, row):
         f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
 
 
-def write_summary(run_dir, args, eval_rows, wall_time, sps):
+def hardware_info(device, bf16=False):
+    """The device, its name, the thread count and the precision of a run, for summary.json."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
+            "precision": "bf16-autocast" if bf16 else "fp32"}
+
+
+def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
+    """summary.json: args, final and best scores, wall time, mean SPS, versions, and the device/threads/precision used."""
     scores = [row["normalized_score"] for row in eval_rows]
     summary = {
         "args": asdict(args),
+        **(hardware or {}),
         "final_return": eval_rows[-1]["eval_return_mean"],
         "final_normalized_score": scores[-1],
         "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
@@ -343,11 +382,19 @@ def write_summary(run_dir, args, eval_rows, wall_time, sps):
         "mean_sps": sps,
         "versions": package_versions(),
     }
-    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # strict JSON has no NaN (a score without expert.json): null instead, which every JSON parser reads
+    summary = json.loads(json.dumps(summary), parse_constant=lambda constant: None)
+    path = Path(run_dir) / "summary.json"
+    path.with_suffix(".json.tmp").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    os.replace(path.with_suffix(".json.tmp"), path)  # atomic: a run stopped while writing never leaves half a file
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "batch_size", "buffer_size", "train_frequency",
+                 "gradient_steps", "target_network_frequency", "hidden_size", "expert_eval_episodes", "num_demo_episodes"):
+        if getattr(args, name) <= 0:
+            sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
     checkpoint_dir = Path(args.checkpoint_dir or f"checkpoints/{args.env_id}__{args.exp_name}__{args.seed}")
     checkpoint = None
@@ -356,13 +403,6 @@ if __name__ == "__main__":
             sys.exit(f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume.")
         checkpoint = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=False)
     run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = Path("runs") / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name,
-                   save_code=True, id=run_name, resume="allow")
 
     # seeding
     random.seed(args.seed)
@@ -379,6 +419,13 @@ if __name__ == "__main__":
         sys.exit(f"error: --shaping-coef is defined for MountainCar-v0 only, not {args.env_id}; drop the flag.")
     expert_info = load_expert_info(expert_dir, env, required=False)
     obs_dim = int(np.prod(env.observation_space.shape))
+    run_dir = Path("runs") / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name,
+                   save_code=True, id=run_name, resume="allow")
 
     q_network = QNetwork(obs_dim, env.action_space.n, args.hidden_size).to(device)
     target_network = QNetwork(obs_dim, env.action_space.n, args.hidden_size).to(device)
@@ -434,6 +481,11 @@ if __name__ == "__main__":
         torch.save(state, checkpoint_dir / "checkpoint.pt.tmp")
         os.replace(checkpoint_dir / "checkpoint.pt.tmp", checkpoint_dir / "checkpoint.pt")  # atomic: a kill never corrupts it
 
+    # SIGINT (Ctrl-C) and SIGTERM (a session's end, a cluster's preemption) finish the step, checkpoint, and exit
+    stop_signals = []
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, lambda signum, frame: stop_signals.append(signum))
+
     start_time = time.time()
     progress = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
     if start_step == 0:
@@ -476,13 +528,18 @@ if __name__ == "__main__":
         progress.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             run_evaluation(global_step)
-        if args.checkpoint_frequency and (global_step % args.checkpoint_frequency == 0 or global_step == args.total_timesteps):
+        if (args.checkpoint_frequency and (global_step % args.checkpoint_frequency == 0 or global_step == args.total_timesteps)) or stop_signals:
             save_checkpoint(global_step)
+        if stop_signals:
+            progress.close()
+            print(f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}: evaluations so far in {run_dir / 'eval.csv'}, "
+                  f"checkpoint in {checkpoint_dir}; continue with the same command plus --resume.", file=sys.stderr)
+            sys.exit(128 + stop_signals[0])
     progress.close()
 
     wall_time = wall_offset + time.time() - start_time
     mean_sps = (args.total_timesteps - start_step) / max(time.time() - start_time, 1e-9)
-    write_summary(run_dir, args, eval_rows, wall_time, mean_sps)
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, hardware_info(device))
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
     if args.save_expert:
         if args.expert_snapshot == "best":

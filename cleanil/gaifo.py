@@ -26,10 +26,14 @@ expert's; time-limit truncations bootstrap from V(s'), terminations do not.
 """
 import json
 import os
+import platform
 import random
+import shlex
+import signal
 import sys
 import time
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -134,6 +138,12 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
     except gym.error.Error as error:
         sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
     if capture_video:
+        try:
+            env.reset(seed=seed)
+            env.render()
+        except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
+            sys.exit(f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                     f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video.")
         # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
         env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -146,29 +156,50 @@ def load_expert_info(expert_dir, env, required):
     info_path = Path(expert_dir) / "expert.json"
     if not info_path.exists():
         if required:
-            sys.exit(f"error: no expert at {info_path}; create it with `{expert_command(env.spec.id)}`.")
+            sys.exit(f"error: no expert at {info_path}; {missing_expert_hint(env.spec.id, expert_dir)}")
         return None
     try:
         info = json.loads(info_path.read_text())
         obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
         float(info["expert_return_mean"]), float(info["random_return_mean"])
     except (ValueError, KeyError, TypeError) as error:
-        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{expert_command(env.spec.id, expert_dir)} --overwrite`.")
     if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
         sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{expert_command(env.spec.id, expert_dir)} --overwrite`.")
     return info
 
 
-def expert_command(env_id):
+def expert_command(env_id, expert_dir=None):
+    """The command that creates expert_dir; the default experts/<env-id>/ needs no --expert-path."""
     trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
-    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
+    command = f"python cleanil/{trainer} --env-id {env_id} --save-expert"
+    if expert_dir is not None and Path(expert_dir).resolve() != Path(__file__).resolve().parent.parent / "experts" / env_id:
+        command += f" --expert-path {shlex.quote(str(expert_dir))}"
+    return command
+
+
+SHIPPED_EXPERTS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4", "Hopper-v4",
+                   "HalfCheetah-v4", "Walker2d-v4", "Ant-v4", "Humanoid-v4")
+
+
+def missing_expert_hint(env_id, expert_dir=None):
+    """What a missing expert costs: the shipped ones come with the repository; any other env or folder needs a training run."""
+    command = expert_command(env_id, expert_dir)
+    if env_id in SHIPPED_EXPERTS:
+        if "--expert-path" not in command:
+            return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
+        return f"cleanil ships one at experts/{env_id}: drop --expert-path to use it, copy it there, or train one there with `{command}`."
+    if "dqn.py" in command:
+        return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
+    return (f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+            f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert).")
 
 
 def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
     """The first num_trajectories demo episodes, every subsample_frequency-th transition from a random offset per
     episode (as GAIL's subsampled demos, Ho & Ermon 2016); only `keys` are read from demos.npz."""
-    path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id)
+    path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id, expert_dir)
     if not path.exists():
         sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
     if num_trajectories < 1 or subsample_frequency < 1:
@@ -177,8 +208,8 @@ def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, key
         data = np.load(path)
         starts, length = data["episode_starts"], len(data["rewards"])
         arrays = {key: data[key] for key in keys}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        sys.exit(f"error: {path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
     if num_trajectories > len(starts):
         sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
                  f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
@@ -411,10 +442,19 @@ def write_eval_row(run_dir, row):
         f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
 
 
-def write_summary(run_dir, args, eval_rows, wall_time, sps):
+def hardware_info(device, bf16=False):
+    """The device, its name, the thread count and the precision of a run, for summary.json."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
+            "precision": "bf16-autocast" if bf16 else "fp32"}
+
+
+def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
+    """summary.json: args, final and best scores, wall time, mean SPS, versions, and the device/threads/precision used."""
     scores = [row["normalized_score"] for row in eval_rows]
     summary = {
         "args": asdict(args),
+        **(hardware or {}),
         "final_return": eval_rows[-1]["eval_return_mean"],
         "final_normalized_score": scores[-1],
         "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
@@ -422,11 +462,32 @@ def write_summary(run_dir, args, eval_rows, wall_time, sps):
         "mean_sps": sps,
         "versions": package_versions(),
     }
-    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # strict JSON has no NaN (a score without expert.json): null instead, which every JSON parser reads
+    summary = json.loads(json.dumps(summary), parse_constant=lambda constant: None)
+    path = Path(run_dir) / "summary.json"
+    path.with_suffix(".json.tmp").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    os.replace(path.with_suffix(".json.tmp"), path)  # atomic: a run stopped while writing never leaves half a file
+
+
+def exit_on_stop_signals(run_dir):
+    """SIGINT (Ctrl-C) and SIGTERM (a session's end, a cluster's preemption) end a run that has no --resume at once, with
+    one line and exit status 128 + signal as a shell reports it; eval.csv gains whole rows only, so it stays readable."""
+
+    def stop(signum, frame):
+        tqdm.write(f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
+                   f"{Path(__file__).name} has no --resume, so rerun the command to start over.", file=sys.stderr)
+        sys.exit(128 + signum)
+
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, stop)
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "num_envs", "num_steps", "fisher_subsample",
+                 "value_epochs", "value_num_minibatches", "disc_epochs", "disc_num_minibatches", "hidden_size"):
+        if getattr(args, name) <= 0:
+            sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = Path("runs") / run_name
@@ -441,24 +502,25 @@ if __name__ == "__main__":
     eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     if not isinstance(eval_env.action_space, (gym.spaces.Discrete, gym.spaces.Box)):
         sys.exit(f"error: {Path(__file__).name} supports Discrete and Box actions, but {args.env_id} has {eval_env.action_space}; pick another env.")
-    for name in ("num_envs", "num_steps", "fisher_subsample", "value_epochs", "value_num_minibatches", "disc_epochs", "disc_num_minibatches"):
-        if getattr(args, name) < 1:
-            sys.exit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
     if args.num_steps < 2 or args.max_kl <= 0:
         # with 2 steps or more every env contributes a transition: only the step after an episode's end carries none
         sys.exit(f"error: --num-steps must be >= 2 and --max-kl > 0, got {args.num_steps} and {args.max_kl}.")
+    if args.total_timesteps < args.num_envs * args.num_steps:
+        sys.exit(f"error: --total-timesteps {args.total_timesteps} is less than one iteration of --num-envs {args.num_envs} x "
+                 f"--num-steps {args.num_steps} = {args.num_envs * args.num_steps} steps; pass at least that, or lower either.")
     expert_info = load_expert_info(expert_dir, eval_env, required=True)
     demos = load_demos(expert_dir, eval_env, args.num_expert_trajectories, args.subsample_frequency, args.seed, DEMO_KEYS)
     discrete = isinstance(eval_env.action_space, gym.spaces.Discrete)
     for key, value in demos.items():
         if not (np.isin(value, np.arange(eval_env.action_space.n)) if key == "actions" and discrete else np.isfinite(value)).all():
             sys.exit(f"error: {expert_dir / 'demos.npz'} holds invalid {key} (non-finite, or discrete actions outside the action space); "
-                     f"regenerate it with `{expert_command(args.env_id)} --overwrite`.")
+                     f"regenerate it with `{expert_command(args.env_id, expert_dir)} --overwrite`.")
     # next-step autoreset (gymnasium 1.x): the step() after an env's episode ends only resets it (action ignored,
     # reward 0, no transition); the step that ended the episode already returned its true final observation
     envs = gym.vector.SyncVectorEnv([lambda i=i: make_env(args.env_id, args.seed + i)
                                      for i in range(args.num_envs)], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     run_dir.mkdir(parents=True, exist_ok=True)
+    exit_on_stop_signals(run_dir)
     if args.track:
         import wandb
 
@@ -587,6 +649,8 @@ if __name__ == "__main__":
                      f"lower --disc-learning-rate or --value-learning-rate, or pass --gp-coef 10.")
         num_steps = int(mask.sum())
         global_step += num_steps
+        # the last iteration may pass the budget: the bar's total grows to the steps run instead of becoming a bare counter
+        progress.total = max(progress.total, global_step)
         progress.update(num_steps)
         if args.track:
             log = {key: float(value) for key, value in stats.items()}
@@ -600,7 +664,7 @@ if __name__ == "__main__":
 
     wall_time = time.time() - start_time
     mean_sps = global_step / max(wall_time, 1e-9)
-    write_summary(run_dir, args, eval_rows, wall_time, mean_sps)
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, hardware_info(device))
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
     envs.close()
     eval_env.close()

@@ -64,10 +64,12 @@ import json
 import os
 import platform
 import random
+import shlex
 import signal
 import sys
 import time
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -194,6 +196,12 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
     except gym.error.Error as error:
         sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
     if capture_video:
+        try:
+            env.reset(seed=seed)
+            env.render()
+        except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
+            sys.exit(f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                     f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video.")
         # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
         env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -206,29 +214,50 @@ def load_expert_info(expert_dir, env, required):
     info_path = Path(expert_dir) / "expert.json"
     if not info_path.exists():
         if required:
-            sys.exit(f"error: no expert at {info_path}; create it with `{expert_command(env.spec.id)}`.")
+            sys.exit(f"error: no expert at {info_path}; {missing_expert_hint(env.spec.id, expert_dir)}")
         return None
     try:
         info = json.loads(info_path.read_text())
         obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
         float(info["expert_return_mean"]), float(info["random_return_mean"])
     except (ValueError, KeyError, TypeError) as error:
-        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{expert_command(env.spec.id, expert_dir)} --overwrite`.")
     if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
         sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{expert_command(env.spec.id)} --overwrite`.")
+                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{expert_command(env.spec.id, expert_dir)} --overwrite`.")
     return info
 
 
-def expert_command(env_id):
+def expert_command(env_id, expert_dir=None):
+    """The command that creates expert_dir; the default experts/<env-id>/ needs no --expert-path."""
     trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
-    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
+    command = f"python cleanil/{trainer} --env-id {env_id} --save-expert"
+    if expert_dir is not None and Path(expert_dir).resolve() != Path(__file__).resolve().parent.parent / "experts" / env_id:
+        command += f" --expert-path {shlex.quote(str(expert_dir))}"
+    return command
+
+
+SHIPPED_EXPERTS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4", "Hopper-v4",
+                   "HalfCheetah-v4", "Walker2d-v4", "Ant-v4", "Humanoid-v4")
+
+
+def missing_expert_hint(env_id, expert_dir=None):
+    """What a missing expert costs: the shipped ones come with the repository; any other env or folder needs a training run."""
+    command = expert_command(env_id, expert_dir)
+    if env_id in SHIPPED_EXPERTS:
+        if "--expert-path" not in command:
+            return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
+        return f"cleanil ships one at experts/{env_id}: drop --expert-path to use it, copy it there, or train one there with `{command}`."
+    if "dqn.py" in command:
+        return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
+    return (f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+            f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert).")
 
 
 def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
     """The first num_trajectories demo episodes, every subsample_frequency-th transition from a random offset per
     episode (as GAIL's subsampled demos, Ho & Ermon 2016); only `keys` are read from demos.npz."""
-    path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id)
+    path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id, expert_dir)
     if not path.exists():
         sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
     if num_trajectories < 1 or subsample_frequency < 1:
@@ -237,8 +266,8 @@ def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, key
         data = np.load(path)
         starts, length = data["episode_starts"], len(data["rewards"])
         arrays = {key: data[key] for key in keys}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        sys.exit(f"error: {path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
     if num_trajectories > len(starts):
         sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
                  f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
@@ -584,6 +613,13 @@ def write_eval_row(run_dir, row):
         f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
 
 
+def hardware_info(device, bf16=False):
+    """The device, its name, the thread count and the precision of a run, for summary.json."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
+            "precision": "bf16-autocast" if bf16 else "fp32"}
+
+
 def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
     """summary.json: args, final and best scores, wall time, mean SPS, versions, and the device/threads/precision used."""
     scores = [row["normalized_score"] for row in eval_rows]
@@ -597,7 +633,11 @@ def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
         "mean_sps": sps,
         "versions": package_versions(),
     }
-    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # strict JSON has no NaN (a score without expert.json): null instead, which every JSON parser reads
+    summary = json.loads(json.dumps(summary), parse_constant=lambda constant: None)
+    path = Path(run_dir) / "summary.json"
+    path.with_suffix(".json.tmp").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    os.replace(path.with_suffix(".json.tmp"), path)  # atomic: a run stopped while writing never leaves half a file
 
 
 if __name__ == "__main__":
@@ -811,16 +851,14 @@ if __name__ == "__main__":
             last_checkpoint_time = time.time()
         if stop_signals:
             progress.close()
-            print(f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}; checkpoint saved to {checkpoint_dir}; "
-                  f"continue with the same command plus --resume.", file=sys.stderr)
+            print(f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}: evaluations so far in {run_dir / 'eval.csv'}, "
+                  f"checkpoint in {checkpoint_dir}; continue with the same command plus --resume.", file=sys.stderr)
             sys.exit(128 + stop_signals[0])
     progress.close()
 
     wall_time = wall_offset + time.time() - start_time
     mean_sps = (args.total_timesteps - start_step) / max(time.time() - start_time, 1e-9)
-    hardware = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-                "threads": torch.get_num_threads(), "precision": "bf16-autocast" if bf16 else "fp32", "refill_env_steps": refill_env_steps}
-    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, hardware)
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, {**hardware_info(device, bf16), "refill_env_steps": refill_env_steps})
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
     env.close()
     eval_env.close()

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,8 @@ def run_script_recording_wandb(script, *args, cwd, monkeypatch):
     monkeypatch.setattr(wandb, "init", lambda *a, **k: None)
     monkeypatch.setattr(wandb, "log", lambda data, step=None, **k: logged.append({**data, "_step": step}))
     monkeypatch.setattr(wandb, "finish", lambda *a, **k: None)
+    # the scripts' SIGINT/SIGTERM handlers would outlive the run in this pytest process (a later Ctrl-C would hit them)
+    monkeypatch.setattr(signal, "signal", lambda *a, **k: None)
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "argv", [str(SCRIPTS / script), *map(str, args), "--track"])
     runpy.run_path(str(SCRIPTS / script), run_name="__main__")

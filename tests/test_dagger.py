@@ -192,7 +192,7 @@ def test_missing_policy_file_is_one_clear_sentence(tmp_path):
     (expert_copy / "policy.pt").unlink()
     result = run_script("dagger.py", "--env-id", "CartPole-v1", "--expert-path", expert_copy, cwd=tmp_path, check=False)
     assert_clean_error(result, f"no expert policy at {expert_copy / 'policy.pt'}",
-                       "`python cleanil/dqn.py --env-id CartPole-v1 --save-expert --overwrite`")
+                       f"`python cleanil/dqn.py --env-id CartPole-v1 --save-expert --expert-path {expert_copy} --overwrite`")
     assert result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "runs").exists()
 
@@ -202,12 +202,12 @@ def test_missing_policy_file_is_one_clear_sentence(tmp_path):
                          ids=["discrete", "continuous"])
 def test_missing_experts_folder_names_the_command(env_id, command, tmp_path):
     result = run_script("dagger.py", "--env-id", env_id, "--expert-path", tmp_path / "experts" / env_id, cwd=tmp_path, check=False)
-    assert_clean_error(result, "no expert at", f"`{command}`")
+    assert_clean_error(result, "no expert at", f"`{command} --expert-path {tmp_path / 'experts' / env_id}`")
     assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("flags, fragment", [
-    (["--rounds", 0], "--rounds must be at least 1"),
+    (["--rounds", 0], "--rounds must be positive"),
     (["--total-timesteps", 250, "--steps-per-round", 100], "not a positive multiple of --steps-per-round"),
     (["--num-expert-trajectories", 10_000], "--num-expert-trajectories 10000 asks for more trajectories than"),
     (["--env-id", "Acrobot-v1", "--expert-path", EXPERTS / "CartPole-v1"], "but Acrobot-v1 has"),

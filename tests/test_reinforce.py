@@ -74,7 +74,7 @@ SMOKE = {
     "discrete-whole-episode-return": ["--env-id", "CartPole-v1", "--no-baseline", "--no-reward-to-go"],
     "discrete-baseline-track": ["--env-id", "CartPole-v1", "--baseline", "--track"],
     "gaussian-baseline-no-norm-adv": ["--env-id", "Pendulum-v1", "--baseline", "--no-norm-adv"],
-    # no expert.json: only the normalized score is NaN
+    # no expert.json: only the normalized score is NaN (null in summary.json)
     "gaussian-no-expert-video": ["--env-id", "InvertedPendulum-v4", "--expert-path", "nowhere", "--capture-video"],
 }
 
@@ -92,7 +92,7 @@ def test_smoke(workdir, flags):
     summary = read_summary(run_dir)
     assert np.isfinite([summary["final_return"], summary["mean_sps"], summary["total_wall_time_s"]]).all(), summary
     has_expert = "--expert-path" not in flags
-    assert np.isfinite(summary["final_normalized_score"]) == has_expert, summary
+    assert (summary["final_normalized_score"] is not None and np.isfinite(summary["final_normalized_score"])) == has_expert, summary
     assert summary["args"]["baseline"] == ("--baseline" in flags)
     assert summary["args"]["reward_to_go"] == ("--no-reward-to-go" not in flags)
     if "--track" in flags:
