@@ -1,46 +1,40 @@
 """PMI imitation from observation: reward the agent with the expert's pointwise mutual information of (s_t, s_{t+1}).
 
 Imitation from observation: the demonstrations hold the expert's states only (`DEMO_KEYS`; the `actions` array of
-demos.npz is never read). A two-tower critic f(s, s') = exp(phi1(s')^T phi2(s) / tau) (`PMICritic`, the log-bilinear
-model of CPC, van den Oord, Li, Vinyals 2018, arXiv 1807.03748, Eq. 3) is trained on expert transitions with InfoNCE
-(`infonce_loss`, CPC Eq. 4): the true next state against `--num-negatives` other expert next states of the batch.
-Its optimum is f(s, s') proportional to p(s'|s) / p(s') (CPC Eq. 2), so log f = PMI(s; s') + c(s): the expert's
-pointwise mutual information up to a per-state constant c(s) that InfoNCE leaves free. The policy is then trained on
-a reward computed from the frozen critic, for the whole rollout batch at once:
-  --reward pmi       r = phi1(s')^T phi2(s) / tau = log f(s, s')                               (`pmi_reward`)
-  --reward softmax   r = log-softmax of the true s' against K negatives at temperature T (`softmax_reward`),
-                     plus log(K + 1) (`--reward-shift`): then log f(s, s') - log mean_j f(s, s'_j), InfoNCE's
-                     per-sample PMI estimate, in which c(s) cancels; negatives s'_j from the expert's next states,
-                     the agent's (its rollout batch: a contrast with the agent's own next-state distribution) or
-                     half of each (--negatives)
-`softmax` is the default: on CartPole-v1 it reaches the expert's 500 where `pmi`, whose c(s) is a state-dependent
-offset far larger than the PMI itself, ends near 330 (100k steps, seed 1). The shift decides the reward's sign, which
-an episodic task reads as a reason to live (shifted: positive for expert-like steps; CartPole, which ends on failure)
-or to finish (`--no-reward-shift`: the plain log-softmax <= 0, a per-step cost; Acrobot and MountainCar, which end
-on success): the reward bias of Kostrikov et al. 2019 (arXiv 1809.02925, Sec. 4), as with GAIL's two reward forms.
-The temperature decides what of the critic the reward reads. A deterministic expert's p(s'|s) is a spike, so the
-critic separates s' from the other expert next states by hundreds of logits (`logit_margin`, `heldout_logit_margin`
-in critic.json: about 600 on CartPole-v1 and Acrobot-v1, 1900 on MountainCar-v0). At T = 1 the log-softmax then
-saturates: any s' that continues s beats every negative, r is 0 whatever the action, and the unshifted reward costs
-nothing anywhere (Acrobot-v1: the mean step reward of a random policy, -0.05, is above the expert's, -0.08; the agent
-stays at -500). At a T of the margin's order the log-softmax is linear, r = (log f(s, s') - mean_j log f(s, s'_j)) / T
-- log(K + 1) (the mean over s' and its negatives): a per-step cost that the PMI estimate lowers on expert-like
-transitions. The cost alone does not imitate (T = 1e6: Acrobot-v1 -500, MountainCar-v0 -200), the PMI term does:
-  CartPole-v1     the defaults                                                   500 (seed 1)
-  Acrobot-v1      --no-reward-shift --temperature 100                            -75, -83, -82 (seeds 1-3)
-  MountainCar-v0  --no-reward-shift --temperature 300 --negatives agent          -119 (seed 1)
-(100k steps each; expert -77.5 and -100.8). On MountainCar-v0 expert negatives (`--temperature 1000`: -130 with seed
-1, -200 with seed 2) are less reliable than the agent's own next states, which also cost the agent for next states it
-keeps revisiting, such as the valley floor.
+demos.npz is never read). A two-tower critic f(s, s') = exp(score(phi1(s'), phi2(s)) / tau) (`PMICritic`) is trained on
+expert transitions with InfoNCE (`infonce_loss`; van den Oord, Li, Vinyals 2018, arXiv 1807.03748, Eq. 4): the true
+next state against `--num-negatives` other expert next states of the batch. Its optimum is f(s, s') proportional to
+p(s'|s) / p(s') (CPC Eq. 2), so log f = PMI(s; s') + c(s): the expert's pointwise mutual information up to a per-state
+constant c(s) that InfoNCE leaves free. The score is the seed's (a talk on imitation from observation): a DSSM-style
+cosine, log f = cos(phi1(s'), phi2(s)) / T (its Eq. 19; `--critic-score cosine`, T = `--tau`), so every logit lies in
+[-1/T, 1/T]. `--critic-score dot` keeps CPC's log-bilinear phi1(s')^T phi2(s) / tau (CPC Eq. 3) for comparison: a
+deterministic expert's p(s'|s) is a spike, and the unnormalised towers then separate s' from the other expert next
+states by hundreds of logits (`heldout_logit_margin` in critic.json), which saturates the softmax reward below unless
+`--temperature` is raised to the margin's order. The policy is trained on a reward computed from the frozen critic,
+for the whole rollout batch at once:
+  --reward pmi       r = log f(s, s')                                                          (`pmi_reward`)
+  --reward softmax   r = log-softmax of the true s' against K negatives (`softmax_reward`, +log, where the seed
+                     writes -log: see there), plus log(K + 1) (`--reward-shift`): then log f(s, s') - log mean_j
+                     f(s, s'_j), InfoNCE's per-sample PMI estimate, in which c(s) cancels; negatives s'_j from the
+                     expert's next states, the agent's (its rollout batch: a contrast with the agent's own next-state
+                     distribution) or half of each (--negatives)
+`softmax` is the default: `pmi` carries c(s), a state-dependent offset that InfoNCE does not constrain. The shift
+decides the reward's sign, which an episodic task reads as a reason to live (shifted: positive for expert-like steps;
+CartPole, which ends on failure) or to finish (`--no-reward-shift`: the plain log-softmax <= 0, a per-step cost;
+Acrobot and MountainCar, which end on success): the reward bias of Kostrikov et al. 2019 (arXiv 1809.02925, Sec. 4),
+as with GAIL's two reward forms. The temperature is the same on every task (`--tau`).
 The reinforcement learner is PPO with an entropy bonus (Schulman et al. 2017, arXiv 1707.06347, Eq. 7 `ppo_loss`,
 the entropy term of Eq. 9, `--ent-coef`) on `--num-envs` vector envs with GAE advantages (`gae`, Schulman et al.
 2016, arXiv 1506.02438, Eq. 16), after cleanrl/ppo.py (orthogonal init, annealed Adam, per-minibatch advantage
 standardisation, gradient clipping, here per network); discrete and continuous (diagonal Gaussian) actions.
 
 The critic is trained first (`--critic-steps`, on expert data only: nothing it learns depends on the agent), then
-frozen, so the reward is stationary. Its quality is reported as the top-1 next-state accuracy on held-out expert
-trajectories (`top1_accuracy`: for each s_t, is the true s_{t+1} ranked first among the next states of its held-out
-batch), written to runs/<run>/critic.json. Observations are standardised with the training demos' mean and std for
+frozen, so the reward is stationary. Its quality is reported on held-out expert trajectories in runs/<run>/critic.json
+(and `charts/`) as two top-1 next-state accuracies: `top1_reachable`, the seed's Eq. 20, ranks the true s_{t+1} among
+the states reachable from s_t, one per action, replayed from s_t's restored simulator state
+(`reachable_next_observations`; discrete classic-control envs, null elsewhere; chance 1/A); `top1_in_batch` ranks it
+among the other next states of a held-out batch, an easier test (chance 1/batch) that a critic passes by knowing only
+that s' lies near s. Observations are standardised with the training demos' mean and std for
 every network. Gymnasium's next-step autoreset makes the step after an episode's end a reset that carries no
 transition: it is masked out of every loss and not counted; the step that ends an episode returns its true final s',
 which the critic scores; time-limit truncations bootstrap from V(s'), terminations do not.
@@ -65,6 +59,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
+from gymnasium.envs.classic_control import AcrobotEnv, CartPoleEnv, MountainCarEnv
 from tqdm import tqdm
 
 # the only expert arrays this script reads: never actions, which imitation from observation does not have
@@ -104,7 +99,7 @@ class Args:
     subsample_frequency: int = 1
     """keep every k-th expert transition, with a random offset per trajectory"""
 
-    # PMI critic f(s, s') = exp(phi1(s')^T phi2(s) / tau), trained by InfoNCE
+    # PMI critic f(s, s') = exp(cos(phi1(s'), phi2(s)) / tau) (or the dot product), trained by InfoNCE
     reward: Literal["pmi", "softmax"] = "softmax"
     """the agent's reward: `softmax` = log-softmax of s' against negatives (+ log(K + 1), `--reward-shift`), or `pmi` = log f(s, s')"""
     negatives: Literal["expert", "agent", "mixed"] = "expert"
@@ -112,13 +107,20 @@ class Args:
     num_negatives: int = 64
     """negatives K per positive, in InfoNCE (other next states of the critic batch) and in the softmax reward"""
     temperature: float = 1.0
-    """temperature T of the softmax reward: log-softmax(log f / T); 1 saturates the reward when the critic's logit margin
-    (critic.json) is in the hundreds, T of the margin's order reads the PMI in it (100 on Acrobot-v1, 300 on MountainCar-v0)"""
+    """extra temperature of the softmax reward, on top of tau: log-softmax(log f / temperature); 1 reads the critic's own
+    softmax, the one InfoNCE trained. `--critic-score dot` needs it of the order of the logit margin (critic.json), which
+    reaches hundreds, for the reward not to saturate"""
     reward_shift: bool = True
     """`--reward softmax`: add log(K + 1), a reward positive for expert-like steps (tasks that end on failure, CartPole);
     `--no-reward-shift`: the plain log-softmax <= 0, a per-step cost (tasks that end on success, Acrobot, MountainCar)"""
-    tau: float = 1.0
-    """temperature tau of the critic f = exp(phi1(s')^T phi2(s) / tau)"""
+    critic_score: Literal["cosine", "dot"] = "cosine"
+    """`cosine`: log f = cos(phi1(s'), phi2(s)) / tau, the seed's DSSM-style score (its Eq. 19), bounded by 1 / tau;
+    `dot`: the raw dot product of the embeddings, log f = phi1(s')^T phi2(s) / tau (CPC's log-bilinear model), unbounded"""
+    tau: float = 0.2
+    """temperature T of the critic, log f = score / T, in InfoNCE and in the reward. The seed divides its cosine by a
+    temperature and fixes no value; cosine-scored contrastive losses use 0.05-0.5 (0.2: MoCo v2, arXiv 2003.04297).
+    0.2 keeps the logits within +-5, near log(K + 1) = 4.2, so the softmax reward neither saturates nor goes flat, and
+    one value serves CartPole-v1, Acrobot-v1 and MountainCar-v0"""
     embedding_dim: int = 32
     """output size of the two towers phi1 (next state) and phi2 (state)"""
     critic_hidden_size: int = 128
@@ -309,13 +311,26 @@ class Policy(nn.Module):
 
 
 class PMICritic(nn.Module):
-    """The two towers of f(s, s') = exp(phi1(s')^T phi2(s) / tau) (CPC Eq. 3 with W folded into phi2). Tanh hidden
-    layers bound the embeddings, so the reward stays bounded on states far from the expert's."""
+    """The two towers of f(s, s') = exp(phi1(s')^T phi2(s) / tau). `score="cosine"` (the seed's DSSM-style Eq. 19)
+    ends each tower with an L2 normalisation, so phi1(s')^T phi2(s) = cos(phi1(s'), phi2(s)) and every logit lies in
+    [-1/tau, 1/tau] whatever the embeddings' scale; `score="dot"` keeps the raw dot product (CPC Eq. 3 with W folded
+    into phi2), whose scale the towers learn freely."""
 
-    def __init__(self, obs_dim, hidden_size, embedding_dim):
+    def __init__(self, obs_dim, hidden_size, embedding_dim, score="cosine"):
         super().__init__()
-        self.phi1 = mlp(obs_dim, embedding_dim, hidden_size, out_std=1.0)  # embeds the next state s'
-        self.phi2 = mlp(obs_dim, embedding_dim, hidden_size, out_std=1.0)  # embeds the state s
+        self.next_tower = mlp(obs_dim, embedding_dim, hidden_size, out_std=1.0)
+        self.obs_tower = mlp(obs_dim, embedding_dim, hidden_size, out_std=1.0)
+        self.cosine = score == "cosine"
+
+    def phi1(self, next_obs):
+        """Embeds the next state s'; [B, obs] -> [B, E]."""
+        z = self.next_tower(next_obs)
+        return F.normalize(z, dim=-1) if self.cosine else z
+
+    def phi2(self, obs):
+        """Embeds the state s; [B, obs] -> [B, E]."""
+        z = self.obs_tower(obs)
+        return F.normalize(z, dim=-1) if self.cosine else z
 
 
 def infonce_loss(positive_logits, negative_logits):
@@ -327,7 +342,8 @@ def infonce_loss(positive_logits, negative_logits):
 
 def pmi_reward(phi_next, phi_obs, tau):
     """r(s, s') = phi1(s')^T phi2(s) / tau = log f(s, s'): the expert's PMI log p(s'|s) / p(s') plus the per-state
-    constant c(s) InfoNCE cannot identify; phi_next [B, E], phi_obs [B, E] -> [B]."""
+    constant c(s) InfoNCE cannot identify. With the cosine critic's unit embeddings this is the seed's Eq. 19,
+    cos(phi1(s'), phi2(s)) / T, |r| <= 1 / tau; phi_next [B, E], phi_obs [B, E] -> [B]."""
     return (phi_next * phi_obs).sum(-1) / tau
 
 
@@ -335,15 +351,63 @@ def softmax_reward(positive_logits, negative_logits, temperature):
     """log-softmax of the true next state's log f(s, s') / T among K negatives' log f(s, s'_j) / T; <= 0. Plus
     log(K + 1), at T = 1, it is log f(s, s') - log mean_{s', s'_j} f(s, .), the per-sample InfoNCE estimate of the
     PMI (c(s) cancels), 0 where s' is no likelier than the negatives. [B], [B, K] -> [B]."""
+    # The seed writes this term with a minus sign, -log softmax (its Eq. 17, 18 and 21): maximised as a reward, that
+    # would pay the agent most for the next states the critic finds least expert-like (it reads right only as a cost
+    # to minimise). The reward here is +log softmax: high where the true s' stands out among the negatives, the
+    # quantity the critic's InfoNCE training maximises on the expert's transitions.
     logits = torch.cat([positive_logits[:, None], negative_logits], 1) / temperature
     return F.log_softmax(logits, 1)[:, 0]
 
 
-def top1_accuracy(phi_obs, phi_next):
+def top1_in_batch(phi_obs, phi_next):
     """Fraction of rows i whose true next state s'_i scores highest among all next states of the batch under
-    f(s_i, .), i.e. argmax_j phi1(s'_j)^T phi2(s_i) == i (tau > 0 changes no ranking); [B, E], [B, E] -> scalar."""
+    f(s_i, .), i.e. argmax_j phi1(s'_j)^T phi2(s_i) == i (tau > 0 changes no ranking); [B, E], [B, E] -> scalar.
+    Easy: the batch's other next states are mostly far from s_i, so a critic that only knows "s' lies near s" scores
+    high here; `top1_reachable` is the seed's harder test."""
     scores = phi_obs @ phi_next.T
     return (scores.argmax(1) == torch.arange(len(scores), device=scores.device)).float().mean()
+
+
+def simulator_state(env, obs):
+    """The simulator state behind a classic-control observation, or None where the observation does not determine it
+    (or the env is not one of these): CartPole and MountainCar observe their state, Acrobot its angles as cos and sin."""
+    unwrapped = env.unwrapped
+    if isinstance(unwrapped, AcrobotEnv):
+        cos1, sin1, cos2, sin2, velocity1, velocity2 = np.asarray(obs, dtype=np.float64)
+        return np.array([np.arctan2(sin1, cos1), np.arctan2(sin2, cos2), velocity1, velocity2])
+    if isinstance(unwrapped, (CartPoleEnv, MountainCarEnv)):
+        return np.array(obs, dtype=np.float64)
+    return None
+
+
+def reachable_next_observations(env, observations, next_observations, atol=1e-4):
+    """The candidates of the seed's Eq. 20: from each s_t, the next observation of every action of a discrete env,
+    replayed by restoring s_t's simulator state (`simulator_state`) and stepping the unwrapped env once per action.
+    Returns candidates [N, A, obs] and true_index [N], the action whose replay reproduces the recorded s_{t+1}
+    (within atol; -1 where none does), or (None, None) where the env cannot be restored. atol sits far below the
+    smallest gap between two actions' next observations in these envs (MountainCar's 0.001 of velocity)."""
+    if not isinstance(env.action_space, gym.spaces.Discrete) or simulator_state(env, observations[0]) is None:
+        return None, None
+    unwrapped = env.unwrapped
+    env.reset(seed=0)  # the envs refuse to step before a reset
+    candidates = np.zeros((len(observations), int(env.action_space.n), *observations.shape[1:]), dtype=np.float32)
+    for i, obs in enumerate(observations):
+        state = simulator_state(env, obs)
+        for action in range(candidates.shape[1]):
+            unwrapped.state = state.copy()
+            if hasattr(unwrapped, "steps_beyond_terminated"):
+                unwrapped.steps_beyond_terminated = None  # CartPole: a fresh step, not one after a termination
+            candidates[i, action] = unwrapped.step(action)[0]
+    distance = np.abs(candidates - next_observations[:, None]).reshape(*candidates.shape[:2], -1).max(-1)  # [N, A]
+    return candidates, np.where(distance.min(1) <= atol, distance.argmin(1), -1)
+
+
+def top1_reachable(scores, true_index):
+    """The seed's Eq. 20: fraction of s_t whose true s_{t+1} scores highest among the states reachable from s_t.
+    A tie at the top shares the hit (1 / number tied), so a critic that cannot tell the actions apart scores chance,
+    1 / A; scores [N, A] of f(s_t, .) over the candidates, true_index [N] -> scalar."""
+    best = scores == scores.max(1, keepdim=True).values
+    return (best.gather(1, true_index[:, None]).squeeze(1) / best.sum(1)).mean()
 
 
 def logit_margin(phi_obs, phi_next, tau):
@@ -528,7 +592,7 @@ if __name__ == "__main__":
     heldout_obs, heldout_next = normalize(heldout["observations"]), normalize(heldout["next_observations"])
 
     # CPC Eq. 4: InfoNCE on expert (s, s') pairs, K negatives per positive from the batch's other next states
-    critic = PMICritic(obs_dim, args.critic_hidden_size, args.embedding_dim).to(device)
+    critic = PMICritic(obs_dim, args.critic_hidden_size, args.embedding_dim, args.critic_score).to(device)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate)
     start_time = time.time()  # the critic's training counts towards the run's wall time
     arange = torch.arange(critic_batch_size, device=device)
@@ -544,15 +608,30 @@ if __name__ == "__main__":
         critic_optimizer.step()
     critic.requires_grad_(False)
     with torch.no_grad():
-        # held-out top-1 accuracy, over shuffled batches of critic_batch_size (chance: 1 / batch size)
+        # held-out top-1 accuracy among the other next states of shuffled batches of critic_batch_size (chance 1 / batch)
         correct, chance, margin = 0.0, 0.0, 0.0
         for index in torch.randperm(len(heldout_obs), device=device).split(critic_batch_size):
             phi_obs, phi_next = critic.phi2(heldout_obs[index]), critic.phi1(heldout_next[index])
-            correct += float(top1_accuracy(phi_obs, phi_next)) * len(index)
+            correct += float(top1_in_batch(phi_obs, phi_next)) * len(index)
             margin += float(logit_margin(phi_obs, phi_next, args.tau)) * len(index)
             chance += 1.0
-        critic_report = {"top1_accuracy": correct / len(heldout_obs), "top1_chance": chance / len(heldout_obs),
-                         "heldout_logit_margin": margin / len(heldout_obs),
+        # Eq. 20: held-out top-1 accuracy among the states reachable from s_t, every held-out transition once (a few
+        # thousand simulator steps); null where the env's state cannot be restored from an observation
+        replay_env = gym.make(args.env_id)
+        candidates, true_index = reachable_next_observations(replay_env, heldout["observations"], heldout["next_observations"])
+        replay_env.close()
+        reachable, reachable_transitions, reachable_chance = None, 0, None
+        if candidates is not None and (true_index >= 0).any():
+            matched = true_index >= 0
+            num_matched, num_actions = candidates[matched].shape[:2]
+            phi_candidates = critic.phi1(normalize(candidates[matched].reshape(num_matched * num_actions, -1)))
+            phi_obs = critic.phi2(normalize(heldout["observations"][matched]))
+            scores = (phi_obs[:, None] * phi_candidates.reshape(num_matched, num_actions, -1)).sum(-1)  # [N, A]
+            reachable = float(top1_reachable(scores, torch.as_tensor(true_index[matched], device=device)))
+            reachable_transitions, reachable_chance = num_matched, 1.0 / num_actions
+        critic_report = {"top1_in_batch": correct / len(heldout_obs), "top1_in_batch_chance": chance / len(heldout_obs),
+                         "top1_reachable": reachable, "top1_reachable_chance": reachable_chance,
+                         "top1_reachable_transitions": reachable_transitions, "heldout_logit_margin": margin / len(heldout_obs),
                          "heldout_trajectories": args.num_heldout_trajectories, "heldout_transitions": len(heldout_obs),
                          "final_infonce_loss": float(critic_loss.detach()) if args.critic_steps else float("nan"),
                          "infonce_loss_at_chance": float(np.log(args.num_negatives + 1)),
@@ -561,11 +640,13 @@ if __name__ == "__main__":
     if not np.isfinite(critic_report["final_infonce_loss"]) and args.critic_steps:
         sys.exit(f"error: non-finite InfoNCE loss after {args.critic_steps} critic steps; lower --critic-learning-rate or raise --tau.")
     (run_dir / "critic.json").write_text(json.dumps(critic_report, indent=2) + "\n")
-    print(f"critic: held-out top-1 next-state accuracy {critic_report['top1_accuracy']:.3f} (chance {critic_report['top1_chance']:.3f}), "
-          f"InfoNCE loss {critic_report['final_infonce_loss']:.3f} (chance {critic_report['infonce_loss_at_chance']:.3f}), "
-          f"logit margin {critic_report['heldout_logit_margin']:.1f}")
+    reachable_text = "" if reachable is None else f", among the reachable states {reachable:.3f} (chance {reachable_chance:.3f})"
+    print(f"critic: held-out top-1 next-state accuracy in batch {critic_report['top1_in_batch']:.3f} (chance "
+          f"{critic_report['top1_in_batch_chance']:.3f}){reachable_text}, InfoNCE loss {critic_report['final_infonce_loss']:.3f} "
+          f"(chance {critic_report['infonce_loss_at_chance']:.3f}), logit margin {critic_report['heldout_logit_margin']:.1f}")
     if args.track:
-        wandb.log({"charts/top1_accuracy": critic_report["top1_accuracy"], "losses/infonce_loss": critic_report["final_infonce_loss"]}, step=0)
+        wandb.log({"charts/top1_in_batch": critic_report["top1_in_batch"], "losses/infonce_loss": critic_report["final_infonce_loss"],
+                   **({} if reachable is None else {"charts/top1_reachable": reachable})}, step=0)
 
     policy = Policy(obs_dim, action_space, args.hidden_size).to(device)
     value_network = mlp(obs_dim, 1, args.hidden_size, out_std=1.0).to(device)
