@@ -14,8 +14,8 @@ EXTRA=("$@")
 sweep --algos "gail gaifo" --env-ids CartPole-v1 "${EXTRA[@]}" -- --total-timesteps 100000 --eval-frequency 10000
 sweep --algos "gail gaifo" --env-ids "Acrobot-v1 MountainCar-v0" "${EXTRA[@]}" -- --reward-type log_d --total-timesteps 300000 --eval-frequency 20000
 sweep --algos pmi_il --env-ids CartPole-v1 "${EXTRA[@]}" -- --total-timesteps 100000
-sweep --algos pmi_il --env-ids Acrobot-v1 "${EXTRA[@]}" -- --no-reward-shift --temperature 100 --total-timesteps 100000
-sweep --algos pmi_il --env-ids MountainCar-v0 "${EXTRA[@]}" -- --no-reward-shift --temperature 300 --negatives agent --total-timesteps 100000
+sweep --algos pmi_il --env-ids Acrobot-v1 "${EXTRA[@]}" -- --no-reward-shift --total-timesteps 100000
+sweep --algos pmi_il --env-ids MountainCar-v0 "${EXTRA[@]}" -- --no-reward-shift --negatives agent --total-timesteps 100000
 sweep --algos "bco ilpo bc dagger" --env-ids "CartPole-v1 Acrobot-v1 MountainCar-v0" "${EXTRA[@]}"
 sweep --algos reinforce --env-ids "CartPole-v1 Acrobot-v1" "${EXTRA[@]}" -- --baseline
 
