@@ -70,7 +70,8 @@ class Args:
     env_id: str = "CartPole-v1"
     """the id of the environment"""
     total_timesteps: int = 300_000
-    """total environment transitions collected by the agent"""
+    """budget of environment steps: floor(total / (num_envs * num_steps)) iterations run, so the transitions collected
+    (autoreset steps left out) never exceed it"""
     eval_frequency: int = 20_000
     """evaluate the deterministic policy every this many environment steps"""
     eval_episodes: int = 10
@@ -587,9 +588,9 @@ if __name__ == "__main__":
     run_evaluation(0)
     obs, _ = envs.reset(seed=args.seed)
     valid = np.ones(args.num_envs, dtype=bool)  # False where the coming step() is an autoreset
-    global_step, iteration = 0, 0
-    while global_step < args.total_timesteps:
-        iteration += 1
+    global_step = 0
+    num_iterations = args.total_timesteps // (args.num_envs * args.num_steps)
+    for iteration in range(1, num_iterations + 1):
         # Alg. 1: sample trajectories of the current policy
         episode_returns = []
         for step in range(args.num_steps):
@@ -654,8 +655,6 @@ if __name__ == "__main__":
                      f"lower --disc-learning-rate or --value-learning-rate, or pass --gp-coef 10.")
         num_steps = int(mask.sum())
         global_step += num_steps
-        # the last iteration may pass the budget: the bar's total grows to the steps run instead of becoming a bare counter
-        progress.total = max(progress.total, global_step)
         progress.update(num_steps)
         if args.track:
             log = {key: float(value) for key, value in stats.items()}
@@ -663,8 +662,9 @@ if __name__ == "__main__":
             if episode_returns:
                 log["charts/episodic_return"] = float(np.mean(episode_returns))
             wandb.log(log, step=global_step)
-        if global_step // args.eval_frequency > (global_step - num_steps) // args.eval_frequency or global_step >= args.total_timesteps:
+        if global_step // args.eval_frequency > (global_step - num_steps) // args.eval_frequency or iteration == num_iterations:
             run_evaluation(global_step)
+    progress.total = global_step  # autoreset steps fell short of the budget: the bar ends at 100%
     progress.close()
 
     wall_time = time.time() - start_time

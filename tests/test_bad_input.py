@@ -153,6 +153,20 @@ def test_summary_without_an_expert_is_strict_json(tmp_path):
     assert all(np.isnan(row["normalized_score"]) for row in rows)  # eval.csv keeps nan: csv has no null
 
 
+@pytest.mark.parametrize("script", ["gail", "gaifo", "pmi_il"])
+def test_on_policy_budget_is_never_exceeded_and_the_bar_ends_full(script, tmp_path):
+    """--total-timesteps 2048 = one iteration of 8 x 256: one iteration runs (it was two, 3,947 transitions), and the
+    progress bar ends at 100% of the steps run rather than at a total it never reached."""
+    result = run_script(f"{script}.py", "--env-id", "CartPole-v1", "--total-timesteps", 2048, "--eval-frequency", 1024,
+                        "--eval-episodes", 1, cwd=tmp_path)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    steps = [row["global_step"] for row in read_eval_csv(run_dir)]
+    # 8 envs x 256 steps less one autoreset step per finished CartPole episode (>= 8 steps each)
+    assert steps[0] == 0 and 2048 - 2048 // 8 <= steps[-1] <= 2048 and len(steps) == 2, steps
+    bars = [line for line in result.stderr.replace("\r", "\n").splitlines() if "it/s" in line]
+    assert bars and "100%|" in bars[-1] and f"{int(steps[-1])}/{int(steps[-1])} " in bars[-1], bars[-3:]
+
+
 def start_and_interrupt(command, cwd, ready):
     """Popen command in cwd (one thread, wandb offline), wait until ready(cwd), then SIGINT; returns (code, stderr)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}

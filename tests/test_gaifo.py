@@ -74,7 +74,8 @@ def test_smoke(workdir, flags):
     (run_dir,) = run_dirs(workdir)
     rows = read_eval_csv(run_dir)
     steps = [row["global_step"] for row in rows]
-    assert steps[0] == 0 and steps[-1] >= 600 and len(rows) >= 4 and (np.diff(steps) > 0).all(), steps
+    # the budget is an upper bound: 3 iterations of 2 x 100 env steps, less the autoreset steps
+    assert steps[0] == 0 and 400 <= steps[-1] <= 600 and len(rows) >= 3 and (np.diff(steps) > 0).all(), steps
     assert all(np.isfinite(list(row.values())).all() for row in rows), rows
     summary = read_summary(run_dir)
     assert np.isfinite([summary["final_return"], summary["final_normalized_score"], summary["mean_sps"]]).all(), summary
