@@ -4,11 +4,14 @@
 #   ./benchmark.sh --algos "bc gail" --env-ids "Hopper-v4 Ant-v4" --seeds 5 [options] [-- extra script args]
 #   ./benchmark.sh report [--workdir DIR] [--runs-dir DIR] [--output-dir DIR] [--algos ...] [--env-ids ...]
 #
-# A run is identified by (exp_name, env_id, seed): benchmark.sh passes `--exp-name <algo>[_<tag>] --env-id --seed`,
-# and the scripts write runs/<env_id>__<exp_name>__<seed>__<unix time>/ (DESIGN.md). A combination with a
-# summary.json there is finished and skipped, so re-running the same command resumes an interrupted sweep; an
-# unfinished one whose script has --resume and left checkpoints/<env_id>__<exp_name>__<seed>/checkpoint.pt continues
-# from that checkpoint (--resume) in its own run folder instead of starting again.
+# A run is identified by (exp_name, env_id, seed), and exp_name carries the sweep's arguments: benchmark.sh passes
+# `--exp-name <algo>[_<tag>]@<args-id> --env-id --seed`, <args-id> being the first 8 hex digits of the SHA-256 of the
+# extra arguments (each followed by a NUL byte), and the scripts write runs/<env_id>__<exp_name>__<seed>__<unix time>/
+# (docs/DESIGN.md). So runs with other arguments (another sweep, a direct run) are never taken for this sweep's. A
+# combination with a summary.json there is finished and skipped, so re-running the same command resumes an
+# interrupted sweep; an unfinished one whose script has --resume and left
+# checkpoints/<env_id>__<exp_name>__<seed>/checkpoint.pt continues from that checkpoint (--resume) in its own run
+# folder instead of starting again.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,23 +20,26 @@ usage() {
     cat <<'EOF'
 usage: ./benchmark.sh --algos "ALGO ..." --env-ids "ENV ..." [--seeds N] [options] [-- extra args for every script]
        ./benchmark.sh report [--workdir DIR] [--runs-dir DIR] [--output-dir DIR] [--algos "..."] [--env-ids "..."]
+           (writes WORKDIR/runs/report/results.md and plots; --output-dir benchmark replaces the committed report)
 
 Runs every (algorithm, env id, seed 1..N) combination; ALGO is a script name in cleanil/ (sac, dqn, bc, gail, ...).
-A combination with a finished run (WORKDIR/runs/<env-id>__<exp-name>__<seed>__*/summary.json) is skipped; an
-unfinished one continues from WORKDIR/checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt with --resume when its
-script has --resume (sac, dqn, cfil, nail, ...) and left one, so re-running a killed sweep loses little work.
+The runs are named <algo>[_<tag>]@<args-id> (exp_name), args-id = 8 hex digits of the SHA-256 of the extra args:
+a combination with a finished run of the same arguments (WORKDIR/runs/<env-id>__<exp-name>__<seed>__*/summary.json)
+is skipped; an unfinished one continues from WORKDIR/checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt with
+--resume when its script has --resume (sac, dqn, cfil, nail, ...) and left one, so re-running a killed sweep loses
+little work. Other arguments are another exp_name: they never skip, resume or mix with these runs.
 
 sweep options:
   --algos "A B"          scripts to run (required)
   --env-ids "E F"        Gymnasium env ids (required)
   --seeds N              seeds 1..N (default 3)
   --workers N            parallel local runs (default: number of cores); with --slurm: array throttle (%N)
-  --threads N            OMP/MKL threads per run (default: max(1, cores / workers); Slurm: --cpus-per-task)
+  --threads N            OMP/MKL threads per run (default: $OMP_NUM_THREADS if set, else max(1, cores / workers);
+                         Slurm: --cpus-per-task)
   --workdir DIR          folder the scripts run in: outputs go to DIR/runs, DIR/checkpoints, DIR/videos
                          (default: the repository root)
   --log-dir DIR          one log per run, <exp>__<env>__<seed>.log (default: WORKDIR/benchmark/logs)
-  --tag TAG              name the runs <algo>_<TAG> (exp_name), to sweep a variant (different extra args)
-                         next to the default runs instead of having them skipped as finished
+  --tag TAG              name the runs <algo>_<TAG>@<args-id>, a readable name for a variant in the report
   --python PATH          interpreter (default: $PYTHON, else the active virtualenv's, else python3)
   --dry-run              print the commands (with --slurm: the rendered sbatch script) and run nothing
   --slurm                submit a Slurm job array, one task per unfinished combination, instead of running locally
@@ -88,9 +94,10 @@ if [[ "${1:-}" == "report" ]]; then
             *) report_args+=("$1"); shift ;;
         esac
     done
-    # defaults first: a --runs-dir or --output-dir given by the user comes later and wins (argparse keeps the last)
+    # defaults first: a --runs-dir or --output-dir given by the user comes later and wins (argparse keeps the last).
+    # The default output is inside runs/ (git-ignored): the committed benchmark/results.md changes only when asked.
     exec "$(default_python)" "$REPO/benchmark/report.py" --runs-dir "$workdir/runs" \
-        --output-dir "$workdir/benchmark" ${report_args[@]+"${report_args[@]}"}
+        --output-dir "$workdir/runs/report" ${report_args[@]+"${report_args[@]}"}
 fi
 
 # ----------------------------------------------------------------------------------------------------------- sweep
@@ -169,6 +176,8 @@ PYTHON_BIN="${PYTHON_BIN:-$(default_python)}"
 CORES=$(cores)
 WORKERS_GIVEN="$WORKERS"
 WORKERS="${WORKERS:-$CORES}"
+# a user's exported OMP_NUM_THREADS is their choice of threads per run (e.g. 1 for long runs sharing a machine)
+[[ -z "$THREADS" && "${OMP_NUM_THREADS:-}" =~ ^[1-9][0-9]*$ ]] && THREADS=$OMP_NUM_THREADS
 THREADS="${THREADS:-$((CORES / WORKERS > 1 ? CORES / WORKERS : 1))}"
 
 CAPTURE_VIDEO=0
@@ -194,10 +203,13 @@ for algo in "${ALGO_LIST[@]}"; do
     done
 done
 
-exp_name() { echo "${COMBO_ALGO[$1]}${TAG:+_$TAG}"; }
+# the sweep's identity: runs with other extra arguments get another exp_name, so they are never skipped, resumed or
+# reported as this sweep's
+ARGS_ID=$( (((${#EXTRA[@]})) && printf '%s\0' "${EXTRA[@]}") | sha256sum | cut -c 1-8)
+exp_name() { echo "${COMBO_ALGO[$1]}${TAG:+_$TAG}@$ARGS_ID"; }
 run_prefix() { echo "${COMBO_ENV[$1]}__$(exp_name "$1")__${COMBO_SEED[$1]}"; } # runs/<prefix>__<unix time>/
 log_file() { local env_id="${COMBO_ENV[$1]}"; echo "$LOG_DIR/$(exp_name "$1")__${env_id//\//_}__${COMBO_SEED[$1]}.log"; }
-label() { echo "$(exp_name "$1") ${COMBO_ENV[$1]} seed ${COMBO_SEED[$1]}"; }
+label() { echo "${COMBO_ALGO[$1]}${TAG:+_$TAG} ${COMBO_ENV[$1]} seed ${COMBO_SEED[$1]}"; } # for people: no args-id
 finished_run() { # the first finished run dir of combination $1, if any
     local matches
     matches=$(compgen -G "$WORKDIR/runs/$(run_prefix "$1")__*/summary.json" | head -n 1)

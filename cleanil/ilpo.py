@@ -457,6 +457,8 @@ if __name__ == "__main__":
         wandb.log({"losses/min_loss": float(generator_loss), "losses/expected_loss": float(policy_loss),
                    "charts/latent_policy_accuracy": float(latent_policy_accuracy)}, step=0)
 
+    hardware = hardware_info(device)
+    print(f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), {hardware['precision']}", file=sys.stderr)
     progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
     run_evaluation(0)
     # step 2 (Sec. 4.2): remap latent actions to real ones by interaction
@@ -500,7 +502,7 @@ if __name__ == "__main__":
 
     wall_time = time.time() - start_time
     mean_sps = args.total_timesteps / max(wall_time, 1e-9)
-    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, hardware_info(device))
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, hardware)
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
     env.close()
     eval_env.close()

@@ -802,6 +802,8 @@ if __name__ == "__main__":
                 rb.add(*row)
             obs = next_obs if not (terminated or truncated) else env.reset()[0]
             refill_env_steps += 1
+    hardware = hardware_info(device, bf16)
+    print(f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), {hardware['precision']}", file=sys.stderr)
     progress = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
     if start_step == 0:
         run_evaluation(0)
@@ -858,7 +860,7 @@ if __name__ == "__main__":
 
     wall_time = wall_offset + time.time() - start_time
     mean_sps = (args.total_timesteps - start_step) / max(time.time() - start_time, 1e-9)
-    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, {**hardware_info(device, bf16), "refill_env_steps": refill_env_steps})
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, {**hardware, "refill_env_steps": refill_env_steps})
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
     env.close()
     eval_env.close()

@@ -680,6 +680,8 @@ if __name__ == "__main__":
             wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
+    hardware = hardware_info(device)
+    print(f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), {hardware['precision']}", file=sys.stderr)
     progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
     run_evaluation(0)
     obs, _ = envs.reset(seed=args.seed)
@@ -776,7 +778,7 @@ if __name__ == "__main__":
 
     wall_time = time.time() - start_time
     mean_sps = global_step / max(wall_time, 1e-9)
-    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, hardware_info(device))
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, hardware)
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
     envs.close()
     eval_env.close()

@@ -141,9 +141,12 @@ def test_summary_without_an_expert_is_strict_json(tmp_path):
     demos_only = tmp_path / "demos-only"
     demos_only.mkdir()
     shutil.copy(EXPERTS / "CartPole-v1" / "demos.npz", demos_only)
-    run_script("reinforce.py", "--env-id", "CartPole-v1", "--expert-path", demos_only, "--total-timesteps", 100,
-               "--eval-frequency", 50, "--eval-episodes", 1, "--num-episodes", 2, cwd=tmp_path)
+    result = run_script("reinforce.py", "--env-id", "CartPole-v1", "--expert-path", demos_only, "--total-timesteps", 100,
+                        "--eval-frequency", 50, "--eval-episodes", 1, "--num-episodes", 2, cwd=tmp_path)
     (run_dir,) = (tmp_path / "runs").iterdir()
+    # the device, its name and the threads, said at the start (before the progress bar) as well as recorded
+    start = result.stderr.index(f"{run_dir.name}: cpu (")
+    assert "1 thread(s), fp32" in result.stderr[start:].splitlines()[0] and start < result.stderr.index("it/s]"), result.stderr
     summary = strict_json((run_dir / "summary.json").read_text())
     assert summary["final_normalized_score"] is None and summary["best_normalized_score"] is None, summary
     assert np.isfinite(summary["final_return"]) and summary["mean_sps"] > 0, summary
@@ -165,6 +168,13 @@ def test_on_policy_budget_is_never_exceeded_and_the_bar_ends_full(script, tmp_pa
     assert steps[0] == 0 and 2048 - 2048 // 8 <= steps[-1] <= 2048 and len(steps) == 2, steps
     bars = [line for line in result.stderr.replace("\r", "\n").splitlines() if "it/s" in line]
     assert bars and "100%|" in bars[-1] and f"{int(steps[-1])}/{int(steps[-1])} " in bars[-1], bars[-3:]
+
+
+@pytest.mark.parametrize("script", ALL)
+def test_every_script_says_its_device_and_threads_before_training(script):
+    source = (SCRIPTS / f"{script}.py").read_text()
+    said = source.index("print(f\"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s)")
+    assert said < source.index("    progress = tqdm(") and "mean_sps, hardware" in source.replace("{**hardware", "hardware")
 
 
 def start_and_interrupt(command, cwd, ready):

@@ -1,11 +1,14 @@
 """benchmark.sh and benchmark/report.py: a tiny real sweep end to end, resume (skipping finished runs, continuing
 checkpointed ones), failures, Slurm rendering, aggregation."""
+import hashlib
 import json
 import os
+import signal
 import re
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +25,16 @@ TINY = ["--total-timesteps", "300", "--learning-starts", "100", "--eval-frequenc
 
 
 def bench(*args, cwd, env_vars=None, timeout=300):
+    """./benchmark.sh args in cwd; env_vars override the environment, a None value removes the variable."""
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **(env_vars or {})}
+    env = {key: value for key, value in env.items() if value is not None}
     return subprocess.run(["bash", str(BENCHMARK), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def args_id(*extra):
+    """benchmark.sh's identity of a sweep's extra arguments: 8 hex digits of the SHA-256 of each argument + NUL."""
+    return hashlib.sha256(b"".join(str(arg).encode() + b"\0" for arg in extra)).hexdigest()[:8]
 
 
 def fake_expert(folder, expert_return=500.0, random_return=20.0):
@@ -40,44 +50,54 @@ def finished_runs(workdir, prefix):
 
 
 def test_sweep_report_and_resume(tmp_path):
-    """dqn and dqn_double (a tagged variant: --double-q) on CartPole-v1, seeds 1-2, two workers; then report, re-run.
+    """dqn and dqn_double (a tagged variant: --double-q) on CartPole-v1, seeds 1-2, two workers; then report, re-run;
+    then the same sweep with another budget, which must run anew and get its own report rows.
 
     One test, not a module fixture shared by several: pytest-xdist would build such a fixture once per worker."""
     expert = fake_expert(tmp_path / "expert")
     common = ["--algos", "dqn", "--env-ids", "CartPole-v1", "--seeds", 2, "--workers", 2, "--workdir", tmp_path]
+    exp_names = {}
     for tag_args, variant_args in (([], []), (["--tag", "double"], ["--double-q"])):
         result = bench(*common, *tag_args, "--", *TINY, "--expert-path", expert, *variant_args, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert "2 finished now, 0 skipped (already finished), 0 failed" in result.stderr
-    for exp_name in ("dqn", "dqn_double"):
+        exp_names[f"dqn{'_double' if tag_args else ''}"] = f"dqn{'_double' if tag_args else ''}@{args_id(*TINY, '--expert-path', expert, *variant_args)}"
+    for name, exp_name in exp_names.items():
         for seed in (1, 2):
             (run_dir,) = finished_runs(tmp_path, f"CartPole-v1__{exp_name}__{seed}")
             summary = read_summary(run_dir)
             assert summary["args"]["exp_name"] == exp_name and summary["args"]["seed"] == seed
             assert summary["args"]["total_timesteps"] == 300
-            assert summary["args"]["double_q"] == (exp_name == "dqn_double")
+            assert summary["args"]["double_q"] == (name == "dqn_double")
             rows = read_eval_csv(run_dir)
             assert [row["global_step"] for row in rows] == [0, 150, 300]
             assert all(np.isfinite(row["normalized_score"]) and np.isfinite(row["eval_return_mean"]) for row in rows)
             log = tmp_path / "benchmark" / "logs" / f"{exp_name}__CartPole-v1__{seed}.log"
             assert "final return" in log.read_text()
 
-    # aggregation: a row per algorithm with mean +/- std over seeds, the IQM, a learning-curve plot
+    # aggregation: a row per algorithm with mean +/- std over seeds, the IQM, a learning-curve plot; the report goes to
+    # runs/report/ by default, never over a committed benchmark/results.md
+    committed = tmp_path / "benchmark" / "results.md"
+    committed.write_text("the committed report\n")
     result = bench("report", "--workdir", tmp_path, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    text = (tmp_path / "benchmark" / "results.md").read_text()
-    for exp_name in ("dqn", "dqn_double"):
+    assert committed.read_text() == "the committed report\n" and not (tmp_path / "benchmark" / "plots").exists()
+    text = (tmp_path / "runs" / "report" / "results.md").read_text()
+    for name, exp_name in exp_names.items():
         summaries = [read_summary(finished_runs(tmp_path, f"CartPole-v1__{exp_name}__{seed}")[0]) for seed in (1, 2)]
         scores = np.array([(s["final_return"] - 20.0) / 480.0 for s in summaries])
         np.testing.assert_allclose(scores, [s["final_normalized_score"] for s in summaries], rtol=1e-4)
         returns = np.array([s["final_return"] for s in summaries])
-        row = f"| {exp_name} | CartPole-v1 | 1, 2 | 300 | {scores.mean():.3f} ± {scores.std():.3f} | {returns.mean():.1f} ± {returns.std():.1f} |"
+        row = f"| {name} | CartPole-v1 | 1, 2 | 300 | {scores.mean():.3f} ± {scores.std():.3f} | {returns.mean():.1f} ± {returns.std():.1f} |"
         assert row in text, text
         # IQM of two runs trims nothing: it is their mean
-        assert f"| {exp_name} | {scores.mean():.3f} | 2 | CartPole-v1 |" in text, text
+        assert f"| {name} | {scores.mean():.3f} | 2 | CartPole-v1 |" in text, text
     assert "![CartPole-v1](plots/CartPole-v1.png)" in text
-    png = (tmp_path / "benchmark" / "plots" / "CartPole-v1.png").read_bytes()
+    png = (tmp_path / "runs" / "report" / "plots" / "CartPole-v1.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
+    result = bench("report", "--workdir", tmp_path, "--output-dir", tmp_path / "benchmark", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # asked for: the committed report is replaced
+    assert committed.read_text().startswith("# cleanil benchmark results") and (tmp_path / "benchmark" / "plots" / "CartPole-v1.png").exists()
 
     # the same sweep again: everything is finished, nothing runs, no log is touched
     before = sorted((tmp_path / "runs").iterdir())
@@ -89,6 +109,21 @@ def test_sweep_report_and_resume(tmp_path):
     assert sorted((tmp_path / "runs").iterdir()) == before
     assert {path: path.stat().st_mtime_ns for path in logs} == logs
 
+    # another budget is another sweep: nothing skipped, and the report never averages 300- and 450-step runs
+    longer = [*TINY[:1], "450", *TINY[2:]]
+    result = bench(*common, "--", *longer, "--expert-path", expert, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 combinations: 2 to run, 0 already finished" in result.stderr
+    for seed in (1, 2):
+        (run_dir,) = finished_runs(tmp_path, f"CartPole-v1__dqn@{args_id(*longer, '--expert-path', expert)}__{seed}")
+        assert read_summary(run_dir)["args"]["total_timesteps"] == 450
+    result = bench("report", "--workdir", tmp_path, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "runs" / "report" / "results.md").read_text()
+    for steps in (300, 450):
+        assert f"| dqn [total_timesteps={steps}] | CartPole-v1 | 1, 2 | {steps} |" in text, text
+    assert "| dqn_double | CartPole-v1 | 1, 2 | 300 |" in text and "| dqn | CartPole-v1 |" not in text, text
+
 
 def test_failed_runs_are_reported_and_the_sweep_goes_on(tmp_path):
     # the bad env comes first: the CartPole run after it must still happen
@@ -97,18 +132,19 @@ def test_failed_runs_are_reported_and_the_sweep_goes_on(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "1 finished now, 0 skipped (already finished), 1 failed" in result.stderr
     failures = result.stderr.split("failed runs")[1]
-    log = tmp_path / "benchmark" / "logs" / "dqn__NoSuchEnv-v0__1.log"
+    dqn = f"dqn@{args_id(*TINY)}"
+    log = tmp_path / "benchmark" / "logs" / f"{dqn}__NoSuchEnv-v0__1.log"
     assert f"dqn NoSuchEnv-v0 seed 1: exit 1, log {log}" in failures
     assert "error: unknown environment id 'NoSuchEnv-v0'" in failures  # the script's own sentence, from its log
     assert "--env-id NoSuchEnv-v0" in failures and "CartPole" not in failures
     assert "unknown environment id" in log.read_text()
-    assert len(finished_runs(tmp_path, "CartPole-v1__dqn__1")) == 1
+    assert len(finished_runs(tmp_path, f"CartPole-v1__{dqn}__1")) == 1
 
     # the same command again retries only the failure
     again = bench(*args, cwd=tmp_path)
     assert again.returncode == 1
     assert "2 combinations: 1 to run, 1 already finished" in again.stderr
-    assert len(finished_runs(tmp_path, "CartPole-v1__dqn__1")) == 1
+    assert len(finished_runs(tmp_path, f"CartPole-v1__{dqn}__1")) == 1
 
     # a flag the script does not know fails every run, each listed
     bad_flag = bench("--algos", "dqn", "--env-ids", "CartPole-v1", "--seeds", 2, "--workers", 2, "--workdir", tmp_path / "bad",
@@ -122,26 +158,40 @@ def test_failed_runs_are_reported_and_the_sweep_goes_on(tmp_path):
 
 
 def test_dry_run_prints_commands_and_skips_finished(tmp_path):
-    finished = tmp_path / "runs" / "Pendulum-v1__sac__2__1700000000"
-    finished.mkdir(parents=True)
-    (finished / "summary.json").write_text("{}")
+    extra = ["--total-timesteps", 1000, "--capture-video"]
+    sac, dqn = f"sac@{args_id(*extra)}", f"dqn@{args_id(*extra)}"
+    finished = tmp_path / "runs" / f"Pendulum-v1__{sac}__2__1700000000"
+    other_args = tmp_path / "runs" / "Pendulum-v1__sac__1__1700000000"  # a direct run (other arguments): not this sweep's
+    for folder in (finished, other_args):
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text("{}")
+    # no OMP_NUM_THREADS exported: one run per core, the cores shared out
     result = bench("--algos", "dqn sac", "--env-ids", "CartPole-v1 Pendulum-v1", "--seeds", 2, "--workers", 1,
-                   "--workdir", tmp_path, "--dry-run", "--", "--total-timesteps", 1000, "--capture-video", cwd=tmp_path)
+                   "--workdir", tmp_path, "--dry-run", "--", *extra, cwd=tmp_path, env_vars={"OMP_NUM_THREADS": None})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 7  # 2 algos x 2 envs x 2 seeds, less the finished one
-    assert "skip sac Pendulum-v1 seed 2: finished in runs/Pendulum-v1__sac__2__1700000000" in result.stderr
+    assert f"skip sac Pendulum-v1 seed 2: finished in runs/Pendulum-v1__{sac}__2__1700000000" in result.stderr
     cores = len(os.sched_getaffinity(0))
     for line in lines:
         assert line.startswith(f"cd {tmp_path} && OMP_NUM_THREADS={cores} MKL_NUM_THREADS={cores} MUJOCO_GL=")
         assert "--total-timesteps 1000 --capture-video > " in line and line.endswith(".log 2>&1")
-    assert f"{REPO}/cleanil/sac.py --env-id Pendulum-v1 --seed 1 --exp-name sac" in result.stdout
-    assert f"{REPO}/cleanil/dqn.py --env-id CartPole-v1 --seed 2 --exp-name dqn" in result.stdout
+    assert f"{REPO}/cleanil/sac.py --env-id Pendulum-v1 --seed 1 --exp-name {sac} " in result.stdout
+    assert f"{REPO}/cleanil/dqn.py --env-id CartPole-v1 --seed 2 --exp-name {dqn} " in result.stdout
     assert "Pendulum-v1 --seed 2 --exp-name sac" not in result.stdout
-    assert list((tmp_path / "runs").iterdir()) == [finished]  # nothing ran
+    assert sorted((tmp_path / "runs").iterdir()) == sorted([finished, other_args])  # nothing ran
     # many workers on few cores: one thread each, never zero
-    result = bench("--algos", "dqn", "--env-ids", "CartPole-v1", "--workers", 4 * cores, "--workdir", tmp_path, "--dry-run", cwd=tmp_path)
+    result = bench("--algos", "dqn", "--env-ids", "CartPole-v1", "--workers", 4 * cores, "--workdir", tmp_path, "--dry-run",
+                   cwd=tmp_path, env_vars={"OMP_NUM_THREADS": None})
     assert "OMP_NUM_THREADS=1 " in result.stdout
+    # a user's exported OMP_NUM_THREADS is respected, whatever the worker count
+    for exported in ("1", "3"):
+        result = bench("--algos", "dqn", "--env-ids", "CartPole-v1", "--workers", 1, "--workdir", tmp_path, "--dry-run",
+                       cwd=tmp_path, env_vars={"OMP_NUM_THREADS": exported})
+        assert f"OMP_NUM_THREADS={exported} MKL_NUM_THREADS={exported} " in result.stdout, result.stdout
+    result = bench("--algos", "dqn", "--env-ids", "CartPole-v1", "--workers", 1, "--threads", 2, "--workdir", tmp_path,
+                   "--dry-run", cwd=tmp_path, env_vars={"OMP_NUM_THREADS": "1"})
+    assert "OMP_NUM_THREADS=2 " in result.stdout  # --threads wins
 
 
 def test_slurm_dry_run_renders_a_runnable_array(tmp_path):
@@ -158,7 +208,7 @@ def test_slurm_dry_run_renders_a_runnable_array(tmp_path):
         assert directive in directives, script
     for env_id in ("CartPole-v1", "Acrobot-v1"):
         for seed in (1, 2):
-            assert f"{REPO}/cleanil/dqn.py --env-id {env_id} --seed {seed} --exp-name dqn --total-timesteps 300" in script
+            assert f"{REPO}/cleanil/dqn.py --env-id {env_id} --seed {seed} --exp-name dqn@{args_id(*TINY)} --total-timesteps 300" in script
     assert "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-2}" in script
     script_file = tmp_path / "array.sh"
     script_file.write_text(script)
@@ -170,13 +220,13 @@ def test_slurm_dry_run_renders_a_runnable_array(tmp_path):
                           env={**os.environ, "SLURM_ARRAY_TASK_ID": "1", "SLURM_CPUS_PER_TASK": "1"})
     assert task.returncode == 0, task.stdout + task.stderr
     assert "setup-line-ran" in task.stdout and "OMP_NUM_THREADS=1" in task.stdout
-    (run_dir,) = finished_runs(tmp_path, "CartPole-v1__dqn__2")
+    (run_dir,) = finished_runs(tmp_path, f"CartPole-v1__dqn@{args_id(*TINY)}__2")
     assert np.isfinite(read_summary(run_dir)["final_return"])
-    assert "final return" in (tmp_path / "benchmark" / "logs" / "dqn__CartPole-v1__2.log").read_text()
+    assert "final return" in (tmp_path / "benchmark" / "logs" / f"dqn@{args_id(*TINY)}__CartPole-v1__2.log").read_text()
     rerun = subprocess.run(["bash", str(script_file)], cwd=tmp_path, capture_output=True, text=True,
                            env={**os.environ, "SLURM_ARRAY_TASK_ID": "1"})
     assert rerun.returncode == 0 and "already finished" in rerun.stdout
-    assert len(finished_runs(tmp_path, "CartPole-v1__dqn__2")) == 1
+    assert len(finished_runs(tmp_path, f"CartPole-v1__dqn@{args_id(*TINY)}__2")) == 1
 
     # rendered again, the finished combination is left out of the array; --workers throttles it
     result = bench("--workers", 2, *dry_args, cwd=tmp_path)
@@ -185,31 +235,43 @@ def test_slurm_dry_run_renders_a_runnable_array(tmp_path):
 
 
 def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path):
-    """cfil on Pendulum-v1 (the shipped expert), 300 steps with a checkpoint; its summary.json removed, as if the run had
-    been killed after that checkpoint; the sweep again (longer): the run continues with --resume instead of restarting."""
+    """cfil on Pendulum-v1 (the shipped expert): the sweep is interrupted (SIGINT to benchmark.sh, which stops its run:
+    the run checkpoints on SIGTERM); the same command again continues that run with --resume instead of restarting."""
     cfil_tiny = ["--learning-starts", "100", "--density-update-every", "100", "--density-batch", "32", "--eval-frequency", "150",
                  "--eval-episodes", "2", "--batch-size", "32", "--hidden-size", "32", "--flow-hidden-size", "32",
-                 "--checkpoint-frequency", "300", "--refill-steps", "100"]
-    common = ["--algos", "cfil", "--env-ids", "Pendulum-v1", "--seeds", 1, "--workers", 1, "--threads", 1, "--workdir", tmp_path,
-              "--", *cfil_tiny]
-    log = tmp_path / "benchmark" / "logs" / "cfil__Pendulum-v1__1.log"
-    result = bench(*common, "--total-timesteps", 300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert f"start  [1/1] cfil Pendulum-v1 seed 1 -> {log}\n" in result.stderr
-    (run_dir,) = finished_runs(tmp_path, "Pendulum-v1__cfil__1")
-    assert (tmp_path / "checkpoints" / "Pendulum-v1__cfil__1" / "checkpoint.pt").exists()
-    (run_dir / "summary.json").unlink()
+                 "--checkpoint-frequency", "0", "--refill-steps", "100", "--total-timesteps", "3000"]
+    command = ["bash", str(BENCHMARK), "--algos", "cfil", "--env-ids", "Pendulum-v1", "--seeds", "1", "--workers", "1",
+               "--threads", "1", "--workdir", str(tmp_path), "--", *cfil_tiny]
+    cfil = f"cfil@{args_id(*cfil_tiny)}"
+    log = tmp_path / "benchmark" / "logs" / f"{cfil}__Pendulum-v1__1.log"
+    env = {**os.environ, "PYTHON": sys.executable, "WANDB_MODE": "offline"}
+    sweep = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not list(tmp_path.glob("runs/*/eval.csv")) or len(next(tmp_path.glob("runs/*/eval.csv")).read_text().splitlines()) < 4:
+            assert sweep.poll() is None and time.time() < deadline, sweep.communicate()[1][-3000:] if sweep.poll() is not None else "no evaluation"
+            time.sleep(0.2)
+        sweep.send_signal(signal.SIGINT)
+        _, stderr = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 130 and "interrupted: stopping 1 running run(s)" in stderr, stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert not (run_dir / "summary.json").exists()
+    assert (tmp_path / "checkpoints" / f"Pendulum-v1__{cfil}__1" / "checkpoint.pt").exists()
 
-    result = bench(*common, "--total-timesteps", 600, cwd=tmp_path)
+    result = bench(*command[2:], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "1 combinations: 1 to run, 0 already finished" in result.stderr
-    assert (f"start  [1/1] cfil Pendulum-v1 seed 1 -> {log} (resume from checkpoints/Pendulum-v1__cfil__1/checkpoint.pt)"
+    assert (f"start  [1/1] cfil Pendulum-v1 seed 1 -> {log} (resume from checkpoints/Pendulum-v1__{cfil}__1/checkpoint.pt)"
             in result.stderr)
-    assert finished_runs(tmp_path, "Pendulum-v1__cfil__1") == [run_dir]  # the same run folder, finished now
-    assert [row["global_step"] for row in read_eval_csv(run_dir)] == [0, 150, 300, 450, 600]
+    assert finished_runs(tmp_path, f"Pendulum-v1__{cfil}__1") == [run_dir]  # the same run folder, finished now
+    steps = [row["global_step"] for row in read_eval_csv(run_dir)]
+    assert steps[:3] == [0, 150, 300] and steps[-1] == 3000 and (np.diff(steps) > 0).all(), steps
     assert read_summary(run_dir)["args"]["resume"] is True
     text = log.read_text()  # the log keeps the interrupted part, the resumed one appended
-    assert text.count("final return") == 2 and f"resumed {run_dir.name} at step 300" in text
+    assert "stopped by SIGTERM" in text and f"resumed {run_dir.name} at step" in text and text.count("final return") == 1
 
 
 def test_resume_is_passed_only_where_the_script_has_it_and_left_a_checkpoint(tmp_path):
@@ -218,10 +280,13 @@ def test_resume_is_passed_only_where_the_script_has_it_and_left_a_checkpoint(tmp
     fake_python = tmp_path / "fake-python"
     fake_python.write_text('#!/bin/bash\necho "fake-python $*"\n')
     fake_python.chmod(fake_python.stat().st_mode | stat.S_IEXEC)
-    for prefix in ("Pendulum-v1__cfil__1", "Pendulum-v1__bc__1", "Pendulum-v1__nail__2"):
+    sweep = args_id("--total-timesteps", 1000)
+    # a direct run's checkpoint (exp_name cfil, other arguments) is not this sweep's: never resumed by it
+    for prefix in (f"Pendulum-v1__cfil@{sweep}__1", f"Pendulum-v1__bc@{sweep}__1", f"Pendulum-v1__nail@{sweep}__2",
+                   "Pendulum-v1__cfil__2"):
         (tmp_path / "checkpoints" / prefix).mkdir(parents=True)
         (tmp_path / "checkpoints" / prefix / "checkpoint.pt").write_bytes(b"")
-    finished = tmp_path / "runs" / "Pendulum-v1__nail__2__1700000000"  # finished: skipped, its checkpoint or not
+    finished = tmp_path / "runs" / f"Pendulum-v1__nail@{sweep}__2__1700000000"  # finished: skipped, its checkpoint or not
     finished.mkdir(parents=True)
     (finished / "summary.json").write_text("{}")
     args = ["--algos", "cfil nail bc", "--env-ids", "Pendulum-v1", "--seeds", 2, "--workdir", tmp_path, "--python", fake_python,
@@ -231,7 +296,7 @@ def test_resume_is_passed_only_where_the_script_has_it_and_left_a_checkpoint(tmp
     lines = {re.search(r"cleanil/(\w+)\.py --env-id Pendulum-v1 --seed (\d)", line).groups(): line
              for line in result.stdout.strip().splitlines()}
     assert set(lines) == {("cfil", "1"), ("cfil", "2"), ("nail", "1"), ("bc", "1"), ("bc", "2")}
-    assert lines["cfil", "1"].endswith(f"--total-timesteps 1000 --resume >> {tmp_path}/benchmark/logs/cfil__Pendulum-v1__1.log 2>&1")
+    assert lines["cfil", "1"].endswith(f"--total-timesteps 1000 --resume >> {tmp_path}/benchmark/logs/cfil@{sweep}__Pendulum-v1__1.log 2>&1")
     for key in (("cfil", "2"), ("nail", "1"), ("bc", "1"), ("bc", "2")):
         assert "--resume" not in lines[key] and "--total-timesteps 1000 > " in lines[key], lines[key]
 
@@ -248,12 +313,12 @@ def test_resume_is_passed_only_where_the_script_has_it_and_left_a_checkpoint(tmp
         assert done.returncode == 0, done.stdout + done.stderr
         return (tmp_path / "benchmark" / "logs" / log_name).read_text()
 
-    assert task_arguments(0, "cfil__Pendulum-v1__1.log").rstrip().endswith("--total-timesteps 1000 --resume")
-    assert "--resume" not in task_arguments(1, "cfil__Pendulum-v1__2.log")
-    (tmp_path / "checkpoints" / "Pendulum-v1__cfil__2").mkdir()
-    (tmp_path / "checkpoints" / "Pendulum-v1__cfil__2" / "checkpoint.pt").write_bytes(b"")
-    assert task_arguments(1, "cfil__Pendulum-v1__2.log").rstrip().endswith("--total-timesteps 1000 --resume")
-    assert "--resume" not in task_arguments(3, "bc__Pendulum-v1__1.log")  # bc has no --resume, checkpoint or not
+    assert task_arguments(0, f"cfil@{sweep}__Pendulum-v1__1.log").rstrip().endswith("--total-timesteps 1000 --resume")
+    assert "--resume" not in task_arguments(1, f"cfil@{sweep}__Pendulum-v1__2.log")
+    (tmp_path / "checkpoints" / f"Pendulum-v1__cfil@{sweep}__2").mkdir()
+    (tmp_path / "checkpoints" / f"Pendulum-v1__cfil@{sweep}__2" / "checkpoint.pt").write_bytes(b"")
+    assert task_arguments(1, f"cfil@{sweep}__Pendulum-v1__2.log").rstrip().endswith("--total-timesteps 1000 --resume")
+    assert "--resume" not in task_arguments(3, f"bc@{sweep}__Pendulum-v1__1.log")  # bc has no --resume, checkpoint or not
 
 
 def test_slurm_submits_the_rendered_script(tmp_path):
@@ -294,15 +359,16 @@ def test_interquartile_mean_trims_a_quarter_at_each_end():
     assert report.interquartile_mean([0.2, 0.4]) == pytest.approx(0.3)
 
 
-def write_run(runs_dir, exp_name, env_id, seed, returns, scores, stamp=1700000000, finished=True):
+def write_run(runs_dir, exp_name, env_id, seed, returns, scores, stamp=1700000000, finished=True, step=100, args=None):
     run_dir = runs_dir / f"{env_id}__{exp_name}__{seed}__{stamp}"
     run_dir.mkdir(parents=True)
     lines = ["global_step,eval_return_mean,eval_return_std,normalized_score,wall_time,sps"]
-    lines += [f"{100 * k},{r},0,{s},{k},50" for k, (r, s) in enumerate(zip(returns, scores))]
+    lines += [f"{step * k},{r},0,{s},{k},50" for k, (r, s) in enumerate(zip(returns, scores))]
     (run_dir / "eval.csv").write_text("\n".join(lines) + "\n")
     if finished:
         (run_dir / "summary.json").write_text(json.dumps({
-            "args": {"exp_name": exp_name, "env_id": env_id, "seed": seed, "total_timesteps": 100 * (len(returns) - 1)},
+            "args": {"exp_name": exp_name, "env_id": env_id, "seed": seed, "total_timesteps": step * (len(returns) - 1),
+                     **(args or {})},
             "final_return": returns[-1], "final_normalized_score": scores[-1], "best_normalized_score": max(scores),
             "total_wall_time_s": 90.0, "mean_sps": 50.0}))
 
@@ -343,3 +409,38 @@ def test_report_statistics_duplicates_and_return_fallback(tmp_path):
     empty = subprocess.run([sys.executable, str(REPO / "benchmark" / "report.py"), "--runs-dir", runs, "--algos", "nope"],
                            capture_output=True, text=True, timeout=120)
     assert empty.returncode != 0 and "Traceback" not in empty.stderr and "error: no finished runs" in empty.stderr
+
+
+def test_report_keeps_settings_apart_and_diverged_runs_out(tmp_path, monkeypatch):
+    """Runs of one exp_name with different arguments are different rows; a diverged run (NaN returns) is left out and
+    named, not taken for a missing expert; bc (gradient steps) and a 10x-shorter budget get their own panels; a
+    one-point curve is drawn as a marker."""
+    runs, nan = tmp_path / "runs", float("nan")
+    for seed in (1, 2):
+        write_run(runs, "gail", "EnvA-v0", seed, [0.0, 50.0, 80.0], [0.0, 0.5, 0.8], step=100_000, args={"reward_type": "log_d"})
+        write_run(runs, "gail", "EnvA-v0", seed, [0.0, 10.0, 20.0], [0.0, 0.1, 0.2], step=100_000, stamp=1700000001,
+                  args={"reward_type": "gail"})
+        write_run(runs, "bc@1a2b3c4d", "EnvA-v0", seed, [0.0, 90.0], [0.0, 0.9], step=5_000)
+        write_run(runs, "cfil@5e6f7a8b", "EnvA-v0", seed, [0.0, 60.0], [0.0, 0.6], step=10_000)
+    write_run(runs, "cfil@5e6f7a8b", "EnvA-v0", 3, [0.0, nan], [0.0, nan], step=10_000)  # diverged
+    write_run(runs, "dagger", "EnvA-v0", 1, [30.0], [0.3], step=0)  # evaluated at step 0 only
+    figures = []
+    monkeypatch.setattr(report.plt, "close", figures.append)
+    monkeypatch.setattr(sys, "argv", ["report.py", "--runs-dir", str(runs), "--output-dir", str(tmp_path / "out")])
+    report.main()
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert '| gail [reward_type="log_d"] | EnvA-v0 | 1, 2 | 200000 | 0.800 ± 0.000 |' in text, text
+    assert '| gail [reward_type="gail"] | EnvA-v0 | 1, 2 | 200000 | 0.200 ± 0.000 |' in text, text
+    assert "| bc | EnvA-v0 | 1, 2 | 5000 | 0.900 ± 0.000 |" in text, text  # one variant: no @args-id in the label
+    assert "| cfil | EnvA-v0 | 1, 2, 3 | 10000 | 0.600 ± 0.000 (2/3 seeds; the rest diverged) | 60.0 ± 0.0 |" in text, text
+    assert "diverged (NaN final return), left out of the means, the IQM and the curves: cfil on EnvA-v0 seed 3" in text
+    assert "no expert.json" not in text and "(returns:" not in text  # the NaN run did not switch the plot to returns
+    (figure,) = figures
+    panels = {ax.get_xlabel() + " " + str(int(max(np.max(line.get_xdata()) for line in ax.lines if "seed" in line.get_label()))): ax
+              for ax in figure.axes}
+    # environment steps: cfil (10k) and dagger (step 0) apart from gail (200k); bc alone on gradient steps
+    assert sorted(panels) == ["environment steps 10000", "environment steps 200000", "gradient steps 5000"], sorted(panels)
+    assert all(ax.get_ylabel().startswith("normalized score") for ax in figure.axes)
+    short = {line.get_label().split(" (")[0]: line for line in panels["environment steps 10000"].lines}
+    assert short["dagger"].get_marker() == "o" and list(short["dagger"].get_xdata()) == [0]
+    assert np.isfinite(short["cfil"].get_ydata()).all() and short["cfil"].get_ydata()[-1] == pytest.approx(0.6)
