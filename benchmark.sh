@@ -40,7 +40,8 @@ sweep options:
                          (default: the repository root)
   --log-dir DIR          one log per run, <exp>__<env>__<seed>.log (default: WORKDIR/benchmark/logs)
   --tag TAG              name the runs <algo>_<TAG>@<args-id>, a readable name for a variant in the report
-  --python PATH          interpreter (default: $PYTHON, else the active virtualenv's, else python3)
+  --python PATH          interpreter (default: $PYTHON, else the active virtualenv's, else python3; with --slurm:
+                         $PYTHON, else the python3 that each task's environment provides after --setup)
   --dry-run              print the commands (with --slurm: the rendered sbatch script) and run nothing
   --slurm                submit a Slurm job array, one task per unfinished combination, instead of running locally
   --partition P          #SBATCH --partition
@@ -48,7 +49,8 @@ sweep options:
   --cpus-per-task N      #SBATCH --cpus-per-task (default 1); also the run's OMP_NUM_THREADS
   --mem M                #SBATCH --mem (e.g. 8G)
   --sbatch-args "..."    more directives, each as --option=value (e.g. "--gres=gpu:1 --account=lab")
-  --setup "CMD"          shell line run before each task (e.g. "module load cuda; source venv/bin/activate")
+  --setup "CMD"          shell line run before each task (e.g. "module load cuda; source venv/bin/activate"); the
+                         task then runs the python3 it finds (its slurm-*.out says which), unless --python is given
   -h, --help             this help
 Everything after `--` is passed to every script (e.g. -- --total-timesteps 100000 --capture-video).
 sbatch also reads SBATCH_PARTITION, SBATCH_TIMELIMIT, SBATCH_ACCOUNT, ... from the environment (overriding the
@@ -171,6 +173,9 @@ if ((!DRY_RUN)); then
     mkdir -p "$WORKDIR" || die "cannot create --workdir $WORKDIR."
     mkdir -p "$LOG_DIR" || die "cannot create --log-dir $LOG_DIR."
 fi
+# an interpreter chosen by the user (--python, $PYTHON) is used as given, also by Slurm tasks; otherwise a Slurm task
+# runs the python3 its own environment provides after --setup, never a path found on this (login) machine
+PYTHON_CHOSEN="${PYTHON_BIN:-${PYTHON:-}}"
 PYTHON_BIN="${PYTHON_BIN:-$(default_python)}"
 
 CORES=$(cores)
@@ -188,7 +193,8 @@ if ((CAPTURE_VIDEO)); then
     # MuJoCo renders offscreen only with a headless GL: EGL (libegl1 + a vendor EGL such as libegl-mesa0 or the
     # NVIDIA driver) or OSMesa (libosmesa6); gymnasium's default, glfw, needs a display
     export MUJOCO_GL="${MUJOCO_GL:-egl}"
-    if ((!DRY_RUN)) && ! "$PYTHON_BIN" -c "import moviepy" 2>/dev/null; then
+    # (not for Slurm: the tasks' Python is not this machine's)
+    if ((!DRY_RUN && !SLURM)) && ! "$PYTHON_BIN" -c "import moviepy" 2>/dev/null; then
         die "--capture-video needs moviepy, which $PYTHON_BIN cannot import; pip install moviepy (gymnasium[other]) or drop --capture-video."
     fi
 fi
@@ -261,13 +267,18 @@ render_sbatch() {
                 echo "export OMP_NUM_THREADS=\${SLURM_CPUS_PER_TASK:-$CPUS_PER_TASK} MKL_NUM_THREADS=\${SLURM_CPUS_PER_TASK:-$CPUS_PER_TASK}"
                 ((CAPTURE_VIDEO)) && echo "export MUJOCO_GL=$(quoted "$MUJOCO_GL")"
                 [[ -n "$SETUP" ]] && echo "$SETUP"
+                if [[ -n "$PYTHON_CHOSEN" ]]; then
+                    echo "python=$(quoted "$PYTHON_CHOSEN") # --python (or \$PYTHON) at submission"
+                else
+                    echo "python=\$(command -v python3 || command -v python) # the job's own, after the setup line (--python to choose)"
+                fi
                 echo "cd $(quoted "$WORKDIR") || exit 1"
                 ;;
             "@TASKS@")
                 for i in "${PENDING[@]}"; do
                     build_command "$i" noresume
                     echo "    $task) name=$(quoted "$(label "$i")") prefix=$(quoted "$(run_prefix "$i")") log=$(quoted "$(log_file "$i")")"
-                    echo "       command=($(quoted "${CMD[@]}"))"
+                    echo "       command=(\"\$python\" $(quoted "${CMD[@]:1}"))"
                     # decided when the task runs: a requeued or resubmitted task continues from its last attempt's checkpoint
                     supports_resume "$i" && echo "       [[ -f $(quoted "$(checkpoint_file "$i")") ]] && command+=(--resume)"
                     echo "       ;;"
@@ -293,7 +304,14 @@ if ((SLURM)); then
     command -v sbatch >/dev/null || die "sbatch not found; submit from a Slurm login node, or look at the script with --dry-run --slurm."
     script_file="$LOG_DIR/sbatch-$(date +%Y%m%d-%H%M%S).sh"
     echo "$script" >"$script_file"
-    echo "submitting $script_file (${#PENDING[@]} array tasks; logs in $LOG_DIR)" >&2
+    if [[ -n "$PYTHON_CHOSEN" ]]; then
+        python_note="python $PYTHON_CHOSEN"
+    elif [[ -n "$SETUP" ]]; then
+        python_note="each task's python3 after --setup"
+    else
+        python_note="each task's python3 on the PATH it inherits from this shell (no --setup)"
+    fi
+    echo "submitting $script_file (${#PENDING[@]} array tasks, $python_note; logs in $LOG_DIR)" >&2
     exec sbatch "$script_file"
 fi
 

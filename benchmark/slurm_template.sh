@@ -1,8 +1,9 @@
 #!/bin/bash
 # cleanil benchmark as a Slurm job array: task k runs the k-th unfinished (algorithm, env id, seed) combination.
 # Rendered by `./benchmark.sh --slurm` (see `--dry-run --slurm`); whole-line placeholders: @SBATCH@ (directives from
-# --partition --time --cpus-per-task --mem --sbatch-args), @ENVIRONMENT@ (threads, MUJOCO_GL, --setup, cd to the
-# workdir), @TASKS@ (one case branch per combination). Edit this file to add site-specific lines for every sweep.
+# --partition --time --cpus-per-task --mem --sbatch-args), @ENVIRONMENT@ (threads, MUJOCO_GL, --setup, the Python:
+# --python's, else the python3 the job's own environment provides after --setup; cd to the workdir), @TASKS@ (one case
+# branch per combination). Edit this file to add site-specific lines for every sweep.
 @SBATCH@
 set -uo pipefail
 @ENVIRONMENT@
@@ -16,8 +17,14 @@ if compgen -G "runs/${prefix}__*/summary.json" >/dev/null; then
     echo "$name: already finished (runs/${prefix}__*/summary.json exists), nothing to do"
     exit 0
 fi
+if [[ -z "$python" ]] || ! "$python" -c "" >/dev/null 2>&1; then
+    echo "error: $name: no working Python ('${python:-no python3 on PATH}'); give ./benchmark.sh a --setup that provides one (\"source .venv/bin/activate\", \"module load python\") or --python PATH" >&2
+    exit 2
+fi
 mkdir -p "$(dirname "$log")"
-echo "$(date '+%F %T') $name on $(hostname), OMP_NUM_THREADS=$OMP_NUM_THREADS: ${command[*]}"
+echo "$(date '+%F %T') $name on $(hostname), OMP_NUM_THREADS=$OMP_NUM_THREADS"
+echo "python: $python ($("$python" -V 2>&1))"
+echo "command: ${command[*]}"
 "${command[@]}" >"$log" 2>&1
 status=$?
 echo "$(date '+%F %T') $name exited with status $status; log: $log"

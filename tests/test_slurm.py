@@ -1,0 +1,264 @@
+"""benchmark.sh --slurm: which Python a task runs (rendered scripts run as a Slurm node would), and the whole path
+against a real single-node Slurm brought up by benchmark/slurm_local.sh (marked `slurm`; skipped with the reason when
+this machine has no Slurm or cannot run one; CLEANIL_REQUIRE_SLURM=1 turns those skips into failures)."""
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, read_eval_csv, read_summary
+from test_benchmark import BENCHMARK, args_id, finished_runs
+
+SLURM_LOCAL = REPO / "benchmark" / "slurm_local.sh"
+# accepted by dqn and bc alike (the extra args go to every script): seconds per run on one thread
+TINY_BOTH = ["--total-timesteps", "300", "--eval-frequency", "150", "--eval-episodes", "2", "--batch-size", "32",
+             "--hidden-size", "32"]
+
+
+def submit_env(**overrides):
+    """The environment of a user whose shell has no virtualenv active: python3 on PATH is not the test's Python (it
+    lacks gymnasium, torch), so only --setup can give the tasks the right one."""
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHON", "VIRTUAL_ENV")}
+    venv_bin = str(Path(sys.prefix) / "bin")
+    if sys.prefix != sys.base_prefix:
+        env["PATH"] = os.pathsep.join(d for d in env["PATH"].split(os.pathsep) if d and Path(d) != Path(venv_bin))
+    return {**env, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **overrides}
+
+
+def setup_line():
+    """The --setup that gives a task the test's Python: the venv pattern (`source .venv/bin/activate`)."""
+    if sys.prefix != sys.base_prefix:
+        return f"source {shlex.quote(str(Path(sys.prefix) / 'bin' / 'activate'))}"
+    return f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH"
+
+
+def benchmark(*args, cwd, env, timeout=120):
+    return subprocess.run(["bash", str(BENCHMARK), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_a_slurm_task_runs_the_python_its_setup_provides(tmp_path):
+    """No --python, no $PYTHON: the rendered script names no interpreter path of the submitting machine; each task
+    runs the python3 that its environment has after --setup, and says which; without one it fails in one sentence."""
+    fake_bin = tmp_path / "site-python" / "bin"  # stands in for a module's or a venv's bin/
+    fake_bin.mkdir(parents=True)
+    (fake_bin / "python3").write_text('#!/bin/bash\n[[ "$1" == -V ]] && { echo "Python 3.99 (site)"; exit; }\necho "site-python $*"\n')
+    (fake_bin / "python3").chmod(0o755)
+    args = ["--algos", "dqn bc", "--env-ids", "CartPole-v1", "--seeds", 1, "--workdir", tmp_path, "--slurm", "--dry-run",
+            "--setup", f"export PATH={fake_bin}:$PATH"]
+    result = benchmark(*args, "--", *TINY_BOTH, cwd=tmp_path, env=submit_env())
+    assert result.returncode == 0, result.stderr
+    script = result.stdout
+    login_python = shutil.which("python3", path=submit_env()["PATH"])
+    assert re.search(r"^python=\$\(command -v python3 \|\| command -v python\)", script, re.M), script
+    assert script.index(f"export PATH={fake_bin}:$PATH") < script.index("python=$(command -v python3")  # after --setup
+    commands = re.findall(r"^\s+command=\((.*)\)$", script, re.M)
+    assert len(commands) == 2 and all(command.startswith('"$python" ') for command in commands), commands
+    for path in {login_python, sys.executable, os.path.realpath(sys.executable)} - {None}:
+        assert path not in script, path
+    script_file = tmp_path / "array.sh"
+    script_file.write_text(script)
+
+    task = subprocess.run(["bash", str(script_file)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**submit_env(), "SLURM_ARRAY_TASK_ID": "1"})
+    assert task.returncode == 0, task.stdout + task.stderr
+    assert f"python: {fake_bin}/python3 (Python 3.99 (site))" in task.stdout
+    log = tmp_path / "benchmark" / "logs" / f"bc@{args_id(*TINY_BOTH)}__CartPole-v1__1.log"
+    assert log.read_text().startswith(f"site-python {REPO}/cleanil/bc.py --env-id CartPole-v1 --seed 1 ")
+
+    # a setup that provides no Python: the task says so instead of running something else
+    script_file.write_text(script.replace(f"export PATH={fake_bin}:$PATH", "PATH=/nonexistent"))
+    task = subprocess.run(["/bin/bash", str(script_file)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**submit_env(), "SLURM_ARRAY_TASK_ID": "0"})
+    assert task.returncode == 2, task.stdout + task.stderr
+    assert "error: dqn CartPole-v1 seed 1: no working Python ('no python3 on PATH'); give ./benchmark.sh a --setup" in task.stderr
+
+    # an explicit --python is used as given, by every task
+    result = benchmark(*args, "--python", fake_bin / "python3", "--", *TINY_BOTH, cwd=tmp_path, env=submit_env())
+    assert result.returncode == 0, result.stderr
+    assert f"\npython={fake_bin}/python3 # --python" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ a real Slurm
+
+
+def unavailable(reason):
+    """Skip: this machine cannot run Slurm. With CLEANIL_REQUIRE_SLURM=1 (a machine known to run it) that is a failure."""
+    if os.environ.get("CLEANIL_REQUIRE_SLURM") == "1":
+        pytest.fail(f"CLEANIL_REQUIRE_SLURM=1, but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def slurm_cluster():
+    """A single-node Slurm: the one benchmark/slurm_local.sh left up, else one brought up now and torn down after."""
+    if shutil.which("sbatch") is None:
+        unavailable("sbatch not found: Slurm is not installed (benchmark/slurm_local.sh install, as root, installs "
+                    "Debian's slurmctld slurmd slurm-client munge; .ci/run does it)")
+    sudo = []
+    if os.geteuid() != 0:
+        if shutil.which("sudo") is None or subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode != 0:
+            unavailable("benchmark/slurm_local.sh needs root (slurmd runs as root), and sudo -n is not available")
+        sudo = ["sudo", "-n"]
+    local = [*sudo, "bash", str(SLURM_LOCAL)]
+    if subprocess.run([*local, "status"], capture_output=True, text=True, timeout=60).returncode == 0:
+        yield "already up"  # someone's running cluster: used as is, left up
+        return
+    try:
+        up = subprocess.run([*local, "up"], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as error:
+        subprocess.run([*local, "down"], capture_output=True, timeout=120)
+        unavailable(f"benchmark/slurm_local.sh up did not finish in 600 s: {(error.stderr or b'')[-2000:]!r}")
+    if up.returncode == 3:  # this machine cannot run it (a Slurm of its own, no root, daemons that cannot start here)
+        subprocess.run([*local, "down"], capture_output=True, timeout=120)  # up leaves nothing behind; to be sure
+        unavailable(f"benchmark/slurm_local.sh up: {up.stderr.strip()[-3000:]}")
+    assert up.returncode == 0, f"benchmark/slurm_local.sh up exited {up.returncode}:\n{up.stderr}"
+    try:
+        yield "brought up"
+    finally:
+        down = subprocess.run([*local, "down"], capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert subprocess.run([*local, "status"], capture_output=True, timeout=60).returncode == 1, "the cluster is still up"
+
+
+def submitted_job(result):
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r"Submitted batch job (\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    return match.group(1)
+
+
+def array_tasks(job_id):
+    """squeue's view of every task of an array job, finished ones included: {task id: (job id, state)}."""
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", job_id, "-o", "%K|%A|%T"], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    return {int(task): (raw, state) for task, raw, state in (line.split("|") for line in out.split())}
+
+
+def wait_for_array(job_id, expected_tasks, deadline_s=900):
+    """Poll until the array has left the queue; returns the most tasks seen running at once. A task takes seconds, but
+    the jobs run at nice 10 and, in CI, beside the suite's other tests, which may take most of the CPU."""
+    deadline, most_running = time.time() + deadline_s, 0
+    while True:
+        tasks = array_tasks(job_id)
+        most_running = max(most_running, sum(state == "RUNNING" for _, state in tasks.values()))
+        if len(tasks) == expected_tasks and all(state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
+                                                         "OUT_OF_MEMORY") for _, state in tasks.values()):
+            return most_running
+        assert time.time() < deadline, f"array job {job_id} not done after {deadline_s} s: {tasks}"
+        time.sleep(0.5)
+
+
+def job_completions():
+    """sacct -c (the job completion log; there is no slurmdbd): {job id: {State, ExitCode, Start, End}}."""
+    out = subprocess.run(["sacct", "-c", "-n", "-P", "-o", "JobID,State,ExitCode,Start,End"], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    rows = [line.split("|") for line in out.splitlines() if line.strip()]
+    return {row[0]: dict(zip(("State", "ExitCode", "Start", "End"), row[1:])) for row in rows}
+
+
+@pytest.mark.slurm
+def test_a_sweep_on_a_real_slurm(slurm_cluster, tmp_path):
+    """dqn and bc x seeds 1-2 on CartPole-v1 as a 4-task array throttled to one task at a time (--workers 1), from a
+    shell without the virtualenv: the tasks get it from --setup. dqn seed 2 fails (a corrupt checkpoint that its task
+    tries to resume from); the same command again submits that run alone; then report over the four runs."""
+    env = submit_env()
+    exp = {algo: f"{algo}@{args_id(*TINY_BOTH)}" for algo in ("dqn", "bc")}
+    corrupt = tmp_path / "checkpoints" / f"CartPole-v1__{exp['dqn']}__2" / "checkpoint.pt"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_bytes(b"not a checkpoint")
+    logs = tmp_path / "benchmark" / "logs"
+    sweep = ["--algos", "dqn bc", "--env-ids", "CartPole-v1", "--seeds", 2, "--workers", 1, "--workdir", tmp_path,
+             "--slurm", "--setup", setup_line(), "--", *TINY_BOTH]
+    jobs = []
+    try:
+        result = benchmark(*sweep, cwd=tmp_path, env=env)
+        jobs.append(submitted_job(result))
+        assert "4 combinations: 4 to run, 0 already finished" in result.stderr
+        job = jobs[0]
+        details = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30, check=True).stdout
+        throttles = re.findall(r"^JobId=\d+ ArrayJobId=\d+ ArrayTaskId=\S+ ArrayTaskThrottle=(\d+)", details, re.M)
+        assert throttles and set(throttles) == {"1"}, details  # --array=0-3%1: one task at a time
+        most_running = wait_for_array(job, 4)
+        tasks = array_tasks(job)
+        # tasks in combination order: dqn seeds 1, 2, then bc seeds 1, 2
+        assert {task: state for task, (_, state) in tasks.items()} == {0: "COMPLETED", 1: "FAILED", 2: "COMPLETED", 3: "COMPLETED"}
+        assert most_running <= 1  # (the spans below: one after the other)
+        completions = job_completions()
+        records = {task: completions[raw] for task, (raw, _) in tasks.items()}
+        assert [records[task]["ExitCode"] for task in range(4)] == ["0:0", "1:0", "0:0", "0:0"], records
+        assert records[1]["State"] == "FAILED" and all(records[task]["State"] == "COMPLETED" for task in (0, 2, 3))
+        spans = sorted((records[task]["Start"], records[task]["End"]) for task in range(4))
+        assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans  # one at a time
+
+        # every task ran the venv's python3, found after --setup, not the python3 of the submitting shell
+        venv_python = str(Path(sys.prefix) / "bin" / "python3") if sys.prefix != sys.base_prefix else None
+        for task in range(4):
+            out = (logs / f"slurm-{job}_{task}.out").read_text()
+            (python,) = re.findall(r"^python: (\S+) \(Python 3", out, re.M)
+            assert python != shutil.which("python3", path=env["PATH"]), out
+            assert venv_python is None or python == venv_python, out
+        # the failure, reported with its log: Slurm's output names the log and shows its end, the error in it
+        failed_log = logs / f"{exp['dqn']}__CartPole-v1__2.log"
+        out = (logs / f"slurm-{job}_1.out").read_text()
+        assert f"dqn CartPole-v1 seed 2 exited with status 1; log: {failed_log}" in out, out
+        error = [line for line in failed_log.read_text().splitlines() if "Error" in line][-1]
+        assert error in out and "command: " in out and "--resume" in out, out
+
+        finished = {}
+        for algo in ("dqn", "bc"):
+            for seed in (1, 2):
+                runs = finished_runs(tmp_path, f"CartPole-v1__{exp[algo]}__{seed}")
+                if (algo, seed) == ("dqn", 2):
+                    assert runs == []
+                    continue
+                (run_dir,) = runs
+                summary = read_summary(run_dir)
+                assert summary["args"]["exp_name"] == exp[algo] and summary["args"]["seed"] == seed
+                assert summary["args"]["total_timesteps"] == 300 and summary["args"]["hidden_size"] == 32
+                assert math.isfinite(summary["final_return"])
+                assert [row["global_step"] for row in read_eval_csv(run_dir)] == [0, 150, 300]
+                finished[algo, seed] = (run_dir, (run_dir / "summary.json").stat().st_mtime_ns)
+
+        # the cause fixed, the same command again: the three finished runs skipped, only the failed one submitted
+        corrupt.unlink()
+        result = benchmark(*sweep, cwd=tmp_path, env=env)
+        jobs.append(submitted_job(result))
+        assert "4 combinations: 1 to run, 3 already finished" in result.stderr
+        wait_for_array(jobs[1], 1)
+        ((raw, state),) = array_tasks(jobs[1]).values()
+        assert state == "COMPLETED" and job_completions()[raw]["ExitCode"] == "0:0"
+        assert "dqn CartPole-v1 seed 2 exited with status 0" in (logs / f"slurm-{jobs[1]}_0.out").read_text()
+        (run_dir,) = finished_runs(tmp_path, f"CartPole-v1__{exp['dqn']}__2")
+        assert read_summary(run_dir)["args"]["resume"] is False  # started anew: no checkpoint to resume from
+        for (algo, seed), (run_dir, mtime) in finished.items():
+            assert finished_runs(tmp_path, f"CartPole-v1__{exp[algo]}__{seed}") == [run_dir]
+            assert (run_dir / "summary.json").stat().st_mtime_ns == mtime  # untouched
+
+        # everything finished: nothing to submit
+        before = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%A"], capture_output=True, text=True, timeout=30).stdout
+        result = benchmark(*sweep, cwd=tmp_path, env=env)
+        assert result.returncode == 0 and "nothing to submit: all 4 combinations have finished runs" in result.stderr
+        after = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%A"], capture_output=True, text=True, timeout=30).stdout
+        assert sorted(after.split()) == sorted(before.split())
+
+        # report over the four runs (run in the test's own Python: the report needs matplotlib)
+        report = benchmark("report", "--workdir", tmp_path, cwd=tmp_path, env={**env, "PYTHON": sys.executable})
+        assert report.returncode == 0, report.stderr
+        text = (tmp_path / "runs" / "report" / "results.md").read_text()
+        for algo in ("dqn", "bc"):
+            summaries = [read_summary(finished_runs(tmp_path, f"CartPole-v1__{exp[algo]}__{seed}")[0]) for seed in (1, 2)]
+            scores = np.array([s["final_normalized_score"] for s in summaries])
+            returns = np.array([s["final_return"] for s in summaries])
+            row = f"| {algo} | CartPole-v1 | 1, 2 | 300 | {scores.mean():.3f} ± {scores.std():.3f} | {returns.mean():.1f} ± {returns.std():.1f} |"
+            assert row in text, text
+    finally:
+        if jobs:  # a failed assertion must not leave tasks running on a cluster that stays up
+            subprocess.run(["scancel", *jobs], capture_output=True, timeout=30)
