@@ -25,8 +25,23 @@ mkdir -p "$(dirname "$log")"
 echo "$(date '+%F %T') $name on $(hostname), OMP_NUM_THREADS=$OMP_NUM_THREADS"
 echo "python: $python ($("$python" -V 2>&1))"
 echo "command: ${command[*]}"
-"${command[@]}" >"$log" 2>&1
-status=$?
+# a resumed run appends to the log of its interrupted part (--resume is added last); a fresh run starts a fresh log
+[[ "${command[-1]}" == --resume ]] || : >"$log"
+# the run in the background, waited for: Slurm ends a task (scancel, time limit, preemption) with SIGTERM to its
+# processes, and SIGKILL after KillWait. Without the trap this shell would die at once and the job end with it, while
+# its run (orphaned, no longer tracked) went on checkpointing beside a resubmitted task; with it, the run gets the
+# SIGTERM (forwarded: also when only the batch shell is signalled, as with sbatch --signal=B:TERM@60), saves its
+# checkpoint and exits, and only then does the task end.
+"${command[@]}" >>"$log" 2>&1 &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' TERM
+trap 'kill -INT "$child" 2>/dev/null' INT
+while :; do
+    wait "$child"
+    status=$?
+    # a trapped signal interrupts `wait` (status > 128) while the run goes on: wait again, for the run's own status
+    ((status > 128)) && kill -0 "$child" 2>/dev/null || break
+done
 echo "$(date '+%F %T') $name exited with status $status; log: $log"
 [[ $status -eq 0 ]] || tail -n 5 "$log"
 exit $status

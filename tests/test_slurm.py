@@ -262,3 +262,80 @@ def test_a_sweep_on_a_real_slurm(slurm_cluster, tmp_path):
     finally:
         if jobs:  # a failed assertion must not leave tasks running on a cluster that stays up
             subprocess.run(["scancel", *jobs], capture_output=True, timeout=30)
+
+
+# sac on Pendulum-v1 with tiny networks and batches: ~150 steps/s on one loaded CPU at nice 10 (seconds per part), a
+# checkpoint every 200 steps, and a resumed run refills its replay buffer with 100 steps instead of 50,000
+SAC_TINY = ["--total-timesteps", "2000", "--learning-starts", "100", "--eval-frequency", "500", "--eval-episodes", "2",
+            "--batch-size", "32", "--hidden-size", "32", "--checkpoint-frequency", "200", "--refill-steps", "100"]
+
+
+@pytest.mark.slurm
+def test_a_cancelled_task_resumes_from_its_checkpoint_when_resubmitted(slurm_cluster, tmp_path):
+    """A sac run killed mid-run (`scancel` of its array task: Slurm sends SIGTERM, then SIGKILL after KillWait) is left
+    CANCELLED with the checkpoint of the step it stopped at, since the task waits for its run to save one; the same
+    command again submits it with --resume, and it finishes in the same run folder from that step, its log appended."""
+    env = submit_env()
+    exp = f"sac@{args_id(*SAC_TINY)}"
+    checkpoint = tmp_path / "checkpoints" / f"Pendulum-v1__{exp}__1" / "checkpoint.pt"
+    logs = tmp_path / "benchmark" / "logs"
+    log = logs / f"{exp}__Pendulum-v1__1.log"
+    sweep = ["--algos", "sac", "--env-ids", "Pendulum-v1", "--seeds", 1, "--workdir", tmp_path, "--slurm", "--setup",
+             setup_line(), "--", *SAC_TINY]
+    jobs = []
+    try:
+        result = benchmark(*sweep, cwd=tmp_path, env=env)
+        jobs.append(submitted_job(result))
+        job = jobs[0]
+        assert "1 combinations: 1 to run, 0 already finished" in result.stderr
+        # wait for the run's first checkpoint (step 200), then cancel its task while it runs
+        deadline = time.time() + 300
+        while not checkpoint.exists():
+            ((_, state),) = array_tasks(job).values()
+            assert state in ("PENDING", "CONFIGURING", "RUNNING") and time.time() < deadline, \
+                f"task {state}, no checkpoint yet:\n{log.read_text()[-3000:] if log.exists() else 'no log'}"
+            time.sleep(0.2)
+        cancel = subprocess.run(["scancel", f"{job}_0"], capture_output=True, text=True, timeout=30)
+        assert cancel.returncode == 0, cancel.stderr
+        wait_for_array(job, 1, deadline_s=120)
+        ((raw, state),) = array_tasks(job).values()
+        assert state == "CANCELLED" and job_completions()[raw]["State"] == "CANCELLED", (state, job_completions().get(raw))
+        (run_dir,) = (tmp_path / "runs").iterdir()
+        assert not (run_dir / "summary.json").exists()  # stopped mid-run: not finished, so not skipped below
+        # the run got the SIGTERM and checkpointed at the step it stopped at; the task waited for it before it ended
+        # (so nothing of the run outlives its job: CANCELLED means the checkpoint is written)
+        first_part = log.read_text()
+        stops = [int(step) for step in re.findall(r"stopped by SIGTERM at step (\d+)", first_part)]
+        assert len(stops) == 1 and 200 <= stops[0] < 2000, first_part[-3000:]
+        stopped = stops[0]
+        out = (logs / f"slurm-{job}_0.out").read_text()
+        assert "CANCELLED" in out and f"sac Pendulum-v1 seed 1 exited with status 143; log: {log}" in out, out
+        evaluated = [row for row in read_eval_csv(run_dir) if row["global_step"] <= stopped]
+        assert evaluated and evaluated[0]["global_step"] == 0
+
+        # the same command again: the unfinished combination is submitted and its task resumes from the checkpoint
+        result = benchmark(*sweep, cwd=tmp_path, env=env)
+        jobs.append(submitted_job(result))
+        assert "1 combinations: 1 to run, 0 already finished" in result.stderr
+        wait_for_array(jobs[1], 1, deadline_s=300)
+        ((raw, state),) = array_tasks(jobs[1]).values()
+        text = log.read_text()
+        assert state == "COMPLETED" and job_completions()[raw]["ExitCode"] == "0:0", (state, text[-3000:])
+        out = (logs / f"slurm-{jobs[1]}_0.out").read_text()
+        assert re.search(r"^command: .*/cleanil/sac\.py .* --resume$", out, re.M), out
+        assert finished_runs(tmp_path, f"Pendulum-v1__{exp}__1") == [run_dir]  # the same run folder, finished now
+        assert list((tmp_path / "runs").iterdir()) == [run_dir]  # and no second one
+        assert text.startswith(first_part)  # the log appended to, not truncated: both parts of the run
+        assert f"resumed {run_dir.name} at step {stopped} from" in text[len(first_part):], text[len(first_part):][-3000:]
+        assert text.count("final return") == 1
+        rows = read_eval_csv(run_dir)
+        steps = [row["global_step"] for row in rows]
+        assert steps[0] == 0 and steps[-1] == 2000 and (np.diff(steps) > 0).all(), steps
+        assert rows[:len(evaluated)] == evaluated and steps[len(evaluated)] > stopped, steps  # kept, then continued
+        summary = read_summary(run_dir)
+        assert summary["args"]["resume"] is True and summary["args"]["exp_name"] == exp
+        assert summary["refill_env_steps"] == 100  # one resume: the buffer refilled once
+        assert math.isfinite(summary["final_return"])
+    finally:
+        if jobs:  # a failed assertion must not leave tasks running on a cluster that stays up
+            subprocess.run(["scancel", *jobs], capture_output=True, timeout=30)
