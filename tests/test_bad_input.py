@@ -17,12 +17,12 @@ import pytest
 
 from conftest import EXPERTS, SCRIPTS, assert_clean_error, read_eval_csv, run_script
 
-ALL = ["bc", "bco", "cfil", "dagger", "dqn", "gaifo", "gail", "ilpo", "nail", "pmi_il", "reinforce", "sac"]
+ALL = ["bc", "bco", "cfil", "dagger", "dqn", "gaifo", "gail", "ilpo", "nail", "pmi_il", "reinforce", "sac", "sqil"]
 CONTINUOUS_ONLY = {"cfil", "nail", "sac"}
 DISCRETE_ONLY = {"dqn", "ilpo"}
 EXPERT_OPTIONAL = {"dqn", "reinforce", "sac"}  # trainers: expert.json only adds the normalized score
 BATCH_FLAG = {"bc": "--batch-size", "bco": "--batch-size", "cfil": "--batch-size", "dagger": "--batch-size",
-              "dqn": "--batch-size", "nail": "--batch-size", "sac": "--batch-size", "ilpo": "--latent-batch-size",
+              "dqn": "--batch-size", "nail": "--batch-size", "sac": "--batch-size", "sqil": "--batch-size", "ilpo": "--latent-batch-size",
               "gail": "--num-envs", "gaifo": "--num-envs", "pmi_il": "--num-envs", "reinforce": "--num-episodes"}
 
 
@@ -102,20 +102,24 @@ def test_bad_input_is_one_clean_line_and_leaves_no_run(script, flags, fragment, 
 def test_missing_expert_folder_names_a_command_that_creates_it(script, tmp_path):
     folder = tmp_path / "some" / "missing" / "folder"
     result = run_script(f"{script}.py", "--env-id", env_of(script), "--expert-path", folder, cwd=tmp_path, check=False, timeout=120)
-    trainer = "sac.py" if script in CONTINUOUS_ONLY else "dqn.py"
+    # a folder of one's own is built by cleanil/demos.py from one's demonstrations, not by a trainer (issue 20)
     assert_one_error_line(result, f"no expert at {folder / 'expert.json'}",
-                          f"python cleanil/{trainer} --env-id {env_of(script)} --save-expert --expert-path {folder}`")
+                          f"cleanil ships one at experts/{env_of(script)} (drop --expert-path to use it)",
+                          f"`python cleanil/demos.py --env-id {env_of(script)} --expert-path {folder} "
+                          f"--from-<minari|d4rl|sb3|npz|policy> <source>`", "observation_shape and action_shape")
+    assert "--save-expert" not in result.stderr, result.stderr
     assert_nothing_created(tmp_path)
 
 
-@pytest.mark.parametrize("script", ["bc", "bco", "cfil", "dagger", "gaifo", "gail", "ilpo", "nail", "pmi_il"])
+@pytest.mark.parametrize("script", ["bc", "bco", "cfil", "dagger", "gaifo", "gail", "ilpo", "nail", "pmi_il", "sqil"])
 def test_corrupt_demos_name_the_file_and_the_command(script, tmp_path):
     env_id = env_of(script)
     folder = tmp_path / "expert"
     shutil.copytree(EXPERTS / env_id, folder)
     zero_inside(EXPERTS / env_id / "demos.npz", folder / "demos.npz")
     result = run_script(f"{script}.py", "--env-id", env_id, "--expert-path", folder, cwd=tmp_path, check=False, timeout=120)
-    assert_one_error_line(result, f"{folder / 'demos.npz'} is corrupt", f"--save-expert --expert-path {folder} --overwrite`")
+    assert_one_error_line(result, f"{folder / 'demos.npz'} is corrupt", f"demos.py --env-id {env_id} --expert-path {folder} "
+                          f"--from-<minari|d4rl|sb3|npz|policy> <source> --overwrite`")
     assert_nothing_created(tmp_path)
 
 
@@ -124,9 +128,12 @@ def test_expert_command_needs_expert_path_only_off_the_default_folder(tmp_path):
 
     assert bc.expert_command("CartPole-v1") == "python cleanil/dqn.py --env-id CartPole-v1 --save-expert"
     assert bc.expert_command("CartPole-v1", EXPERTS / "CartPole-v1") == bc.expert_command("CartPole-v1")
-    assert bc.expert_command("Pendulum-v1", "my demos").endswith("--save-expert --expert-path 'my demos'")
+    assert bc.expert_command("Pendulum-v1", "my demos") == \
+        "python cleanil/demos.py --env-id Pendulum-v1 --expert-path 'my demos' --from-<minari|d4rl|sb3|npz|policy> <source>"
+    assert bc.demos_command("Pendulum-v1", EXPERTS / "Pendulum-v1") == "python cleanil/demos.py --env-id Pendulum-v1"
     hint = bc.missing_expert_hint("Hopper-v4", tmp_path / "nowhere")
-    assert "experts/Hopper-v4" in hint and f"--expert-path {tmp_path / 'nowhere'}`" in hint
+    assert "drop --expert-path" in hint and f"demos.py --env-id Hopper-v4 --expert-path {tmp_path / 'nowhere'} --from-" in hint
+    assert "sac.py" not in hint and "demos.py" in bc.missing_expert_hint("Swimmer-v4", tmp_path / "nowhere")
     assert "git checkout -- experts/Hopper-v4" in bc.missing_expert_hint("Hopper-v4")  # sac.py's hint, unchanged
 
 
@@ -252,5 +259,5 @@ def test_the_blocks_of_this_issue_are_in_every_script_and_identical(name):
     holders = {script: source for script, source in copies.items() if source is not None}
     assert len(set(holders.values())) == 1, {script: source[:200] for script, source in holders.items()}
     # the scripts that cannot resume stop at once; the others finish the step and checkpoint on the signal
-    expected = set(ALL) - {"cfil", "dqn", "nail", "sac"} if name == "exit_on_stop_signals" else set(ALL)
+    expected = set(ALL) - {"cfil", "dqn", "nail", "sac", "sqil"} if name == "exit_on_stop_signals" else set(ALL)
     assert set(holders) == expected, set(holders) ^ expected

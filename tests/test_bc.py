@@ -102,7 +102,8 @@ def test_load_demos_rejects_demos_that_do_not_match_the_env(tmp_path):
     write_demos(tmp_path, [5, 5], obs_dim=3)
     with pytest.raises(SystemExit) as error:
         bc.load_demos(tmp_path, gym.make("CartPole-v1"), 2, 1, 0, ("observations", "actions"))
-    assert "holds observations of shape (3,)" in str(error.value.code) and "dqn.py --env-id CartPole-v1" in str(error.value.code)
+    message = str(error.value.code)
+    assert "holds observations of shape (3,)" in message and "demos.py --env-id CartPole-v1" in message, message
 
 
 SMOKE = {
@@ -141,7 +142,9 @@ def test_more_trajectories_than_shipped_is_one_clear_sentence(workdir):
 
 def test_missing_expert_names_the_command_that_creates_it(workdir):
     result = run_script("bc.py", "--env-id", "Acrobot-v1", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
-    assert_clean_error(result, "no expert at", "python cleanil/dqn.py --env-id Acrobot-v1 --save-expert")
+    # a folder of one's own is built from one's demonstrations, not by a trainer (README, "Your own demonstrations")
+    assert_clean_error(result, "no expert at",
+                       f"python cleanil/demos.py --env-id Acrobot-v1 --expert-path {workdir / 'nowhere'} --from-")
 
 
 @pytest.mark.learning

@@ -161,7 +161,8 @@ def test_expert_actions_are_never_read(workdir, env_id):
 
 def test_bad_input_is_one_clear_sentence(workdir):
     result = run_script("bco.py", "--env-id", "Acrobot-v1", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
-    assert_clean_error(result, "no expert at", "python cleanil/dqn.py --env-id Acrobot-v1 --save-expert")
+    assert_clean_error(result, "no expert at",
+                       f"python cleanil/demos.py --env-id Acrobot-v1 --expert-path {workdir / 'nowhere'} --from-")
     result = run_script("bco.py", "--pre-demo-steps", 1000, "--total-timesteps", 500, cwd=workdir, check=False)
     assert_clean_error(result, "BCO needs --total-timesteps >= --pre-demo-steps", "got 500, 1000")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

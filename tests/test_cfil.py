@@ -362,7 +362,7 @@ def test_state_only_modes_never_read_the_demo_actions(workdir):
     for run_dir in run_dirs(workdir):
         assert np.isfinite([row["eval_return_mean"] for row in read_eval_csv(run_dir)]).all()
     result = run_script("cfil.py", *TINY, "--mode", "sa", "--expert-path", expert, cwd=workdir, check=False)
-    assert_clean_error(result, "malformed", "actions")
+    assert_clean_error(result, "has no actions", "which this script reads")
 
 
 def test_resume_refills_the_buffer_continues_every_optimiser_and_rewinds_eval_csv(workdir):
@@ -454,7 +454,7 @@ def test_bad_input(workdir):
     assert_clean_error(run_script("cfil.py", *TINY, "--resume", cwd=workdir, check=False),
                        "--resume found no checkpoint at checkpoints/Pendulum-v1__cfil__1/checkpoint.pt", "without --resume")
     assert_clean_error(run_script("cfil.py", *TINY, "--expert-path", workdir / "none", cwd=workdir, check=False),
-                       "no expert", "python cleanil/sac.py --env-id Pendulum-v1 --save-expert")
+                       "no expert", f"python cleanil/demos.py --env-id Pendulum-v1 --expert-path {workdir / 'none'} --from-")
     assert not (workdir / "runs").exists() or not list((workdir / "runs").iterdir())
 
 

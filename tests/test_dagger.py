@@ -192,17 +192,17 @@ def test_missing_policy_file_is_one_clear_sentence(tmp_path):
     (expert_copy / "policy.pt").unlink()
     result = run_script("dagger.py", "--env-id", "CartPole-v1", "--expert-path", expert_copy, cwd=tmp_path, check=False)
     assert_clean_error(result, f"no expert policy at {expert_copy / 'policy.pt'}",
-                       f"`python cleanil/dqn.py --env-id CartPole-v1 --save-expert --expert-path {expert_copy} --overwrite`")
+                       f"`python cleanil/demos.py --env-id CartPole-v1 --expert-path {expert_copy} "
+                       f"--from-<minari|d4rl|sb3|npz|policy> <source> --overwrite`")
     assert result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("env_id, command", [("CartPole-v1", "python cleanil/dqn.py --env-id CartPole-v1 --save-expert"),
-                                             ("Pendulum-v1", "python cleanil/sac.py --env-id Pendulum-v1 --save-expert")],
-                         ids=["discrete", "continuous"])
-def test_missing_experts_folder_names_the_command(env_id, command, tmp_path):
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"], ids=["discrete", "continuous"])
+def test_missing_experts_folder_names_the_command(env_id, tmp_path):
     result = run_script("dagger.py", "--env-id", env_id, "--expert-path", tmp_path / "experts" / env_id, cwd=tmp_path, check=False)
-    assert_clean_error(result, "no expert at", f"`{command} --expert-path {tmp_path / 'experts' / env_id}`")
+    assert_clean_error(result, "no expert at", f"cleanil ships one at experts/{env_id} (drop --expert-path to use it)",
+                       f"`python cleanil/demos.py --env-id {env_id} --expert-path {tmp_path / 'experts' / env_id} --from-")
     assert not (tmp_path / "runs").exists()
 
 

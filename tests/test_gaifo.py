@@ -107,7 +107,8 @@ def test_expert_actions_are_never_read(workdir, env_id):
 
 def test_bad_input_is_one_clear_sentence(workdir):
     result = run_script("gaifo.py", "--env-id", "MountainCar-v0", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
-    assert_clean_error(result, "no expert at", "python cleanil/dqn.py --env-id MountainCar-v0 --save-expert")
+    assert_clean_error(result, "no expert at",
+                       f"python cleanil/demos.py --env-id MountainCar-v0 --expert-path {workdir / 'nowhere'} --from-")
     result = run_script("gaifo.py", "--env-id", "NoSuchEnv-v0", cwd=workdir, check=False)
     assert_clean_error(result, "unknown environment id 'NoSuchEnv-v0'")
 

@@ -218,7 +218,8 @@ def test_smoke(workdir, flags):
 
 def test_bad_input_is_one_clear_sentence(workdir):
     result = run_script("gail.py", "--env-id", "Acrobot-v1", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
-    assert_clean_error(result, "no expert at", "python cleanil/dqn.py --env-id Acrobot-v1 --save-expert")
+    assert_clean_error(result, "no expert at",
+                       f"python cleanil/demos.py --env-id Acrobot-v1 --expert-path {workdir / 'nowhere'} --from-")
     result = run_script("gail.py", "--num-expert-trajectories", 100_000, cwd=workdir, check=False)
     assert_clean_error(result, "--num-expert-trajectories 100000 asks for more trajectories than the")
     result = run_script("gail.py", "--num-envs", 0, cwd=workdir, check=False)
@@ -233,7 +234,7 @@ def test_demos_with_invalid_actions_are_refused(workdir):
         demos = {key: npz[key] for key in npz.files}
     np.savez_compressed(expert_dir / "demos.npz", **{**demos, "actions": np.full(demos["actions"].shape, np.nan, dtype=np.float32)})
     result = run_script("gail.py", "--expert-path", expert_dir, *COMMON, cwd=workdir, check=False)
-    assert_clean_error(result, "holds invalid actions", f"dqn.py --env-id CartPole-v1 --save-expert --expert-path {expert_dir} --overwrite")
+    assert_clean_error(result, "holds invalid actions", f"demos.py --env-id CartPole-v1 --expert-path {expert_dir} --from-")
 
 
 @pytest.mark.learning

@@ -168,7 +168,8 @@ def test_bad_input_is_one_clear_sentence(workdir):
     assert_clean_error(result, "ilpo.py needs discrete actions", "Pendulum-v1", "use bco.py or gaifo.py")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     result = run_script("ilpo.py", "--env-id", "MountainCar-v0", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
-    assert_clean_error(result, "no expert at", "python cleanil/dqn.py --env-id MountainCar-v0 --save-expert")
+    assert_clean_error(result, "no expert at",
+                       f"python cleanil/demos.py --env-id MountainCar-v0 --expert-path {workdir / 'nowhere'} --from-")
     assert not (workdir / "runs").exists()
 
 

@@ -295,7 +295,8 @@ def test_expert_actions_are_never_read(workdir):
 
 def test_bad_input_is_one_clear_sentence(workdir):
     result = run_script("pmi_il.py", "--env-id", "MountainCar-v0", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
-    assert_clean_error(result, "no expert at", "python cleanil/dqn.py --env-id MountainCar-v0 --save-expert")
+    assert_clean_error(result, "no expert at",
+                       f"python cleanil/demos.py --env-id MountainCar-v0 --expert-path {workdir / 'nowhere'} --from-")
     result = run_script("pmi_il.py", "--env-id", "NoSuchEnv-v0", cwd=workdir, check=False)
     assert_clean_error(result, "unknown environment id 'NoSuchEnv-v0'")
     result = run_script("pmi_il.py", "--num-expert-trajectories", 24, "--num-heldout-trajectories", 5, cwd=workdir, check=False)

@@ -165,7 +165,7 @@ def test_bad_input(workdir):
     (wrong / "expert.json").write_text(json.dumps({"observation_shape": [4], "action_shape": [], "expert_return_mean": 500,
                                                    "random_return_mean": 20}))
     result = run_script("sac.py", *TINY, "--expert-path", wrong, cwd=workdir, check=False)
-    assert_clean_error(result, "observations (4,)", "python cleanil/sac.py --env-id Pendulum-v1 --save-expert")
+    assert_clean_error(result, "observations (4,)", f"cleanil/demos.py --env-id Pendulum-v1 --expert-path {wrong} --from-")
     (wrong / "expert.json").write_text("{not json")
     assert_clean_error(run_script("sac.py", *TINY, "--expert-path", wrong, cwd=workdir, check=False), "malformed")
 

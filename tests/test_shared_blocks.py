@@ -10,7 +10,11 @@ from conftest import SCRIPTS
 # names that are the same block wherever they appear; a script may leave one out, never change it
 SHARED = ["make_env", "load_expert_info", "expert_command", "SHIPPED_EXPERTS", "missing_expert_hint", "load_demos",
           "normalized_score", "evaluate", "package_versions", "write_eval_row", "write_summary", "bf16_is_fast",
-          "make_optimizer", "SoftQEnsemble"]
+          "make_optimizer", "SoftQEnsemble", "RANDOM_RETURN_EPISODES", "RANDOM_RETURN_SEED", "demos_mean_return",
+          "random_policy_returns", "demos_command", "ExpertPolicy", "rollout_episodes"]
+# what load_expert_info calls, so a script that copies it must copy these too (a demos-only folder reaches them)
+EXPERT_INFO_HELPERS = ["RANDOM_RETURN_EPISODES", "RANDOM_RETURN_SEED", "demos_mean_return", "random_policy_returns",
+                       "demos_command", "expert_command", "missing_expert_hint", "SHIPPED_EXPERTS", "make_env"]
 
 
 def top_level_sources(path):
@@ -36,6 +40,12 @@ def test_shared_block_is_identical_everywhere(name):
             variants[sources[name]].append(script)
     assert variants, f"no script defines {name}"
     assert len(variants) == 1, f"{name} differs between " + " | ".join(", ".join(scripts) for scripts in variants.values())
+
+
+@pytest.mark.parametrize("script", sorted(name for name, sources in SOURCES.items() if "load_expert_info" in sources))
+def test_the_helpers_of_load_expert_info_come_with_it(script):
+    missing = [name for name in EXPERT_INFO_HELPERS if name not in SOURCES[script]]
+    assert not missing, f"{script} copies load_expert_info without {missing}"
 
 
 def test_the_sac_scripts_share_the_sac_block():

@@ -1,0 +1,169 @@
+"""sqil.py: the balanced batch's rewards (1 for demonstrations, 0 for the agent's samples), the soft value and the soft
+Bellman error of Eq. 1, Alg. 1's weighting of the two halves, the soft-optimal policy, soft Q-learning and SAC driving
+Q towards 1 / (1 - gamma) on demonstrated pairs and 0 elsewhere, every flag end to end on a discrete and a continuous
+env, resuming from a compact checkpoint, bad input, the SAC block shared with sac.py, and imitating from one demo."""
+import inspect
+import types
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
+
+import sac
+import sqil
+
+TINY = ["--total-timesteps", "300", "--learning-starts", "100", "--eval-frequency", "150", "--eval-episodes", "2",
+        "--batch-size", "32", "--hidden-size", "32"]
+
+
+def args_for(**overrides):
+    return types.SimpleNamespace(**{**vars(sqil.Args()), **overrides})
+
+
+def test_balanced_batch_rewards_demonstrations_one_and_samples_zero():
+    demo = (torch.full((3, 2), 7.0), torch.full((3, 1), 1.0), torch.full((3, 2), 8.0), torch.zeros(3))
+    agent = (torch.full((5, 2), -7.0), torch.full((5, 1), 0.0), torch.full((5, 2), -8.0), torch.ones(5))
+    obs, actions, rewards, next_obs, terminations = sqil.balanced_batch(demo, agent)
+    assert rewards.tolist() == [1.0] * 3 + [0.0] * 5  # the demonstrations first, each half keeps its own rows
+    assert (obs[:3] == 7).all() and (obs[3:] == -7).all() and (next_obs[:3] == 8).all() and (next_obs[3:] == -8).all()
+    assert actions.squeeze(1).tolist() == [1.0] * 3 + [0.0] * 5 and terminations.tolist() == [0.0] * 3 + [1.0] * 5
+
+
+def test_soft_value_is_the_log_sum_exp_and_tends_to_the_max():
+    q_values = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    assert torch.allclose(sqil.soft_value(q_values, 1.0), torch.log(torch.exp(q_values).sum(-1)))
+    assert torch.allclose(sqil.soft_value(q_values, 2.0), 2.0 * torch.log(torch.exp(q_values / 2.0).sum(-1)))
+    assert torch.allclose(sqil.soft_value(q_values, 1e-3), q_values.max(-1).values, atol=1e-2)
+    assert sqil.soft_value(torch.zeros(1, 4), 1.0).item() == pytest.approx(np.log(4))
+
+
+def test_soft_bellman_error_bootstraps_only_without_termination_and_holds_the_target():
+    q_values = torch.tensor([0.5, 0.5], requires_grad=True)
+    next_value = torch.tensor([2.0, 2.0], requires_grad=True)
+    errors = sqil.soft_bellman_error(q_values, torch.tensor([1.0, 1.0]), 0.9, torch.tensor([0.0, 1.0]), next_value)
+    assert errors.tolist() == pytest.approx([(0.5 - (1 + 0.9 * 2)) ** 2, (0.5 - 1) ** 2])
+    errors.sum().backward()
+    assert next_value.grad is None and q_values.grad is not None  # a semi-gradient: the target is held fixed
+
+
+def test_sqil_loss_weights_the_demonstration_and_sample_halves():
+    errors = torch.tensor([[1.0, 3.0, 10.0, 20.0, 30.0], [2.0, 2.0, 0.0, 0.0, 0.0]])  # two critics, demos first (2 rows)
+    expected = (2.0 + 0.5 * 20.0) + (2.0 + 0.5 * 0.0)
+    assert sqil.sqil_loss(errors, 2, 0.5).item() == pytest.approx(expected)
+    assert sqil.sqil_loss(errors, 2, 0.0).item() == pytest.approx(4.0)  # lambda_samp = 0: the demonstrations only
+    assert sqil.sqil_loss(errors[0], 2, 1.0).item() == pytest.approx(2.0 + 20.0)
+
+
+def test_soft_q_policy_is_the_boltzmann_distribution_of_q():
+    q_values = torch.tensor([[0.0, 1.0, 3.0]])
+    for temperature in (0.5, 1.0, 4.0):
+        probs = sqil.soft_q_policy(q_values, temperature).probs
+        assert torch.allclose(probs, torch.softmax(q_values / temperature, -1))
+        # pi(a|s) = exp((Q(s, a) - V(s)) / alpha)
+        assert torch.allclose(probs, torch.exp((q_values - sqil.soft_value(q_values, temperature)[:, None]) / temperature))
+
+
+def fixed_batch(obs_dim, num_demo, num_agent, demo_action, agent_action, terminal, seed=0):
+    """Demonstrated states (first coordinate +1) with one action, agent states (-1) with another; each transition goes
+    to a state of its own kind, and ends there when terminal."""
+    generator = torch.Generator().manual_seed(seed)
+    demo_obs = torch.cat([torch.ones(num_demo, 1), 0.1 * torch.randn(num_demo, obs_dim - 1, generator=generator)], 1)
+    agent_obs = torch.cat([-torch.ones(num_agent, 1), 0.1 * torch.randn(num_agent, obs_dim - 1, generator=generator)], 1)
+    demo = (demo_obs, torch.full((num_demo, 1), demo_action), demo_obs.roll(1, 0), torch.full((num_demo,), float(terminal)))
+    agent = (agent_obs, torch.full((num_agent, 1), agent_action), agent_obs.roll(1, 0), torch.full((num_agent,), float(terminal)))
+    return sqil.balanced_batch(demo, agent)
+
+
+def test_soft_q_learning_reaches_the_sqil_fixed_point():
+    """One action (so V(s) = Q(s) exactly), gamma 0.5, no termination: Q -> 1 / (1 - gamma) = 2 on the demonstrations
+    and 0 on the agent's samples, through the bootstrapped target; swapped rewards or halves would swap them."""
+    torch.manual_seed(0)
+    args = args_for(gamma=0.5, soft_q_temperature=1.0, tau=0.05, lambda_samp=1.0)
+    batch = fixed_batch(3, 16, 16, 0.0, 0.0, terminal=False)
+    q_network, target_network = sqil.QNetwork(3, 1, 64), sqil.QNetwork(3, 1, 64)
+    target_network.load_state_dict(q_network.state_dict())
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=3e-3)
+    for _ in range(3000):
+        stats = sqil.soft_q_update(batch, 16, q_network, target_network, optimizer, args)
+    assert stats["losses/q_demo"].item() == pytest.approx(2.0, abs=0.1)
+    assert stats["losses/q_agent"].item() == pytest.approx(0.0, abs=0.1)
+
+
+def test_sac_critics_learn_reward_one_on_demonstrations_and_zero_on_samples():
+    """The continuous path (sac_update, both critics): terminal transitions, so Q -> r, 1 on the demonstrations and
+    0 on the agent's samples."""
+    torch.manual_seed(0)
+    args = args_for(gamma=0.5, policy_frequency=2, target_network_frequency=1, tau=0.05, autotune=False, lambda_samp=1.0)
+    batch = fixed_batch(3, 16, 16, 0.5, -0.5, terminal=True)
+    env = types.SimpleNamespace(observation_space=types.SimpleNamespace(shape=(3,)),
+                                action_space=types.SimpleNamespace(shape=(1,), high=np.ones(1), low=-np.ones(1)))
+    actor, qf, qf_target = sqil.Actor(env, 64, -5, 2), sqil.SoftQEnsemble(3, 1, 64), sqil.SoftQEnsemble(3, 1, 64)
+    qf_target.load_state_dict(qf.state_dict())
+    log_alpha = torch.tensor(np.log(0.01), requires_grad=True)
+    optimizers = [torch.optim.Adam(module.parameters(), lr=3e-3) for module in (qf, actor)] + [torch.optim.Adam([log_alpha], lr=1e-3)]
+    for step in range(1, 1501):
+        stats = sqil.sac_update(batch, 16, actor, qf, qf_target, log_alpha, *optimizers, args, -1.0, step)
+    q_values = qf(batch[0], batch[1]).detach()  # [2 critics, 32]
+    assert torch.allclose(q_values[:, :16], torch.ones(2, 16), atol=0.05) and torch.allclose(q_values[:, 16:], torch.zeros(2, 16), atol=0.05)
+    assert np.isfinite(stats["losses/actor_loss"].item())
+
+
+def test_the_sac_block_is_sac_py_s():
+    for name in ("SoftQEnsemble", "Actor", "ReplayBuffer", "policy_loss", "alpha_loss", "bf16_is_fast", "make_optimizer", "evaluate"):
+        assert inspect.getsource(getattr(sqil, name)) == inspect.getsource(getattr(sac, name)), name
+
+
+@pytest.mark.parametrize("flags", [
+    ["--env-id", "CartPole-v1"],
+    ["--env-id", "CartPole-v1", "--track", "--num-expert-trajectories", "3", "--subsample-frequency", "4",
+     "--soft-q-temperature", "0.5", "--lambda-samp", "0.5", "--demo-fraction", "0.25"],
+    ["--env-id", "Pendulum-v1"],
+    ["--env-id", "Pendulum-v1", "--no-autotune", "--no-bf16", "--lambda-samp", "2", "--demo-fraction", "0.75", "--track"],
+], ids=["discrete", "discrete-all-flags", "continuous", "continuous-all-flags"])
+def test_smoke(tmp_path, flags):
+    run_script("sqil.py", *flags, *TINY, cwd=tmp_path)
+    (run_dir,) = run_dirs(tmp_path)
+    rows = read_eval_csv(run_dir)
+    assert [row["global_step"] for row in rows] == [0, 150, 300]
+    assert all(np.isfinite(list(row.values())).all() for row in rows), rows
+    summary = read_summary(run_dir)
+    assert np.isfinite([summary["final_return"], summary["final_normalized_score"]]).all()
+    for flag, key in (("--lambda-samp", "lambda_samp"), ("--demo-fraction", "demo_fraction"), ("--subsample-frequency", "subsample_frequency")):
+        if flag in flags:
+            assert summary["args"][key] == pytest.approx(float(flags[flags.index(flag) + 1]))
+    if "--track" in flags:
+        assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
+    assert summary["precision"] == ("fp32" if "CartPole-v1" in flags or "--no-bf16" in flags or not sac.bf16_is_fast(torch.device("cpu"))
+                                    else "bf16-autocast")
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_resume_continues_from_a_compact_checkpoint(tmp_path, env_id):
+    flags = ["--env-id", env_id, *TINY[2:], "--checkpoint-frequency", "300", "--refill-steps", "100"]  # TINY less its budget
+    path = tmp_path / "checkpoints" / f"{env_id}__sqil__1" / "checkpoint.pt"
+    run_script("sqil.py", *flags, "--total-timesteps", "300", cwd=tmp_path)
+    (run_dir,) = run_dirs(tmp_path)
+    first = torch.load(path, weights_only=False)
+    assert first["global_step"] == 300 and "rb" not in first and path.stat().st_size < 200_000
+    run_script("sqil.py", *flags, "--total-timesteps", "450", "--resume", cwd=tmp_path)
+    assert run_dirs(tmp_path) == [run_dir]
+    assert [row["global_step"] for row in read_eval_csv(run_dir)] == [0, 150, 300, 450]
+    summary = read_summary(run_dir)
+    assert summary["refill_env_steps"] == 100 and summary["args"]["resume"] is True
+    last = torch.load(path, weights_only=False)
+    assert last["global_step"] == 450 and len(last["commands"]) == 2
+    optimizer = last["q_optimizer"]["state"][0]["step"]
+    assert float(optimizer) == 450 - 100  # one update per step after learning_starts, continued (not restarted)
+
+
+def test_bad_input_is_a_clean_error(tmp_path):
+    assert_clean_error(run_script("sqil.py", "--env-id", "CartPole-v1", "--demo-fraction", "1", cwd=tmp_path, check=False),
+                       "--demo-fraction 1.0 of --batch-size 256 leaves no room")
+    assert_clean_error(run_script("sqil.py", "--env-id", "CartPole-v1", "--soft-q-temperature", "0", cwd=tmp_path, check=False),
+                       "--soft-q-temperature must be positive")
+    assert_clean_error(run_script("sqil.py", "--env-id", "CartPole-v1", "--lambda-samp", "-1", cwd=tmp_path, check=False),
+                       "--lambda-samp must be non-negative")
+    assert_clean_error(run_script("sqil.py", "--env-id", "Pendulum-v1", "--num-expert-trajectories", "1000", cwd=tmp_path, check=False),
+                       "more trajectories than")
+    assert not (tmp_path / "runs").exists()
