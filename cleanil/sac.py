@@ -119,6 +119,9 @@ class Args:
     """deterministic episodes that measure the expert return (and random-policy episodes) for expert.json"""
     num_demo_episodes: int = 25
     """deterministic expert episodes stored in demos.npz"""
+    float16_observations: bool = False
+    """store demos.npz's observations and next_observations as float16 (half the size: Humanoid's 376-dim observations;
+    the scripts cast them back to float32 on load)"""
     expert_snapshot: Literal["best", "final"] = "best"
     """which actor --save-expert ships: `best` (highest eval return seen, as expert checkpoints are usually picked) or `final`"""
 
@@ -505,6 +508,8 @@ def save_expert(expert_dir, args, actor, env_id, device, training, overwrite):
     if weak:
         print(f"warning: the saved expert {weak}; train longer (--total-timesteps) before imitating it.", file=sys.stderr)
     demos, demo_returns = rollout_episodes(act, env, args.num_demo_episodes, args.seed + 40_000)
+    if args.float16_observations:
+        demos["observations"], demos["next_observations"] = demos["observations"].astype(np.float16), demos["next_observations"].astype(np.float16)
     np.savez_compressed(expert_dir / "demos.npz", **demos)
     policy = actor.mean_mlp()
     torch.save({key: value.cpu() for key, value in policy.state_dict().items()}, expert_dir / "policy.pt")
@@ -536,7 +541,8 @@ def save_expert(expert_dir, args, actor, env_id, device, training, overwrite):
             "action_bias": actor.action_bias.cpu().tolist(),
         },
         "demos": {"file": "demos.npz", "episodes": len(demo_returns), "transitions": len(demos["rewards"]),
-                  "return_mean": float(demo_returns.mean()), "policy": "deterministic"},
+                  "return_mean": float(demo_returns.mean()), "policy": "deterministic",
+                  "observation_dtype": str(demos["observations"].dtype)},
         "training": "SAC on the environment reward; " + json.dumps({k: v for k, v in asdict(args).items() if k not in ("track", "wandb_entity")}),
     }
     (expert_dir / "expert.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -140,6 +140,19 @@ def test_save_expert_writes_the_schema_and_refuses_to_overwrite(workdir):
     assert info["algorithm"] == "sac" and info["training_steps"] == 300 and demos["actions"].shape[1:] == (1,)
     assert info["policy"]["output"] == "tanh" and info["policy"]["action_scale"] == [2.0]
     assert_clean_error(run_script("sac.py", *flags, cwd=workdir, check=False), "already exists", "--overwrite")
+    assert demos["observations"].dtype == np.float32 and info["demos"]["observation_dtype"] == "float32"
+
+    # --float16-observations (Humanoid's demos): half the bytes, and an imitation script reads them back as float32
+    run_script("sac.py", *flags, "--overwrite", "--float16-observations", cwd=workdir)
+    info, half = validate_expert_folder(expert, min_demo_episodes=2, trained=False)
+    assert half["observations"].dtype == half["next_observations"].dtype == np.float16
+    assert info["demos"]["observation_dtype"] == "float16"
+    import bc
+
+    env = gym.make("Pendulum-v1")
+    loaded = bc.load_demos(expert, env, 2, 1, 0, ("observations", "next_observations"))
+    assert loaded["observations"].dtype == np.float32
+    np.testing.assert_allclose(loaded["observations"], half["observations"].astype(np.float32))
 
 
 def test_expert_weakness_names_why():
