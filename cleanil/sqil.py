@@ -106,10 +106,12 @@ class Args:
     """SAC: the actor is updated every this many steps, this many times (delayed updates as in TD3)"""
     target_network_frequency: int = 1
     """the frequency of updates for the target networks"""
-    alpha: float = 0.2
-    """SAC: entropy regularization coefficient (initial value when autotuned)"""
-    autotune: bool = True
-    """SAC: automatic tuning of the entropy coefficient (1812.05905 Eq. 18)"""
+    alpha: float = 0.05
+    """SAC: entropy regularization coefficient (fixed; the initial value with --autotune)"""
+    autotune: bool = False
+    """SAC: tune the entropy coefficient to the target entropy -|A| (1812.05905 Eq. 18). Off: as the policy sharpens onto
+    the demonstrations, the tuned alpha grows until the entropy bonus outweighs SQIL's 0/1 rewards and the imitation
+    collapses (README, SQIL)"""
     hidden_size: int = 256
     """width of the two hidden layers of actor and critics (or of the Q-network)"""
     log_std_min: float = -5.0
