@@ -245,7 +245,10 @@ def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path):
     cfil = f"cfil@{args_id(*cfil_tiny)}"
     log = tmp_path / "benchmark" / "logs" / f"{cfil}__Pendulum-v1__1.log"
     env = {**os.environ, "PYTHON": sys.executable, "WANDB_MODE": "offline"}
-    sweep = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default in the sweep's shell, as in a terminal: pytest-xdist's workers ignore it, a child inherits
+    # that, and bash cannot trap a signal that was ignored when it started
+    sweep = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 240
         while not list(tmp_path.glob("runs/*/eval.csv")) or len(next(tmp_path.glob("runs/*/eval.csv")).read_text().splitlines()) < 4:
