@@ -17,12 +17,13 @@ import pytest
 
 from conftest import EXPERTS, SCRIPTS, assert_clean_error, read_eval_csv, run_script
 
-ALL = ["bc", "bco", "cfil", "dagger", "dqn", "gaifo", "gail", "ilpo", "nail", "pmi_il", "reinforce", "sac", "sqil"]
+ALL = ["bc", "bco", "cfil", "dagger", "dqn", "gaifo", "gail", "ilpo", "iq_learn", "nail", "pmi_il", "reinforce", "sac", "sqil"]
 CONTINUOUS_ONLY = {"cfil", "nail", "sac"}
 DISCRETE_ONLY = {"dqn", "ilpo"}
 EXPERT_OPTIONAL = {"dqn", "reinforce", "sac"}  # trainers: expert.json only adds the normalized score
 BATCH_FLAG = {"bc": "--batch-size", "bco": "--batch-size", "cfil": "--batch-size", "dagger": "--batch-size",
               "dqn": "--batch-size", "nail": "--batch-size", "sac": "--batch-size", "sqil": "--batch-size", "ilpo": "--latent-batch-size",
+              "iq_learn": "--batch-size",
               "gail": "--num-envs", "gaifo": "--num-envs", "pmi_il": "--num-envs", "reinforce": "--num-episodes"}
 
 
@@ -111,7 +112,7 @@ def test_missing_expert_folder_names_a_command_that_creates_it(script, tmp_path)
     assert_nothing_created(tmp_path)
 
 
-@pytest.mark.parametrize("script", ["bc", "bco", "cfil", "dagger", "gaifo", "gail", "ilpo", "nail", "pmi_il", "sqil"])
+@pytest.mark.parametrize("script", ["bc", "bco", "cfil", "dagger", "gaifo", "gail", "ilpo", "iq_learn", "nail", "pmi_il", "sqil"])
 def test_corrupt_demos_name_the_file_and_the_command(script, tmp_path):
     env_id = env_of(script)
     folder = tmp_path / "expert"
@@ -259,5 +260,5 @@ def test_the_blocks_of_this_issue_are_in_every_script_and_identical(name):
     holders = {script: source for script, source in copies.items() if source is not None}
     assert len(set(holders.values())) == 1, {script: source[:200] for script, source in holders.items()}
     # the scripts that cannot resume stop at once; the others finish the step and checkpoint on the signal
-    expected = set(ALL) - {"cfil", "dqn", "nail", "sac", "sqil"} if name == "exit_on_stop_signals" else set(ALL)
+    expected = set(ALL) - {"cfil", "dqn", "iq_learn", "nail", "sac", "sqil"} if name == "exit_on_stop_signals" else set(ALL)
     assert set(holders) == expected, set(holders) ^ expected
