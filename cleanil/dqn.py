@@ -21,6 +21,8 @@ import shlex
 import signal
 import sys
 import time
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Optional

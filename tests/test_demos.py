@@ -528,3 +528,15 @@ def test_load_demos_names_an_array_a_script_needs_and_the_folder_lacks(tmp_path)
         gaifo.load_demos(tmp_path, gym.make("CartPole-v1"), 2, 1, 0, gaifo.DEMO_KEYS)
     assert stop.value.code.startswith(f"error: {tmp_path / 'demos.npz'} has no next_observations"), stop.value.code
     assert "cleanil/demos.py --env-id CartPole-v1" in stop.value.code
+
+
+@pytest.mark.parametrize("script", sorted(path.stem for path in SCRIPTS.glob("*.py") if "def demos_mean_return" in path.read_text()))
+def test_a_corrupt_demos_npz_read_for_its_mean_return_is_one_sentence_in_every_script(script, tmp_path):
+    """expert.json without expert_return_mean sends every script to demos.npz for it; a corrupt zip there is named
+    (sac.py, dqn.py and reinforce.py once raised NameError here: they caught zipfile's error without importing it)."""
+    module = runpy.run_path(str(SCRIPTS / f"{script}.py"), run_name="not_main")
+    folder = demos_only_folder(tmp_path / "mine", {"observation_shape": [4], "action_shape": [], "random_return_mean": 20})
+    (folder / "demos.npz").write_bytes(b"PK\x03\x04" + b"\x00" * 64)  # a zip's signature, then nothing a zip holds
+    with pytest.raises(SystemExit) as stop:
+        module["load_expert_info"](folder, gym.make("CartPole-v1"), required=True)
+    assert stop.value.code.startswith(f"error: {folder / 'demos.npz'} is corrupt or malformed"), stop.value.code
