@@ -17,14 +17,14 @@ import pytest
 
 from conftest import EXPERTS, SCRIPTS, assert_clean_error, read_eval_csv, run_script
 
-ALL = ["bc", "bco", "cfil", "dagger", "dqn", "gaifo", "gail", "ilpo", "iq_learn", "nail", "pmi_il", "reinforce", "sac", "sqil"]
+ALL = ["airl", "bc", "bco", "cfil", "dagger", "dqn", "gaifo", "gail", "ilpo", "iq_learn", "nail", "pmi_il", "reinforce", "sac", "sqil"]
 CONTINUOUS_ONLY = {"cfil", "nail", "sac"}
 DISCRETE_ONLY = {"dqn", "ilpo"}
 EXPERT_OPTIONAL = {"dqn", "reinforce", "sac"}  # trainers: expert.json only adds the normalized score
 BATCH_FLAG = {"bc": "--batch-size", "bco": "--batch-size", "cfil": "--batch-size", "dagger": "--batch-size",
               "dqn": "--batch-size", "nail": "--batch-size", "sac": "--batch-size", "sqil": "--batch-size", "ilpo": "--latent-batch-size",
               "iq_learn": "--batch-size",
-              "gail": "--num-envs", "gaifo": "--num-envs", "pmi_il": "--num-envs", "reinforce": "--num-episodes"}
+              "airl": "--num-envs", "gail": "--num-envs", "gaifo": "--num-envs", "pmi_il": "--num-envs", "reinforce": "--num-episodes"}
 
 
 def env_of(script):
@@ -73,7 +73,7 @@ def bad_input_cases():
             cases.append(pytest.param(script, ["--env-id", "CartPole-v1", "--track"], "continuous", {}, id=f"{script}-discrete-env"))
         if script in DISCRETE_ONLY:
             cases.append(pytest.param(script, ["--env-id", "Pendulum-v1", "--track"], "discrete", {}, id=f"{script}-continuous-env"))
-    for script in ("gail", "gaifo", "pmi_il"):
+    for script in ("airl", "gail", "gaifo", "pmi_il"):
         cases.append(pytest.param(script, ["--env-id", "CartPole-v1", "--total-timesteps", "1000"],
                                   "--total-timesteps 1000 is less than one iteration of --num-envs 8 x --num-steps", {},
                                   id=f"{script}-budget-below-one-iteration"))
@@ -112,7 +112,7 @@ def test_missing_expert_folder_names_a_command_that_creates_it(script, tmp_path)
     assert_nothing_created(tmp_path)
 
 
-@pytest.mark.parametrize("script", ["bc", "bco", "cfil", "dagger", "gaifo", "gail", "ilpo", "iq_learn", "nail", "pmi_il", "sqil"])
+@pytest.mark.parametrize("script", ["airl", "bc", "bco", "cfil", "dagger", "gaifo", "gail", "ilpo", "iq_learn", "nail", "pmi_il", "sqil"])
 def test_corrupt_demos_name_the_file_and_the_command(script, tmp_path):
     env_id = env_of(script)
     folder = tmp_path / "expert"
@@ -164,7 +164,7 @@ def test_summary_without_an_expert_is_strict_json(tmp_path):
     assert all(np.isnan(row["normalized_score"]) for row in rows)  # eval.csv keeps nan: csv has no null
 
 
-@pytest.mark.parametrize("script", ["gail", "gaifo", "pmi_il"])
+@pytest.mark.parametrize("script", ["airl", "gail", "gaifo", "pmi_il"])
 def test_on_policy_budget_is_never_exceeded_and_the_bar_ends_full(script, tmp_path):
     """--total-timesteps 2048 = one iteration of 8 x 256: one iteration runs (it was two, 3,947 transitions), and the
     progress bar ends at 100% of the steps run rather than at a total it never reached."""
