@@ -14,6 +14,7 @@ all its per-run final normalized scores pooled over envs (the 25% trimmed mean o
 arXiv 2108.13264, = scipy.stats.trim_mean(x, 0.25)). Envs without expert.json have NaN normalized scores: they
 are left out of the IQM and their plots show returns instead, which results.md says.
 """
+
 import argparse
 import csv
 import json
@@ -32,8 +33,22 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # arguments that do not change what a run learns: runs differing only in these are seeds of one setting
-BOOKKEEPING_ARGS = {"seed", "exp_name", "env_id", "resume", "track", "wandb_project_name", "wandb_entity", "capture_video",
-                    "cuda", "checkpoint_dir", "checkpoint_frequency", "checkpoint_minutes", "refill_steps", "save_expert"}
+BOOKKEEPING_ARGS = {
+    "seed",
+    "exp_name",
+    "env_id",
+    "resume",
+    "track",
+    "wandb_project_name",
+    "wandb_entity",
+    "capture_video",
+    "cuda",
+    "checkpoint_dir",
+    "checkpoint_frequency",
+    "checkpoint_minutes",
+    "refill_steps",
+    "save_expert",
+}
 # scripts whose eval.csv global_step counts gradient steps, not environment steps (they never step the env to learn)
 GRADIENT_STEP_SCRIPTS = {"bc"}
 
@@ -42,7 +57,7 @@ def interquartile_mean(values):
     """Mean of the middle 50%: drop floor(n/4) values at each end of the sorted scores (scipy's trim_mean)."""
     values = np.sort(np.asarray(values, dtype=np.float64))
     cut = int(0.25 * len(values))
-    return float(values[cut: len(values) - cut].mean())
+    return float(values[cut : len(values) - cut].mean())
 
 
 def read_eval_csv(path):
@@ -63,9 +78,16 @@ def load_runs(runs_dir):
         try:
             summary = json.loads(summary_path.read_text())
             args = summary["args"]
-            run = {"dir": run_dir, "exp_name": args["exp_name"], "env_id": args["env_id"], "seed": int(args["seed"]),
-                   "setting": setting_of(args), "summary": summary, "curve": read_eval_csv(eval_path),
-                   "mtime": summary_path.stat().st_mtime}
+            run = {
+                "dir": run_dir,
+                "exp_name": args["exp_name"],
+                "env_id": args["env_id"],
+                "seed": int(args["seed"]),
+                "setting": setting_of(args),
+                "summary": summary,
+                "curve": read_eval_csv(eval_path),
+                "mtime": summary_path.stat().st_mtime,
+            }
             if len(run["curve"].get("global_step", ())) == 0:
                 raise ValueError("eval.csv has no rows")
         except (ValueError, KeyError, TypeError, OSError) as error:
@@ -82,7 +104,9 @@ def load_runs(runs_dir):
 
 def setting_of(args):
     """What a run learned with, as a hashable: its arguments less the seed and the bookkeeping ones."""
-    return tuple(sorted((key, json.dumps(value, sort_keys=True)) for key, value in args.items() if key not in BOOKKEEPING_ARGS))
+    return tuple(
+        sorted((key, json.dumps(value, sort_keys=True)) for key, value in args.items() if key not in BOOKKEEPING_ARGS)
+    )
 
 
 def base_name(exp_name):
@@ -101,7 +125,9 @@ def variant_labels(variants):
             labels[group[0]] = base
             continue
         settings = [dict(setting) for _, setting in group]
-        differing = sorted({key for setting in settings for key in setting if any(other.get(key) != setting.get(key) for other in settings)})
+        differing = sorted(
+            {key for setting in settings for key in setting if any(other.get(key) != setting.get(key) for other in settings)}
+        )
         for (exp_name, setting), values in zip(group, settings):
             shown = ", ".join(f"{key}={values[key]}" if key in values else f"no {key}" for key in differing)
             labels[exp_name, setting] = f"{base} [{shown}]" if shown else exp_name
@@ -161,8 +187,10 @@ def panels_of(curves_by_label):
     Returns [(x-axis label, [label, ...]), ...]."""
     panels = []
     for unit in ("environment steps", "gradient steps"):
-        labels = sorted((label for label, (curve_unit, _) in curves_by_label.items() if curve_unit == unit),
-                        key=lambda label: max(curve["global_step"][-1] for curve in curves_by_label[label][1]))
+        labels = sorted(
+            (label for label, (curve_unit, _) in curves_by_label.items() if curve_unit == unit),
+            key=lambda label: max(curve["global_step"][-1] for curve in curves_by_label[label][1]),
+        )
         budgets = {label: max(curve["global_step"][-1] for curve in curves_by_label[label][1]) for label in labels}
         # curves that end at step 0 (evaluated before any training) join the shortest budget's panel
         current, smallest = [label for label in labels if budgets[label] <= 0], None
@@ -183,8 +211,13 @@ def plot_env(env_id, runs_by_label, path):
     missing = sorted(label for label, runs in runs_by_label.items() if not all(has_expert(run) for run in runs))
     normalized = not missing
     key = "normalized_score" if normalized else "eval_return_mean"
-    curves_by_label = {label: ("gradient steps" if script_of(runs[0]["exp_name"]) in GRADIENT_STEP_SCRIPTS else "environment steps",
-                               [run["curve"] for run in runs]) for label, runs in runs_by_label.items()}
+    curves_by_label = {
+        label: (
+            "gradient steps" if script_of(runs[0]["exp_name"]) in GRADIENT_STEP_SCRIPTS else "environment steps",
+            [run["curve"] for run in runs],
+        )
+        for label, runs in runs_by_label.items()
+    }
     panels = panels_of(curves_by_label)
     fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False)
     for ax, (unit, labels) in zip(axes[0], panels):
@@ -193,8 +226,9 @@ def plot_env(env_id, runs_by_label, path):
             steps, mean, std = curve_band(curves_by_label[label][1], key)
             seeds = len(runs)
             # a one-point curve (a method evaluated only at step 0, or a stopped run) is a marker, not an invisible line
-            line, = ax.plot(steps, mean, marker="o" if len(steps) < 3 else None,
-                            label=f"{label} ({seeds} seed{'s' if seeds > 1 else ''})")
+            (line,) = ax.plot(
+                steps, mean, marker="o" if len(steps) < 3 else None, label=f"{label} ({seeds} seed{'s' if seeds > 1 else ''})"
+            )
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
         if normalized:
             ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8, label="expert")
@@ -216,23 +250,36 @@ def plot_env(env_id, runs_by_label, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs-dir", default=str(REPO / "runs"), help="folder of run folders (default: runs/ of the repo)")
-    parser.add_argument("--output-dir", default=str(REPO / "runs" / "report"),
-                        help="where results.md and plots/ go (default: runs/report/ of the repo, git-ignored; "
-                             "--output-dir benchmark replaces the committed report)")
-    parser.add_argument("--algos", default="", help='only these exp_names (with or without @<args-id>), e.g. "bc gail" (default: all)')
+    parser.add_argument(
+        "--output-dir",
+        default=str(REPO / "runs" / "report"),
+        help="where results.md and plots/ go (default: runs/report/ of the repo, git-ignored; "
+        "--output-dir benchmark replaces the committed report)",
+    )
+    parser.add_argument(
+        "--algos", default="", help='only these exp_names (with or without @<args-id>), e.g. "bc gail" (default: all)'
+    )
     parser.add_argument("--env-ids", default="", help='only these env ids, e.g. "Hopper-v4 Ant-v4" (default: all)')
     args = parser.parse_args()
 
     runs_dir, output_dir = Path(args.runs_dir), Path(args.output_dir)
     if not runs_dir.is_dir():
-        sys.exit(f"error: no runs folder at {runs_dir}; run ./benchmark.sh first, or pass --runs-dir (or --workdir) of a sweep.")
+        sys.exit(
+            f"error: no runs folder at {runs_dir}; run ./benchmark.sh first, or pass --runs-dir (or --workdir) of a sweep."
+        )
     runs, skipped = load_runs(runs_dir)
     algos, env_ids = set(args.algos.split()), set(args.env_ids.split())
-    runs = [run for run in runs if (not algos or run["exp_name"] in algos or base_name(run["exp_name"]) in algos)
-            and (not env_ids or run["env_id"] in env_ids)]
+    runs = [
+        run
+        for run in runs
+        if (not algos or run["exp_name"] in algos or base_name(run["exp_name"]) in algos)
+        and (not env_ids or run["env_id"] in env_ids)
+    ]
     if not runs:
-        sys.exit(f"error: no finished runs (runs/<run>/summary.json) under {runs_dir} match the filters; "
-                 "run ./benchmark.sh first, or check --runs-dir, --algos and --env-ids.")
+        sys.exit(
+            f"error: no finished runs (runs/<run>/summary.json) under {runs_dir} match the filters; "
+            "run ./benchmark.sh first, or check --runs-dir, --algos and --env-ids."
+        )
 
     labels = variant_labels({(run["exp_name"], run["setting"]) for run in runs})
     groups = defaultdict(list)  # (label, env) -> runs sorted by seed
@@ -242,13 +289,16 @@ def main():
     env_names = sorted({env for _, env in groups})
 
     lines = [
-        "# cleanil benchmark results", "",
+        "# cleanil benchmark results",
+        "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `benchmark/report.py` from {len(runs)} finished runs in "
         f"`{runs_dir}`. Normalized score = (R - R_random) / (R_expert - R_random) with both constants from the env's "
         "expert.json (1 = expert, 0 = random policy); final = the last evaluation of each run; mean ± std over seeds "
         "(ddof=0). Steps/s and wall time are the per-run means from summary.json. Runs with different arguments are "
-        "different rows.", "",
-        "## Final scores per algorithm and environment", "",
+        "different rows.",
+        "",
+        "## Final scores per algorithm and environment",
+        "",
         "| algorithm | environment | seeds | steps | final normalized score | final return | steps/s | wall time |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -264,37 +314,61 @@ def main():
         elif not finite:
             score_text = "n/a (every seed diverged)"
         else:
-            score_text = mean_std(finite, 3) + ("" if len(finite) == len(group) else f" ({len(finite)}/{len(group)} seeds; the rest diverged)")
+            score_text = mean_std(finite, 3) + (
+                "" if len(finite) == len(group) else f" ({len(finite)}/{len(group)} seeds; the rest diverged)"
+            )
         steps = sorted({s["args"].get("total_timesteps") for s in (run["summary"] for run in group)}, key=str)
         return_text = mean_std([s["final_return"] for s in summaries], 1) if summaries else "NaN (diverged)"
-        lines.append(f"| {algo} | {env_id} | {', '.join(str(run['seed']) for run in group)} | "
-                     f"{'/'.join(str(step) for step in steps)} | {score_text} | {return_text} | "
-                     f"{np.mean([run['summary']['mean_sps'] for run in group]):.0f} | "
-                     f"{format_duration(np.mean([run['summary']['total_wall_time_s'] for run in group]))} |")
+        lines.append(
+            f"| {algo} | {env_id} | {', '.join(str(run['seed']) for run in group)} | "
+            f"{'/'.join(str(step) for step in steps)} | {score_text} | {return_text} | "
+            f"{np.mean([run['summary']['mean_sps'] for run in group]):.0f} | "
+            f"{format_duration(np.mean([run['summary']['total_wall_time_s'] for run in group]))} |"
+        )
 
-    lines += ["", "## Aggregate over environments (IQM)", "",
-              "Interquartile mean of all per-run final normalized scores of an algorithm, pooled over its environments "
-              "(25% trimmed from each end; Agarwal et al. 2021). Environments without expert.json and diverged runs are "
-              "left out (listed in the notes).", "",
-              "| algorithm | IQM normalized score | runs | environments |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Aggregate over environments (IQM)",
+        "",
+        "Interquartile mean of all per-run final normalized scores of an algorithm, pooled over its environments "
+        "(25% trimmed from each end; Agarwal et al. 2021). Environments without expert.json and diverged runs are "
+        "left out (listed in the notes).",
+        "",
+        "| algorithm | IQM normalized score | runs | environments |",
+        "|---|---|---|---|",
+    ]
     for algo in algo_names:
-        pooled = [(run["summary"].get("final_normalized_score"), env_id)
-                  for (name, env_id), group in groups.items() if name == algo for run in group if not diverged(run)]
+        pooled = [
+            (run["summary"].get("final_normalized_score"), env_id)
+            for (name, env_id), group in groups.items()
+            if name == algo
+            for run in group
+            if not diverged(run)
+        ]
         pooled = [(score, env_id) for score, env_id in pooled if is_finite(score)]
         if pooled:
             envs = sorted({env_id for _, env_id in pooled})
-            lines.append(f"| {algo} | {interquartile_mean([score for score, _ in pooled]):.3f} | {len(pooled)} | {', '.join(envs)} |")
+            lines.append(
+                f"| {algo} | {interquartile_mean([score for score, _ in pooled]):.3f} | {len(pooled)} | {', '.join(envs)} |"
+            )
         else:
             lines.append(f"| {algo} | n/a (no expert.json) | 0 | |")
 
     plots_dir = output_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
-    lines += ["", "## Learning curves", "",
-              "Evaluation after every `eval_frequency` steps; line = mean over seeds, band = ± 1 std. bc counts gradient "
-              "steps (its own panel); budgets more than 10x apart get separate panels.", ""]
+    lines += [
+        "",
+        "## Learning curves",
+        "",
+        "Evaluation after every `eval_frequency` steps; line = mean over seeds, band = ± 1 std. bc counts gradient "
+        "steps (its own panel); budgets more than 10x apart get separate panels.",
+        "",
+    ]
     for env_id in env_names:
         file_name = env_id.replace("/", "_") + ".png"
-        missing, _ = plot_env(env_id, {algo: group for (algo, env), group in groups.items() if env == env_id}, plots_dir / file_name)
+        missing, _ = plot_env(
+            env_id, {algo: group for (algo, env), group in groups.items() if env == env_id}, plots_dir / file_name
+        )
         note = f" (returns: normalized score n/a for {', '.join(missing)}, no expert.json)" if missing else ""
         lines += [f"### {env_id}{note}", "", f"![{env_id}](plots/{file_name})", ""]
 
@@ -305,17 +379,23 @@ def main():
         notes.append(f"{skipped['replaced']} older duplicate run(s) of the same algorithm, arguments, env and seed left out.")
     notes += [f"unreadable run left out: {entry}" for entry in skipped["unreadable"]]
     if diverged_runs:
-        notes.append(f"diverged (NaN final return), left out of the means, the IQM and the curves: {', '.join(diverged_runs)}.")
+        notes.append(
+            f"diverged (NaN final return), left out of the means, the IQM and the curves: {', '.join(diverged_runs)}."
+        )
     if no_expert:
-        notes.append(f"no normalized score (no expert.json when they ran) for: {', '.join(sorted(no_expert))}; "
-                     "their rows show returns only, and the plots of their envs show returns.")
+        notes.append(
+            f"no normalized score (no expert.json when they ran) for: {', '.join(sorted(no_expert))}; "
+            "their rows show returns only, and the plots of their envs show returns."
+        )
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
 
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.md").write_text("\n".join(lines).rstrip() + "\n")
-    print(f"wrote {output_dir / 'results.md'} ({len(runs)} runs, {len(algo_names)} algorithms, {len(env_names)} envs) "
-          f"and {len(env_names)} plot(s) in {plots_dir}")
+    print(
+        f"wrote {output_dir / 'results.md'} ({len(runs)} runs, {len(algo_names)} algorithms, {len(env_names)} envs) "
+        f"and {len(env_names)} plot(s) in {plots_dir}"
+    )
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
 

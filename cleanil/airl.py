@@ -32,6 +32,7 @@ gamma 0.995, lambda 0.97, max KL 0.01, observations standardised with the expert
 network, discrete actions one-hot, and gymnasium's next-step autoreset step masked out of every loss and not counted
 as an environment step.
 """
+
 import json
 import os
 import platform
@@ -165,8 +166,10 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
             env.reset(seed=seed)
             env.render()
         except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                     f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video.")
+            sys.exit(
+                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
+            )
         # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
         env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -198,22 +201,32 @@ def load_expert_info(expert_dir, env, required):
     except (ValueError, KeyError, TypeError) as error:
         sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
     if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
+        )
     if "expert_return_mean" not in returns:
         returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-              f"{num_episodes} episodes, stands in for it.", file=sys.stderr)
+        print(
+            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
+            f"{num_episodes} episodes, stands in for it.",
+            file=sys.stderr,
+        )
     if "random_return_mean" not in returns:
         returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-              f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-              f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).", file=sys.stderr)
+        print(
+            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
+            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
+            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
+            file=sys.stderr,
+        )
     expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
     if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-                 f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-                 f"`{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
+            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
+            f"`{command} --overwrite`."
+        )
     return {"env_id": env.spec.id, **info, **returns}
 
 
@@ -221,8 +234,10 @@ def demos_mean_return(expert_dir, command):
     """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
     path = Path(expert_dir) / "demos.npz"
     if not path.exists():
-        sys.exit(f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-                 f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
+            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
+        )
     try:
         with np.load(path) as data:
             rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
@@ -268,8 +283,18 @@ def demos_command(env_id, expert_dir=None):
     return command
 
 
-SHIPPED_EXPERTS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4", "Hopper-v4",
-                   "HalfCheetah-v4", "Walker2d-v4", "Ant-v4", "Humanoid-v4")
+SHIPPED_EXPERTS = (
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCar-v0",
+    "Pendulum-v1",
+    "InvertedPendulum-v4",
+    "Hopper-v4",
+    "HalfCheetah-v4",
+    "Walker2d-v4",
+    "Ant-v4",
+    "Humanoid-v4",
+)
 
 
 def missing_expert_hint(env_id, expert_dir=None):
@@ -277,16 +302,21 @@ def missing_expert_hint(env_id, expert_dir=None):
     built by cleanil/demos.py, and any other env's default folder needs a training run."""
     command = expert_command(env_id, expert_dir)
     if "demos.py" in command:
-        shipped = (f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); "
-                   if env_id in SHIPPED_EXPERTS else "")
-        return (f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-                f"expert.json with observation_shape and action_shape by hand (README, \"Your own demonstrations\").")
+        shipped = (
+            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
+        )
+        return (
+            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
+            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
+        )
     if env_id in SHIPPED_EXPERTS:
         return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
     if "dqn.py" in command:
         return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-            f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert).")
+    return (
+        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
+    )
 
 
 def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
@@ -297,34 +327,57 @@ def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, key
     if not path.exists():
         sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
     if num_trajectories < 1 or subsample_frequency < 1:
-        sys.exit(f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must be >= 1.")
+        sys.exit(
+            f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must "
+            f"be >= 1."
+        )
     try:
         with np.load(path) as data:
             missing = [key for key in ("episode_starts", "rewards", *keys) if key not in data.files]
             if missing:
-                sys.exit(f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
-                         f"this script reads; regenerate it with `{command} --overwrite`.")
+                sys.exit(
+                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
+                    f"this script reads; regenerate it with `{command} --overwrite`."
+                )
             starts, length = data["episode_starts"], len(data["rewards"])
             arrays = {key: data[key] for key in keys}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if (starts.ndim != 1 or not np.issubdtype(starts.dtype, np.integer) or len(starts) == 0 or starts[0] != 0
-            or (np.diff(starts) <= 0).any() or starts[-1] >= length):
-        sys.exit(f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
-                 f"regenerate it with `{command} --overwrite`.")
+    if (
+        starts.ndim != 1
+        or not np.issubdtype(starts.dtype, np.integer)
+        or len(starts) == 0
+        or starts[0] != 0
+        or (np.diff(starts) <= 0).any()
+        or starts[-1] >= length
+    ):
+        sys.exit(
+            f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
+            f"regenerate it with `{command} --overwrite`."
+        )
     if num_trajectories > len(starts):
-        sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
-                 f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
-                 f"--num-demo-episodes {num_trajectories} --overwrite`.")
+        sys.exit(
+            f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
+            f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
+            f"--num-demo-episodes {num_trajectories} --overwrite`."
+        )
     action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
-    expected = {"observations": env.observation_space.shape, "next_observations": env.observation_space.shape, "actions": action_shape}
+    expected = {
+        "observations": env.observation_space.shape,
+        "next_observations": env.observation_space.shape,
+        "actions": action_shape,
+    }
     for key, shape in expected.items():
         if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
-            sys.exit(f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
-                     f"regenerate it with `{command} --overwrite`.")
+            sys.exit(
+                f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
+                f"regenerate it with `{command} --overwrite`."
+            )
     rng = np.random.default_rng(seed)
     episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
-    index = np.concatenate([episode[rng.integers(min(subsample_frequency, len(episode))):: subsample_frequency] for episode in episodes])
+    index = np.concatenate(
+        [episode[rng.integers(min(subsample_frequency, len(episode))) :: subsample_frequency] for episode in episodes]
+    )
     demos = {key: value[index] for key, value in arrays.items()}
     return {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
 
@@ -346,8 +399,13 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 def mlp(in_dim, out_dim, hidden_size, out_std):
-    return nn.Sequential(layer_init(nn.Linear(in_dim, hidden_size)), nn.Tanh(), layer_init(nn.Linear(hidden_size, hidden_size)),
-                         nn.Tanh(), layer_init(nn.Linear(hidden_size, out_dim), std=out_std))
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden_size)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, hidden_size)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, out_dim), std=out_std),
+    )
 
 
 class Policy(nn.Module):
@@ -389,7 +447,10 @@ def reward_inputs(batch, action_space, state_only):
     if isinstance(action_space, gym.spaces.Discrete):
         actions = F.one_hot(actions.long(), int(action_space.n)).float()
     else:
-        low, high = (torch.as_tensor(bound, dtype=torch.float32, device=actions.device) for bound in (action_space.low, action_space.high))
+        low, high = (
+            torch.as_tensor(bound, dtype=torch.float32, device=actions.device)
+            for bound in (action_space.low, action_space.high)
+        )
         actions = (2 * actions - (high + low)) / (high - low)
     return torch.cat([batch["observations"], actions], -1)
 
@@ -519,8 +580,19 @@ def fisher_vector_product(policy, obs, vector, damping):
     return torch.cat([product.reshape(-1) for product in products]) + damping * vector
 
 
-def trpo_step(policy, obs, actions, advantages, max_kl, damping, cg_iterations, backtrack_iterations, backtrack_coef, accept_ratio,
-              fisher_subsample=1):
+def trpo_step(
+    policy,
+    obs,
+    actions,
+    advantages,
+    max_kl,
+    damping,
+    cg_iterations,
+    backtrack_iterations,
+    backtrack_coef,
+    accept_ratio,
+    fisher_subsample=1,
+):
     """One TRPO update of the policy in place (Schulman et al. 2015, Eq. 14 and Appendix C): maximise the surrogate
     L(theta) = mean[pi_theta(a|s) / pi_old(a|s) A] subject to mean KL(pi_old || pi_theta) <= max_kl. The natural
     gradient direction s = F^-1 g comes from `conjugate_gradient`; the full step beta s with beta = sqrt(2 max_kl /
@@ -543,7 +615,9 @@ def trpo_step(policy, obs, actions, advantages, max_kl, damping, cg_iterations, 
     grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(surrogate, params)])
     fisher_obs = obs[::fisher_subsample]
     direction = conjugate_gradient(lambda v: fisher_vector_product(policy, fisher_obs, v, damping), grad, cg_iterations)
-    full_step = direction * torch.sqrt(2 * max_kl / (direction @ fisher_vector_product(policy, fisher_obs, direction, damping) + 1e-8))
+    full_step = direction * torch.sqrt(
+        2 * max_kl / (direction @ fisher_vector_product(policy, fisher_obs, direction, damping) + 1e-8)
+    )
     expected_improvement = grad @ full_step
     theta_old = nn.utils.parameters_to_vector(params).detach().clone()
     with torch.no_grad():
@@ -592,8 +666,12 @@ def write_eval_row(run_dir, row):
 def hardware_info(device, bf16=False):
     """The device, its name, the thread count and the precision of a run, for summary.json."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
-            "precision": "bf16-autocast" if bf16 else "fp32"}
+    return {
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16-autocast" if bf16 else "fp32",
+    }
 
 
 def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
@@ -621,8 +699,11 @@ def exit_on_stop_signals(run_dir):
     one line and exit status 128 + signal as a shell reports it; eval.csv gains whole rows only, so it stays readable."""
 
     def stop(signum, frame):
-        tqdm.write(f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
-                   f"{Path(__file__).name} has no --resume, so rerun the command to start over.", file=sys.stderr)
+        tqdm.write(
+            f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
+            f"{Path(__file__).name} has no --resume, so rerun the command to start over.",
+            file=sys.stderr,
+        )
         sys.exit(128 + signum)
 
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
@@ -631,14 +712,28 @@ def exit_on_stop_signals(run_dir):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "num_envs", "num_steps", "fisher_subsample",
-                 "value_epochs", "value_num_minibatches", "disc_epochs", "disc_num_minibatches", "hidden_size",
-                 "disc_hidden_size", "disc_replay_iterations"):
+    for name in (
+        "total_timesteps",
+        "eval_frequency",
+        "eval_episodes",
+        "num_envs",
+        "num_steps",
+        "fisher_subsample",
+        "value_epochs",
+        "value_num_minibatches",
+        "disc_epochs",
+        "disc_num_minibatches",
+        "hidden_size",
+        "disc_hidden_size",
+        "disc_replay_iterations",
+    ):
         if getattr(args, name) <= 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     if args.reward_hidden_layers < 0 or args.shaping_hidden_layers < 0:
-        sys.exit(f"error: --reward-hidden-layers and --shaping-hidden-layers must be >= 0, got {args.reward_hidden_layers} "
-                 f"and {args.shaping_hidden_layers}.")
+        sys.exit(
+            f"error: --reward-hidden-layers and --shaping-hidden-layers must be >= 0, got {args.reward_hidden_layers} "
+            f"and {args.shaping_hidden_layers}."
+        )
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = Path("runs") / run_name
@@ -652,28 +747,42 @@ if __name__ == "__main__":
 
     eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     if not isinstance(eval_env.action_space, (gym.spaces.Discrete, gym.spaces.Box)):
-        sys.exit(f"error: {Path(__file__).name} supports Discrete and Box actions, but {args.env_id} has {eval_env.action_space}; pick another env.")
+        sys.exit(
+            f"error: {Path(__file__).name} supports Discrete and Box actions, but {args.env_id} has {eval_env.action_space}; "
+            f"pick another env."
+        )
     if args.num_steps < 2 or args.max_kl <= 0:
         # with 2 steps or more every env contributes a transition: only the step after an episode's end carries none
         sys.exit(f"error: --num-steps must be >= 2 and --max-kl > 0, got {args.num_steps} and {args.max_kl}.")
     if args.total_timesteps < args.num_envs * args.num_steps:
-        sys.exit(f"error: --total-timesteps {args.total_timesteps} is less than one iteration of --num-envs {args.num_envs} x "
-                 f"--num-steps {args.num_steps} = {args.num_envs * args.num_steps} steps; pass at least that, or lower either.")
+        sys.exit(
+            f"error: --total-timesteps {args.total_timesteps} is less than one iteration of --num-envs {args.num_envs} x "
+            f"--num-steps {args.num_steps} = {args.num_envs * args.num_steps} steps; pass at least that, or lower either."
+        )
     expert_info = load_expert_info(expert_dir, eval_env, required=True)
     demo_keys = DEMO_KEYS + (("rewards",) if args.log_reward_correlation else ())
     demos = load_demos(expert_dir, eval_env, args.num_expert_trajectories, args.subsample_frequency, args.seed, demo_keys)
     discrete = isinstance(eval_env.action_space, gym.spaces.Discrete)
     for key, value in demos.items():
-        valid = (np.isin(value, np.arange(eval_env.action_space.n)) if key == "actions" and discrete
-                 else np.isin(value, (0, 1)) if key == "terminations" else np.isfinite(value))
+        valid = (
+            np.isin(value, np.arange(eval_env.action_space.n))
+            if key == "actions" and discrete
+            else np.isin(value, (0, 1))
+            if key == "terminations"
+            else np.isfinite(value)
+        )
         if not valid.all():
-            sys.exit(f"error: {expert_dir / 'demos.npz'} holds invalid {key} (non-finite, discrete actions outside the action "
-                     f"space, or terminations other than 0/1); regenerate it with "
-                     f"`{expert_command(args.env_id, expert_dir)} --overwrite`.")
+            sys.exit(
+                f"error: {expert_dir / 'demos.npz'} holds invalid {key} (non-finite, discrete actions outside the action "
+                f"space, or terminations other than 0/1); regenerate it with "
+                f"`{expert_command(args.env_id, expert_dir)} --overwrite`."
+            )
     # next-step autoreset (gymnasium 1.x): the step() after an env's episode ends only resets it (action ignored,
     # reward 0, no transition); the step that ended the episode already returned its true final observation
-    envs = gym.vector.SyncVectorEnv([lambda i=i: make_env(args.env_id, args.seed + i)
-                                     for i in range(args.num_envs)], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    envs = gym.vector.SyncVectorEnv(
+        [lambda i=i: make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     exit_on_stop_signals(run_dir)
     if args.track:
@@ -682,14 +791,19 @@ if __name__ == "__main__":
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name, save_code=True)
 
     action_space = envs.single_action_space
-    expert = {key: torch.as_tensor(value, dtype=torch.long if key == "actions" and discrete else torch.float32, device=device)
-              for key, value in demos.items()}
+    expert = {
+        key: torch.as_tensor(value, dtype=torch.long if key == "actions" and discrete else torch.float32, device=device)
+        for key, value in demos.items()
+    }
     expert_env_rewards = expert.pop("rewards", None)  # --log-reward-correlation only: never seen by training
     if args.normalize_observations:
         # +1e-3 keeps near-constant observation dims (e.g. a pole the expert holds still) from blowing up, as TD3+BC does
         obs_mean, obs_std = expert["observations"].flatten(1).mean(0), expert["observations"].flatten(1).std(0) + 1e-3
     else:
-        obs_mean, obs_std = torch.zeros_like(expert["observations"][0]).flatten(), torch.ones_like(expert["observations"][0]).flatten()
+        obs_mean, obs_std = (
+            torch.zeros_like(expert["observations"][0]).flatten(),
+            torch.ones_like(expert["observations"][0]).flatten(),
+        )
 
     def normalize(obs):
         return (torch.as_tensor(obs, dtype=torch.float32, device=device).flatten(1) - obs_mean) / obs_std
@@ -703,8 +817,9 @@ if __name__ == "__main__":
     policy = Policy(obs_dim, action_space, args.hidden_size).to(device)
     value_network = mlp(obs_dim, 1, args.hidden_size, out_std=1.0).to(device)
     value_optimizer = torch.optim.Adam(value_network.parameters(), lr=args.value_learning_rate)
-    discriminator = AirlDiscriminator(expert["reward_inputs"].shape[1], obs_dim, args.disc_hidden_size,
-                                      args.reward_hidden_layers, args.shaping_hidden_layers).to(device)
+    discriminator = AirlDiscriminator(
+        expert["reward_inputs"].shape[1], obs_dim, args.disc_hidden_size, args.reward_hidden_layers, args.shaping_hidden_layers
+    ).to(device)
     disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.disc_learning_rate)
     if not discrete:
         low, high = action_space.low, action_space.high
@@ -726,18 +841,29 @@ if __name__ == "__main__":
     def run_evaluation(global_step):
         returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
         wall_time = time.time() - start_time
-        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
-               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
-               "sps": global_step / max(wall_time, 1e-9)}
+        row = {
+            "global_step": global_step,
+            "eval_return_mean": float(returns.mean()),
+            "eval_return_std": float(returns.std()),
+            "normalized_score": normalized_score(float(returns.mean()), expert_info),
+            "wall_time": wall_time,
+            "sps": global_step / max(wall_time, 1e-9),
+        }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
         if args.track:
-            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+            wandb.log(
+                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
+            )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     start_time = time.time()
     hardware = hardware_info(device)
-    print(f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), {hardware['precision']}", file=sys.stderr)
+    print(
+        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
+        f"{hardware['precision']}",
+        file=sys.stderr,
+    )
     progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
     run_evaluation(0)
     obs, _ = envs.reset(seed=args.seed)
@@ -754,7 +880,8 @@ if __name__ == "__main__":
             action_np = action.cpu().numpy()
             # the Gaussian's sample is clipped for the env only; TRPO's likelihood ratio and log pi in D stay the sample's
             next_obs, env_reward, terminated, truncated, infos = envs.step(
-                action_np if discrete else np.clip(action_np, low, high))
+                action_np if discrete else np.clip(action_np, low, high)
+            )
             b_obs[step], b_next_obs[step], b_actions[step] = obs_t, normalize(next_obs), action
             b_terminations[step] = torch.as_tensor(terminated, dtype=torch.float32, device=device)
             b_dones[step] = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device)
@@ -765,8 +892,12 @@ if __name__ == "__main__":
             valid = ~(terminated | truncated)
             obs = next_obs
         mask = b_valid.bool()
-        batch = {"observations": b_obs[mask], "actions": b_actions[mask], "next_observations": b_next_obs[mask],
-                 "terminations": b_terminations[mask]}
+        batch = {
+            "observations": b_obs[mask],
+            "actions": b_actions[mask],
+            "next_observations": b_next_obs[mask],
+            "terminations": b_terminations[mask],
+        }
         batch["reward_inputs"] = reward_inputs(batch, action_space, args.state_only)
         replay.append(batch)
         negatives = {key: torch.cat([old[key] for old in replay]) for key in batch}
@@ -795,7 +926,9 @@ if __name__ == "__main__":
             rewards = torch.zeros(shape, device=device)
             rewards[mask] = learned_reward(agent_logits, agent_log_pi, args.entropy_weight)
             values = value_network(b_obs).squeeze(-1)
-            advantages = gae(rewards, values, value_network(b_next_obs).squeeze(-1), b_terminations, b_dones, args.gamma, args.gae_lambda)
+            advantages = gae(
+                rewards, values, value_network(b_next_obs).squeeze(-1), b_terminations, b_dones, args.gamma, args.gae_lambda
+            )
             returns = (advantages + values)[mask]
             advantages = advantages[mask]
             # standardised per batch, as the original code does: TRPO's step size is set by the KL bound anyway
@@ -804,12 +937,25 @@ if __name__ == "__main__":
                 g_agent, g_expert = (discriminator.g(samples["reward_inputs"]).squeeze(-1) for samples in (batch, expert))
                 env_rewards = b_env_rewards[mask]
                 g_all, env_rewards_all = torch.cat([g_agent, g_expert]), torch.cat([env_rewards, expert_env_rewards])
-                correlations = {"g_agent": pearson_correlation(g_agent, env_rewards),
-                                "g_expert": pearson_correlation(g_expert, expert_env_rewards),
-                                "g_all": pearson_correlation(g_all, env_rewards_all),
-                                "reward_agent": pearson_correlation(rewards[mask], env_rewards)}
-        stats = trpo_step(policy, batch["observations"], batch["actions"], advantages, args.max_kl, args.cg_damping,
-                          args.cg_iterations, args.backtrack_iterations, args.backtrack_coef, args.accept_ratio, args.fisher_subsample)
+                correlations = {
+                    "g_agent": pearson_correlation(g_agent, env_rewards),
+                    "g_expert": pearson_correlation(g_expert, expert_env_rewards),
+                    "g_all": pearson_correlation(g_all, env_rewards_all),
+                    "reward_agent": pearson_correlation(rewards[mask], env_rewards),
+                }
+        stats = trpo_step(
+            policy,
+            batch["observations"],
+            batch["actions"],
+            advantages,
+            args.max_kl,
+            args.cg_damping,
+            args.cg_iterations,
+            args.backtrack_iterations,
+            args.backtrack_coef,
+            args.accept_ratio,
+            args.fisher_subsample,
+        )
         stats = {f"charts/{key}": value for key, value in stats.items()}
         for _ in range(args.value_epochs):
             for index in torch.randperm(len(returns), device=device).chunk(args.value_num_minibatches):
@@ -819,16 +965,24 @@ if __name__ == "__main__":
                 value_optimizer.step()
 
         with torch.no_grad():
-            stats.update({
-                "losses/discriminator_loss": disc_loss.detach(), "losses/value_loss": v_loss.detach(),
-                "charts/disc_accuracy_expert": (expert_logits > 0).float().mean(),
-                "charts/disc_accuracy_agent": (agent_logits < 0).float().mean(), "charts/learned_reward": rewards[mask].mean(),
-                "charts/g_expert": discriminator.g(expert["reward_inputs"]).mean(),
-                "charts/g_agent": discriminator.g(batch["reward_inputs"]).mean(),
-                "charts/entropy": policy.distribution(policy(batch["observations"])).entropy().mean()})
+            stats.update(
+                {
+                    "losses/discriminator_loss": disc_loss.detach(),
+                    "losses/value_loss": v_loss.detach(),
+                    "charts/disc_accuracy_expert": (expert_logits > 0).float().mean(),
+                    "charts/disc_accuracy_agent": (agent_logits < 0).float().mean(),
+                    "charts/learned_reward": rewards[mask].mean(),
+                    "charts/g_expert": discriminator.g(expert["reward_inputs"]).mean(),
+                    "charts/g_agent": discriminator.g(batch["reward_inputs"]).mean(),
+                    "charts/entropy": policy.distribution(policy(batch["observations"])).entropy().mean(),
+                }
+            )
         if not all(torch.isfinite(value) for value in stats.values()):
-            sys.exit(f"error: non-finite training statistics at iteration {iteration} ({ {k: float(v) for k, v in stats.items()} }); "
-                     f"lower --disc-learning-rate or --value-learning-rate.")
+            sys.exit(
+                f"error: non-finite training statistics at iteration {iteration} "
+                f"({ {k: float(v) for k, v in stats.items()} }); "
+                f"lower --disc-learning-rate or --value-learning-rate."
+            )
         num_steps = int(mask.sum())
         global_step += num_steps
         progress.update(num_steps)
@@ -842,7 +996,10 @@ if __name__ == "__main__":
             if args.log_reward_correlation:
                 log.update({f"charts/reward_correlation_{key}": value for key, value in correlations.items()})
             wandb.log(log, step=global_step)
-        if global_step // args.eval_frequency > (global_step - num_steps) // args.eval_frequency or iteration == num_iterations:
+        if (
+            global_step // args.eval_frequency > (global_step - num_steps) // args.eval_frequency
+            or iteration == num_iterations
+        ):
             run_evaluation(global_step)
     progress.total = global_step  # autoreset steps fell short of the budget: the bar ends at 100%
     progress.close()
@@ -852,8 +1009,10 @@ if __name__ == "__main__":
     write_summary(run_dir, args, eval_rows, wall_time, mean_sps, hardware)
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
     if args.log_reward_correlation:
-        print(f"{run_name}: Pearson correlation of g with the env's reward on the expert demos and the last batch: "
-              f"{correlations['g_all']:.3f} (per iteration in {run_dir / 'reward_correlation.csv'})")
+        print(
+            f"{run_name}: Pearson correlation of g with the env's reward on the expert demos and the last batch: "
+            f"{correlations['g_all']:.3f} (per iteration in {run_dir / 'reward_correlation.csv'})"
+        )
     envs.close()
     eval_env.close()
     if args.track:

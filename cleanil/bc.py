@@ -13,6 +13,7 @@ continuous actions are fitted in the action space rescaled to [-1, 1].
 training, so the x-axis of eval.csv (global_step) and its `sps` column are gradient steps. Evaluation is
 deterministic: argmax, the Gaussian mean, or the mean of the mixture's most probable component.
 """
+
 import json
 import os
 import platform
@@ -98,8 +99,10 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
             env.reset(seed=seed)
             env.render()
         except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                     f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video.")
+            sys.exit(
+                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
+            )
         # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
         env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -131,22 +134,32 @@ def load_expert_info(expert_dir, env, required):
     except (ValueError, KeyError, TypeError) as error:
         sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
     if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
+        )
     if "expert_return_mean" not in returns:
         returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-              f"{num_episodes} episodes, stands in for it.", file=sys.stderr)
+        print(
+            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
+            f"{num_episodes} episodes, stands in for it.",
+            file=sys.stderr,
+        )
     if "random_return_mean" not in returns:
         returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-              f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-              f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).", file=sys.stderr)
+        print(
+            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
+            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
+            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
+            file=sys.stderr,
+        )
     expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
     if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-                 f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-                 f"`{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
+            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
+            f"`{command} --overwrite`."
+        )
     return {"env_id": env.spec.id, **info, **returns}
 
 
@@ -154,8 +167,10 @@ def demos_mean_return(expert_dir, command):
     """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
     path = Path(expert_dir) / "demos.npz"
     if not path.exists():
-        sys.exit(f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-                 f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
+            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
+        )
     try:
         with np.load(path) as data:
             rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
@@ -201,8 +216,18 @@ def demos_command(env_id, expert_dir=None):
     return command
 
 
-SHIPPED_EXPERTS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4", "Hopper-v4",
-                   "HalfCheetah-v4", "Walker2d-v4", "Ant-v4", "Humanoid-v4")
+SHIPPED_EXPERTS = (
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCar-v0",
+    "Pendulum-v1",
+    "InvertedPendulum-v4",
+    "Hopper-v4",
+    "HalfCheetah-v4",
+    "Walker2d-v4",
+    "Ant-v4",
+    "Humanoid-v4",
+)
 
 
 def missing_expert_hint(env_id, expert_dir=None):
@@ -210,16 +235,21 @@ def missing_expert_hint(env_id, expert_dir=None):
     built by cleanil/demos.py, and any other env's default folder needs a training run."""
     command = expert_command(env_id, expert_dir)
     if "demos.py" in command:
-        shipped = (f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); "
-                   if env_id in SHIPPED_EXPERTS else "")
-        return (f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-                f"expert.json with observation_shape and action_shape by hand (README, \"Your own demonstrations\").")
+        shipped = (
+            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
+        )
+        return (
+            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
+            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
+        )
     if env_id in SHIPPED_EXPERTS:
         return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
     if "dqn.py" in command:
         return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-            f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert).")
+    return (
+        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
+    )
 
 
 def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
@@ -230,34 +260,57 @@ def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, key
     if not path.exists():
         sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
     if num_trajectories < 1 or subsample_frequency < 1:
-        sys.exit(f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must be >= 1.")
+        sys.exit(
+            f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must "
+            f"be >= 1."
+        )
     try:
         with np.load(path) as data:
             missing = [key for key in ("episode_starts", "rewards", *keys) if key not in data.files]
             if missing:
-                sys.exit(f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
-                         f"this script reads; regenerate it with `{command} --overwrite`.")
+                sys.exit(
+                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
+                    f"this script reads; regenerate it with `{command} --overwrite`."
+                )
             starts, length = data["episode_starts"], len(data["rewards"])
             arrays = {key: data[key] for key in keys}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if (starts.ndim != 1 or not np.issubdtype(starts.dtype, np.integer) or len(starts) == 0 or starts[0] != 0
-            or (np.diff(starts) <= 0).any() or starts[-1] >= length):
-        sys.exit(f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
-                 f"regenerate it with `{command} --overwrite`.")
+    if (
+        starts.ndim != 1
+        or not np.issubdtype(starts.dtype, np.integer)
+        or len(starts) == 0
+        or starts[0] != 0
+        or (np.diff(starts) <= 0).any()
+        or starts[-1] >= length
+    ):
+        sys.exit(
+            f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
+            f"regenerate it with `{command} --overwrite`."
+        )
     if num_trajectories > len(starts):
-        sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
-                 f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
-                 f"--num-demo-episodes {num_trajectories} --overwrite`.")
+        sys.exit(
+            f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
+            f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
+            f"--num-demo-episodes {num_trajectories} --overwrite`."
+        )
     action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
-    expected = {"observations": env.observation_space.shape, "next_observations": env.observation_space.shape, "actions": action_shape}
+    expected = {
+        "observations": env.observation_space.shape,
+        "next_observations": env.observation_space.shape,
+        "actions": action_shape,
+    }
     for key, shape in expected.items():
         if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
-            sys.exit(f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
-                     f"regenerate it with `{command} --overwrite`.")
+            sys.exit(
+                f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
+                f"regenerate it with `{command} --overwrite`."
+            )
     rng = np.random.default_rng(seed)
     episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
-    index = np.concatenate([episode[rng.integers(min(subsample_frequency, len(episode))):: subsample_frequency] for episode in episodes])
+    index = np.concatenate(
+        [episode[rng.integers(min(subsample_frequency, len(episode))) :: subsample_frequency] for episode in episodes]
+    )
     demos = {key: value[index] for key, value in arrays.items()}
     return {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
 
@@ -276,19 +329,41 @@ class Policy(nn.Module):
     Continuous actions are modelled in the rescaled space (a - action_bias) / action_scale, which is [-1, 1] on the
     env's bounds; their log-likelihoods differ from the raw-action ones by the constant sum(log action_scale)."""
 
-    def __init__(self, head, obs_mean, obs_std, action_dim, hidden_size, num_components=1, action_scale=None,
-                 action_bias=None, log_std_min=-5.0, log_std_max=2.0):
+    def __init__(
+        self,
+        head,
+        obs_mean,
+        obs_std,
+        action_dim,
+        hidden_size,
+        num_components=1,
+        action_scale=None,
+        action_bias=None,
+        log_std_min=-5.0,
+        log_std_max=2.0,
+    ):
         super().__init__()
         self.head, self.action_dim, self.num_components = head, action_dim, num_components
-        out_dim = {"categorical": action_dim, "gaussian": 2 * action_dim, "mixture": num_components * (1 + 2 * action_dim)}[head]
-        self.network = nn.Sequential(nn.Linear(len(obs_mean), hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size),
-                                     nn.ReLU(), nn.Linear(hidden_size, out_dim))
+        out_dim = {"categorical": action_dim, "gaussian": 2 * action_dim, "mixture": num_components * (1 + 2 * action_dim)}[
+            head
+        ]
+        self.network = nn.Sequential(
+            nn.Linear(len(obs_mean), hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, out_dim),
+        )
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
         self.register_buffer("obs_mean", torch.as_tensor(obs_mean, dtype=torch.float32))
         self.register_buffer("obs_std", torch.as_tensor(obs_std, dtype=torch.float32))
         ones = torch.ones(action_dim if head != "categorical" else 0)
-        self.register_buffer("action_scale", ones if action_scale is None else torch.as_tensor(action_scale, dtype=torch.float32))
-        self.register_buffer("action_bias", 0 * ones if action_bias is None else torch.as_tensor(action_bias, dtype=torch.float32))
+        self.register_buffer(
+            "action_scale", ones if action_scale is None else torch.as_tensor(action_scale, dtype=torch.float32)
+        )
+        self.register_buffer(
+            "action_bias", 0 * ones if action_bias is None else torch.as_tensor(action_bias, dtype=torch.float32)
+        )
 
     def forward(self, obs):
         """Categorical: logits [B, A]. Gaussian: mean, log_std [B, D]. Mixture: logits [B, K], means, log_stds [B, K, D]."""
@@ -296,7 +371,10 @@ class Policy(nn.Module):
         if self.head == "categorical":
             return (out,)
         if self.head == "mixture":
-            logits, out = out[:, : self.num_components], out[:, self.num_components:].view(-1, self.num_components, 2 * self.action_dim)
+            logits, out = (
+                out[:, : self.num_components],
+                out[:, self.num_components :].view(-1, self.num_components, 2 * self.action_dim),
+            )
         mean, log_std = out.chunk(2, -1)
         # squash log_std into [min, max] smoothly instead of clipping (keeps its gradient alive), as in sac.py
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
@@ -378,8 +456,12 @@ def write_eval_row(run_dir, row):
 def hardware_info(device, bf16=False):
     """The device, its name, the thread count and the precision of a run, for summary.json."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
-            "precision": "bf16-autocast" if bf16 else "fp32"}
+    return {
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16-autocast" if bf16 else "fp32",
+    }
 
 
 def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
@@ -407,8 +489,11 @@ def exit_on_stop_signals(run_dir):
     one line and exit status 128 + signal as a shell reports it; eval.csv gains whole rows only, so it stays readable."""
 
     def stop(signum, frame):
-        tqdm.write(f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
-                   f"{Path(__file__).name} has no --resume, so rerun the command to start over.", file=sys.stderr)
+        tqdm.write(
+            f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
+            f"{Path(__file__).name} has no --resume, so rerun the command to start over.",
+            file=sys.stderr,
+        )
         sys.exit(128 + signum)
 
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
@@ -434,9 +519,13 @@ if __name__ == "__main__":
     eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     discrete = isinstance(eval_env.action_space, gym.spaces.Discrete)
     if not discrete and not isinstance(eval_env.action_space, gym.spaces.Box):
-        sys.exit(f"error: bc.py supports Discrete and Box actions, but {args.env_id} has {eval_env.action_space}; pick another env.")
+        sys.exit(
+            f"error: bc.py supports Discrete and Box actions, but {args.env_id} has {eval_env.action_space}; pick another env."
+        )
     expert_info = load_expert_info(expert_dir, eval_env, required=True)
-    demos = load_demos(expert_dir, eval_env, args.num_expert_trajectories, args.subsample_frequency, args.seed, ("observations", "actions"))
+    demos = load_demos(
+        expert_dir, eval_env, args.num_expert_trajectories, args.subsample_frequency, args.seed, ("observations", "actions")
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     exit_on_stop_signals(run_dir)
     if args.track:
@@ -444,7 +533,9 @@ if __name__ == "__main__":
 
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name, save_code=True)
 
-    obs_demo = torch.as_tensor(demos["observations"].reshape(len(demos["observations"]), -1), dtype=torch.float32, device=device)
+    obs_demo = torch.as_tensor(
+        demos["observations"].reshape(len(demos["observations"]), -1), dtype=torch.float32, device=device
+    )
     act_demo = torch.as_tensor(demos["actions"], dtype=torch.long if discrete else torch.float32, device=device)
     if args.normalize_observations:
         # +1e-3 keeps constant observation dims (e.g. a pinned joint) from blowing up, as TD3+BC does
@@ -456,10 +547,22 @@ if __name__ == "__main__":
     else:
         high, low = eval_env.action_space.high, eval_env.action_space.low
         if not (np.isfinite(high).all() and np.isfinite(low).all()):
-            sys.exit(f"error: bc.py rescales actions to [-1, 1] and needs finite action bounds, but {args.env_id} has {eval_env.action_space}.")
-        policy = Policy(args.policy, obs_mean, obs_std, int(np.prod(eval_env.action_space.shape)), args.hidden_size,
-                        args.num_components if args.policy == "mixture" else 1, (high - low) / 2, (high + low) / 2,
-                        args.log_std_min, args.log_std_max)
+            sys.exit(
+                f"error: bc.py rescales actions to [-1, 1] and needs finite action bounds, but {args.env_id} has "
+                f"{eval_env.action_space}."
+            )
+        policy = Policy(
+            args.policy,
+            obs_mean,
+            obs_std,
+            int(np.prod(eval_env.action_space.shape)),
+            args.hidden_size,
+            args.num_components if args.policy == "mixture" else 1,
+            (high - low) / 2,
+            (high + low) / 2,
+            args.log_std_min,
+            args.log_std_max,
+        )
     policy = policy.to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
     eval_rows = []
@@ -472,18 +575,29 @@ if __name__ == "__main__":
     def run_evaluation(global_step):
         returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
         wall_time = time.time() - start_time
-        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
-               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
-               "sps": global_step / max(wall_time, 1e-9)}
+        row = {
+            "global_step": global_step,
+            "eval_return_mean": float(returns.mean()),
+            "eval_return_std": float(returns.std()),
+            "normalized_score": normalized_score(float(returns.mean()), expert_info),
+            "wall_time": wall_time,
+            "sps": global_step / max(wall_time, 1e-9),
+        }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
         if args.track:
-            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+            wandb.log(
+                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
+            )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     start_time = time.time()
     hardware = hardware_info(device)
-    print(f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), {hardware['precision']}", file=sys.stderr)
+    print(
+        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
+        f"{hardware['precision']}",
+        file=sys.stderr,
+    )
     progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
     run_evaluation(0)
     for global_step in range(1, args.total_timesteps + 1):
@@ -494,7 +608,9 @@ if __name__ == "__main__":
         optimizer.step()
         progress.update(1)
         if args.track and global_step % 100 == 0:
-            wandb.log({"losses/bc_loss": loss.item(), "charts/SPS": global_step / (time.time() - start_time)}, step=global_step)
+            wandb.log(
+                {"losses/bc_loss": loss.item(), "charts/SPS": global_step / (time.time() - start_time)}, step=global_step
+            )
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             if not torch.isfinite(loss):
                 sys.exit(f"error: non-finite BC loss at step {global_step}; lower --learning-rate.")
@@ -504,7 +620,10 @@ if __name__ == "__main__":
     wall_time = time.time() - start_time
     mean_sps = args.total_timesteps / max(wall_time, 1e-9)
     write_summary(run_dir, args, eval_rows, wall_time, mean_sps, hardware)
-    print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} gradient steps/s, outputs in {run_dir}")
+    print(
+        f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} gradient steps/s, outputs in "
+        f"{run_dir}"
+    )
     eval_env.close()
     if args.track:
         wandb.finish()

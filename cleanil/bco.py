@@ -23,6 +23,7 @@ standardised with the demos' statistics. The paper's "agent-specific" state feat
 eval.csv's global_step counts environment steps (the pre-demonstration ones included), so BCO(0)'s only points are
 step 0 (the untrained policy) and step --pre-demo-steps.
 """
+
 import json
 import os
 import platform
@@ -110,7 +111,8 @@ class Args:
     log_std_max: float = 2.0
     """upper bound of the log standard deviation of the Gaussian (components)"""
     normalize_observations: bool = True
-    """standardise the policy's observations with the demos' statistics, the inverse model's with the pre-demonstration data's"""
+    """standardise the policy's observations with the demos' statistics, the inverse model's with the pre-demonstration
+    data's"""
 
 
 def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
@@ -123,8 +125,10 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
             env.reset(seed=seed)
             env.render()
         except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                     f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video.")
+            sys.exit(
+                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
+            )
         # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
         env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -156,22 +160,32 @@ def load_expert_info(expert_dir, env, required):
     except (ValueError, KeyError, TypeError) as error:
         sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
     if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
+        )
     if "expert_return_mean" not in returns:
         returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-              f"{num_episodes} episodes, stands in for it.", file=sys.stderr)
+        print(
+            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
+            f"{num_episodes} episodes, stands in for it.",
+            file=sys.stderr,
+        )
     if "random_return_mean" not in returns:
         returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-              f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-              f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).", file=sys.stderr)
+        print(
+            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
+            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
+            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
+            file=sys.stderr,
+        )
     expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
     if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-                 f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-                 f"`{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
+            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
+            f"`{command} --overwrite`."
+        )
     return {"env_id": env.spec.id, **info, **returns}
 
 
@@ -179,8 +193,10 @@ def demos_mean_return(expert_dir, command):
     """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
     path = Path(expert_dir) / "demos.npz"
     if not path.exists():
-        sys.exit(f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-                 f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
+            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
+        )
     try:
         with np.load(path) as data:
             rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
@@ -226,8 +242,18 @@ def demos_command(env_id, expert_dir=None):
     return command
 
 
-SHIPPED_EXPERTS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4", "Hopper-v4",
-                   "HalfCheetah-v4", "Walker2d-v4", "Ant-v4", "Humanoid-v4")
+SHIPPED_EXPERTS = (
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCar-v0",
+    "Pendulum-v1",
+    "InvertedPendulum-v4",
+    "Hopper-v4",
+    "HalfCheetah-v4",
+    "Walker2d-v4",
+    "Ant-v4",
+    "Humanoid-v4",
+)
 
 
 def missing_expert_hint(env_id, expert_dir=None):
@@ -235,16 +261,21 @@ def missing_expert_hint(env_id, expert_dir=None):
     built by cleanil/demos.py, and any other env's default folder needs a training run."""
     command = expert_command(env_id, expert_dir)
     if "demos.py" in command:
-        shipped = (f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); "
-                   if env_id in SHIPPED_EXPERTS else "")
-        return (f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-                f"expert.json with observation_shape and action_shape by hand (README, \"Your own demonstrations\").")
+        shipped = (
+            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
+        )
+        return (
+            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
+            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
+        )
     if env_id in SHIPPED_EXPERTS:
         return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
     if "dqn.py" in command:
         return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-            f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert).")
+    return (
+        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
+    )
 
 
 def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
@@ -255,34 +286,57 @@ def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, key
     if not path.exists():
         sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
     if num_trajectories < 1 or subsample_frequency < 1:
-        sys.exit(f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must be >= 1.")
+        sys.exit(
+            f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must "
+            f"be >= 1."
+        )
     try:
         with np.load(path) as data:
             missing = [key for key in ("episode_starts", "rewards", *keys) if key not in data.files]
             if missing:
-                sys.exit(f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
-                         f"this script reads; regenerate it with `{command} --overwrite`.")
+                sys.exit(
+                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
+                    f"this script reads; regenerate it with `{command} --overwrite`."
+                )
             starts, length = data["episode_starts"], len(data["rewards"])
             arrays = {key: data[key] for key in keys}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if (starts.ndim != 1 or not np.issubdtype(starts.dtype, np.integer) or len(starts) == 0 or starts[0] != 0
-            or (np.diff(starts) <= 0).any() or starts[-1] >= length):
-        sys.exit(f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
-                 f"regenerate it with `{command} --overwrite`.")
+    if (
+        starts.ndim != 1
+        or not np.issubdtype(starts.dtype, np.integer)
+        or len(starts) == 0
+        or starts[0] != 0
+        or (np.diff(starts) <= 0).any()
+        or starts[-1] >= length
+    ):
+        sys.exit(
+            f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
+            f"regenerate it with `{command} --overwrite`."
+        )
     if num_trajectories > len(starts):
-        sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
-                 f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
-                 f"--num-demo-episodes {num_trajectories} --overwrite`.")
+        sys.exit(
+            f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
+            f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
+            f"--num-demo-episodes {num_trajectories} --overwrite`."
+        )
     action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
-    expected = {"observations": env.observation_space.shape, "next_observations": env.observation_space.shape, "actions": action_shape}
+    expected = {
+        "observations": env.observation_space.shape,
+        "next_observations": env.observation_space.shape,
+        "actions": action_shape,
+    }
     for key, shape in expected.items():
         if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
-            sys.exit(f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
-                     f"regenerate it with `{command} --overwrite`.")
+            sys.exit(
+                f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
+                f"regenerate it with `{command} --overwrite`."
+            )
     rng = np.random.default_rng(seed)
     episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
-    index = np.concatenate([episode[rng.integers(min(subsample_frequency, len(episode))):: subsample_frequency] for episode in episodes])
+    index = np.concatenate(
+        [episode[rng.integers(min(subsample_frequency, len(episode))) :: subsample_frequency] for episode in episodes]
+    )
     demos = {key: value[index] for key, value in arrays.items()}
     return {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
 
@@ -301,19 +355,41 @@ class Policy(nn.Module):
     Continuous actions are modelled in the rescaled space (a - action_bias) / action_scale, which is [-1, 1] on the
     env's bounds; their log-likelihoods differ from the raw-action ones by the constant sum(log action_scale)."""
 
-    def __init__(self, head, obs_mean, obs_std, action_dim, hidden_size, num_components=1, action_scale=None,
-                 action_bias=None, log_std_min=-5.0, log_std_max=2.0):
+    def __init__(
+        self,
+        head,
+        obs_mean,
+        obs_std,
+        action_dim,
+        hidden_size,
+        num_components=1,
+        action_scale=None,
+        action_bias=None,
+        log_std_min=-5.0,
+        log_std_max=2.0,
+    ):
         super().__init__()
         self.head, self.action_dim, self.num_components = head, action_dim, num_components
-        out_dim = {"categorical": action_dim, "gaussian": 2 * action_dim, "mixture": num_components * (1 + 2 * action_dim)}[head]
-        self.network = nn.Sequential(nn.Linear(len(obs_mean), hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size),
-                                     nn.ReLU(), nn.Linear(hidden_size, out_dim))
+        out_dim = {"categorical": action_dim, "gaussian": 2 * action_dim, "mixture": num_components * (1 + 2 * action_dim)}[
+            head
+        ]
+        self.network = nn.Sequential(
+            nn.Linear(len(obs_mean), hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, out_dim),
+        )
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
         self.register_buffer("obs_mean", torch.as_tensor(obs_mean, dtype=torch.float32))
         self.register_buffer("obs_std", torch.as_tensor(obs_std, dtype=torch.float32))
         ones = torch.ones(action_dim if head != "categorical" else 0)
-        self.register_buffer("action_scale", ones if action_scale is None else torch.as_tensor(action_scale, dtype=torch.float32))
-        self.register_buffer("action_bias", 0 * ones if action_bias is None else torch.as_tensor(action_bias, dtype=torch.float32))
+        self.register_buffer(
+            "action_scale", ones if action_scale is None else torch.as_tensor(action_scale, dtype=torch.float32)
+        )
+        self.register_buffer(
+            "action_bias", 0 * ones if action_bias is None else torch.as_tensor(action_bias, dtype=torch.float32)
+        )
 
     def forward(self, obs):
         """Categorical: logits [B, A]. Gaussian: mean, log_std [B, D]. Mixture: logits [B, K], means, log_stds [B, K, D]."""
@@ -321,7 +397,10 @@ class Policy(nn.Module):
         if self.head == "categorical":
             return (out,)
         if self.head == "mixture":
-            logits, out = out[:, : self.num_components], out[:, self.num_components:].view(-1, self.num_components, 2 * self.action_dim)
+            logits, out = (
+                out[:, : self.num_components],
+                out[:, self.num_components :].view(-1, self.num_components, 2 * self.action_dim),
+            )
         mean, log_std = out.chunk(2, -1)
         # squash log_std into [min, max] smoothly instead of clipping (keeps its gradient alive), as in sac.py
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
@@ -406,7 +485,10 @@ def sample_action(policy, obs):
         mean, log_std = params
     else:
         logits, means, log_stds = params
-        rows, component = torch.arange(len(means), device=means.device), torch.distributions.Categorical(logits=logits).sample()
+        rows, component = (
+            torch.arange(len(means), device=means.device),
+            torch.distributions.Categorical(logits=logits).sample(),
+        )
         mean, log_std = means[rows, component], log_stds[rows, component]
     action = mean + log_std.exp() * torch.randn_like(mean)
     return action.clamp(-1, 1) * policy.action_scale + policy.action_bias
@@ -444,8 +526,12 @@ def write_eval_row(run_dir, row):
 def hardware_info(device, bf16=False):
     """The device, its name, the thread count and the precision of a run, for summary.json."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
-            "precision": "bf16-autocast" if bf16 else "fp32"}
+    return {
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16-autocast" if bf16 else "fp32",
+    }
 
 
 def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
@@ -473,8 +559,11 @@ def exit_on_stop_signals(run_dir):
     one line and exit status 128 + signal as a shell reports it; eval.csv gains whole rows only, so it stays readable."""
 
     def stop(signum, frame):
-        tqdm.write(f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
-                   f"{Path(__file__).name} has no --resume, so rerun the command to start over.", file=sys.stderr)
+        tqdm.write(
+            f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
+            f"{Path(__file__).name} has no --resume, so rerun the command to start over.",
+            file=sys.stderr,
+        )
         sys.exit(128 + signum)
 
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
@@ -483,8 +572,17 @@ def exit_on_stop_signals(run_dir):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "pre_demo_steps", "inverse_gradient_steps",
-                 "policy_gradient_steps", "batch_size", "num_components", "hidden_size"):
+    for name in (
+        "total_timesteps",
+        "eval_frequency",
+        "eval_episodes",
+        "pre_demo_steps",
+        "inverse_gradient_steps",
+        "policy_gradient_steps",
+        "batch_size",
+        "num_components",
+        "hidden_size",
+    ):
         if getattr(args, name) <= 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
@@ -502,19 +600,29 @@ if __name__ == "__main__":
     eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
     if not discrete and not isinstance(env.action_space, gym.spaces.Box):
-        sys.exit(f"error: bco.py supports Discrete and Box actions, but {args.env_id} has {env.action_space}; pick another env.")
+        sys.exit(
+            f"error: bco.py supports Discrete and Box actions, but {args.env_id} has {env.action_space}; pick another env."
+        )
     if args.total_timesteps < args.pre_demo_steps or args.alpha < 0 or not 0 <= args.holdout_fraction < 1:
-        sys.exit(f"error: BCO needs --total-timesteps >= --pre-demo-steps, --alpha >= 0 and 0 <= --holdout-fraction < 1, got "
-                 f"{args.total_timesteps}, {args.pre_demo_steps}, {args.alpha} and {args.holdout_fraction}.")
+        sys.exit(
+            f"error: BCO needs --total-timesteps >= --pre-demo-steps, --alpha >= 0 and 0 <= --holdout-fraction < 1, got "
+            f"{args.total_timesteps}, {args.pre_demo_steps}, {args.alpha} and {args.holdout_fraction}."
+        )
     expert_info = load_expert_info(expert_dir, env, required=True)
     demos = load_demos(expert_dir, env, args.num_expert_trajectories, args.subsample_frequency, args.seed, DEMO_KEYS)
     for key, value in demos.items():
         if not np.isfinite(value).all():
-            sys.exit(f"error: {expert_dir / 'demos.npz'} holds non-finite {key}; regenerate it with `{expert_command(args.env_id, expert_dir)} --overwrite`.")
+            sys.exit(
+                f"error: {expert_dir / 'demos.npz'} holds non-finite {key}; regenerate it with "
+                f"`{expert_command(args.env_id, expert_dir)} --overwrite`."
+            )
     if not discrete:
         high, low = env.action_space.high, env.action_space.low
         if not (np.isfinite(high).all() and np.isfinite(low).all()):
-            sys.exit(f"error: bco.py rescales actions to [-1, 1] and needs finite action bounds, but {args.env_id} has {env.action_space}.")
+            sys.exit(
+                f"error: bco.py rescales actions to [-1, 1] and needs finite action bounds, but {args.env_id} has "
+                f"{env.action_space}."
+            )
     run_dir.mkdir(parents=True, exist_ok=True)
     exit_on_stop_signals(run_dir)
     if args.track:
@@ -522,7 +630,9 @@ if __name__ == "__main__":
 
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name, save_code=True)
 
-    obs_demo = torch.as_tensor(demos["observations"].reshape(len(demos["observations"]), -1), dtype=torch.float32, device=device)
+    obs_demo = torch.as_tensor(
+        demos["observations"].reshape(len(demos["observations"]), -1), dtype=torch.float32, device=device
+    )
     next_obs_demo = torch.as_tensor(demos["next_observations"].reshape(len(obs_demo), -1), dtype=torch.float32, device=device)
     obs_dim = obs_demo.shape[1]
     if args.normalize_observations:
@@ -535,8 +645,18 @@ if __name__ == "__main__":
         policy = Policy("categorical", obs_mean, obs_std, num_actions, args.hidden_size)
     else:
         action_dim, scale, bias = int(np.prod(env.action_space.shape)), (high - low) / 2, (high + low) / 2
-        policy = Policy(args.policy, obs_mean, obs_std, action_dim, args.hidden_size, args.num_components if args.policy == "mixture" else 1,
-                        scale, bias, args.log_std_min, args.log_std_max)
+        policy = Policy(
+            args.policy,
+            obs_mean,
+            obs_std,
+            action_dim,
+            args.hidden_size,
+            args.num_components if args.policy == "mixture" else 1,
+            scale,
+            bias,
+            args.log_std_min,
+            args.log_std_max,
+        )
     policy = policy.to(device)
     policy_optimizer = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
     inverse_model, inverse_optimizer = None, None  # built once the pre-demonstration data fixes its input statistics
@@ -545,7 +665,9 @@ if __name__ == "__main__":
     # the agent's own transitions (Alg. 1's T^a and A), on the training device, plus which ones are held out
     b_obs = torch.zeros(args.total_timesteps, obs_dim, device=device)
     b_next_obs = torch.zeros(args.total_timesteps, obs_dim, device=device)
-    b_actions = torch.zeros((args.total_timesteps, *env.action_space.shape), dtype=torch.long if discrete else torch.float32, device=device)
+    b_actions = torch.zeros(
+        (args.total_timesteps, *env.action_space.shape), dtype=torch.long if discrete else torch.float32, device=device
+    )
     b_held_out = torch.zeros(args.total_timesteps, dtype=torch.bool, device=device)
     eval_rows = []
 
@@ -557,18 +679,29 @@ if __name__ == "__main__":
     def run_evaluation(global_step):
         returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
         wall_time = time.time() - start_time
-        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
-               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
-               "sps": global_step / max(wall_time, 1e-9)}
+        row = {
+            "global_step": global_step,
+            "eval_return_mean": float(returns.mean()),
+            "eval_return_std": float(returns.std()),
+            "normalized_score": normalized_score(float(returns.mean()), expert_info),
+            "wall_time": wall_time,
+            "sps": global_step / max(wall_time, 1e-9),
+        }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
         if args.track:
-            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+            wandb.log(
+                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
+            )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     start_time = time.time()
     hardware = hardware_info(device)
-    print(f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), {hardware['precision']}", file=sys.stderr)
+    print(
+        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
+        f"{hardware['precision']}",
+        file=sys.stderr,
+    )
     progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
     run_evaluation(0)
     obs, _ = env.reset(seed=args.seed)
@@ -610,8 +743,18 @@ if __name__ == "__main__":
             if discrete:
                 inverse_model = Policy("categorical", input_mean, input_std, num_actions, args.hidden_size)
             else:
-                inverse_model = Policy("gaussian", input_mean, input_std, action_dim, args.hidden_size, 1, scale, bias,
-                                       args.log_std_min, args.log_std_max)
+                inverse_model = Policy(
+                    "gaussian",
+                    input_mean,
+                    input_std,
+                    action_dim,
+                    args.hidden_size,
+                    1,
+                    scale,
+                    bias,
+                    args.log_std_min,
+                    args.log_std_max,
+                )
             inverse_model = inverse_model.to(device)
             inverse_optimizer = torch.optim.Adam(inverse_model.parameters(), lr=args.learning_rate)
 
@@ -635,17 +778,27 @@ if __name__ == "__main__":
 
         inverse_loss, loss = inverse_loss.detach(), loss.detach()
         if not (torch.isfinite(inverse_loss) and torch.isfinite(loss)):
-            sys.exit(f"error: non-finite loss at iteration {iteration} (inverse model {float(inverse_loss)}, BC {float(loss)}); lower --learning-rate.")
+            sys.exit(
+                f"error: non-finite loss at iteration {iteration} (inverse model {float(inverse_loss)}, BC {float(loss)}); "
+                f"lower --learning-rate."
+            )
         score = torch.tensor(float("nan"))  # --holdout-fraction 0: nothing to measure on
         if len(held_out_index):
             with torch.no_grad():
                 score = inverse_model_score(inverse_model, inputs[held_out_index], b_actions[held_out_index])
         score_name = "inverse_model_accuracy" if discrete else "inverse_model_mae"
-        tqdm.write(f"iteration {iteration}, step {global_step}: held-out {score_name.replace('_', ' ')} {float(score):.4f} "
-                   f"({len(held_out_index)} transitions), inverse model loss {float(inverse_loss):.4f}, BC loss {float(loss):.4f}")
+        tqdm.write(
+            f"iteration {iteration}, step {global_step}: held-out {score_name.replace('_', ' ')} {float(score):.4f} "
+            f"({len(held_out_index)} transitions), inverse model loss {float(inverse_loss):.4f}, BC loss {float(loss):.4f}"
+        )
         if args.track:
-            log = {f"charts/{score_name}": float(score), "losses/inverse_model_loss": float(inverse_loss), "losses/bc_loss": float(loss),
-                   "charts/iteration": iteration, "charts/SPS": global_step / (time.time() - start_time)}
+            log = {
+                f"charts/{score_name}": float(score),
+                "losses/inverse_model_loss": float(inverse_loss),
+                "losses/bc_loss": float(loss),
+                "charts/iteration": iteration,
+                "charts/SPS": global_step / (time.time() - start_time),
+            }
             if episode_returns:
                 log["charts/episodic_return"] = float(np.mean(episode_returns))
             wandb.log(log, step=global_step)

@@ -22,6 +22,7 @@ standardized with the expert demos' statistics. `charts/expert_agreement` is, pe
 states on which pi_hat_i's action matches pi*'s: equal actions (discrete), or every action coordinate within
 --agreement-tolerance half action ranges (continuous; `charts/expert_action_mse` is logged as well).
 """
+
 import json
 import os
 import platform
@@ -113,8 +114,10 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
             env.reset(seed=seed)
             env.render()
         except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                     f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video.")
+            sys.exit(
+                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
+            )
         # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
         env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -146,22 +149,32 @@ def load_expert_info(expert_dir, env, required):
     except (ValueError, KeyError, TypeError) as error:
         sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
     if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
+        )
     if "expert_return_mean" not in returns:
         returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-              f"{num_episodes} episodes, stands in for it.", file=sys.stderr)
+        print(
+            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
+            f"{num_episodes} episodes, stands in for it.",
+            file=sys.stderr,
+        )
     if "random_return_mean" not in returns:
         returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-              f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-              f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).", file=sys.stderr)
+        print(
+            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
+            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
+            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
+            file=sys.stderr,
+        )
     expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
     if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-                 f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-                 f"`{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
+            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
+            f"`{command} --overwrite`."
+        )
     return {"env_id": env.spec.id, **info, **returns}
 
 
@@ -169,8 +182,10 @@ def demos_mean_return(expert_dir, command):
     """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
     path = Path(expert_dir) / "demos.npz"
     if not path.exists():
-        sys.exit(f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-                 f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
+            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
+        )
     try:
         with np.load(path) as data:
             rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
@@ -216,8 +231,18 @@ def demos_command(env_id, expert_dir=None):
     return command
 
 
-SHIPPED_EXPERTS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4", "Hopper-v4",
-                   "HalfCheetah-v4", "Walker2d-v4", "Ant-v4", "Humanoid-v4")
+SHIPPED_EXPERTS = (
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCar-v0",
+    "Pendulum-v1",
+    "InvertedPendulum-v4",
+    "Hopper-v4",
+    "HalfCheetah-v4",
+    "Walker2d-v4",
+    "Ant-v4",
+    "Humanoid-v4",
+)
 
 
 def missing_expert_hint(env_id, expert_dir=None):
@@ -225,16 +250,21 @@ def missing_expert_hint(env_id, expert_dir=None):
     built by cleanil/demos.py, and any other env's default folder needs a training run."""
     command = expert_command(env_id, expert_dir)
     if "demos.py" in command:
-        shipped = (f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); "
-                   if env_id in SHIPPED_EXPERTS else "")
-        return (f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-                f"expert.json with observation_shape and action_shape by hand (README, \"Your own demonstrations\").")
+        shipped = (
+            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
+        )
+        return (
+            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
+            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
+        )
     if env_id in SHIPPED_EXPERTS:
         return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
     if "dqn.py" in command:
         return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-            f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert).")
+    return (
+        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
+    )
 
 
 def normalized_score(episode_return, expert_info):
@@ -253,34 +283,57 @@ def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, key
     if not path.exists():
         sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
     if num_trajectories < 1 or subsample_frequency < 1:
-        sys.exit(f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must be >= 1.")
+        sys.exit(
+            f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must "
+            f"be >= 1."
+        )
     try:
         with np.load(path) as data:
             missing = [key for key in ("episode_starts", "rewards", *keys) if key not in data.files]
             if missing:
-                sys.exit(f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
-                         f"this script reads; regenerate it with `{command} --overwrite`.")
+                sys.exit(
+                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
+                    f"this script reads; regenerate it with `{command} --overwrite`."
+                )
             starts, length = data["episode_starts"], len(data["rewards"])
             arrays = {key: data[key] for key in keys}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if (starts.ndim != 1 or not np.issubdtype(starts.dtype, np.integer) or len(starts) == 0 or starts[0] != 0
-            or (np.diff(starts) <= 0).any() or starts[-1] >= length):
-        sys.exit(f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
-                 f"regenerate it with `{command} --overwrite`.")
+    if (
+        starts.ndim != 1
+        or not np.issubdtype(starts.dtype, np.integer)
+        or len(starts) == 0
+        or starts[0] != 0
+        or (np.diff(starts) <= 0).any()
+        or starts[-1] >= length
+    ):
+        sys.exit(
+            f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
+            f"regenerate it with `{command} --overwrite`."
+        )
     if num_trajectories > len(starts):
-        sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
-                 f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
-                 f"--num-demo-episodes {num_trajectories} --overwrite`.")
+        sys.exit(
+            f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
+            f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
+            f"--num-demo-episodes {num_trajectories} --overwrite`."
+        )
     action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
-    expected = {"observations": env.observation_space.shape, "next_observations": env.observation_space.shape, "actions": action_shape}
+    expected = {
+        "observations": env.observation_space.shape,
+        "next_observations": env.observation_space.shape,
+        "actions": action_shape,
+    }
     for key, shape in expected.items():
         if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
-            sys.exit(f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
-                     f"regenerate it with `{command} --overwrite`.")
+            sys.exit(
+                f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
+                f"regenerate it with `{command} --overwrite`."
+            )
     rng = np.random.default_rng(seed)
     episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
-    index = np.concatenate([episode[rng.integers(min(subsample_frequency, len(episode))):: subsample_frequency] for episode in episodes])
+    index = np.concatenate(
+        [episode[rng.integers(min(subsample_frequency, len(episode))) :: subsample_frequency] for episode in episodes]
+    )
     demos = {key: value[index] for key, value in arrays.items()}
     return {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
 
@@ -311,27 +364,35 @@ def load_expert_policy(expert_dir, info, device):
     """pi* from policy.pt and the layer sizes in expert.json, without importing the trainer that wrote it."""
     command = expert_command(info["env_id"], expert_dir)
     if "policy" not in info:
-        sys.exit(f"error: {Path(expert_dir) / 'expert.json'} describes no expert policy, which dagger.py alone of the scripts "
-                 f"needs (it asks the expert to label every state it visits); record the demos from a policy in cleanil's "
-                 f"format with `{demos_command(info['env_id'], expert_dir)} --from-policy <policy.pt> --overwrite`, which "
-                 f"copies it into the folder, or imitate these demos with a script that needs none (bc.py, gail.py, ...).")
+        sys.exit(
+            f"error: {Path(expert_dir) / 'expert.json'} describes no expert policy, which dagger.py alone of the scripts "
+            f"needs (it asks the expert to label every state it visits); record the demos from a policy in cleanil's "
+            f"format with `{demos_command(info['env_id'], expert_dir)} --from-policy <policy.pt> --overwrite`, which "
+            f"copies it into the folder, or imitate these demos with a script that needs none (bc.py, gail.py, ...)."
+        )
     try:
         path = Path(expert_dir) / info["policy"]["file"]
         expert = ExpertPolicy(info["policy"])
     except (KeyError, TypeError, ValueError) as error:
-        sys.exit(f"error: {Path(expert_dir) / 'expert.json'} does not describe the expert policy ({error!r}); "
-                 f"regenerate it with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {Path(expert_dir) / 'expert.json'} does not describe the expert policy ({error!r}); "
+            f"regenerate it with `{command} --overwrite`."
+        )
     if not path.exists():
-        sys.exit(f"error: no expert policy at {path}, which DAgger queries on every visited state; "
-                 f"regenerate the expert with `{command} --overwrite`.")
+        sys.exit(
+            f"error: no expert policy at {path}, which DAgger queries on every visited state; "
+            f"regenerate the expert with `{command} --overwrite`."
+        )
     num_outputs = info.get("num_actions") or int(np.prod(info["action_shape"]))
     try:
         if expert.mlp[0].in_features != int(np.prod(info["observation_shape"])) or expert.mlp[-1].out_features != num_outputs:
             raise ValueError("layer sizes do not match the observation and action shapes")
         expert.mlp.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except (RuntimeError, ValueError, OSError) as error:
-        sys.exit(f"error: {path} does not match the policy described in expert.json ({type(error).__name__}); "
-                 f"regenerate the expert with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {path} does not match the policy described in expert.json ({type(error).__name__}); "
+            f"regenerate the expert with `{command} --overwrite`."
+        )
     return expert.to(device).eval()
 
 
@@ -340,8 +401,13 @@ class CategoricalPolicy(nn.Module):
 
     def __init__(self, obs_dim, num_actions, hidden_size, obs_mean, obs_std):
         super().__init__()
-        self.logits = nn.Sequential(nn.Linear(obs_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size),
-                                    nn.ReLU(), nn.Linear(hidden_size, num_actions))
+        self.logits = nn.Sequential(
+            nn.Linear(obs_dim, hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, num_actions),
+        )
         self.register_buffer("obs_mean", torch.as_tensor(obs_mean, dtype=torch.float32))
         self.register_buffer("obs_std", torch.as_tensor(obs_std, dtype=torch.float32))
 
@@ -359,8 +425,13 @@ class GaussianPolicy(nn.Module):
 
     def __init__(self, obs_dim, action_dim, hidden_size, obs_mean, obs_std, action_low, action_high):
         super().__init__()
-        self.mean = nn.Sequential(nn.Linear(obs_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size),
-                                  nn.ReLU(), nn.Linear(hidden_size, action_dim))
+        self.mean = nn.Sequential(
+            nn.Linear(obs_dim, hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, action_dim),
+        )
         self.log_std = nn.Parameter(torch.zeros(action_dim))
         self.register_buffer("obs_mean", torch.as_tensor(obs_mean, dtype=torch.float32))
         self.register_buffer("obs_std", torch.as_tensor(obs_std, dtype=torch.float32))
@@ -445,8 +516,12 @@ def write_eval_row(run_dir, row):
 def hardware_info(device, bf16=False):
     """The device, its name, the thread count and the precision of a run, for summary.json."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
-            "precision": "bf16-autocast" if bf16 else "fp32"}
+    return {
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16-autocast" if bf16 else "fp32",
+    }
 
 
 def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
@@ -474,8 +549,11 @@ def exit_on_stop_signals(run_dir):
     one line and exit status 128 + signal as a shell reports it; eval.csv gains whole rows only, so it stays readable."""
 
     def stop(signum, frame):
-        tqdm.write(f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
-                   f"{Path(__file__).name} has no --resume, so rerun the command to start over.", file=sys.stderr)
+        tqdm.write(
+            f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
+            f"{Path(__file__).name} has no --resume, so rerun the command to start over.",
+            file=sys.stderr,
+        )
         sys.exit(128 + signum)
 
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
@@ -484,16 +562,26 @@ def exit_on_stop_signals(run_dir):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in ("eval_frequency", "eval_episodes", "rounds", "steps_per_round", "epochs_per_round", "batch_size",
-                 "beta_rampdown_rounds", "hidden_size"):
+    for name in (
+        "eval_frequency",
+        "eval_episodes",
+        "rounds",
+        "steps_per_round",
+        "epochs_per_round",
+        "batch_size",
+        "beta_rampdown_rounds",
+        "hidden_size",
+    ):
         if getattr(args, name) <= 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     if not 0 <= args.beta_decay <= 1:
         sys.exit(f"error: --beta-decay must lie in [0, 1], not {args.beta_decay}.")
     if args.total_timesteps is not None:
         if args.total_timesteps < 1 or args.total_timesteps % args.steps_per_round:
-            sys.exit(f"error: --total-timesteps {args.total_timesteps} is not a positive multiple of --steps-per-round "
-                     f"{args.steps_per_round}; pass a multiple, or --rounds instead.")
+            sys.exit(
+                f"error: --total-timesteps {args.total_timesteps} is not a positive multiple of --steps-per-round "
+                f"{args.steps_per_round}; pass a multiple, or --rounds instead."
+            )
         args.rounds = args.total_timesteps // args.steps_per_round
     args.total_timesteps = args.rounds * args.steps_per_round
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
@@ -514,7 +602,9 @@ if __name__ == "__main__":
         sys.exit(f"error: dagger.py supports Discrete and Box actions, but {args.env_id} has {env.action_space}.")
     expert_info = load_expert_info(expert_dir, env, required=True)
     expert = load_expert_policy(expert_dir, expert_info, device)
-    demos = load_demos(expert_dir, env, args.num_expert_trajectories, args.subsample_frequency, args.seed, ("observations", "actions"))
+    demos = load_demos(
+        expert_dir, env, args.num_expert_trajectories, args.subsample_frequency, args.seed, ("observations", "actions")
+    )
     obs_dim = int(np.prod(env.observation_space.shape))
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -533,15 +623,20 @@ if __name__ == "__main__":
         tolerance = None
     else:
         low, high = env.action_space.low, env.action_space.high
-        policy = GaussianPolicy(obs_dim, int(np.prod(env.action_space.shape)), args.hidden_size, obs_mean, obs_std, low, high).to(device)
+        policy = GaussianPolicy(
+            obs_dim, int(np.prod(env.action_space.shape)), args.hidden_size, obs_mean, obs_std, low, high
+        ).to(device)
         tolerance = torch.as_tensor(args.agreement_tolerance * (high - low) / 2, dtype=torch.float32, device=device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
 
     # D, preallocated for the demos plus every rollout step: row k of the two tensors is the pair (s_k, pi*(s_k))
     dataset_size = len(demo_obs)
     dataset_obs = torch.zeros(dataset_size + args.total_timesteps, obs_dim, device=device)
-    dataset_actions = torch.zeros((dataset_size + args.total_timesteps, *env.action_space.shape),
-                                  dtype=torch.long if discrete else torch.float32, device=device)
+    dataset_actions = torch.zeros(
+        (dataset_size + args.total_timesteps, *env.action_space.shape),
+        dtype=torch.long if discrete else torch.float32,
+        device=device,
+    )
     dataset_obs[:dataset_size] = torch.as_tensor(demo_obs, device=device)
     dataset_actions[:dataset_size] = torch.as_tensor(demos["actions"], dtype=dataset_actions.dtype, device=device)
     learner_actions = torch.zeros_like(dataset_actions[: args.steps_per_round])
@@ -552,32 +647,58 @@ if __name__ == "__main__":
 
     def run_evaluation(global_step):
         returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
-        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
-               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": time.time() - start_time,
-               "sps": global_step / max(time.time() - start_time, 1e-9)}
+        row = {
+            "global_step": global_step,
+            "eval_return_mean": float(returns.mean()),
+            "eval_return_std": float(returns.std()),
+            "normalized_score": normalized_score(float(returns.mean()), expert_info),
+            "wall_time": time.time() - start_time,
+            "sps": global_step / max(time.time() - start_time, 1e-9),
+        }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
         if args.track:
-            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+            wandb.log(
+                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
+            )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     def log_round(round_index, global_step, beta, loss, metrics):
         if not torch.isfinite(loss):
             sys.exit(f"error: non-finite BC loss in round {round_index}; lower --learning-rate.")
-        metrics = {"charts/beta": beta, "charts/dataset_size": dataset_size, "losses/bc_loss": float(loss),
-                   **{key: float(value) for key, value in metrics.items()}}
+        metrics = {
+            "charts/beta": beta,
+            "charts/dataset_size": dataset_size,
+            "losses/bc_loss": float(loss),
+            **{key: float(value) for key, value in metrics.items()},
+        }
         if args.track:
             wandb.log({**metrics, "charts/SPS": global_step / max(time.time() - start_time, 1e-9)}, step=global_step)
-        tqdm.write(f"round {round_index}/{args.rounds}: " + ", ".join(
-            f"{key.split('/')[1]} {value if isinstance(value, int) else f'{value:.4f}'}" for key, value in metrics.items()))
+        tqdm.write(
+            f"round {round_index}/{args.rounds}: "
+            + ", ".join(
+                f"{key.split('/')[1]} {value if isinstance(value, int) else f'{value:.4f}'}" for key, value in metrics.items()
+            )
+        )
 
     # Alg. 3.1 initialisation: D = the expert demos (beta_1 = 1), pi_hat_1 trained on them
     start_time, eval_rows = time.time(), []
-    loss = train_policy(policy, optimizer, dataset_obs[:dataset_size], dataset_actions[:dataset_size], args.epochs_per_round,
-                        args.batch_size, args.min_updates_per_round)
+    loss = train_policy(
+        policy,
+        optimizer,
+        dataset_obs[:dataset_size],
+        dataset_actions[:dataset_size],
+        args.epochs_per_round,
+        args.batch_size,
+        args.min_updates_per_round,
+    )
     log_round(0, 0, 1.0, loss, {})
     hardware = hardware_info(device)
-    print(f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), {hardware['precision']}", file=sys.stderr)
+    print(
+        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
+        f"{hardware['precision']}",
+        file=sys.stderr,
+    )
     progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
     run_evaluation(0)
     for global_step in range(1, args.total_timesteps + 1):
@@ -601,7 +722,10 @@ if __name__ == "__main__":
         obs, _, terminated, truncated, info = env.step(action)
         if terminated or truncated:
             if args.track:
-                wandb.log({"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]}, step=global_step)
+                wandb.log(
+                    {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
+                    step=global_step,
+                )
             obs, _ = env.reset()
 
         if step_in_round == args.steps_per_round - 1:
@@ -613,8 +737,15 @@ if __name__ == "__main__":
             metrics["charts/expert_share"] = expert_steps / args.steps_per_round  # of executed actions: ~beta_i
             # Alg. 3.1: D <- D u D_i, then train pi_hat_{i+1} on all of D
             dataset_size += args.steps_per_round
-            loss = train_policy(policy, optimizer, dataset_obs[:dataset_size], dataset_actions[:dataset_size],
-                                args.epochs_per_round, args.batch_size, args.min_updates_per_round)
+            loss = train_policy(
+                policy,
+                optimizer,
+                dataset_obs[:dataset_size],
+                dataset_actions[:dataset_size],
+                args.epochs_per_round,
+                args.batch_size,
+                args.min_updates_per_round,
+            )
             log_round(round_index, global_step, beta, loss, metrics)
         progress.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:

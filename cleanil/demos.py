@@ -22,6 +22,7 @@ expert.json gets the two returns of the normalized score (R - R_random) / (R_exp
 a uniformly random policy's, measured as the scripts measure it (`random_policy_returns`), unless
 --no-measure-random-return leaves it to every run.
 """
+
 import dataclasses
 import json
 import os
@@ -125,15 +126,19 @@ def load_minari(source):
         episodes = list(dataset.iterate_episodes())
         metadata = dataset.storage.metadata
     except FileNotFoundError:
-        sys.exit(f"error: no local Minari dataset {source!r} (neither a folder nor an id under $MINARI_DATASETS_PATH or "
-                 f"~/.minari/datasets); demos.py never downloads: fetch it first with `minari download {source}`.")
+        sys.exit(
+            f"error: no local Minari dataset {source!r} (neither a folder nor an id under $MINARI_DATASETS_PATH or "
+            f"~/.minari/datasets); demos.py never downloads: fetch it first with `minari download {source}`."
+        )
     except (OSError, ValueError, KeyError, TypeError, AssertionError, ImportError) as error:
         sys.exit(f"error: the Minari dataset {source!r} cannot be read ({' '.join(str(error).split())[:200]}).")
     if not episodes:
         sys.exit(f"error: the Minari dataset {source!r} holds no episodes.")
     if not all(isinstance(getattr(episode, key), np.ndarray) for episode in episodes for key in ("observations", "actions")):
-        sys.exit(f"error: the Minari dataset {source!r} has structured observations or actions ({dataset.observation_space}, "
-                 f"{dataset.action_space}); cleanil's scripts read flat Box observations and Box or Discrete actions.")
+        sys.exit(
+            f"error: the Minari dataset {source!r} has structured observations or actions ({dataset.observation_space}, "
+            f"{dataset.action_space}); cleanil's scripts read flat Box observations and Box or Discrete actions."
+        )
     ends = [np.arange(len(episode.rewards)) == len(episode.rewards) - 1 for episode in episodes]
     transitions = {
         "observations": np.concatenate([episode.observations[:-1] for episode in episodes]),
@@ -160,8 +165,10 @@ def load_d4rl(path):
         with h5py.File(path, "r") as file:
             missing = [key for key in required if key not in file]
             if missing:
-                sys.exit(f"error: {path} has no {', '.join(missing)} (it holds {', '.join(file.keys()) or 'nothing'}); a "
-                         f"D4RL-style file holds {', '.join(required)} at its top level.")
+                sys.exit(
+                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(file.keys()) or 'nothing'}); a "
+                    f"D4RL-style file holds {', '.join(required)} at its top level."
+                )
             arrays = {key: file[key][()] for key in (*required, *optional) if key in file}
     except (OSError, TypeError) as error:  # TypeError: a group where a dataset belongs
         sys.exit(f"error: {path} is not a readable HDF5 file of arrays ({' '.join(str(error).split())[:200]}).")
@@ -175,43 +182,63 @@ def load_sb3(path, env, return_tolerance):
     """Per-transition arrays of a stable-baselines expert npz, whose episode_starts flag each episode's first transition
     and whose episode_returns check the split; it tells no terminal from a timeout (see `ends_from_starts`)."""
     keys = ("obs", "actions", "rewards", "episode_returns", "episode_starts")
-    arrays = load_arrays(path, {key: key for key in keys}, set(keys), "a stable-baselines expert npz holds obs, actions, "
-                         "rewards, episode_returns and episode_starts", "episode_returns")
+    arrays = load_arrays(
+        path,
+        {key: key for key in keys},
+        set(keys),
+        "a stable-baselines expert npz holds obs, actions, rewards, episode_returns and episode_starts",
+        "episode_returns",
+    )
     length = len(arrays["rewards"])
     starts = starts_from(arrays["episode_starts"], length, path, "episode_starts")
-    transitions = {"observations": arrays["obs"], "actions": arrays["actions"], "rewards": arrays["rewards"],
-                   **ends_from_starts(starts, length, env.spec.max_episode_steps)}
+    transitions = {
+        "observations": arrays["obs"],
+        "actions": arrays["actions"],
+        "rewards": arrays["rewards"],
+        **ends_from_starts(starts, length, env.spec.max_episode_steps),
+    }
     recorded = np.asarray(arrays["episode_returns"], dtype=np.float64).reshape(-1)
     summed = np.add.reduceat(np.asarray(arrays["rewards"], dtype=np.float64).reshape(length, -1).sum(1), starts)
     if len(recorded) != len(summed) or not np.allclose(summed, recorded, rtol=return_tolerance, atol=return_tolerance):
-        sys.exit(f"error: {path}'s episode_starts split it into {len(summed)} episodes returning "
-                 f"{np.round(summed[:3], 2)}..., but its episode_returns records {len(recorded)} returning "
-                 f"{np.round(recorded[:3], 2)}...; the file's episodes are not what its episode_starts say.")
+        sys.exit(
+            f"error: {path}'s episode_starts split it into {len(summed)} episodes returning "
+            f"{np.round(summed[:3], 2)}..., but its episode_returns records {len(recorded)} returning "
+            f"{np.round(recorded[:3], 2)}...; the file's episodes are not what its episode_starts say."
+        )
     return transitions, [kinds_note(env)]
 
 
 def load_npz(path, names, named_by_user, required, env):
     """Per-transition arrays of an npz under the given names: episodes end at its terminal and timeout flags, or else
     follow its episode starts (see `ends_from_starts`); an optional array left at its default name may be absent."""
-    arrays = load_arrays(path, names, named_by_user | set(required),
-                         "name its arrays with --npz-observations-key, --npz-actions-key, --npz-rewards-key and so on",
-                         "episode_starts")
+    arrays = load_arrays(
+        path,
+        names,
+        named_by_user | set(required),
+        "name its arrays with --npz-observations-key, --npz-actions-key, --npz-rewards-key and so on",
+        "episode_starts",
+    )
     length = len(arrays["rewards"])
-    starts = (starts_from(arrays["episode_starts"], length, path, names["episode_starts"])
-              if "episode_starts" in arrays else None)
+    starts = (
+        starts_from(arrays["episode_starts"], length, path, names["episode_starts"]) if "episode_starts" in arrays else None
+    )
     if "terminals" in arrays or "timeouts" in arrays:
         for key in ("terminals", "timeouts"):
             arrays[key] = flags(arrays[key], names[key], path) if key in arrays else np.zeros(length, dtype=bool)
         arrays["ends"] = arrays["terminals"] | arrays["timeouts"]
         stops = np.flatnonzero(arrays["ends"]) + 1
         if starts is not None and not np.array_equal(starts, np.concatenate([[0], stops[stops < length]])):
-            sys.exit(f"error: {path}'s {names['episode_starts']} and its terminal/timeout flags disagree on where episodes "
-                     f"start; fix the file, or leave one out with --npz-episode-starts-key or --npz-terminals-key.")
+            sys.exit(
+                f"error: {path}'s {names['episode_starts']} and its terminal/timeout flags disagree on where episodes "
+                f"start; fix the file, or leave one out with --npz-episode-starts-key or --npz-terminals-key."
+            )
         return {key: value for key, value in arrays.items() if key != "episode_starts"}, []
     if starts is None:
-        sys.exit(f"error: {path} has no terminal or timeout flags ({names['terminals']}, {names['timeouts']}) nor episode "
-                 f"starts ({names['episode_starts']}), so its episodes cannot be told apart; name the arrays that hold them "
-                 f"with --npz-terminals-key and --npz-timeouts-key, or --npz-episode-starts-key.")
+        sys.exit(
+            f"error: {path} has no terminal or timeout flags ({names['terminals']}, {names['timeouts']}) nor episode "
+            f"starts ({names['episode_starts']}), so its episodes cannot be told apart; name the arrays that hold them "
+            f"with --npz-terminals-key and --npz-timeouts-key, or --npz-episode-starts-key."
+        )
     transitions = {key: value for key, value in arrays.items() if key != "episode_starts"}
     return {**transitions, **ends_from_starts(starts, length, env.spec.max_episode_steps)}, [kinds_note(env)]
 
@@ -223,8 +250,9 @@ def load_arrays(path, names, required, layout, not_per_transition):
         with np.load(path) as data:
             missing = [name for key, name in names.items() if key in required and name not in data.files]
             if missing:
-                sys.exit(f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}); "
-                         f"{layout}.")
+                sys.exit(
+                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}); {layout}."
+                )
             arrays = {key: data[name] for key, name in names.items() if name in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         sys.exit(f"error: {path} is not a readable npz file ({' '.join(str(error).split())[:200]}).")
@@ -237,8 +265,9 @@ def per_transition(arrays, path, keys):
         if np.ndim(values) == 0:
             sys.exit(f"error: {path} holds a single value as {key}, where an array is needed.")
         if key in keys and len(values) != len(arrays["rewards"]):
-            sys.exit(f"error: {path} holds {len(values)} {key} for {len(arrays['rewards'])} rewards; one per transition "
-                     f"is needed.")
+            sys.exit(
+                f"error: {path} holds {len(values)} {key} for {len(arrays['rewards'])} rewards; one per transition is needed."
+            )
     return arrays
 
 
@@ -246,8 +275,10 @@ def flags(values, name, path):
     """A per-transition 0/1 array as booleans; anything else is refused."""
     values = np.asarray(values).reshape(len(values), -1)
     if values.shape[1] != 1 or not np.isin(values, (0, 1)).all():
-        sys.exit(f"error: {path}'s {name} must be one 0/1 flag per transition; it holds entries of shape {values.shape[1:]} "
-                 f"with values such as {np.unique(values)[:5]}.")
+        sys.exit(
+            f"error: {path}'s {name} must be one 0/1 flag per transition; it holds entries of shape {values.shape[1:]} "
+            f"with values such as {np.unique(values)[:5]}."
+        )
     return values[:, 0].astype(bool)
 
 
@@ -256,10 +287,18 @@ def starts_from(values, length, path, name):
     values = np.asarray(values)
     if values.dtype == bool or (len(values) == length and np.isin(values, (0, 1)).all() and length > 2):
         values = np.flatnonzero(flags(values, name, path))
-    if (values.ndim != 1 or not np.issubdtype(values.dtype, np.integer) or len(values) == 0 or values[0] != 0
-            or (np.diff(values) <= 0).any() or values[-1] >= length):
-        sys.exit(f"error: {path}'s {name} must be increasing indices from 0 below its {length} transitions (or one flag "
-                 f"per transition, the first set); it holds {values[:5]}.")
+    if (
+        values.ndim != 1
+        or not np.issubdtype(values.dtype, np.integer)
+        or len(values) == 0
+        or values[0] != 0
+        or (np.diff(values) <= 0).any()
+        or values[-1] >= length
+    ):
+        sys.exit(
+            f"error: {path}'s {name} must be increasing indices from 0 below its {length} transitions (or one flag "
+            f"per transition, the first set); it holds {values[:5]}."
+        )
     return values
 
 
@@ -276,10 +315,14 @@ def ends_from_starts(starts, length, max_episode_steps):
 def kinds_note(env):
     """What `ends_from_starts` assumed, for the user to check."""
     if env.spec.max_episode_steps is None:
-        return (f"the source tells no terminal from a timeout, and {env.spec.id} has no time limit: every episode counts "
-                f"as a terminal")
-    return (f"the source tells no terminal from a timeout: an episode of {env.spec.id}'s max_episode_steps "
-            f"({env.spec.max_episode_steps}) counts as a timeout, a shorter one as a terminal")
+        return (
+            f"the source tells no terminal from a timeout, and {env.spec.id} has no time limit: every episode counts "
+            f"as a terminal"
+        )
+    return (
+        f"the source tells no terminal from a timeout: an episode of {env.spec.id}'s max_episode_steps "
+        f"({env.spec.max_episode_steps}) counts as a timeout, a shorter one as a terminal"
+    )
 
 
 def check_transitions(transitions, env, action_tolerance, source):
@@ -298,31 +341,45 @@ def check_transitions(transitions, env, action_tolerance, source):
             continue
         values = np.asarray(transitions[key])
         if values.shape != (length, *obs_shape) or not np.issubdtype(values.dtype, np.number):
-            sys.exit(f"error: {source} holds {key} of shape {values.shape[1:]} (and {len(values)} of them for {length} "
-                     f"rewards), but {env_id} observes {obs_shape}; is --env-id the env it was recorded in?")
+            sys.exit(
+                f"error: {source} holds {key} of shape {values.shape[1:]} (and {len(values)} of them for {length} "
+                f"rewards), but {env_id} observes {obs_shape}; is --env-id the env it was recorded in?"
+            )
         checked[key] = values.astype(np.float32)
     actions = np.asarray(transitions["actions"])
     if isinstance(env.action_space, gym.spaces.Discrete):
         num_actions = int(env.action_space.n)
         if actions.shape not in ((length,), (length, 1)) or not np.issubdtype(actions.dtype, np.number):
-            sys.exit(f"error: {source} holds actions of shape {actions.shape[1:]}, but {env_id}'s discrete actions are "
-                     f"one index per transition; is --env-id the env it was recorded in?")
+            sys.exit(
+                f"error: {source} holds actions of shape {actions.shape[1:]}, but {env_id}'s discrete actions are "
+                f"one index per transition; is --env-id the env it was recorded in?"
+            )
         actions = actions.reshape(length)
-        if not (np.isfinite(actions).all() and (actions == np.round(actions)).all() and (actions >= 0).all()
-                and (actions < num_actions).all()):
-            sys.exit(f"error: {source} holds actions that are not indices 0..{num_actions - 1} of {env_id}'s actions "
-                     f"(e.g. {actions[(actions < 0) | (actions >= num_actions) | (actions != np.round(actions))][:3]}).")
+        if not (
+            np.isfinite(actions).all()
+            and (actions == np.round(actions)).all()
+            and (actions >= 0).all()
+            and (actions < num_actions).all()
+        ):
+            sys.exit(
+                f"error: {source} holds actions that are not indices 0..{num_actions - 1} of {env_id}'s actions "
+                f"(e.g. {actions[(actions < 0) | (actions >= num_actions) | (actions != np.round(actions))][:3]})."
+            )
         checked["actions"] = actions.astype(np.int64)
     else:
         low, high = env.action_space.low, env.action_space.high
         if actions.shape != (length, *env.action_space.shape) or not np.issubdtype(actions.dtype, np.number):
-            sys.exit(f"error: {source} holds actions of shape {actions.shape[1:]} (and {len(actions)} of them for {length} "
-                     f"rewards), but {env_id} acts with {env.action_space.shape}; is --env-id the env it was recorded in?")
+            sys.exit(
+                f"error: {source} holds actions of shape {actions.shape[1:]} (and {len(actions)} of them for {length} "
+                f"rewards), but {env_id} acts with {env.action_space.shape}; is --env-id the env it was recorded in?"
+            )
         excess = np.maximum(actions - high, low - actions).max() if np.isfinite(actions).all() else np.inf
         if excess > action_tolerance:
-            sys.exit(f"error: {source} holds actions up to {excess:.3g} beyond {env_id}'s bounds [{low.min():g}, "
-                     f"{high.max():g}] (or non-finite ones): not actions of this env, or unscaled; --action-tolerance allows "
-                     f"rounding.")
+            sys.exit(
+                f"error: {source} holds actions up to {excess:.3g} beyond {env_id}'s bounds [{low.min():g}, "
+                f"{high.max():g}] (or non-finite ones): not actions of this env, or unscaled; --action-tolerance allows "
+                f"rounding."
+            )
         checked["actions"] = np.clip(actions, low, high).astype(np.float32)
     for key, values in checked.items():
         finite = np.isfinite(values.reshape(length, -1)).all(1)
@@ -358,16 +415,23 @@ def assemble_demos(transitions, episodes, float16_observations):
     would overflow."""
     index, next_index, terminations, truncations = chain_transitions(transitions, episodes)
     next_source = transitions.get("next_observations", transitions["observations"])
-    demos = {"observations": transitions["observations"][index], "actions": transitions["actions"][index],
-             "rewards": transitions["rewards"][index], "next_observations": next_source[next_index],
-             "terminations": terminations, "truncations": truncations}
+    demos = {
+        "observations": transitions["observations"][index],
+        "actions": transitions["actions"][index],
+        "rewards": transitions["rewards"][index],
+        "next_observations": next_source[next_index],
+        "terminations": terminations,
+        "truncations": truncations,
+    }
     starts = np.flatnonzero(np.concatenate([[True], (terminations | truncations)[:-1]]))
     demos["episode_starts"] = starts.astype(np.int64)
     if float16_observations:
         largest = max(np.abs(demos["observations"]).max(), np.abs(demos["next_observations"]).max())
         if largest > np.finfo(np.float16).max:
-            sys.exit(f"error: observations reach {largest:.4g}, beyond float16's {np.finfo(np.float16).max:g}; drop "
-                     f"--float16-observations.")
+            sys.exit(
+                f"error: observations reach {largest:.4g}, beyond float16's {np.finfo(np.float16).max:g}; drop "
+                f"--float16-observations."
+            )
         for key in ("observations", "next_observations"):
             demos[key] = demos[key].astype(np.float16)
     return demos
@@ -406,17 +470,30 @@ def load_policy(source, env):
         policy = ExpertPolicy(spec)
         policy.mlp.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
         inputs, outputs = policy.mlp[0].in_features, policy.mlp[-1].out_features
-    except (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError, AttributeError, EOFError,
-            pickle.UnpicklingError) as error:
-        sys.exit(f"error: {source} is no policy in cleanil's format ({type(error).__name__}); --from-policy "
-                 f"takes a policy.pt beside the expert.json whose \"policy\" describes it (as --save-expert writes them).")
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+        RuntimeError,
+        AttributeError,
+        EOFError,
+        pickle.UnpicklingError,
+    ) as error:
+        sys.exit(
+            f"error: {source} is no policy in cleanil's format ({type(error).__name__}); --from-policy "
+            f'takes a policy.pt beside the expert.json whose "policy" describes it (as --save-expert writes them).'
+        )
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
     env_outputs = int(env.action_space.n) if discrete else int(np.prod(env.action_space.shape))
     obs_dims = int(np.prod(env.observation_space.shape))
     if inputs != obs_dims or outputs != env_outputs or (policy.output == "argmax") != discrete:
-        sys.exit(f"error: {file} maps {inputs} observation dims to {outputs} {policy.output} outputs, but {env.spec.id} "
-                 f"observes {env.observation_space.shape} and acts with {env.action_space}; is --env-id the env it was "
-                 f"trained in?")
+        sys.exit(
+            f"error: {file} maps {inputs} observation dims to {outputs} {policy.output} outputs, but {env.spec.id} "
+            f"observes {env.observation_space.shape} and acts with {env.action_space}; is --env-id the env it was "
+            f"trained in?"
+        )
     return policy.eval(), info, file
 
 
@@ -451,7 +528,10 @@ def rollout_episodes(act, env, num_episodes, seed):
             if len(returns) < num_episodes:
                 episode_starts.append(len(data["observations"]))
     demos = {key: np.array(value) for key, value in data.items()}
-    demos["observations"], demos["next_observations"] = demos["observations"].astype(np.float32), demos["next_observations"].astype(np.float32)
+    demos["observations"], demos["next_observations"] = (
+        demos["observations"].astype(np.float32),
+        demos["next_observations"].astype(np.float32),
+    )
     demos["episode_starts"] = np.array(episode_starts, dtype=np.int64)
     return demos, np.array(returns)
 
@@ -466,8 +546,12 @@ def record_policy(policy, env, num_episodes, eval_episodes, seed):
 
     recorded, _ = rollout_episodes(act, env, num_episodes, seed + 40_000)
     returns = evaluate(act, env, eval_episodes, seed + 20_000)
-    return {**recorded, "terminals": recorded["terminations"], "timeouts": recorded["truncations"],
-            "ends": recorded["terminations"] | recorded["truncations"]}, returns
+    return {
+        **recorded,
+        "terminals": recorded["terminations"],
+        "timeouts": recorded["truncations"],
+        "ends": recorded["terminations"] | recorded["truncations"],
+    }, returns
 
 
 def read_expert_json(path, env):
@@ -480,10 +564,15 @@ def read_expert_json(path, env):
         returns = [float(info[key]) for key in ("expert_return_mean", "random_return_mean") if key in info]
     except (ValueError, TypeError, KeyError) as error:
         sys.exit(f"error: {path} is malformed ({error!r}); fix it, or move it away and rerun --complete.")
-    if shapes.get("observation_shape", env.observation_space.shape) != env.observation_space.shape or \
-            shapes.get("action_shape", env.action_space.shape) != env.action_space.shape or not np.isfinite(returns).all():
-        sys.exit(f"error: {path} gives shapes {shapes} or returns {returns} that do not fit {env.spec.id} "
-                 f"({env.observation_space.shape}, {env.action_space.shape}); fix it, or move it away and rerun --complete.")
+    if (
+        shapes.get("observation_shape", env.observation_space.shape) != env.observation_space.shape
+        or shapes.get("action_shape", env.action_space.shape) != env.action_space.shape
+        or not np.isfinite(returns).all()
+    ):
+        sys.exit(
+            f"error: {path} gives shapes {shapes} or returns {returns} that do not fit {env.spec.id} "
+            f"({env.observation_space.shape}, {env.action_space.shape}); fix it, or move it away and rerun --complete."
+        )
     return info
 
 
@@ -493,24 +582,40 @@ def normalization_returns(info, args, reference, policy_returns, demo_returns):
     if args.expert_return_mean is not None:
         expert = {"expert_return_mean": args.expert_return_mean, "expert_return_source": "--expert-return-mean"}
     elif "ref_max_score" in reference:
-        expert = {"expert_return_mean": reference["ref_max_score"],
-                  "expert_return_source": "the Minari dataset's ref_max_score"}
+        expert = {
+            "expert_return_mean": reference["ref_max_score"],
+            "expert_return_source": "the Minari dataset's ref_max_score",
+        }
     elif policy_returns is not None:
-        expert = {"expert_return_mean": float(policy_returns.mean()), "expert_return_std": float(policy_returns.std()),
-                  "expert_episodes": len(policy_returns), "expert_return_source": "the policy's deterministic episodes"}
+        expert = {
+            "expert_return_mean": float(policy_returns.mean()),
+            "expert_return_std": float(policy_returns.std()),
+            "expert_episodes": len(policy_returns),
+            "expert_return_source": "the policy's deterministic episodes",
+        }
     else:
-        expert = {"expert_return_mean": float(demo_returns.mean()), "expert_return_std": float(demo_returns.std()),
-                  "expert_episodes": len(demo_returns), "expert_return_source": "the demos' mean return"}
+        expert = {
+            "expert_return_mean": float(demo_returns.mean()),
+            "expert_return_std": float(demo_returns.std()),
+            "expert_episodes": len(demo_returns),
+            "expert_return_source": "the demos' mean return",
+        }
     info = {**info, **expert} if args.expert_return_mean is not None or "expert_return_mean" not in info else dict(info)
     if "random_return_mean" not in info and "ref_min_score" in reference:
         info.update(random_return_mean=reference["ref_min_score"], random_return_source="the Minari dataset's ref_min_score")
     elif "random_return_mean" not in info and args.measure_random_return:
         random_returns = random_policy_returns(args.env_id)
-        info.update(random_return_mean=float(random_returns.mean()), random_return_std=float(random_returns.std()),
-                    random_episodes=len(random_returns), random_return_source="a uniformly random policy")
+        info.update(
+            random_return_mean=float(random_returns.mean()),
+            random_return_std=float(random_returns.std()),
+            random_episodes=len(random_returns),
+            random_return_source="a uniformly random policy",
+        )
     if info.get("random_return_mean") == info["expert_return_mean"]:
-        sys.exit(f"error: the expert return {info['expert_return_mean']} equals the random return, which leaves the "
-                 f"normalized score undefined; pass the expert's with --expert-return-mean.")
+        sys.exit(
+            f"error: the expert return {info['expert_return_mean']} equals the random return, which leaves the "
+            f"normalized score undefined; pass the expert's with --expert-return-mean."
+        )
     return info
 
 
@@ -527,8 +632,10 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
             env.reset(seed=seed)
             env.render()
         except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                     f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video.")
+            sys.exit(
+                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
+            )
         # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
         env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -575,8 +682,10 @@ if __name__ == "__main__":
     given = [f"--from-{name}" for name in SOURCES if getattr(args, f"from_{name}") is not None]
     given += ["--complete"] if args.complete else []
     if len(given) != 1:
-        sys.exit(f"error: name exactly one source, --from-minari, --from-d4rl, --from-sb3, --from-npz, --from-policy or "
-                 f"--complete ({'got ' + ' and '.join(given) if given else 'got none'}).")
+        sys.exit(
+            f"error: name exactly one source, --from-minari, --from-d4rl, --from-sb3, --from-npz, --from-policy or "
+            f"--complete ({'got ' + ' and '.join(given) if given else 'got none'})."
+        )
     source_flag = given[0]
     source = None if args.complete else getattr(args, source_flag[2:].replace("-", "_"))
     for name in ("num_demo_episodes", "policy_demo_episodes", "expert_eval_episodes"):
@@ -598,20 +707,26 @@ if __name__ == "__main__":
     env = make_env(args.env_id, args.seed)
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
     if not isinstance(env.observation_space, gym.spaces.Box) or not (discrete or isinstance(env.action_space, gym.spaces.Box)):
-        sys.exit(f"error: cleanil's scripts need Box observations and Box or Discrete actions, but {args.env_id} has "
-                 f"{env.observation_space} and {env.action_space}.")
+        sys.exit(
+            f"error: cleanil's scripts need Box observations and Box or Discrete actions, but {args.env_id} has "
+            f"{env.observation_space} and {env.action_space}."
+        )
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
     info_path, demos_path = expert_dir / "expert.json", expert_dir / "demos.npz"
     if args.complete and not demos_path.exists():
-        sys.exit(f"error: --complete fills in expert.json for the demos.npz in {expert_dir}, but there is none; convert your "
-                 f"demonstrations into it with --from-minari, --from-d4rl, --from-sb3, --from-npz or --from-policy.")
+        sys.exit(
+            f"error: --complete fills in expert.json for the demos.npz in {expert_dir}, but there is none; convert your "
+            f"demonstrations into it with --from-minari, --from-d4rl, --from-sb3, --from-npz or --from-policy."
+        )
     if not args.complete and (info_path.exists() or demos_path.exists()) and not args.overwrite:
         sys.exit(f"error: {expert_dir} already holds an expert; pass --overwrite to replace it, or another --expert-path.")
     info = read_expert_json(info_path, env) if args.complete else {}
 
     # every source as per-transition arrays
-    names = {key: getattr(args, f"npz_{key}_key") for key in
-             ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations", "episode_starts")}
+    names = {
+        key: getattr(args, f"npz_{key}_key")
+        for key in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations", "episode_starts")
+    }
     defaults = {field.name: field.default for field in dataclasses.fields(Args)}
     policy, policy_info, policy_returns, notes = None, {}, None, []
     if source_flag == "--from-d4rl":
@@ -626,8 +741,9 @@ if __name__ == "__main__":
         transitions, notes = load_npz(demos_path, ours, set(), set(ours), env)
     elif source_flag == "--from-policy":
         policy, policy_info, policy_file = load_policy(source, env)
-        transitions, policy_returns = record_policy(policy, env, args.num_demo_episodes or args.policy_demo_episodes,
-                                                    args.expert_eval_episodes, args.seed)
+        transitions, policy_returns = record_policy(
+            policy, env, args.num_demo_episodes or args.policy_demo_episodes, args.expert_eval_episodes, args.seed
+        )
     label = str(demos_path) if args.complete else f"{source_flag} {source}"
     transitions = check_transitions(transitions, env, args.action_tolerance, label)
 
@@ -636,11 +752,15 @@ if __name__ == "__main__":
     if not episodes:
         sys.exit(f"error: {label} holds no whole episode (none ends in a terminal or a timeout).")
     if args.complete and (left_over or "next_observations" not in transitions):
-        sys.exit(f"error: --complete leaves {demos_path} as it is, but {left_over} of its transitions end no episode; "
-                 f"convert it with `--from-npz {demos_path} --overwrite`, which leaves them out.")
+        sys.exit(
+            f"error: --complete leaves {demos_path} as it is, but {left_over} of its transitions end no episode; "
+            f"convert it with `--from-npz {demos_path} --overwrite`, which leaves them out."
+        )
     if args.num_demo_episodes is not None and args.num_demo_episodes > len(episodes):
-        sys.exit(f"error: --num-demo-episodes {args.num_demo_episodes} asks for more episodes than the {len(episodes)} "
-                 f"whole ones in {label}; pass at most {len(episodes)}.")
+        sys.exit(
+            f"error: --num-demo-episodes {args.num_demo_episodes} asks for more episodes than the {len(episodes)} "
+            f"whole ones in {label}; pass at most {len(episodes)}."
+        )
     episodes = episodes[: args.num_demo_episodes]
     returns = np.array([transitions["rewards"][start:stop].sum() for start, stop in episodes])
     demos = assemble_demos(transitions, episodes, args.float16_observations)
@@ -649,14 +769,21 @@ if __name__ == "__main__":
     if left_over:
         notes.append(f"left out {left_over} transitions that end no episode (a recording cut short: no terminal or timeout)")
     if "next_observations" not in transitions:
-        notes.append(f"{label} records no next observations: s'_t = s_(t+1), and each episode's last transition, whose "
-                     f"successor was never recorded, is left out (that episode then ends in a timeout)")
+        notes.append(
+            f"{label} records no next observations: s'_t = s_(t+1), and each episode's last transition, whose "
+            f"successor was never recorded, is left out (that episode then ends in a timeout)"
+        )
 
     # expert.json: what the scripts read, where each number comes from, and how the folder was built
     info = normalization_returns(info, args, reference, policy_returns, returns)
-    info = {"env_id": args.env_id, **info, "observation_shape": list(env.observation_space.shape),
-            "action_shape": list(env.action_space.shape), "action_space": "discrete" if discrete else "box",
-            **({"num_actions": int(env.action_space.n)} if discrete else {})}
+    info = {
+        "env_id": args.env_id,
+        **info,
+        "observation_shape": list(env.observation_space.shape),
+        "action_shape": list(env.action_space.shape),
+        "action_space": "discrete" if discrete else "box",
+        **({"num_actions": int(env.action_space.n)} if discrete else {}),
+    }
     earlier = info.get("command", []) if args.complete else policy_info.get("command", [])
     # every command that built the folder, as the trainers record theirs (a hand-written json may hold one string)
     info["command"] = [*([earlier] if isinstance(earlier, str) else earlier), " ".join(["python", *sys.argv])]
@@ -664,13 +791,24 @@ if __name__ == "__main__":
     if not args.complete:
         info["source"] = {"flag": source_flag, "path": str(source), "notes": notes}
     terminated, truncated = int(demos["terminations"].sum()), int(demos["truncations"].sum())
-    info["demos"] = {"file": "demos.npz", "episodes": len(demos["episode_starts"]), "transitions": len(demos["rewards"]),
-                     "terminated": terminated, "truncated": truncated, "return_mean": float(returns.mean()),
-                     "return_std": float(returns.std()), "observation_dtype": str(demos["observations"].dtype),
-                     **({"policy": "deterministic"} if policy is not None else {})}
+    info["demos"] = {
+        "file": "demos.npz",
+        "episodes": len(demos["episode_starts"]),
+        "transitions": len(demos["rewards"]),
+        "terminated": terminated,
+        "truncated": truncated,
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        "observation_dtype": str(demos["observations"].dtype),
+        **({"policy": "deterministic"} if policy is not None else {}),
+    }
     if policy is not None:
-        info.update(algorithm=policy_info.get("algorithm"), training_steps=policy_info.get("training_steps"), seed=args.seed,
-                    policy={**policy_info["policy"], "file": "policy.pt"})
+        info.update(
+            algorithm=policy_info.get("algorithm"),
+            training_steps=policy_info.get("training_steps"),
+            seed=args.seed,
+            policy={**policy_info["policy"], "file": "policy.pt"},
+        )
 
     # write: demos and policy first, expert.json (which the scripts read first) last
     expert_dir.mkdir(parents=True, exist_ok=True)
@@ -681,10 +819,15 @@ if __name__ == "__main__":
     write_json(info_path, info)
     for note in notes:
         print(f"note: {note}.")
-    random_return = (f"{info['random_return_mean']:.2f} ({info.get('random_return_source', 'as it was')})"
-                     if "random_return_mean" in info else "left out: every run measures it")
-    print(f"wrote {expert_dir}: {len(demos['episode_starts'])} episodes ({terminated} ending in a terminal, {truncated} in a "
-          f"timeout), {len(demos['rewards'])} transitions, return {returns.mean():.2f} +/- {returns.std():.2f} (min "
-          f"{returns.min():.2f}, max {returns.max():.2f}); expert_return_mean {info['expert_return_mean']:.2f} "
-          f"({info.get('expert_return_source', 'as it was')}), random_return_mean {random_return}.")
+    random_return = (
+        f"{info['random_return_mean']:.2f} ({info.get('random_return_source', 'as it was')})"
+        if "random_return_mean" in info
+        else "left out: every run measures it"
+    )
+    print(
+        f"wrote {expert_dir}: {len(demos['episode_starts'])} episodes ({terminated} ending in a terminal, {truncated} in a "
+        f"timeout), {len(demos['rewards'])} transitions, return {returns.mean():.2f} +/- {returns.std():.2f} (min "
+        f"{returns.min():.2f}, max {returns.max():.2f}); expert_return_mean {info['expert_return_mean']:.2f} "
+        f"({info.get('expert_return_source', 'as it was')}), random_return_mean {random_return}."
+    )
     env.close()

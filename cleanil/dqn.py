@@ -13,6 +13,7 @@ adds the potential-based term gamma Phi(s') - Phi(s) with Phi the cart's mechani
 `--save-expert` writes experts/<env-id>/ (expert.json, demos.npz, policy.pt; see README "Expert artefacts").
 `--resume` continues from checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt.
 """
+
 import json
 import os
 import platform
@@ -127,8 +128,10 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
             env.reset(seed=seed)
             env.render()
         except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                     f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video.")
+            sys.exit(
+                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
+            )
         # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
         env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -160,22 +163,32 @@ def load_expert_info(expert_dir, env, required):
     except (ValueError, KeyError, TypeError) as error:
         sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
     if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
+        )
     if "expert_return_mean" not in returns:
         returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-              f"{num_episodes} episodes, stands in for it.", file=sys.stderr)
+        print(
+            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
+            f"{num_episodes} episodes, stands in for it.",
+            file=sys.stderr,
+        )
     if "random_return_mean" not in returns:
         returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-              f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-              f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).", file=sys.stderr)
+        print(
+            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
+            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
+            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
+            file=sys.stderr,
+        )
     expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
     if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-                 f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-                 f"`{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
+            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
+            f"`{command} --overwrite`."
+        )
     return {"env_id": env.spec.id, **info, **returns}
 
 
@@ -183,8 +196,10 @@ def demos_mean_return(expert_dir, command):
     """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
     path = Path(expert_dir) / "demos.npz"
     if not path.exists():
-        sys.exit(f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-                 f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
+            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
+        )
     try:
         with np.load(path) as data:
             rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
@@ -230,8 +245,18 @@ def demos_command(env_id, expert_dir=None):
     return command
 
 
-SHIPPED_EXPERTS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4", "Hopper-v4",
-                   "HalfCheetah-v4", "Walker2d-v4", "Ant-v4", "Humanoid-v4")
+SHIPPED_EXPERTS = (
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCar-v0",
+    "Pendulum-v1",
+    "InvertedPendulum-v4",
+    "Hopper-v4",
+    "HalfCheetah-v4",
+    "Walker2d-v4",
+    "Ant-v4",
+    "Humanoid-v4",
+)
 
 
 def missing_expert_hint(env_id, expert_dir=None):
@@ -239,16 +264,21 @@ def missing_expert_hint(env_id, expert_dir=None):
     built by cleanil/demos.py, and any other env's default folder needs a training run."""
     command = expert_command(env_id, expert_dir)
     if "demos.py" in command:
-        shipped = (f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); "
-                   if env_id in SHIPPED_EXPERTS else "")
-        return (f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-                f"expert.json with observation_shape and action_shape by hand (README, \"Your own demonstrations\").")
+        shipped = (
+            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
+        )
+        return (
+            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
+            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
+        )
     if env_id in SHIPPED_EXPERTS:
         return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
     if "dqn.py" in command:
         return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-            f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert).")
+    return (
+        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
+    )
 
 
 def normalized_score(episode_return, expert_info):
@@ -262,8 +292,13 @@ def normalized_score(episode_return, expert_info):
 class QNetwork(nn.Module):
     def __init__(self, obs_dim, num_actions, hidden_size):
         super().__init__()
-        self.network = nn.Sequential(nn.Linear(obs_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size),
-                                     nn.ReLU(), nn.Linear(hidden_size, num_actions))
+        self.network = nn.Sequential(
+            nn.Linear(obs_dim, hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, num_actions),
+        )
 
     def forward(self, obs):
         return self.network(obs)
@@ -359,7 +394,10 @@ def rollout_episodes(act, env, num_episodes, seed):
             if len(returns) < num_episodes:
                 episode_starts.append(len(data["observations"]))
     demos = {key: np.array(value) for key, value in data.items()}
-    demos["observations"], demos["next_observations"] = demos["observations"].astype(np.float32), demos["next_observations"].astype(np.float32)
+    demos["observations"], demos["next_observations"] = (
+        demos["observations"].astype(np.float32),
+        demos["next_observations"].astype(np.float32),
+    )
     demos["episode_starts"] = np.array(episode_starts, dtype=np.int64)
     return demos, np.array(returns)
 
@@ -383,7 +421,9 @@ def save_expert(expert_dir, args, q_network, env_id, device, training, overwrite
         return q_network(torch.as_tensor(obs, dtype=torch.float32, device=device)).argmax(-1).cpu().numpy()
 
     expert_returns = evaluate(act, env, args.expert_eval_episodes, args.seed + 20_000)
-    random_returns = evaluate(lambda obs: np.array([env.action_space.sample()]), env, args.expert_eval_episodes, args.seed + 30_000)
+    random_returns = evaluate(
+        lambda obs: np.array([env.action_space.sample()]), env, args.expert_eval_episodes, args.seed + 30_000
+    )
     demos, demo_returns = rollout_episodes(act, env, args.num_demo_episodes, args.seed + 40_000)
     np.savez_compressed(expert_dir / "demos.npz", **demos)
     policy = q_network.network
@@ -414,14 +454,21 @@ def save_expert(expert_dir, args, q_network, env_id, device, training, overwrite
             "activation": "relu",
             "output": "argmax",
         },
-        "demos": {"file": "demos.npz", "episodes": len(demo_returns), "transitions": len(demos["rewards"]),
-                  "return_mean": float(demo_returns.mean()), "policy": "deterministic"},
+        "demos": {
+            "file": "demos.npz",
+            "episodes": len(demo_returns),
+            "transitions": len(demos["rewards"]),
+            "return_mean": float(demo_returns.mean()),
+            "policy": "deterministic",
+        },
         "training": f"DQN on the environment reward{shaping}; "
-                    + json.dumps({k: v for k, v in asdict(args).items() if k not in ("track", "wandb_entity")}),
+        + json.dumps({k: v for k, v in asdict(args).items() if k not in ("track", "wandb_entity")}),
     }
     (expert_dir / "expert.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(f"expert saved to {expert_dir}: return {expert_returns.mean():.1f} +/- {expert_returns.std():.1f} "
-          f"(random {random_returns.mean():.1f}), {len(demo_returns)} demo episodes")
+    print(
+        f"expert saved to {expert_dir}: return {expert_returns.mean():.1f} +/- {expert_returns.std():.1f} "
+        f"(random {random_returns.mean():.1f}), {len(demo_returns)} demo episodes"
+    )
 
 
 def write_eval_row(run_dir, row):
@@ -437,8 +484,12 @@ def write_eval_row(run_dir, row):
 def hardware_info(device, bf16=False):
     """The device, its name, the thread count and the precision of a run, for summary.json."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
-            "precision": "bf16-autocast" if bf16 else "fp32"}
+    return {
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16-autocast" if bf16 else "fp32",
+    }
 
 
 def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
@@ -463,8 +514,19 @@ def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "batch_size", "buffer_size", "train_frequency",
-                 "gradient_steps", "target_network_frequency", "hidden_size", "expert_eval_episodes", "num_demo_episodes"):
+    for name in (
+        "total_timesteps",
+        "eval_frequency",
+        "eval_episodes",
+        "batch_size",
+        "buffer_size",
+        "train_frequency",
+        "gradient_steps",
+        "target_network_frequency",
+        "hidden_size",
+        "expert_eval_episodes",
+        "num_demo_episodes",
+    ):
         if getattr(args, name) <= 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
@@ -472,7 +534,9 @@ if __name__ == "__main__":
     checkpoint = None
     if args.resume:
         if not (checkpoint_dir / "checkpoint.pt").exists():
-            sys.exit(f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume.")
+            sys.exit(
+                f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume."
+            )
         checkpoint = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=False)
     run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
@@ -496,8 +560,15 @@ if __name__ == "__main__":
     if args.track:
         import wandb
 
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name,
-                   save_code=True, id=run_name, resume="allow")
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            config=vars(args),
+            name=run_name,
+            save_code=True,
+            id=run_name,
+            resume="allow",
+        )
 
     q_network = QNetwork(obs_dim, env.action_space.n, args.hidden_size).to(device)
     target_network = QNetwork(obs_dim, env.action_space.n, args.hidden_size).to(device)
@@ -508,17 +579,27 @@ if __name__ == "__main__":
     start_step, wall_offset, eval_rows, commands, best_q = 0, 0.0, [], [], {}
     if checkpoint:
         try:
-            for module, key in ((q_network, "q_network"), (target_network, "target_network"), (optimizer, "optimizer"), (rb, "rb")):
+            for module, key in (
+                (q_network, "q_network"),
+                (target_network, "target_network"),
+                (optimizer, "optimizer"),
+                (rb, "rb"),
+            ):
                 module.load_state_dict(checkpoint[key])
         except (KeyError, RuntimeError, ValueError) as error:
-            sys.exit(f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments ({' '.join(str(error).split())[:240]}); "
-                     f"resume with the arguments of the run that wrote it, or start without --resume.")
+            sys.exit(
+                f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments "
+                f"({' '.join(str(error).split())[:240]}); "
+                f"resume with the arguments of the run that wrote it, or start without --resume."
+            )
         start_step, wall_offset, eval_rows, commands, best_q = (
-            checkpoint[k] for k in ("global_step", "wall_time", "eval_rows", "commands", "best_q"))
+            checkpoint[k] for k in ("global_step", "wall_time", "eval_rows", "commands", "best_q")
+        )
         random.setstate(checkpoint["python_rng"])
         np.random.set_state(checkpoint["numpy_rng"])
         torch.set_rng_state(checkpoint["torch_rng"])
-        # a killed run may have evaluated past its checkpoint: those steps run again, so eval.csv restarts from the checkpoint's rows
+        # a killed run may have evaluated past its checkpoint: those steps run again, so eval.csv restarts from the
+        # checkpoint's rows
         (run_dir / "eval.csv").unlink(missing_ok=True)
         for row in eval_rows:
             write_eval_row(run_dir, row)
@@ -532,24 +613,47 @@ if __name__ == "__main__":
     def run_evaluation(global_step):
         returns = evaluate(act_greedy, eval_env, args.eval_episodes, args.seed + 10_000)
         wall_time = wall_offset + time.time() - start_time
-        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
-               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
-               "sps": (global_step - start_step) / max(time.time() - start_time, 1e-9)}
+        row = {
+            "global_step": global_step,
+            "eval_return_mean": float(returns.mean()),
+            "eval_return_std": float(returns.std()),
+            "normalized_score": normalized_score(float(returns.mean()), expert_info),
+            "wall_time": wall_time,
+            "sps": (global_step - start_step) / max(time.time() - start_time, 1e-9),
+        }
         if not eval_rows or row["eval_return_mean"] > max(r["eval_return_mean"] for r in eval_rows):
             best_q.update(step=global_step, state={k: v.clone() for k, v in q_network.state_dict().items()})
         eval_rows.append(row)
         write_eval_row(run_dir, row)
         if args.track:
-            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+            wandb.log(
+                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
+            )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     def save_checkpoint(global_step):
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = {key: module.state_dict() for key, module in (("q_network", q_network), ("target_network", target_network),
-                 ("optimizer", optimizer), ("rb", rb))}
-        state.update(global_step=global_step, run_name=run_name, eval_rows=eval_rows, commands=commands, best_q=best_q,
-                     wall_time=wall_offset + time.time() - start_time, python_rng=random.getstate(),
-                     numpy_rng=np.random.get_state(), torch_rng=torch.get_rng_state(), args=asdict(args))
+        state = {
+            key: module.state_dict()
+            for key, module in (
+                ("q_network", q_network),
+                ("target_network", target_network),
+                ("optimizer", optimizer),
+                ("rb", rb),
+            )
+        }
+        state.update(
+            global_step=global_step,
+            run_name=run_name,
+            eval_rows=eval_rows,
+            commands=commands,
+            best_q=best_q,
+            wall_time=wall_offset + time.time() - start_time,
+            python_rng=random.getstate(),
+            numpy_rng=np.random.get_state(),
+            torch_rng=torch.get_rng_state(),
+            args=asdict(args),
+        )
         torch.save(state, checkpoint_dir / "checkpoint.pt.tmp")
         os.replace(checkpoint_dir / "checkpoint.pt.tmp", checkpoint_dir / "checkpoint.pt")  # atomic: a kill never corrupts it
 
@@ -560,7 +664,11 @@ if __name__ == "__main__":
 
     start_time = time.time()
     hardware = hardware_info(device)
-    print(f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), {hardware['precision']}", file=sys.stderr)
+    print(
+        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
+        f"{hardware['precision']}",
+        file=sys.stderr,
+    )
     progress = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
     if start_step == 0:
         run_evaluation(0)
@@ -581,8 +689,14 @@ if __name__ == "__main__":
         obs = next_obs
         if terminated or truncated:
             if args.track:
-                wandb.log({"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"],
-                           "charts/epsilon": epsilon}, step=global_step)
+                wandb.log(
+                    {
+                        "charts/episodic_return": info["episode"]["r"],
+                        "charts/episodic_length": info["episode"]["l"],
+                        "charts/epsilon": epsilon,
+                    },
+                    step=global_step,
+                )
             obs, _ = env.reset()
 
         if global_step > args.learning_starts and global_step % args.train_frequency == 0:
@@ -596,18 +710,27 @@ if __name__ == "__main__":
                 sys.exit(f"error: non-finite TD loss at step {global_step}; lower --learning-rate.")
             if args.track:
                 sps = (global_step - start_step) / (time.time() - start_time)
-                wandb.log({"losses/td_loss": loss.item(), "losses/q_values": q_values.mean().item(), "charts/SPS": sps}, step=global_step)
+                wandb.log(
+                    {"losses/td_loss": loss.item(), "losses/q_values": q_values.mean().item(), "charts/SPS": sps},
+                    step=global_step,
+                )
         if global_step > args.learning_starts and global_step % args.target_network_frequency == 0:
             target_network.load_state_dict(q_network.state_dict())
         progress.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             run_evaluation(global_step)
-        if (args.checkpoint_frequency and (global_step % args.checkpoint_frequency == 0 or global_step == args.total_timesteps)) or stop_signals:
+        if (
+            args.checkpoint_frequency and (global_step % args.checkpoint_frequency == 0 or global_step == args.total_timesteps)
+        ) or stop_signals:
             save_checkpoint(global_step)
         if stop_signals:
             progress.close()
-            print(f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}: evaluations so far in {run_dir / 'eval.csv'}, "
-                  f"checkpoint in {checkpoint_dir}; continue with the same command plus --resume.", file=sys.stderr)
+            print(
+                f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}: evaluations so far in "
+                f"{run_dir / 'eval.csv'}, "
+                f"checkpoint in {checkpoint_dir}; continue with the same command plus --resume.",
+                file=sys.stderr,
+            )
             sys.exit(128 + stop_signals[0])
     progress.close()
 
@@ -619,8 +742,20 @@ if __name__ == "__main__":
         if args.expert_snapshot == "best":
             q_network.load_state_dict(best_q["state"])
         snapshot_step = best_q["step"] if args.expert_snapshot == "best" else args.total_timesteps
-        save_expert(expert_dir, args, q_network, args.env_id, device, {"global_step": args.total_timesteps, "snapshot_step": snapshot_step,
-                    "wall_time": wall_time, "commands": commands}, args.overwrite)
+        save_expert(
+            expert_dir,
+            args,
+            q_network,
+            args.env_id,
+            device,
+            {
+                "global_step": args.total_timesteps,
+                "snapshot_step": snapshot_step,
+                "wall_time": wall_time,
+                "commands": commands,
+            },
+            args.overwrite,
+        )
     env.close()
     eval_env.close()
     if args.track:

@@ -18,6 +18,7 @@ so that no state dimension dominates the distances (the authors' code uses raw s
 environment steps of step 2; step 1 runs before step 0 (`--latent-gradient-steps`), and wall_time includes it.
 Evaluation is greedy: a = argmax_a pi_xi(a | s, argmax_z pi_omega(z|s)).
 """
+
 import json
 import os
 import platform
@@ -113,8 +114,10 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
             env.reset(seed=seed)
             env.render()
         except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                     f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video.")
+            sys.exit(
+                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
+            )
         # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
         env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -146,22 +149,32 @@ def load_expert_info(expert_dir, env, required):
     except (ValueError, KeyError, TypeError) as error:
         sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
     if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
+        )
     if "expert_return_mean" not in returns:
         returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-              f"{num_episodes} episodes, stands in for it.", file=sys.stderr)
+        print(
+            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
+            f"{num_episodes} episodes, stands in for it.",
+            file=sys.stderr,
+        )
     if "random_return_mean" not in returns:
         returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-              f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-              f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).", file=sys.stderr)
+        print(
+            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
+            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
+            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
+            file=sys.stderr,
+        )
     expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
     if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-                 f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-                 f"`{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
+            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
+            f"`{command} --overwrite`."
+        )
     return {"env_id": env.spec.id, **info, **returns}
 
 
@@ -169,8 +182,10 @@ def demos_mean_return(expert_dir, command):
     """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
     path = Path(expert_dir) / "demos.npz"
     if not path.exists():
-        sys.exit(f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-                 f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
+            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
+        )
     try:
         with np.load(path) as data:
             rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
@@ -216,8 +231,18 @@ def demos_command(env_id, expert_dir=None):
     return command
 
 
-SHIPPED_EXPERTS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4", "Hopper-v4",
-                   "HalfCheetah-v4", "Walker2d-v4", "Ant-v4", "Humanoid-v4")
+SHIPPED_EXPERTS = (
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCar-v0",
+    "Pendulum-v1",
+    "InvertedPendulum-v4",
+    "Hopper-v4",
+    "HalfCheetah-v4",
+    "Walker2d-v4",
+    "Ant-v4",
+    "Humanoid-v4",
+)
 
 
 def missing_expert_hint(env_id, expert_dir=None):
@@ -225,16 +250,21 @@ def missing_expert_hint(env_id, expert_dir=None):
     built by cleanil/demos.py, and any other env's default folder needs a training run."""
     command = expert_command(env_id, expert_dir)
     if "demos.py" in command:
-        shipped = (f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); "
-                   if env_id in SHIPPED_EXPERTS else "")
-        return (f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-                f"expert.json with observation_shape and action_shape by hand (README, \"Your own demonstrations\").")
+        shipped = (
+            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
+        )
+        return (
+            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
+            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
+        )
     if env_id in SHIPPED_EXPERTS:
         return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
     if "dqn.py" in command:
         return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-            f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert).")
+    return (
+        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
+    )
 
 
 def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
@@ -245,34 +275,57 @@ def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, key
     if not path.exists():
         sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
     if num_trajectories < 1 or subsample_frequency < 1:
-        sys.exit(f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must be >= 1.")
+        sys.exit(
+            f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must "
+            f"be >= 1."
+        )
     try:
         with np.load(path) as data:
             missing = [key for key in ("episode_starts", "rewards", *keys) if key not in data.files]
             if missing:
-                sys.exit(f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
-                         f"this script reads; regenerate it with `{command} --overwrite`.")
+                sys.exit(
+                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
+                    f"this script reads; regenerate it with `{command} --overwrite`."
+                )
             starts, length = data["episode_starts"], len(data["rewards"])
             arrays = {key: data[key] for key in keys}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if (starts.ndim != 1 or not np.issubdtype(starts.dtype, np.integer) or len(starts) == 0 or starts[0] != 0
-            or (np.diff(starts) <= 0).any() or starts[-1] >= length):
-        sys.exit(f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
-                 f"regenerate it with `{command} --overwrite`.")
+    if (
+        starts.ndim != 1
+        or not np.issubdtype(starts.dtype, np.integer)
+        or len(starts) == 0
+        or starts[0] != 0
+        or (np.diff(starts) <= 0).any()
+        or starts[-1] >= length
+    ):
+        sys.exit(
+            f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
+            f"regenerate it with `{command} --overwrite`."
+        )
     if num_trajectories > len(starts):
-        sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
-                 f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
-                 f"--num-demo-episodes {num_trajectories} --overwrite`.")
+        sys.exit(
+            f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
+            f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
+            f"--num-demo-episodes {num_trajectories} --overwrite`."
+        )
     action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
-    expected = {"observations": env.observation_space.shape, "next_observations": env.observation_space.shape, "actions": action_shape}
+    expected = {
+        "observations": env.observation_space.shape,
+        "next_observations": env.observation_space.shape,
+        "actions": action_shape,
+    }
     for key, shape in expected.items():
         if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
-            sys.exit(f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
-                     f"regenerate it with `{command} --overwrite`.")
+            sys.exit(
+                f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
+                f"regenerate it with `{command} --overwrite`."
+            )
     rng = np.random.default_rng(seed)
     episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
-    index = np.concatenate([episode[rng.integers(min(subsample_frequency, len(episode))):: subsample_frequency] for episode in episodes])
+    index = np.concatenate(
+        [episode[rng.integers(min(subsample_frequency, len(episode))) :: subsample_frequency] for episode in episodes]
+    )
     demos = {key: value[index] for key, value in arrays.items()}
     return {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
 
@@ -292,12 +345,18 @@ class LatentModel(nn.Module):
 
     def __init__(self, obs_dim, num_latent_actions, hidden_size):
         super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(obs_dim, hidden_size), nn.LeakyReLU(0.2), nn.Linear(hidden_size, 2 * hidden_size),
-                                     nn.LeakyReLU(0.2))
+        self.encoder = nn.Sequential(
+            nn.Linear(obs_dim, hidden_size), nn.LeakyReLU(0.2), nn.Linear(hidden_size, 2 * hidden_size), nn.LeakyReLU(0.2)
+        )
         self.latent_policy = nn.Linear(2 * hidden_size, num_latent_actions)
         self.latent_embedding = nn.Sequential(nn.Embedding(num_latent_actions, 2 * hidden_size), nn.LeakyReLU(0.2))
-        self.generator = nn.Sequential(nn.Linear(4 * hidden_size, 2 * hidden_size), nn.LeakyReLU(0.2), nn.Linear(2 * hidden_size, hidden_size),
-                                       nn.LeakyReLU(0.2), nn.Linear(hidden_size, obs_dim))
+        self.generator = nn.Sequential(
+            nn.Linear(4 * hidden_size, 2 * hidden_size),
+            nn.LeakyReLU(0.2),
+            nn.Linear(2 * hidden_size, hidden_size),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden_size, obs_dim),
+        )
         self.register_buffer("latents", torch.arange(num_latent_actions))
 
     def forward(self, obs):
@@ -317,9 +376,13 @@ class RemapNetwork(nn.Module):
 
     def __init__(self, obs_dim, num_latent_actions, num_actions, hidden_size):
         super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(obs_dim, hidden_size), nn.LeakyReLU(0.2), nn.Linear(hidden_size, hidden_size), nn.LeakyReLU(0.2))
+        self.encoder = nn.Sequential(
+            nn.Linear(obs_dim, hidden_size), nn.LeakyReLU(0.2), nn.Linear(hidden_size, hidden_size), nn.LeakyReLU(0.2)
+        )
         self.latent_embedding = nn.Sequential(nn.Embedding(num_latent_actions, hidden_size), nn.LeakyReLU(0.2))
-        self.head = nn.Sequential(nn.Linear(2 * hidden_size, hidden_size), nn.LeakyReLU(0.2), nn.Linear(hidden_size, num_actions))
+        self.head = nn.Sequential(
+            nn.Linear(2 * hidden_size, hidden_size), nn.LeakyReLU(0.2), nn.Linear(hidden_size, num_actions)
+        )
 
     def forward(self, obs, z):
         return self.head(torch.cat([self.encoder(obs), self.latent_embedding(z)], -1))
@@ -385,8 +448,12 @@ def write_eval_row(run_dir, row):
 def hardware_info(device, bf16=False):
     """The device, its name, the thread count and the precision of a run, for summary.json."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
-            "precision": "bf16-autocast" if bf16 else "fp32"}
+    return {
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16-autocast" if bf16 else "fp32",
+    }
 
 
 def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
@@ -414,8 +481,11 @@ def exit_on_stop_signals(run_dir):
     one line and exit status 128 + signal as a shell reports it; eval.csv gains whole rows only, so it stays readable."""
 
     def stop(signum, frame):
-        tqdm.write(f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
-                   f"{Path(__file__).name} has no --resume, so rerun the command to start over.", file=sys.stderr)
+        tqdm.write(
+            f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
+            f"{Path(__file__).name} has no --resume, so rerun the command to start over.",
+            file=sys.stderr,
+        )
         sys.exit(128 + signum)
 
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
@@ -441,20 +511,28 @@ if __name__ == "__main__":
     env = make_env(args.env_id, args.seed)
     eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     if not isinstance(env.action_space, gym.spaces.Discrete):
-        sys.exit(f"error: ilpo.py needs discrete actions (its latent actions are remapped to a finite set of real ones, as in "
-                 f"the paper), but {args.env_id} has {env.action_space}; for continuous control use bco.py or gaifo.py.")
+        sys.exit(
+            f"error: ilpo.py needs discrete actions (its latent actions are remapped to a finite set of real ones, as in "
+            f"the paper), but {args.env_id} has {env.action_space}; for continuous control use bco.py or gaifo.py."
+        )
     num_actions = int(env.action_space.n)
     num_latent_actions = num_actions if args.num_latent_actions is None else args.num_latent_actions
     if num_latent_actions < 1:
         sys.exit(f"error: --num-latent-actions must be positive, got {num_latent_actions}.")
     if not 0 <= args.exploration_epsilon <= 1 or args.latent_gradient_steps < 0 or args.remap_updates_per_step < 0:
-        sys.exit(f"error: ILPO needs 0 <= --exploration-epsilon <= 1, --latent-gradient-steps >= 0 and --remap-updates-per-step >= 0, "
-                 f"got {args.exploration_epsilon}, {args.latent_gradient_steps} and {args.remap_updates_per_step}.")
+        sys.exit(
+            f"error: ILPO needs 0 <= --exploration-epsilon <= 1, --latent-gradient-steps >= 0 and --remap-updates-per-step "
+            f">= 0, "
+            f"got {args.exploration_epsilon}, {args.latent_gradient_steps} and {args.remap_updates_per_step}."
+        )
     expert_info = load_expert_info(expert_dir, env, required=True)
     demos = load_demos(expert_dir, env, args.num_expert_trajectories, args.subsample_frequency, args.seed, DEMO_KEYS)
     for key, value in demos.items():
         if not np.isfinite(value).all():
-            sys.exit(f"error: {expert_dir / 'demos.npz'} holds non-finite {key}; regenerate it with `{expert_command(args.env_id, expert_dir)} --overwrite`.")
+            sys.exit(
+                f"error: {expert_dir / 'demos.npz'} holds non-finite {key}; regenerate it with "
+                f"`{expert_command(args.env_id, expert_dir)} --overwrite`."
+            )
     run_dir.mkdir(parents=True, exist_ok=True)
     exit_on_stop_signals(run_dir)
     if args.track:
@@ -462,7 +540,9 @@ if __name__ == "__main__":
 
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name, save_code=True)
 
-    obs_demo = torch.as_tensor(demos["observations"].reshape(len(demos["observations"]), -1), dtype=torch.float32, device=device)
+    obs_demo = torch.as_tensor(
+        demos["observations"].reshape(len(demos["observations"]), -1), dtype=torch.float32, device=device
+    )
     next_obs_demo = torch.as_tensor(demos["next_observations"].reshape(len(obs_demo), -1), dtype=torch.float32, device=device)
     obs_dim = obs_demo.shape[1]
     if args.normalize_observations:
@@ -470,16 +550,21 @@ if __name__ == "__main__":
         obs_mean, obs_std = obs_demo.mean(0), obs_demo.std(0) + 1e-3
         delta_std = (next_obs_demo - obs_demo).std(0) + 1e-3
     else:
-        obs_mean, obs_std, delta_std = (torch.zeros(obs_dim, device=device), torch.ones(obs_dim, device=device),
-                                        torch.ones(obs_dim, device=device))
+        obs_mean, obs_std, delta_std = (
+            torch.zeros(obs_dim, device=device),
+            torch.ones(obs_dim, device=device),
+            torch.ones(obs_dim, device=device),
+        )
 
     def normalize(obs):
         return (torch.as_tensor(obs, dtype=torch.float32, device=device).flatten(1) - obs_mean) / obs_std
 
     def state_change(obs, next_obs):
         """Delta = s' - s, per dimension in units of its std over the demos, from raw observations."""
-        return (torch.as_tensor(next_obs, dtype=torch.float32, device=device).flatten(1)
-                - torch.as_tensor(obs, dtype=torch.float32, device=device).flatten(1)) / delta_std
+        return (
+            torch.as_tensor(next_obs, dtype=torch.float32, device=device).flatten(1)
+            - torch.as_tensor(obs, dtype=torch.float32, device=device).flatten(1)
+        ) / delta_std
 
     latent_model = LatentModel(obs_dim, num_latent_actions, args.hidden_size).to(device)
     latent_optimizer = torch.optim.Adam(latent_model.parameters(), lr=args.latent_learning_rate)
@@ -502,13 +587,20 @@ if __name__ == "__main__":
     def run_evaluation(global_step):
         returns = evaluate(act_greedy, eval_env, args.eval_episodes, args.seed + 10_000)
         wall_time = time.time() - start_time
-        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
-               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
-               "sps": global_step / max(wall_time, 1e-9)}
+        row = {
+            "global_step": global_step,
+            "eval_return_mean": float(returns.mean()),
+            "eval_return_std": float(returns.std()),
+            "normalized_score": normalized_score(float(returns.mean()), expert_info),
+            "wall_time": wall_time,
+            "sps": global_step / max(wall_time, 1e-9),
+        }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
         if args.track:
-            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+            wandb.log(
+                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
+            )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     start_time = time.time()
@@ -530,15 +622,32 @@ if __name__ == "__main__":
         latent_usage = torch.bincount(demo_latents, minlength=num_latent_actions).float() / len(demo_latents)
         latent_policy_accuracy = (latent_logits.argmax(-1) == demo_latents).float().mean()
     if not (torch.isfinite(generator_loss) and torch.isfinite(policy_loss)):
-        sys.exit(f"error: non-finite step-1 loss (L_min {float(generator_loss)}, L_exp {float(policy_loss)}); lower --latent-learning-rate.")
-    tqdm.write(f"step 1: {args.latent_gradient_steps} gradient steps, L_min {float(generator_loss):.4f}, L_exp {float(policy_loss):.4f}, "
-               f"demo transitions per latent {[round(float(u), 3) for u in latent_usage]}, latent policy accuracy {float(latent_policy_accuracy):.3f}")
+        sys.exit(
+            f"error: non-finite step-1 loss (L_min {float(generator_loss)}, L_exp {float(policy_loss)}); lower "
+            f"--latent-learning-rate."
+        )
+    tqdm.write(
+        f"step 1: {args.latent_gradient_steps} gradient steps, L_min {float(generator_loss):.4f}, L_exp "
+        f"{float(policy_loss):.4f}, "
+        f"demo transitions per latent {[round(float(u), 3) for u in latent_usage]}, latent policy accuracy "
+        f"{float(latent_policy_accuracy):.3f}"
+    )
     if args.track:
-        wandb.log({"losses/min_loss": float(generator_loss), "losses/expected_loss": float(policy_loss),
-                   "charts/latent_policy_accuracy": float(latent_policy_accuracy)}, step=0)
+        wandb.log(
+            {
+                "losses/min_loss": float(generator_loss),
+                "losses/expected_loss": float(policy_loss),
+                "charts/latent_policy_accuracy": float(latent_policy_accuracy),
+            },
+            step=0,
+        )
 
     hardware = hardware_info(device)
-    print(f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), {hardware['precision']}", file=sys.stderr)
+    print(
+        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
+        f"{hardware['precision']}",
+        file=sys.stderr,
+    )
     progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
     run_evaluation(0)
     # step 2 (Sec. 4.2): remap latent actions to real ones by interaction
@@ -557,7 +666,10 @@ if __name__ == "__main__":
         obs = next_obs
         if terminated or truncated:
             if args.track:
-                wandb.log({"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]}, step=global_step)
+                wandb.log(
+                    {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
+                    step=global_step,
+                )
             obs, _ = env.reset()
 
         if global_step >= args.remap_batch_size:
@@ -572,8 +684,14 @@ if __name__ == "__main__":
                 agreement = (logits.argmax(-1) == b_actions[index]).float().mean()
         progress.update(1)
         if args.track and global_step % 100 == 0:
-            wandb.log({"losses/remap_loss": float(remap_loss_value), "charts/remap_accuracy": float(agreement),
-                       "charts/SPS": global_step / (time.time() - start_time)}, step=global_step)
+            wandb.log(
+                {
+                    "losses/remap_loss": float(remap_loss_value),
+                    "charts/remap_accuracy": float(agreement),
+                    "charts/SPS": global_step / (time.time() - start_time),
+                },
+                step=global_step,
+            )
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             if not torch.isfinite(remap_loss_value):
                 sys.exit(f"error: non-finite remapping loss at step {global_step}; lower --remap-learning-rate.")

@@ -60,6 +60,7 @@ a long run spans several sessions; the replay buffer is not saved, so a resumed 
 `--refill-steps` steps of the epoch's policy pi~. `--bf16` (on where the hardware has it) runs the SAC networks' hidden
 layers' matmuls in bfloat16 (mixed precision).
 """
+
 import json
 import os
 import platform
@@ -200,8 +201,10 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
             env.reset(seed=seed)
             env.render()
         except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                     f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video.")
+            sys.exit(
+                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
+            )
         # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
         env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -233,22 +236,32 @@ def load_expert_info(expert_dir, env, required):
     except (ValueError, KeyError, TypeError) as error:
         sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
     if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
+        )
     if "expert_return_mean" not in returns:
         returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-              f"{num_episodes} episodes, stands in for it.", file=sys.stderr)
+        print(
+            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
+            f"{num_episodes} episodes, stands in for it.",
+            file=sys.stderr,
+        )
     if "random_return_mean" not in returns:
         returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-              f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-              f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).", file=sys.stderr)
+        print(
+            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
+            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
+            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
+            file=sys.stderr,
+        )
     expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
     if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-                 f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-                 f"`{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
+            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
+            f"`{command} --overwrite`."
+        )
     return {"env_id": env.spec.id, **info, **returns}
 
 
@@ -256,8 +269,10 @@ def demos_mean_return(expert_dir, command):
     """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
     path = Path(expert_dir) / "demos.npz"
     if not path.exists():
-        sys.exit(f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-                 f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
+            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
+        )
     try:
         with np.load(path) as data:
             rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
@@ -303,8 +318,18 @@ def demos_command(env_id, expert_dir=None):
     return command
 
 
-SHIPPED_EXPERTS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4", "Hopper-v4",
-                   "HalfCheetah-v4", "Walker2d-v4", "Ant-v4", "Humanoid-v4")
+SHIPPED_EXPERTS = (
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCar-v0",
+    "Pendulum-v1",
+    "InvertedPendulum-v4",
+    "Hopper-v4",
+    "HalfCheetah-v4",
+    "Walker2d-v4",
+    "Ant-v4",
+    "Humanoid-v4",
+)
 
 
 def missing_expert_hint(env_id, expert_dir=None):
@@ -312,16 +337,21 @@ def missing_expert_hint(env_id, expert_dir=None):
     built by cleanil/demos.py, and any other env's default folder needs a training run."""
     command = expert_command(env_id, expert_dir)
     if "demos.py" in command:
-        shipped = (f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); "
-                   if env_id in SHIPPED_EXPERTS else "")
-        return (f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-                f"expert.json with observation_shape and action_shape by hand (README, \"Your own demonstrations\").")
+        shipped = (
+            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
+        )
+        return (
+            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
+            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
+        )
     if env_id in SHIPPED_EXPERTS:
         return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
     if "dqn.py" in command:
         return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-            f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert).")
+    return (
+        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
+    )
 
 
 def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
@@ -332,34 +362,57 @@ def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, key
     if not path.exists():
         sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
     if num_trajectories < 1 or subsample_frequency < 1:
-        sys.exit(f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must be >= 1.")
+        sys.exit(
+            f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must "
+            f"be >= 1."
+        )
     try:
         with np.load(path) as data:
             missing = [key for key in ("episode_starts", "rewards", *keys) if key not in data.files]
             if missing:
-                sys.exit(f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
-                         f"this script reads; regenerate it with `{command} --overwrite`.")
+                sys.exit(
+                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
+                    f"this script reads; regenerate it with `{command} --overwrite`."
+                )
             starts, length = data["episode_starts"], len(data["rewards"])
             arrays = {key: data[key] for key in keys}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if (starts.ndim != 1 or not np.issubdtype(starts.dtype, np.integer) or len(starts) == 0 or starts[0] != 0
-            or (np.diff(starts) <= 0).any() or starts[-1] >= length):
-        sys.exit(f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
-                 f"regenerate it with `{command} --overwrite`.")
+    if (
+        starts.ndim != 1
+        or not np.issubdtype(starts.dtype, np.integer)
+        or len(starts) == 0
+        or starts[0] != 0
+        or (np.diff(starts) <= 0).any()
+        or starts[-1] >= length
+    ):
+        sys.exit(
+            f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
+            f"regenerate it with `{command} --overwrite`."
+        )
     if num_trajectories > len(starts):
-        sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
-                 f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
-                 f"--num-demo-episodes {num_trajectories} --overwrite`.")
+        sys.exit(
+            f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
+            f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
+            f"--num-demo-episodes {num_trajectories} --overwrite`."
+        )
     action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
-    expected = {"observations": env.observation_space.shape, "next_observations": env.observation_space.shape, "actions": action_shape}
+    expected = {
+        "observations": env.observation_space.shape,
+        "next_observations": env.observation_space.shape,
+        "actions": action_shape,
+    }
     for key, shape in expected.items():
         if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
-            sys.exit(f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
-                     f"regenerate it with `{command} --overwrite`.")
+            sys.exit(
+                f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
+                f"regenerate it with `{command} --overwrite`."
+            )
     rng = np.random.default_rng(seed)
     episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
-    index = np.concatenate([episode[rng.integers(min(subsample_frequency, len(episode))):: subsample_frequency] for episode in episodes])
+    index = np.concatenate(
+        [episode[rng.integers(min(subsample_frequency, len(episode))) :: subsample_frequency] for episode in episodes]
+    )
     demos = {key: value[index] for key, value in arrays.items()}
     return {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
 
@@ -473,8 +526,13 @@ class Discriminator(nn.Module):
 
     def __init__(self, in_dim, hidden_size):
         super().__init__()
-        self.network = nn.Sequential(nn.Linear(in_dim, hidden_size), nn.Tanh(), nn.Linear(hidden_size, hidden_size), nn.Tanh(),
-                                     nn.Linear(hidden_size, 1))
+        self.network = nn.Sequential(
+            nn.Linear(in_dim, hidden_size),
+            nn.Tanh(),
+            nn.Linear(hidden_size, hidden_size),
+            nn.Tanh(),
+            nn.Linear(hidden_size, 1),
+        )
 
     def forward(self, x):
         return self.network(x).squeeze(-1)
@@ -490,9 +548,11 @@ def add_absorbing_state(obs, actions, next_obs, terminations):
     absorbing[0, -1] = 1
     next_obs = np.where(terminations[:, None], absorbing, real(next_obs))
     extra = int(terminations.sum())
-    return (np.concatenate([real(obs), np.repeat(absorbing, extra, 0)]),
-            np.concatenate([actions, np.zeros((extra, actions.shape[1]), dtype=actions.dtype)]),
-            np.concatenate([next_obs, np.repeat(absorbing, extra, 0)]).astype(np.float32))
+    return (
+        np.concatenate([real(obs), np.repeat(absorbing, extra, 0)]),
+        np.concatenate([actions, np.zeros((extra, actions.shape[1]), dtype=actions.dtype)]),
+        np.concatenate([next_obs, np.repeat(absorbing, extra, 0)]).astype(np.float32),
+    )
 
 
 def expert_transitions(expert_dir, env, num_trajectories, subsample_frequency, seed):
@@ -500,11 +560,18 @@ def expert_transitions(expert_dir, env, num_trajectories, subsample_frequency, s
     the absorbing states are added before subsampling and never dropped: one (s_a, 0) per terminated demo episode, even
     where subsampling dropped its terminal transition, weighing 1/subsample_frequency where every other pair weighs 1
     (the subsampled pairs stand for subsample_frequency transitions each, the absorbing ones for one)."""
-    demos = load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed,
-                       ("observations", "actions", "next_observations", "terminations"))
+    demos = load_demos(
+        expert_dir,
+        env,
+        num_trajectories,
+        subsample_frequency,
+        seed,
+        ("observations", "actions", "next_observations", "terminations"),
+    )
     num_terminated = int(load_demos(expert_dir, env, num_trajectories, 1, seed, ("terminations",))["terminations"].sum())
-    obs, actions, _ = add_absorbing_state(demos["observations"], demos["actions"].astype(np.float32),
-                                          demos["next_observations"], demos["terminations"])
+    obs, actions, _ = add_absorbing_state(
+        demos["observations"], demos["actions"].astype(np.float32), demos["next_observations"], demos["terminations"]
+    )
     missing = num_terminated - int(np.sum(demos["terminations"]))  # terminal transitions that subsampling dropped
     obs = np.concatenate([obs, np.repeat(np.eye(obs.shape[1], dtype=np.float32)[-1:], missing, 0)])
     actions = np.concatenate([actions, np.zeros((missing, actions.shape[1]), dtype=np.float32)])
@@ -536,8 +603,9 @@ def gradient_penalty(discriminator, agent_inputs, expert_inputs):
     return ((grad.norm(2, dim=-1) - 1) ** 2).mean()
 
 
-def update_discriminator(discriminator, optimizer, rb, epoch_rows, expert_inputs, expert_weights, action_scale, action_bias,
-                         args):
+def update_discriminator(
+    discriminator, optimizer, rb, epoch_rows, expert_inputs, expert_weights, action_scale, action_bias, args
+):
     """The end of iteration t: r~ = q_t/p by `discriminator_loss` (+ the gradient penalty), --discriminator-updates-per-step
     minibatches per epoch step, the agent's from the epoch's `epoch_rows` last replay rows only (q_t: all collected by
     pi~; older rows come from earlier policies), the expert's from the demos. Returns the last minibatch's statistics."""
@@ -547,15 +615,22 @@ def update_discriminator(discriminator, optimizer, rb, epoch_rows, expert_inputs
         index = torch.randint(0, len(expert_inputs), (args.discriminator_batch_size,), device=expert_inputs.device)
         agent_logits, expert_logits = discriminator(agent_inputs), discriminator(expert_inputs[index])
         d_loss = discriminator_loss(agent_logits, expert_logits, expert_weights[index])
-        penalty = (gradient_penalty(discriminator, agent_inputs, expert_inputs[index]) if args.gradient_penalty
-                   else torch.zeros((), device=expert_inputs.device))
+        penalty = (
+            gradient_penalty(discriminator, agent_inputs, expert_inputs[index])
+            if args.gradient_penalty
+            else torch.zeros((), device=expert_inputs.device)
+        )
         optimizer.zero_grad(set_to_none=True)
         (d_loss + args.gradient_penalty * penalty).backward()
         optimizer.step()
     accuracy = 0.5 * ((agent_logits > 0).float().mean() + (expert_logits < 0).float().mean())
-    return {"losses/discriminator_loss": d_loss.detach(), "losses/gradient_penalty": penalty.detach(),
-            "charts/discriminator_accuracy": accuracy, "charts/agent_log_ratio": agent_logits.detach().mean(),
-            "charts/expert_log_ratio": expert_logits.detach().mean()}
+    return {
+        "losses/discriminator_loss": d_loss.detach(),
+        "losses/gradient_penalty": penalty.detach(),
+        "charts/discriminator_accuracy": accuracy,
+        "charts/agent_log_ratio": agent_logits.detach().mean(),
+        "charts/expert_log_ratio": expert_logits.detach().mean(),
+    }
 
 
 def reference_log_prob(actor, obs, u, log_prob_min):
@@ -584,7 +659,9 @@ def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma, log_pi_reference):
         next_actions, next_log_pi, next_u = actor.get_action(next_obs[:, :-1])
         live = 1 - next_absorbing
         next_log_ratio_to_reference = next_log_pi - log_pi_reference(next_obs[:, :-1], next_u)
-        min_q_next = qf_target(next_obs, next_actions * live[:, None]).min(0).values - alpha * live * next_log_ratio_to_reference
+        min_q_next = (
+            qf_target(next_obs, next_actions * live[:, None]).min(0).values - alpha * live * next_log_ratio_to_reference
+        )
         q_target = rewards + gamma * min_q_next
     q_values = qf(obs, actions)
     # sum over the critics: each critic gets the full MSE gradient, as with separate losses
@@ -607,8 +684,21 @@ def alpha_loss(log_alpha, log_pi, target_entropy, live):
     return (-log_alpha.exp() * (log_pi.detach() + target_entropy) * live).sum() / live.sum().clamp(min=1)
 
 
-def sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer, alpha_optimizer, args,
-               target_entropy, global_step, log_pi_reference, bf16=False):
+def sac_update(
+    batch,
+    actor,
+    qf,
+    qf_target,
+    log_alpha,
+    q_optimizer,
+    actor_optimizer,
+    alpha_optimizer,
+    args,
+    target_entropy,
+    global_step,
+    log_pi_reference,
+    bf16=False,
+):
     """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls.
     bf16 autocasts the hidden layers' matmuls; weights, optimiser states, targets, log-probs and losses stay float32."""
     device_type = batch[0].device.type
@@ -635,9 +725,14 @@ def sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimi
                 alpha_optimizer.step()
                 alpha = log_alpha.exp().detach()
         qf.requires_grad_(True)
-        stats.update({"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha,
-                      "charts/entropy": -(log_pi.detach() * live).sum() / live.sum().clamp(min=1),
-                      "charts/kl_to_reference": (log_ratio_to_reference.detach() * live).sum() / live.sum().clamp(min=1)})
+        stats.update(
+            {
+                "losses/actor_loss": actor_loss.detach(),
+                "losses/alpha": alpha,
+                "charts/entropy": -(log_pi.detach() * live).sum() / live.sum().clamp(min=1),
+                "charts/kl_to_reference": (log_ratio_to_reference.detach() * live).sum() / live.sum().clamp(min=1),
+            }
+        )
 
     if global_step % args.target_network_frequency == 0:
         with torch.no_grad():
@@ -696,8 +791,12 @@ def write_eval_row(run_dir, row):
 def hardware_info(device, bf16=False):
     """The device, its name, the thread count and the precision of a run, for summary.json."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
-            "precision": "bf16-autocast" if bf16 else "fp32"}
+    return {
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16-autocast" if bf16 else "fp32",
+    }
 
 
 def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
@@ -722,8 +821,18 @@ def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "batch_size", "buffer_size", "epoch_steps",
-                 "discriminator_batch_size", "discriminator_hidden_size", "hidden_size", "updates_per_step"):
+    for name in (
+        "total_timesteps",
+        "eval_frequency",
+        "eval_episodes",
+        "batch_size",
+        "buffer_size",
+        "epoch_steps",
+        "discriminator_batch_size",
+        "discriminator_hidden_size",
+        "hidden_size",
+        "updates_per_step",
+    ):
         if getattr(args, name) <= 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     for name in ("discriminator_updates_per_step", "alpha"):
@@ -737,7 +846,9 @@ if __name__ == "__main__":
     checkpoint = None
     if args.resume:
         if not (checkpoint_dir / "checkpoint.pt").exists():
-            sys.exit(f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume.")
+            sys.exit(
+                f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume."
+            )
         checkpoint = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=False)
 
     # seeding
@@ -751,19 +862,30 @@ if __name__ == "__main__":
     run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     env = make_env(args.env_id, args.seed)
     if not isinstance(env.action_space, gym.spaces.Box):
-        sys.exit(f"error: nail.py needs continuous (Box) actions (its RL algorithm is SAC) but {args.env_id} has {env.action_space}.")
+        sys.exit(
+            f"error: nail.py needs continuous (Box) actions (its RL algorithm is SAC) but {args.env_id} has "
+            f"{env.action_space}."
+        )
     eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     expert_info = load_expert_info(expert_dir, env, required=True)
-    expert_obs, expert_actions, expert_weights = expert_transitions(expert_dir, env, args.num_expert_trajectories,
-                                                                    args.subsample_frequency, args.seed)
+    expert_obs, expert_actions, expert_weights = expert_transitions(
+        expert_dir, env, args.num_expert_trajectories, args.subsample_frequency, args.seed
+    )
     obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
     run_dir = Path("runs") / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.track:
         import wandb
 
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name,
-                   save_code=True, id=run_name, resume="allow")
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            config=vars(args),
+            name=run_name,
+            save_code=True,
+            id=run_name,
+            resume="allow",
+        )
 
     actor = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)
     # pi~, frozen per epoch: no gradient reaches its weights, only through the actions it scores
@@ -780,13 +902,22 @@ if __name__ == "__main__":
     discriminator = Discriminator(obs_dim + 1 + action_dim, args.discriminator_hidden_size).to(device)
     discriminator_optimizer = make_optimizer(discriminator.parameters(), args.discriminator_lr, device)
     # the state a checkpoint holds, listed once (no replay buffer: --resume refills it)
-    saved_modules = {"actor": actor, "qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer,
-                     "actor_optimizer": actor_optimizer, "alpha_optimizer": alpha_optimizer, "discriminator": discriminator,
-                     "discriminator_optimizer": discriminator_optimizer, "reference": reference}
+    saved_modules = {
+        "actor": actor,
+        "qf": qf,
+        "qf_target": qf_target,
+        "q_optimizer": q_optimizer,
+        "actor_optimizer": actor_optimizer,
+        "alpha_optimizer": alpha_optimizer,
+        "discriminator": discriminator,
+        "discriminator_optimizer": discriminator_optimizer,
+        "reference": reference,
+    }
 
     scale, bias = actor.action_scale, actor.action_bias
-    expert_inputs = discriminator_inputs(torch.as_tensor(expert_obs, device=device),
-                                         torch.as_tensor(expert_actions, device=device), scale, bias)
+    expert_inputs = discriminator_inputs(
+        torch.as_tensor(expert_obs, device=device), torch.as_tensor(expert_actions, device=device), scale, bias
+    )
     expert_weights = torch.as_tensor(expert_weights, device=device)
     # the warm-up epochs' reference is the uniform policy: log pi~ = -sum log(high - low) everywhere
     uniform_log_prob = -torch.log(2 * scale).sum()
@@ -799,18 +930,24 @@ if __name__ == "__main__":
             for key, module in saved_modules.items():
                 module.load_state_dict(checkpoint[key])
         except (KeyError, RuntimeError, ValueError) as error:
-            sys.exit(f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments ({' '.join(str(error).split())[:240]}); "
-                     f"resume with the arguments of the run that wrote it, or start without --resume.")
+            sys.exit(
+                f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments "
+                f"({' '.join(str(error).split())[:240]}); "
+                f"resume with the arguments of the run that wrote it, or start without --resume."
+            )
         with torch.no_grad():
             log_alpha.copy_(checkpoint["log_alpha"])
         start_step, wall_offset, refill_env_steps, eval_rows, commands = (
-            checkpoint[k] for k in ("global_step", "wall_time", "refill_env_steps", "eval_rows", "commands"))
+            checkpoint[k] for k in ("global_step", "wall_time", "refill_env_steps", "eval_rows", "commands")
+        )
         reference_is_uniform, num_updates, num_epochs, epoch_rows = (
-            checkpoint[k] for k in ("reference_is_uniform", "num_updates", "num_epochs", "epoch_rows"))
+            checkpoint[k] for k in ("reference_is_uniform", "num_updates", "num_epochs", "epoch_rows")
+        )
         random.setstate(checkpoint["python_rng"])
         np.random.set_state(checkpoint["numpy_rng"])
         torch.set_rng_state(checkpoint["torch_rng"])
-        # a killed run may have evaluated past its checkpoint: those steps run again, so eval.csv restarts from the checkpoint's rows
+        # a killed run may have evaluated past its checkpoint: those steps run again, so eval.csv restarts from the
+        # checkpoint's rows
         (run_dir / "eval.csv").unlink(missing_ok=True)
         for row in eval_rows:
             write_eval_row(run_dir, row)
@@ -845,23 +982,42 @@ if __name__ == "__main__":
     def run_evaluation(global_step):
         returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
         wall_time = wall_offset + time.time() - start_time
-        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
-               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
-               "sps": (global_step - start_step) / max(time.time() - start_time, 1e-9)}
+        row = {
+            "global_step": global_step,
+            "eval_return_mean": float(returns.mean()),
+            "eval_return_std": float(returns.std()),
+            "normalized_score": normalized_score(float(returns.mean()), expert_info),
+            "wall_time": wall_time,
+            "sps": (global_step - start_step) / max(time.time() - start_time, 1e-9),
+        }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
         if args.track:
-            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+            wandb.log(
+                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
+            )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     def save_checkpoint(global_step):
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         state = {key: module.state_dict() for key, module in saved_modules.items()}
-        state.update(log_alpha=log_alpha.detach().cpu(), global_step=global_step, run_name=run_name, eval_rows=eval_rows,
-                     refill_env_steps=refill_env_steps, commands=commands,
-                     wall_time=wall_offset + time.time() - start_time, python_rng=random.getstate(),
-                     numpy_rng=np.random.get_state(), torch_rng=torch.get_rng_state(), args=asdict(args),
-                     reference_is_uniform=reference_is_uniform, num_updates=num_updates, num_epochs=num_epochs, epoch_rows=epoch_rows)
+        state.update(
+            log_alpha=log_alpha.detach().cpu(),
+            global_step=global_step,
+            run_name=run_name,
+            eval_rows=eval_rows,
+            refill_env_steps=refill_env_steps,
+            commands=commands,
+            wall_time=wall_offset + time.time() - start_time,
+            python_rng=random.getstate(),
+            numpy_rng=np.random.get_state(),
+            torch_rng=torch.get_rng_state(),
+            args=asdict(args),
+            reference_is_uniform=reference_is_uniform,
+            num_updates=num_updates,
+            num_epochs=num_epochs,
+            epoch_rows=epoch_rows,
+        )
         torch.save(state, checkpoint_dir / "checkpoint.pt.tmp")
         os.replace(checkpoint_dir / "checkpoint.pt.tmp", checkpoint_dir / "checkpoint.pt")  # atomic: a kill never corrupts it
 
@@ -875,7 +1031,12 @@ if __name__ == "__main__":
     if checkpoint:
         # the buffer was left out of the checkpoint: refill it with the epoch's pi~ (= the actor: updates only run at an
         # epoch's end) before updates continue; its last rows stand in for the epoch_rows the checkpoint counted, all of q_t
-        for _ in tqdm(range(min(args.refill_steps, args.buffer_size)), desc="refilling the replay buffer", file=sys.stderr, mininterval=2.0):
+        for _ in tqdm(
+            range(min(args.refill_steps, args.buffer_size)),
+            desc="refilling the replay buffer",
+            file=sys.stderr,
+            mininterval=2.0,
+        ):
             action = act_exploring(obs)
             next_obs, _, terminated, truncated, info = env.step(action)
             for row in zip(*add_absorbing_state(obs[None], action[None].astype(np.float32), next_obs[None], [terminated])):
@@ -883,7 +1044,11 @@ if __name__ == "__main__":
             obs = next_obs if not (terminated or truncated) else env.reset()[0]
             refill_env_steps += 1
     hardware = hardware_info(device, bf16)
-    print(f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), {hardware['precision']}", file=sys.stderr)
+    print(
+        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
+        f"{hardware['precision']}",
+        file=sys.stderr,
+    )
     progress = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
     if start_step == 0:
         run_evaluation(0)
@@ -897,28 +1062,49 @@ if __name__ == "__main__":
         obs = next_obs
         if terminated or truncated:
             if args.track:
-                wandb.log({"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]}, step=global_step)
+                wandb.log(
+                    {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
+                    step=global_step,
+                )
             obs, _ = env.reset()
 
         if global_step % args.epoch_steps == 0 and global_step >= args.learning_starts:
             # end of iteration t: r~ = q_t/p from this epoch's transitions (all by pi~) against the demos ...
-            stats = update_discriminator(discriminator, discriminator_optimizer, rb, epoch_rows, expert_inputs, expert_weights,
-                                         scale, bias, args)
+            stats = update_discriminator(
+                discriminator, discriminator_optimizer, rb, epoch_rows, expert_inputs, expert_weights, scale, bias, args
+            )
             # ... then the max-ent RL step on r_t, SAC on the whole replay buffer with rewards of the frozen D and pi~
             for _ in range(args.epoch_steps * args.updates_per_step):
                 num_updates += 1
                 batch_obs, batch_actions, batch_next_obs = rb.sample(args.batch_size)
                 rewards = minibatch_rewards(batch_obs, batch_actions)
                 batch = (batch_obs, batch_actions, rewards, batch_next_obs, batch_next_obs[:, -1])
-                stats.update(sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer, alpha_optimizer,
-                                        args, target_entropy, num_updates, log_pi_reference, bf16))
+                stats.update(
+                    sac_update(
+                        batch,
+                        actor,
+                        qf,
+                        qf_target,
+                        log_alpha,
+                        q_optimizer,
+                        actor_optimizer,
+                        alpha_optimizer,
+                        args,
+                        target_entropy,
+                        num_updates,
+                        log_pi_reference,
+                        bf16,
+                    )
+                )
             # iteration t + 1: pi~ <- pi, the auxiliary policy of the next bound (O-NAIL's update_reference)
             reference.load_state_dict(actor.state_dict())
             reference_is_uniform, num_epochs = False, num_epochs + 1
             stats.update({"charts/reward_mean": rewards.mean(), "charts/epoch": torch.tensor(num_epochs)})
             if not all(torch.isfinite(value) for value in stats.values()):
-                sys.exit(f"error: non-finite loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
-                         f"lower --q-lr, --policy-lr or --discriminator-lr.")
+                sys.exit(
+                    f"error: non-finite loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
+                    f"lower --q-lr, --policy-lr or --discriminator-lr."
+                )
             if args.track:
                 sps = (global_step - start_step) / (time.time() - start_time)
                 wandb.log({**{k: float(v) for k, v in stats.items()}, "charts/SPS": sps}, step=global_step)
@@ -927,14 +1113,22 @@ if __name__ == "__main__":
         progress.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             run_evaluation(global_step)
-        if (args.checkpoint_frequency and global_step % args.checkpoint_frequency == 0) or global_step == args.total_timesteps or stop_signals \
-                or (args.checkpoint_minutes and time.time() - last_checkpoint_time > 60 * args.checkpoint_minutes):
+        if (
+            (args.checkpoint_frequency and global_step % args.checkpoint_frequency == 0)
+            or global_step == args.total_timesteps
+            or stop_signals
+            or (args.checkpoint_minutes and time.time() - last_checkpoint_time > 60 * args.checkpoint_minutes)
+        ):
             save_checkpoint(global_step)
             last_checkpoint_time = time.time()
         if stop_signals:
             progress.close()
-            print(f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}: evaluations so far in {run_dir / 'eval.csv'}, "
-                  f"checkpoint in {checkpoint_dir}; continue with the same command plus --resume.", file=sys.stderr)
+            print(
+                f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}: evaluations so far in "
+                f"{run_dir / 'eval.csv'}, "
+                f"checkpoint in {checkpoint_dir}; continue with the same command plus --resume.",
+                file=sys.stderr,
+            )
             sys.exit(128 + stop_signals[0])
     progress.close()
 

@@ -39,6 +39,7 @@ every network. Gymnasium's next-step autoreset makes the step after an episode's
 transition: it is masked out of every loss and not counted; the step that ends an episode returns its true final s',
 which the critic scores; time-limit truncations bootstrap from V(s'), terminations do not.
 """
+
 import json
 import os
 import platform
@@ -102,7 +103,8 @@ class Args:
 
     # PMI critic f(s, s') = exp(cos(phi1(s'), phi2(s)) / tau) (or the dot product), trained by InfoNCE
     reward: Literal["pmi", "softmax"] = "softmax"
-    """the agent's reward: `softmax` = log-softmax of s' against negatives (+ log(K + 1), `--reward-shift`), or `pmi` = log f(s, s')"""
+    """the agent's reward: `softmax` = log-softmax of s' against negatives (+ log(K + 1), `--reward-shift`), or `pmi` = log
+    f(s, s')"""
     negatives: Literal["expert", "agent", "mixed"] = "expert"
     """`--reward softmax` only: negatives from the expert's next states, the agent's rollout batch, or half of each"""
     num_negatives: int = 64
@@ -178,8 +180,10 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
             env.reset(seed=seed)
             env.render()
         except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                     f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video.")
+            sys.exit(
+                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
+            )
         # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
         env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -211,22 +215,32 @@ def load_expert_info(expert_dir, env, required):
     except (ValueError, KeyError, TypeError) as error:
         sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
     if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
+        )
     if "expert_return_mean" not in returns:
         returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-              f"{num_episodes} episodes, stands in for it.", file=sys.stderr)
+        print(
+            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
+            f"{num_episodes} episodes, stands in for it.",
+            file=sys.stderr,
+        )
     if "random_return_mean" not in returns:
         returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-              f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-              f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).", file=sys.stderr)
+        print(
+            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
+            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
+            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
+            file=sys.stderr,
+        )
     expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
     if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-                 f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-                 f"`{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
+            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
+            f"`{command} --overwrite`."
+        )
     return {"env_id": env.spec.id, **info, **returns}
 
 
@@ -234,8 +248,10 @@ def demos_mean_return(expert_dir, command):
     """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
     path = Path(expert_dir) / "demos.npz"
     if not path.exists():
-        sys.exit(f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-                 f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
+            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
+        )
     try:
         with np.load(path) as data:
             rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
@@ -281,8 +297,18 @@ def demos_command(env_id, expert_dir=None):
     return command
 
 
-SHIPPED_EXPERTS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4", "Hopper-v4",
-                   "HalfCheetah-v4", "Walker2d-v4", "Ant-v4", "Humanoid-v4")
+SHIPPED_EXPERTS = (
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCar-v0",
+    "Pendulum-v1",
+    "InvertedPendulum-v4",
+    "Hopper-v4",
+    "HalfCheetah-v4",
+    "Walker2d-v4",
+    "Ant-v4",
+    "Humanoid-v4",
+)
 
 
 def missing_expert_hint(env_id, expert_dir=None):
@@ -290,16 +316,21 @@ def missing_expert_hint(env_id, expert_dir=None):
     built by cleanil/demos.py, and any other env's default folder needs a training run."""
     command = expert_command(env_id, expert_dir)
     if "demos.py" in command:
-        shipped = (f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); "
-                   if env_id in SHIPPED_EXPERTS else "")
-        return (f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-                f"expert.json with observation_shape and action_shape by hand (README, \"Your own demonstrations\").")
+        shipped = (
+            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
+        )
+        return (
+            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
+            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
+        )
     if env_id in SHIPPED_EXPERTS:
         return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
     if "dqn.py" in command:
         return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-            f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert).")
+    return (
+        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
+    )
 
 
 def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
@@ -310,34 +341,57 @@ def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, key
     if not path.exists():
         sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
     if num_trajectories < 1 or subsample_frequency < 1:
-        sys.exit(f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must be >= 1.")
+        sys.exit(
+            f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must "
+            f"be >= 1."
+        )
     try:
         with np.load(path) as data:
             missing = [key for key in ("episode_starts", "rewards", *keys) if key not in data.files]
             if missing:
-                sys.exit(f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
-                         f"this script reads; regenerate it with `{command} --overwrite`.")
+                sys.exit(
+                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
+                    f"this script reads; regenerate it with `{command} --overwrite`."
+                )
             starts, length = data["episode_starts"], len(data["rewards"])
             arrays = {key: data[key] for key in keys}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if (starts.ndim != 1 or not np.issubdtype(starts.dtype, np.integer) or len(starts) == 0 or starts[0] != 0
-            or (np.diff(starts) <= 0).any() or starts[-1] >= length):
-        sys.exit(f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
-                 f"regenerate it with `{command} --overwrite`.")
+    if (
+        starts.ndim != 1
+        or not np.issubdtype(starts.dtype, np.integer)
+        or len(starts) == 0
+        or starts[0] != 0
+        or (np.diff(starts) <= 0).any()
+        or starts[-1] >= length
+    ):
+        sys.exit(
+            f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
+            f"regenerate it with `{command} --overwrite`."
+        )
     if num_trajectories > len(starts):
-        sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
-                 f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
-                 f"--num-demo-episodes {num_trajectories} --overwrite`.")
+        sys.exit(
+            f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
+            f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
+            f"--num-demo-episodes {num_trajectories} --overwrite`."
+        )
     action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
-    expected = {"observations": env.observation_space.shape, "next_observations": env.observation_space.shape, "actions": action_shape}
+    expected = {
+        "observations": env.observation_space.shape,
+        "next_observations": env.observation_space.shape,
+        "actions": action_shape,
+    }
     for key, shape in expected.items():
         if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
-            sys.exit(f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
-                     f"regenerate it with `{command} --overwrite`.")
+            sys.exit(
+                f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
+                f"regenerate it with `{command} --overwrite`."
+            )
     rng = np.random.default_rng(seed)
     episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
-    index = np.concatenate([episode[rng.integers(min(subsample_frequency, len(episode))):: subsample_frequency] for episode in episodes])
+    index = np.concatenate(
+        [episode[rng.integers(min(subsample_frequency, len(episode))) :: subsample_frequency] for episode in episodes]
+    )
     demos = {key: value[index] for key, value in arrays.items()}
     return {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
 
@@ -359,8 +413,13 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 def mlp(in_dim, out_dim, hidden_size, out_std):
-    return nn.Sequential(layer_init(nn.Linear(in_dim, hidden_size)), nn.Tanh(), layer_init(nn.Linear(hidden_size, hidden_size)),
-                         nn.Tanh(), layer_init(nn.Linear(hidden_size, out_dim), std=out_std))
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden_size)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, hidden_size)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, out_dim), std=out_std),
+    )
 
 
 class Policy(nn.Module):
@@ -559,8 +618,12 @@ def write_eval_row(run_dir, row):
 def hardware_info(device, bf16=False):
     """The device, its name, the thread count and the precision of a run, for summary.json."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
-            "precision": "bf16-autocast" if bf16 else "fp32"}
+    return {
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16-autocast" if bf16 else "fp32",
+    }
 
 
 def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
@@ -588,8 +651,11 @@ def exit_on_stop_signals(run_dir):
     one line and exit status 128 + signal as a shell reports it; eval.csv gains whole rows only, so it stays readable."""
 
     def stop(signum, frame):
-        tqdm.write(f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
-                   f"{Path(__file__).name} has no --resume, so rerun the command to start over.", file=sys.stderr)
+        tqdm.write(
+            f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
+            f"{Path(__file__).name} has no --resume, so rerun the command to start over.",
+            file=sys.stderr,
+        )
         sys.exit(128 + signum)
 
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
@@ -598,9 +664,21 @@ def exit_on_stop_signals(run_dir):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "num_envs", "num_steps", "num_minibatches",
-                 "update_epochs", "num_negatives", "embedding_dim", "critic_batch_size", "num_heldout_trajectories",
-                 "hidden_size", "critic_hidden_size"):
+    for name in (
+        "total_timesteps",
+        "eval_frequency",
+        "eval_episodes",
+        "num_envs",
+        "num_steps",
+        "num_minibatches",
+        "update_epochs",
+        "num_negatives",
+        "embedding_dim",
+        "critic_batch_size",
+        "num_heldout_trajectories",
+        "hidden_size",
+        "critic_hidden_size",
+    ):
         if getattr(args, name) <= 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
@@ -617,39 +695,60 @@ if __name__ == "__main__":
     eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     discrete = isinstance(eval_env.action_space, gym.spaces.Discrete)
     if not discrete and not isinstance(eval_env.action_space, gym.spaces.Box):
-        sys.exit(f"error: pmi_il.py supports Discrete and Box actions, but {args.env_id} has {eval_env.action_space}; pick another env.")
+        sys.exit(
+            f"error: pmi_il.py supports Discrete and Box actions, but {args.env_id} has {eval_env.action_space}; pick "
+            f"another env."
+        )
     if args.num_steps < 2 or args.critic_steps < 0 or args.tau <= 0 or args.temperature <= 0:
         # with 2 steps or more every env contributes a transition: only the step after an episode's end carries none
-        sys.exit(f"error: --num-steps must be >= 2, --critic-steps >= 0 and --tau, --temperature > 0, got {args.num_steps}, "
-                 f"{args.critic_steps}, {args.tau}, {args.temperature}.")
+        sys.exit(
+            f"error: --num-steps must be >= 2, --critic-steps >= 0 and --tau, --temperature > 0, got {args.num_steps}, "
+            f"{args.critic_steps}, {args.tau}, {args.temperature}."
+        )
     if args.total_timesteps < args.num_envs * args.num_steps:
-        sys.exit(f"error: --total-timesteps {args.total_timesteps} is less than one iteration of --num-envs {args.num_envs} x "
-                 f"--num-steps {args.num_steps} = {args.num_envs * args.num_steps} steps; pass at least that, or lower either.")
+        sys.exit(
+            f"error: --total-timesteps {args.total_timesteps} is less than one iteration of --num-envs {args.num_envs} x "
+            f"--num-steps {args.num_steps} = {args.num_envs * args.num_steps} steps; pass at least that, or lower either."
+        )
     expert_info = load_expert_info(expert_dir, eval_env, required=True)
     demos = load_demos(expert_dir, eval_env, args.num_expert_trajectories, args.subsample_frequency, args.seed, DEMO_KEYS)
     with np.load(expert_dir / "demos.npz") as npz:
         episode_starts = npz["episode_starts"]  # to find where the held-out episodes begin; actions stay unread
     num_trajectories = args.num_expert_trajectories + args.num_heldout_trajectories
     if num_trajectories > len(episode_starts):
-        sys.exit(f"error: --num-expert-trajectories {args.num_expert_trajectories} plus --num-heldout-trajectories "
-                 f"{args.num_heldout_trajectories} exceed the {len(episode_starts)} episodes shipped in {expert_dir / 'demos.npz'}; "
-                 f"lower either, or regenerate the expert with `{expert_command(args.env_id, expert_dir)} --num-demo-episodes {num_trajectories} --overwrite`.")
+        sys.exit(
+            f"error: --num-expert-trajectories {args.num_expert_trajectories} plus --num-heldout-trajectories "
+            f"{args.num_heldout_trajectories} exceed the {len(episode_starts)} episodes shipped in "
+            f"{expert_dir / 'demos.npz'}; "
+            f"lower either, or regenerate the expert with `{expert_command(args.env_id, expert_dir)} --num-demo-episodes "
+            f"{num_trajectories} --overwrite`."
+        )
     # the episodes right after the training ones, every transition (subsample_frequency 1: in order, so they start
     # where the first num_expert_trajectories episodes end)
-    heldout = {key: value[episode_starts[args.num_expert_trajectories]:]
-               for key, value in load_demos(expert_dir, eval_env, num_trajectories, 1, args.seed, DEMO_KEYS).items()}
+    heldout = {
+        key: value[episode_starts[args.num_expert_trajectories] :]
+        for key, value in load_demos(expert_dir, eval_env, num_trajectories, 1, args.seed, DEMO_KEYS).items()
+    }
     for key in DEMO_KEYS:
         if not (np.isfinite(demos[key]).all() and np.isfinite(heldout[key]).all()):
-            sys.exit(f"error: {expert_dir / 'demos.npz'} holds non-finite {key}; regenerate it with `{expert_command(args.env_id, expert_dir)} --overwrite`.")
+            sys.exit(
+                f"error: {expert_dir / 'demos.npz'} holds non-finite {key}; regenerate it with "
+                f"`{expert_command(args.env_id, expert_dir)} --overwrite`."
+            )
     critic_batch_size = min(args.critic_batch_size, len(demos["observations"]))
     if args.num_negatives >= critic_batch_size:
-        sys.exit(f"error: --num-negatives {args.num_negatives} needs critic batches of more than {args.num_negatives} expert transitions "
-                 f"(its negatives are the batch's other next states), but a batch holds {critic_batch_size} (--critic-batch-size "
-                 f"{args.critic_batch_size}, {len(demos['observations'])} expert transitions); lower --num-negatives.")
+        sys.exit(
+            f"error: --num-negatives {args.num_negatives} needs critic batches of more than {args.num_negatives} expert "
+            f"transitions "
+            f"(its negatives are the batch's other next states), but a batch holds {critic_batch_size} (--critic-batch-size "
+            f"{args.critic_batch_size}, {len(demos['observations'])} expert transitions); lower --num-negatives."
+        )
     # next-step autoreset (gymnasium 1.x): the step() after an env's episode ends only resets it (action ignored,
     # reward 0, no transition); the step that ended the episode already returned its true final observation
-    envs = gym.vector.SyncVectorEnv([lambda i=i: make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
-                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    envs = gym.vector.SyncVectorEnv(
+        [lambda i=i: make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     exit_on_stop_signals(run_dir)
     if args.track:
@@ -680,8 +779,12 @@ if __name__ == "__main__":
     for _ in range(args.critic_steps):
         # distinct transitions, so that no negative is a copy of its positive
         index = torch.randperm(len(expert_obs), device=device)[:critic_batch_size]
-        logits = critic.phi2(expert_obs[index]) @ critic.phi1(expert_next[index]).T / args.tau  # [B, B], positives on the diagonal
-        negative_index = torch.rand(critic_batch_size, critic_batch_size - 1, device=device).argsort(1)[:, : args.num_negatives]
+        logits = (
+            critic.phi2(expert_obs[index]) @ critic.phi1(expert_next[index]).T / args.tau
+        )  # [B, B], positives on the diagonal
+        negative_index = torch.rand(critic_batch_size, critic_batch_size - 1, device=device).argsort(1)[
+            :, : args.num_negatives
+        ]
         negative_index += negative_index >= arange[:, None]  # skip the diagonal
         critic_loss = infonce_loss(logits.diagonal(), logits.gather(1, negative_index))
         critic_optimizer.zero_grad(set_to_none=True)
@@ -710,24 +813,45 @@ if __name__ == "__main__":
             scores = (phi_obs[:, None] * phi_candidates.reshape(num_matched, num_actions, -1)).sum(-1)  # [N, A]
             reachable = float(top1_reachable(scores, torch.as_tensor(true_index[matched], device=device)))
             reachable_transitions, reachable_chance = num_matched, 1.0 / num_actions
-        critic_report = {"top1_in_batch": correct / len(heldout_obs), "top1_in_batch_chance": chance / len(heldout_obs),
-                         "top1_reachable": reachable, "top1_reachable_chance": reachable_chance,
-                         "top1_reachable_transitions": reachable_transitions, "heldout_logit_margin": margin / len(heldout_obs),
-                         "heldout_trajectories": args.num_heldout_trajectories, "heldout_transitions": len(heldout_obs),
-                         "final_infonce_loss": float(critic_loss.detach()) if args.critic_steps else float("nan"),
-                         "infonce_loss_at_chance": float(np.log(args.num_negatives + 1)),
-                         "critic_steps": args.critic_steps, "critic_wall_time_s": time.time() - start_time}
+        critic_report = {
+            "top1_in_batch": correct / len(heldout_obs),
+            "top1_in_batch_chance": chance / len(heldout_obs),
+            "top1_reachable": reachable,
+            "top1_reachable_chance": reachable_chance,
+            "top1_reachable_transitions": reachable_transitions,
+            "heldout_logit_margin": margin / len(heldout_obs),
+            "heldout_trajectories": args.num_heldout_trajectories,
+            "heldout_transitions": len(heldout_obs),
+            "final_infonce_loss": float(critic_loss.detach()) if args.critic_steps else float("nan"),
+            "infonce_loss_at_chance": float(np.log(args.num_negatives + 1)),
+            "critic_steps": args.critic_steps,
+            "critic_wall_time_s": time.time() - start_time,
+        }
         expert_next_embedding = critic.phi1(expert_next)  # the expert negatives of the softmax reward, fixed from now on
     if not np.isfinite(critic_report["final_infonce_loss"]) and args.critic_steps:
-        sys.exit(f"error: non-finite InfoNCE loss after {args.critic_steps} critic steps; lower --critic-learning-rate or raise --tau.")
+        sys.exit(
+            f"error: non-finite InfoNCE loss after {args.critic_steps} critic steps; lower --critic-learning-rate or raise "
+            f"--tau."
+        )
     (run_dir / "critic.json").write_text(json.dumps(critic_report, indent=2) + "\n")
-    reachable_text = "" if reachable is None else f", among the reachable states {reachable:.3f} (chance {reachable_chance:.3f})"
-    print(f"critic: held-out top-1 next-state accuracy in batch {critic_report['top1_in_batch']:.3f} (chance "
-          f"{critic_report['top1_in_batch_chance']:.3f}){reachable_text}, InfoNCE loss {critic_report['final_infonce_loss']:.3f} "
-          f"(chance {critic_report['infonce_loss_at_chance']:.3f}), logit margin {critic_report['heldout_logit_margin']:.1f}")
+    reachable_text = (
+        "" if reachable is None else f", among the reachable states {reachable:.3f} (chance {reachable_chance:.3f})"
+    )
+    print(
+        f"critic: held-out top-1 next-state accuracy in batch {critic_report['top1_in_batch']:.3f} (chance "
+        f"{critic_report['top1_in_batch_chance']:.3f}){reachable_text}, InfoNCE loss "
+        f"{critic_report['final_infonce_loss']:.3f} "
+        f"(chance {critic_report['infonce_loss_at_chance']:.3f}), logit margin {critic_report['heldout_logit_margin']:.1f}"
+    )
     if args.track:
-        wandb.log({"charts/top1_in_batch": critic_report["top1_in_batch"], "losses/infonce_loss": critic_report["final_infonce_loss"],
-                   **({} if reachable is None else {"charts/top1_reachable": reachable})}, step=0)
+        wandb.log(
+            {
+                "charts/top1_in_batch": critic_report["top1_in_batch"],
+                "losses/infonce_loss": critic_report["final_infonce_loss"],
+                **({} if reachable is None else {"charts/top1_reachable": reachable}),
+            },
+            step=0,
+        )
 
     policy = Policy(obs_dim, action_space, args.hidden_size).to(device)
     value_network = mlp(obs_dim, 1, args.hidden_size, out_std=1.0).to(device)
@@ -751,17 +875,28 @@ if __name__ == "__main__":
     def run_evaluation(global_step):
         returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
         wall_time = time.time() - start_time
-        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
-               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
-               "sps": global_step / max(wall_time, 1e-9)}
+        row = {
+            "global_step": global_step,
+            "eval_return_mean": float(returns.mean()),
+            "eval_return_std": float(returns.std()),
+            "normalized_score": normalized_score(float(returns.mean()), expert_info),
+            "wall_time": wall_time,
+            "sps": global_step / max(wall_time, 1e-9),
+        }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
         if args.track:
-            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+            wandb.log(
+                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
+            )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     hardware = hardware_info(device)
-    print(f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), {hardware['precision']}", file=sys.stderr)
+    print(
+        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
+        f"{hardware['precision']}",
+        file=sys.stderr,
+    )
     progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
     run_evaluation(0)
     obs, _ = envs.reset(seed=args.seed)
@@ -812,7 +947,9 @@ if __name__ == "__main__":
             rewards = torch.zeros(shape, device=device)
             rewards[mask] = learned
             values = value_network(b_obs).squeeze(-1)
-            advantages = gae(rewards, values, value_network(b_next_obs).squeeze(-1), b_terminations, b_dones, args.gamma, args.gae_lambda)
+            advantages = gae(
+                rewards, values, value_network(b_next_obs).squeeze(-1), b_terminations, b_dones, args.gamma, args.gae_lambda
+            )
             returns = (advantages + values)[mask]
             advantages = advantages[mask]
 
@@ -836,22 +973,38 @@ if __name__ == "__main__":
                 optimizer.step()
 
         with torch.no_grad():
-            stats = {"losses/policy_loss": pg_loss.detach(), "losses/value_loss": v_loss.detach(), "losses/entropy": entropy.mean(),
-                     "losses/approx_kl": ((log_ratio.exp() - 1) - log_ratio).mean(),
-                     "losses/clipfrac": ((log_ratio.exp() - 1).abs() > args.clip_coef).float().mean(), "charts/learned_reward": learned.mean()}
+            stats = {
+                "losses/policy_loss": pg_loss.detach(),
+                "losses/value_loss": v_loss.detach(),
+                "losses/entropy": entropy.mean(),
+                "losses/approx_kl": ((log_ratio.exp() - 1) - log_ratio).mean(),
+                "losses/clipfrac": ((log_ratio.exp() - 1).abs() > args.clip_coef).float().mean(),
+                "charts/learned_reward": learned.mean(),
+            }
         if not all(torch.isfinite(value) for value in stats.values()):
-            sys.exit(f"error: non-finite training statistics at iteration {iteration} ({ {k: float(v) for k, v in stats.items()} }); "
-                     f"lower --learning-rate.")
+            sys.exit(
+                f"error: non-finite training statistics at iteration {iteration} "
+                f"({ {k: float(v) for k, v in stats.items()} }); "
+                f"lower --learning-rate."
+            )
         num_steps = int(mask.sum())
         global_step += num_steps
         progress.update(num_steps)
         if args.track:
             log = {key: float(value) for key, value in stats.items()}
-            log.update({"charts/SPS": global_step / (time.time() - start_time), "charts/learning_rate": optimizer.param_groups[0]["lr"]})
+            log.update(
+                {
+                    "charts/SPS": global_step / (time.time() - start_time),
+                    "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                }
+            )
             if episode_returns:
                 log["charts/episodic_return"] = float(np.mean(episode_returns))
             wandb.log(log, step=global_step)
-        if global_step // args.eval_frequency > (global_step - num_steps) // args.eval_frequency or iteration == num_iterations:
+        if (
+            global_step // args.eval_frequency > (global_step - num_steps) // args.eval_frequency
+            or iteration == num_iterations
+        ):
             run_evaluation(global_step)
     progress.total = global_step  # autoreset steps fell short of the budget: the bar ends at 100%
     progress.close()

@@ -19,6 +19,7 @@ No expert is needed: the env's reward drives learning. expert.json, when present
 `--total-timesteps` counts the environment transitions the updates learn from; an env that finishes its episode
 early idles (its steps are masked out and not counted) until the batch's longest episode ends.
 """
+
 import json
 import os
 import platform
@@ -102,8 +103,10 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
             env.reset(seed=seed)
             env.render()
         except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                     f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video.")
+            sys.exit(
+                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
+            )
         # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
         env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -135,22 +138,32 @@ def load_expert_info(expert_dir, env, required):
     except (ValueError, KeyError, TypeError) as error:
         sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
     if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
+        )
     if "expert_return_mean" not in returns:
         returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-              f"{num_episodes} episodes, stands in for it.", file=sys.stderr)
+        print(
+            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
+            f"{num_episodes} episodes, stands in for it.",
+            file=sys.stderr,
+        )
     if "random_return_mean" not in returns:
         returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-              f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-              f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).", file=sys.stderr)
+        print(
+            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
+            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
+            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
+            file=sys.stderr,
+        )
     expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
     if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-                 f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-                 f"`{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
+            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
+            f"`{command} --overwrite`."
+        )
     return {"env_id": env.spec.id, **info, **returns}
 
 
@@ -158,8 +171,10 @@ def demos_mean_return(expert_dir, command):
     """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
     path = Path(expert_dir) / "demos.npz"
     if not path.exists():
-        sys.exit(f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-                 f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
+            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
+        )
     try:
         with np.load(path) as data:
             rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
@@ -205,8 +220,18 @@ def demos_command(env_id, expert_dir=None):
     return command
 
 
-SHIPPED_EXPERTS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4", "Hopper-v4",
-                   "HalfCheetah-v4", "Walker2d-v4", "Ant-v4", "Humanoid-v4")
+SHIPPED_EXPERTS = (
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCar-v0",
+    "Pendulum-v1",
+    "InvertedPendulum-v4",
+    "Hopper-v4",
+    "HalfCheetah-v4",
+    "Walker2d-v4",
+    "Ant-v4",
+    "Humanoid-v4",
+)
 
 
 def missing_expert_hint(env_id, expert_dir=None):
@@ -214,16 +239,21 @@ def missing_expert_hint(env_id, expert_dir=None):
     built by cleanil/demos.py, and any other env's default folder needs a training run."""
     command = expert_command(env_id, expert_dir)
     if "demos.py" in command:
-        shipped = (f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); "
-                   if env_id in SHIPPED_EXPERTS else "")
-        return (f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-                f"expert.json with observation_shape and action_shape by hand (README, \"Your own demonstrations\").")
+        shipped = (
+            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
+        )
+        return (
+            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
+            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
+        )
     if env_id in SHIPPED_EXPERTS:
         return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
     if "dqn.py" in command:
         return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-            f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert).")
+    return (
+        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
+    )
 
 
 def normalized_score(episode_return, expert_info):
@@ -242,8 +272,13 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 def mlp(in_dim, out_dim, hidden_size, out_std):
-    return nn.Sequential(layer_init(nn.Linear(in_dim, hidden_size)), nn.Tanh(), layer_init(nn.Linear(hidden_size, hidden_size)),
-                         nn.Tanh(), layer_init(nn.Linear(hidden_size, out_dim), std=out_std))
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden_size)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, hidden_size)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, out_dim), std=out_std),
+    )
 
 
 class Policy(nn.Module):
@@ -352,8 +387,12 @@ def write_eval_row(run_dir, row):
 def hardware_info(device, bf16=False):
     """The device, its name, the thread count and the precision of a run, for summary.json."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
-            "precision": "bf16-autocast" if bf16 else "fp32"}
+    return {
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16-autocast" if bf16 else "fp32",
+    }
 
 
 def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
@@ -381,8 +420,11 @@ def exit_on_stop_signals(run_dir):
     one line and exit status 128 + signal as a shell reports it; eval.csv gains whole rows only, so it stays readable."""
 
     def stop(signum, frame):
-        tqdm.write(f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
-                   f"{Path(__file__).name} has no --resume, so rerun the command to start over.", file=sys.stderr)
+        tqdm.write(
+            f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
+            f"{Path(__file__).name} has no --resume, so rerun the command to start over.",
+            file=sys.stderr,
+        )
         sys.exit(128 + signum)
 
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
@@ -407,12 +449,17 @@ if __name__ == "__main__":
 
     eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     if not isinstance(eval_env.action_space, (gym.spaces.Discrete, gym.spaces.Box)):
-        sys.exit(f"error: reinforce.py supports Discrete and Box actions, but {args.env_id} has {eval_env.action_space}; pick another env.")
+        sys.exit(
+            f"error: reinforce.py supports Discrete and Box actions, but {args.env_id} has {eval_env.action_space}; pick "
+            f"another env."
+        )
     expert_info = load_expert_info(expert_dir, eval_env, required=False)
     # next-step autoreset (gymnasium 1.x): the step after an episode's last one only resets that env; it falls in the
     # masked-out tail below, so no final observation is ever needed (REINFORCE never bootstraps)
-    envs = gym.vector.SyncVectorEnv([lambda i=i: make_env(args.env_id, args.seed + i) for i in range(args.num_episodes)],
-                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    envs = gym.vector.SyncVectorEnv(
+        [lambda i=i: make_env(args.env_id, args.seed + i) for i in range(args.num_episodes)],
+        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     exit_on_stop_signals(run_dir)
     if args.track:
@@ -438,18 +485,29 @@ if __name__ == "__main__":
     def run_evaluation(global_step):
         returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
         wall_time = time.time() - start_time
-        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
-               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
-               "sps": global_step / max(wall_time, 1e-9)}
+        row = {
+            "global_step": global_step,
+            "eval_return_mean": float(returns.mean()),
+            "eval_return_std": float(returns.std()),
+            "normalized_score": normalized_score(float(returns.mean()), expert_info),
+            "wall_time": wall_time,
+            "sps": global_step / max(wall_time, 1e-9),
+        }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
         if args.track:
-            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+            wandb.log(
+                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
+            )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     start_time = time.time()
     hardware = hardware_info(device)
-    print(f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), {hardware['precision']}", file=sys.stderr)
+    print(
+        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
+        f"{hardware['precision']}",
+        file=sys.stderr,
+    )
     progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
     run_evaluation(0)
     global_step, update = 0, 0
@@ -467,8 +525,10 @@ if __name__ == "__main__":
             # the Gaussian's sample is clipped for the env only; its log-prob stays that of the unclipped sample
             obs, reward, terminated, truncated, _ = envs.step(action_np if policy.discrete else np.clip(action_np, low, high))
             done = terminated | truncated
-            for storage, value in zip((batch_obs, batch_actions, batch_rewards, batch_dones, batch_valid),
-                                      (obs_t, action, reward, done, alive.copy())):
+            for storage, value in zip(
+                (batch_obs, batch_actions, batch_rewards, batch_dones, batch_valid),
+                (obs_t, action, reward, done, alive.copy()),
+            ):
                 storage.append(value)
             alive &= ~done
         rewards = torch.as_tensor(np.array(batch_rewards), dtype=torch.float32, device=device)  # [T, num_episodes]
@@ -509,8 +569,12 @@ if __name__ == "__main__":
         progress.total = max(progress.total, global_step)
         progress.update(num_steps)
         if args.track:
-            stats = {"losses/policy_loss": loss.item(), "charts/episodic_return": float((rewards * valid).sum(0).mean()),
-                     "charts/episodic_length": num_steps / args.num_episodes, "charts/SPS": global_step / (time.time() - start_time)}
+            stats = {
+                "losses/policy_loss": loss.item(),
+                "charts/episodic_return": float((rewards * valid).sum(0).mean()),
+                "charts/episodic_length": num_steps / args.num_episodes,
+                "charts/SPS": global_step / (time.time() - start_time),
+            }
             if args.baseline:
                 stats["losses/value_loss"] = v_loss.item()
             if args.num_episodes > 1:

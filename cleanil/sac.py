@@ -13,6 +13,7 @@ counters, RNG states, eval rows, best snapshot: a few MB), so that a long run sp
 buffer is not saved, so a resumed run first refills it with `--refill-steps` steps of the current policy.
 `--bf16` (on where the hardware has it) runs the hidden layers' matmuls in bfloat16 (mixed precision).
 """
+
 import json
 import os
 import platform
@@ -125,7 +126,8 @@ class Args:
     """store demos.npz's observations and next_observations as float16 (half the size: Humanoid's 376-dim observations;
     the scripts cast them back to float32 on load)"""
     expert_snapshot: Literal["best", "final"] = "best"
-    """which actor --save-expert ships: `best` (highest eval return seen, as expert checkpoints are usually picked) or `final`"""
+    """which actor --save-expert ships: `best` (highest eval return seen, as expert checkpoints are usually picked) or
+    `final`"""
 
 
 def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
@@ -138,8 +140,10 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
             env.reset(seed=seed)
             env.render()
         except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                     f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video.")
+            sys.exit(
+                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
+            )
         # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
         env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -171,22 +175,32 @@ def load_expert_info(expert_dir, env, required):
     except (ValueError, KeyError, TypeError) as error:
         sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
     if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
+        )
     if "expert_return_mean" not in returns:
         returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-              f"{num_episodes} episodes, stands in for it.", file=sys.stderr)
+        print(
+            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
+            f"{num_episodes} episodes, stands in for it.",
+            file=sys.stderr,
+        )
     if "random_return_mean" not in returns:
         returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-              f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-              f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).", file=sys.stderr)
+        print(
+            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
+            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
+            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
+            file=sys.stderr,
+        )
     expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
     if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-                 f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-                 f"`{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
+            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
+            f"`{command} --overwrite`."
+        )
     return {"env_id": env.spec.id, **info, **returns}
 
 
@@ -194,8 +208,10 @@ def demos_mean_return(expert_dir, command):
     """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
     path = Path(expert_dir) / "demos.npz"
     if not path.exists():
-        sys.exit(f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-                 f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
+            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
+        )
     try:
         with np.load(path) as data:
             rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
@@ -241,8 +257,18 @@ def demos_command(env_id, expert_dir=None):
     return command
 
 
-SHIPPED_EXPERTS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4", "Hopper-v4",
-                   "HalfCheetah-v4", "Walker2d-v4", "Ant-v4", "Humanoid-v4")
+SHIPPED_EXPERTS = (
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCar-v0",
+    "Pendulum-v1",
+    "InvertedPendulum-v4",
+    "Hopper-v4",
+    "HalfCheetah-v4",
+    "Walker2d-v4",
+    "Ant-v4",
+    "Humanoid-v4",
+)
 
 
 def missing_expert_hint(env_id, expert_dir=None):
@@ -250,16 +276,21 @@ def missing_expert_hint(env_id, expert_dir=None):
     built by cleanil/demos.py, and any other env's default folder needs a training run."""
     command = expert_command(env_id, expert_dir)
     if "demos.py" in command:
-        shipped = (f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); "
-                   if env_id in SHIPPED_EXPERTS else "")
-        return (f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-                f"expert.json with observation_shape and action_shape by hand (README, \"Your own demonstrations\").")
+        shipped = (
+            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
+        )
+        return (
+            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
+            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
+        )
     if env_id in SHIPPED_EXPERTS:
         return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
     if "dqn.py" in command:
         return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-            f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert).")
+    return (
+        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
+    )
 
 
 def normalized_score(episode_return, expert_info):
@@ -381,8 +412,20 @@ def alpha_loss(log_alpha, log_pi, target_entropy):
     return (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
 
 
-def sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer, alpha_optimizer, args,
-               target_entropy, global_step, bf16=False):
+def sac_update(
+    batch,
+    actor,
+    qf,
+    qf_target,
+    log_alpha,
+    q_optimizer,
+    actor_optimizer,
+    alpha_optimizer,
+    args,
+    target_entropy,
+    global_step,
+    bf16=False,
+):
     """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls.
     bf16 autocasts the hidden layers' matmuls; weights, optimiser states, targets, log-probs and losses stay float32."""
     device_type = batch[0].device.type
@@ -409,7 +452,9 @@ def sac_update(batch, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimi
                 alpha_optimizer.step()
                 alpha = log_alpha.exp().detach()
         qf.requires_grad_(True)
-        stats.update({"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha, "charts/entropy": -log_pi.detach().mean()})
+        stats.update(
+            {"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha, "charts/entropy": -log_pi.detach().mean()}
+        )
 
     if global_step % args.target_network_frequency == 0:
         with torch.no_grad():
@@ -467,7 +512,10 @@ def rollout_episodes(act, env, num_episodes, seed):
             if len(returns) < num_episodes:
                 episode_starts.append(len(data["observations"]))
     demos = {key: np.array(value) for key, value in data.items()}
-    demos["observations"], demos["next_observations"] = demos["observations"].astype(np.float32), demos["next_observations"].astype(np.float32)
+    demos["observations"], demos["next_observations"] = (
+        demos["observations"].astype(np.float32),
+        demos["next_observations"].astype(np.float32),
+    )
     demos["episode_starts"] = np.array(episode_starts, dtype=np.int64)
     return demos, np.array(returns)
 
@@ -486,9 +534,15 @@ def expert_weakness(expert_return, random_return, best_eval_return, reward_thres
     if gain < 0.05 * abs(random_return) + 1:
         return f"returns {expert_return:.1f}, barely above a random policy's {random_return:.1f}"
     if gain < fraction * best_gain:
-        return f"returns {expert_return:.1f}, below {fraction:.0%} of the best evaluation's {best_eval_return:.1f} (random {random_return:.1f})"
+        return (
+            f"returns {expert_return:.1f}, below {fraction:.0%} of the best evaluation's {best_eval_return:.1f} (random "
+            f"{random_return:.1f})"
+        )
     if reward_threshold is not None and gain < 0.25 * (reward_threshold - random_return):
-        return f"returns {expert_return:.1f}, far below the env's registered reward threshold {reward_threshold:g} (random {random_return:.1f})"
+        return (
+            f"returns {expert_return:.1f}, far below the env's registered reward threshold {reward_threshold:g} (random "
+            f"{random_return:.1f})"
+        )
     return None
 
 
@@ -506,12 +560,17 @@ def save_expert(expert_dir, args, actor, env_id, device, training, overwrite):
 
     expert_returns = evaluate(act, env, args.expert_eval_episodes, args.seed + 20_000)
     random_returns = evaluate(lambda obs: env.action_space.sample()[None], env, args.expert_eval_episodes, args.seed + 30_000)
-    weak = expert_weakness(expert_returns.mean(), random_returns.mean(), training["best_eval_return"], env.spec.reward_threshold)
+    weak = expert_weakness(
+        expert_returns.mean(), random_returns.mean(), training["best_eval_return"], env.spec.reward_threshold
+    )
     if weak:
         print(f"warning: the saved expert {weak}; train longer (--total-timesteps) before imitating it.", file=sys.stderr)
     demos, demo_returns = rollout_episodes(act, env, args.num_demo_episodes, args.seed + 40_000)
     if args.float16_observations:
-        demos["observations"], demos["next_observations"] = demos["observations"].astype(np.float16), demos["next_observations"].astype(np.float16)
+        demos["observations"], demos["next_observations"] = (
+            demos["observations"].astype(np.float16),
+            demos["next_observations"].astype(np.float16),
+        )
     np.savez_compressed(expert_dir / "demos.npz", **demos)
     policy = actor.mean_mlp()
     torch.save({key: value.cpu() for key, value in policy.state_dict().items()}, expert_dir / "policy.pt")
@@ -542,14 +601,22 @@ def save_expert(expert_dir, args, actor, env_id, device, training, overwrite):
             "action_scale": actor.action_scale.cpu().tolist(),
             "action_bias": actor.action_bias.cpu().tolist(),
         },
-        "demos": {"file": "demos.npz", "episodes": len(demo_returns), "transitions": len(demos["rewards"]),
-                  "return_mean": float(demo_returns.mean()), "policy": "deterministic",
-                  "observation_dtype": str(demos["observations"].dtype)},
-        "training": "SAC on the environment reward; " + json.dumps({k: v for k, v in asdict(args).items() if k not in ("track", "wandb_entity")}),
+        "demos": {
+            "file": "demos.npz",
+            "episodes": len(demo_returns),
+            "transitions": len(demos["rewards"]),
+            "return_mean": float(demo_returns.mean()),
+            "policy": "deterministic",
+            "observation_dtype": str(demos["observations"].dtype),
+        },
+        "training": "SAC on the environment reward; "
+        + json.dumps({k: v for k, v in asdict(args).items() if k not in ("track", "wandb_entity")}),
     }
     (expert_dir / "expert.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(f"expert saved to {expert_dir}: return {expert_returns.mean():.1f} +/- {expert_returns.std():.1f} "
-          f"(random {random_returns.mean():.1f}), {len(demo_returns)} demo episodes")
+    print(
+        f"expert saved to {expert_dir}: return {expert_returns.mean():.1f} +/- {expert_returns.std():.1f} "
+        f"(random {random_returns.mean():.1f}), {len(demo_returns)} demo episodes"
+    )
 
 
 def write_eval_row(run_dir, row):
@@ -565,8 +632,12 @@ def write_eval_row(run_dir, row):
 def hardware_info(device, bf16=False):
     """The device, its name, the thread count and the precision of a run, for summary.json."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
-            "precision": "bf16-autocast" if bf16 else "fp32"}
+    return {
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16-autocast" if bf16 else "fp32",
+    }
 
 
 def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
@@ -591,8 +662,18 @@ def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "batch_size", "buffer_size", "policy_frequency",
-                 "target_network_frequency", "hidden_size", "expert_eval_episodes", "num_demo_episodes"):
+    for name in (
+        "total_timesteps",
+        "eval_frequency",
+        "eval_episodes",
+        "batch_size",
+        "buffer_size",
+        "policy_frequency",
+        "target_network_frequency",
+        "hidden_size",
+        "expert_eval_episodes",
+        "num_demo_episodes",
+    ):
         if getattr(args, name) <= 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
@@ -600,7 +681,9 @@ if __name__ == "__main__":
     checkpoint = None
     if args.resume:
         if not (checkpoint_dir / "checkpoint.pt").exists():
-            sys.exit(f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume.")
+            sys.exit(
+                f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume."
+            )
         checkpoint = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=False)
 
     # seeding
@@ -623,8 +706,15 @@ if __name__ == "__main__":
     if args.track:
         import wandb
 
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name,
-                   save_code=True, id=run_name, resume="allow")
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            config=vars(args),
+            name=run_name,
+            save_code=True,
+            id=run_name,
+            resume="allow",
+        )
 
     actor = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)
     qf = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
@@ -637,8 +727,14 @@ if __name__ == "__main__":
     alpha_optimizer = make_optimizer([log_alpha], args.q_lr, device)
     rb = ReplayBuffer(obs_dim, action_dim, args.buffer_size, device)
     # the state a checkpoint holds, listed once (no replay buffer: --resume refills it)
-    saved_modules = {"actor": actor, "qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer,
-                     "actor_optimizer": actor_optimizer, "alpha_optimizer": alpha_optimizer}
+    saved_modules = {
+        "actor": actor,
+        "qf": qf,
+        "qf_target": qf_target,
+        "q_optimizer": q_optimizer,
+        "actor_optimizer": actor_optimizer,
+        "alpha_optimizer": alpha_optimizer,
+    }
 
     start_step, wall_offset, refill_env_steps, eval_rows, commands, best_actor = 0, 0.0, 0, [], [], {}
     if checkpoint:
@@ -646,16 +742,21 @@ if __name__ == "__main__":
             for key, module in saved_modules.items():
                 module.load_state_dict(checkpoint[key])
         except (KeyError, RuntimeError, ValueError) as error:
-            sys.exit(f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments ({' '.join(str(error).split())[:240]}); "
-                     f"resume with the arguments of the run that wrote it, or start without --resume.")
+            sys.exit(
+                f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments "
+                f"({' '.join(str(error).split())[:240]}); "
+                f"resume with the arguments of the run that wrote it, or start without --resume."
+            )
         with torch.no_grad():
             log_alpha.copy_(checkpoint["log_alpha"])
         start_step, wall_offset, refill_env_steps, eval_rows, commands, best_actor = (
-            checkpoint[k] for k in ("global_step", "wall_time", "refill_env_steps", "eval_rows", "commands", "best_actor"))
+            checkpoint[k] for k in ("global_step", "wall_time", "refill_env_steps", "eval_rows", "commands", "best_actor")
+        )
         random.setstate(checkpoint["python_rng"])
         np.random.set_state(checkpoint["numpy_rng"])
         torch.set_rng_state(checkpoint["torch_rng"])
-        # a killed run may have evaluated past its checkpoint: those steps run again, so eval.csv restarts from the checkpoint's rows
+        # a killed run may have evaluated past its checkpoint: those steps run again, so eval.csv restarts from the
+        # checkpoint's rows
         (run_dir / "eval.csv").unlink(missing_ok=True)
         for row in eval_rows:
             write_eval_row(run_dir, row)
@@ -675,24 +776,41 @@ if __name__ == "__main__":
     def run_evaluation(global_step):
         returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
         wall_time = wall_offset + time.time() - start_time
-        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
-               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
-               "sps": (global_step - start_step) / max(time.time() - start_time, 1e-9)}
+        row = {
+            "global_step": global_step,
+            "eval_return_mean": float(returns.mean()),
+            "eval_return_std": float(returns.std()),
+            "normalized_score": normalized_score(float(returns.mean()), expert_info),
+            "wall_time": wall_time,
+            "sps": (global_step - start_step) / max(time.time() - start_time, 1e-9),
+        }
         if not eval_rows or row["eval_return_mean"] > max(r["eval_return_mean"] for r in eval_rows):
             best_actor.update(step=global_step, state={k: v.clone() for k, v in actor.state_dict().items()})
         eval_rows.append(row)
         write_eval_row(run_dir, row)
         if args.track:
-            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+            wandb.log(
+                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
+            )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     def save_checkpoint(global_step):
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         state = {key: module.state_dict() for key, module in saved_modules.items()}
-        state.update(log_alpha=log_alpha.detach().cpu(), global_step=global_step, run_name=run_name, eval_rows=eval_rows,
-                     refill_env_steps=refill_env_steps, commands=commands, best_actor=best_actor,
-                     wall_time=wall_offset + time.time() - start_time, python_rng=random.getstate(),
-                     numpy_rng=np.random.get_state(), torch_rng=torch.get_rng_state(), args=asdict(args))
+        state.update(
+            log_alpha=log_alpha.detach().cpu(),
+            global_step=global_step,
+            run_name=run_name,
+            eval_rows=eval_rows,
+            refill_env_steps=refill_env_steps,
+            commands=commands,
+            best_actor=best_actor,
+            wall_time=wall_offset + time.time() - start_time,
+            python_rng=random.getstate(),
+            numpy_rng=np.random.get_state(),
+            torch_rng=torch.get_rng_state(),
+            args=asdict(args),
+        )
         torch.save(state, checkpoint_dir / "checkpoint.pt.tmp")
         os.replace(checkpoint_dir / "checkpoint.pt.tmp", checkpoint_dir / "checkpoint.pt")  # atomic: a kill never corrupts it
 
@@ -705,14 +823,23 @@ if __name__ == "__main__":
     obs, _ = env.reset(seed=args.seed + start_step)
     if checkpoint:
         # the buffer was left out of the checkpoint: refill it with the current policy before updates continue
-        for _ in tqdm(range(min(args.refill_steps, args.buffer_size)), desc="refilling the replay buffer", file=sys.stderr, mininterval=2.0):
+        for _ in tqdm(
+            range(min(args.refill_steps, args.buffer_size)),
+            desc="refilling the replay buffer",
+            file=sys.stderr,
+            mininterval=2.0,
+        ):
             action = act_exploring(obs, start_step)
             next_obs, reward, terminated, truncated, info = env.step(action)
             rb.add(obs, action, reward, next_obs, terminated)
             obs = next_obs if not (terminated or truncated) else env.reset()[0]
             refill_env_steps += 1
     hardware = hardware_info(device, bf16)
-    print(f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), {hardware['precision']}", file=sys.stderr)
+    print(
+        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
+        f"{hardware['precision']}",
+        file=sys.stderr,
+    )
     progress = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
     if start_step == 0:
         run_evaluation(0)
@@ -725,29 +852,55 @@ if __name__ == "__main__":
         obs = next_obs
         if terminated or truncated:
             if args.track:
-                wandb.log({"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]}, step=global_step)
+                wandb.log(
+                    {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
+                    step=global_step,
+                )
             obs, _ = env.reset()
 
         if global_step > args.learning_starts:
-            stats = sac_update(rb.sample(args.batch_size), actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer,
-                               alpha_optimizer, args, target_entropy, global_step, bf16)
+            stats = sac_update(
+                rb.sample(args.batch_size),
+                actor,
+                qf,
+                qf_target,
+                log_alpha,
+                q_optimizer,
+                actor_optimizer,
+                alpha_optimizer,
+                args,
+                target_entropy,
+                global_step,
+                bf16,
+            )
             if global_step % 1000 == 0:
                 sps = (global_step - start_step) / (time.time() - start_time)
                 if not all(torch.isfinite(value) for value in stats.values()):
-                    sys.exit(f"error: non-finite SAC loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); lower --q-lr or --policy-lr.")
+                    sys.exit(
+                        f"error: non-finite SAC loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
+                        f"lower --q-lr or --policy-lr."
+                    )
                 if args.track:
                     wandb.log({**{k: float(v) for k, v in stats.items()}, "charts/SPS": sps}, step=global_step)
         progress.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             run_evaluation(global_step)
-        if (args.checkpoint_frequency and global_step % args.checkpoint_frequency == 0) or global_step == args.total_timesteps or stop_signals \
-                or (args.checkpoint_minutes and time.time() - last_checkpoint_time > 60 * args.checkpoint_minutes):
+        if (
+            (args.checkpoint_frequency and global_step % args.checkpoint_frequency == 0)
+            or global_step == args.total_timesteps
+            or stop_signals
+            or (args.checkpoint_minutes and time.time() - last_checkpoint_time > 60 * args.checkpoint_minutes)
+        ):
             save_checkpoint(global_step)
             last_checkpoint_time = time.time()
         if stop_signals:
             progress.close()
-            print(f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}: evaluations so far in {run_dir / 'eval.csv'}, "
-                  f"checkpoint in {checkpoint_dir}; continue with the same command plus --resume.", file=sys.stderr)
+            print(
+                f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}: evaluations so far in "
+                f"{run_dir / 'eval.csv'}, "
+                f"checkpoint in {checkpoint_dir}; continue with the same command plus --resume.",
+                file=sys.stderr,
+            )
             sys.exit(128 + stop_signals[0])
     progress.close()
 
@@ -759,9 +912,22 @@ if __name__ == "__main__":
         if args.expert_snapshot == "best":
             actor.load_state_dict(best_actor["state"])
         snapshot_step = best_actor["step"] if args.expert_snapshot == "best" else args.total_timesteps
-        save_expert(expert_dir, args, actor, args.env_id, device, {"global_step": args.total_timesteps, "snapshot_step": snapshot_step,
-                    "wall_time": wall_time, "commands": commands, "refill_env_steps": refill_env_steps,
-                    "best_eval_return": max(row["eval_return_mean"] for row in eval_rows)}, args.overwrite)
+        save_expert(
+            expert_dir,
+            args,
+            actor,
+            args.env_id,
+            device,
+            {
+                "global_step": args.total_timesteps,
+                "snapshot_step": snapshot_step,
+                "wall_time": wall_time,
+                "commands": commands,
+                "refill_env_steps": refill_env_steps,
+                "best_eval_return": max(row["eval_return_mean"] for row in eval_rows),
+            },
+            args.overwrite,
+        )
     env.close()
     eval_env.close()
     if args.track:

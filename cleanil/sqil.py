@@ -21,6 +21,7 @@ counters, RNG states, eval rows: a few MB); the agent's replay buffer is not sav
 with `--refill-steps` steps of the current policy. `--bf16` (on where the hardware has it) runs the SAC networks'
 hidden matmuls in bfloat16.
 """
+
 import json
 import os
 import platform
@@ -83,7 +84,8 @@ class Args:
     demo_fraction: float = 0.5
     """share of each minibatch drawn from the demonstrations (the paper's balanced batches: half)"""
     soft_q_temperature: float = 1.0
-    """discrete actions: the fixed temperature alpha of soft Q-learning, V(s) = alpha log sum exp(Q / alpha) (1 in the paper)"""
+    """discrete actions: the fixed temperature alpha of soft Q-learning, V(s) = alpha log sum exp(Q / alpha) (1 in the
+    paper)"""
     learning_rate: float = 1e-3
     """discrete actions: the learning rate of the Q-network"""
 
@@ -141,7 +143,9 @@ def balanced_batch(demo_batch, agent_batch):
     """Alg. 1's minibatch: the demonstrations with reward 1, the agent's samples with reward 0, demonstrations first.
     Each batch is (obs, actions, next_obs, terminations); returns SAC's (obs, actions, rewards, next_obs, terminations)."""
     joined = [torch.cat([demo, agent]) for demo, agent in zip(demo_batch, agent_batch)]
-    rewards = torch.cat([torch.ones(len(demo_batch[0]), device=joined[0].device), torch.zeros(len(agent_batch[0]), device=joined[0].device)])
+    rewards = torch.cat(
+        [torch.ones(len(demo_batch[0]), device=joined[0].device), torch.zeros(len(agent_batch[0]), device=joined[0].device)]
+    )
     return joined[0], joined[1], rewards, joined[2], joined[3]
 
 
@@ -173,8 +177,13 @@ class QNetwork(nn.Module):
 
     def __init__(self, obs_dim, num_actions, hidden_size):
         super().__init__()
-        self.network = nn.Sequential(nn.Linear(obs_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size), nn.ReLU(),
-                                     nn.Linear(hidden_size, num_actions))
+        self.network = nn.Sequential(
+            nn.Linear(obs_dim, hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, num_actions),
+        )
 
     def forward(self, obs):
         return self.network(obs)
@@ -192,11 +201,16 @@ def soft_q_update(batch, num_demo, q_network, target_network, optimizer, args):
     optimizer.step()
     with torch.no_grad():
         torch._foreach_lerp_(list(target_network.parameters()), list(q_network.parameters()), args.tau)
-    return {"losses/qf_loss": loss.detach(), "losses/qf1_values": q_values.detach().mean(),
-            "losses/q_demo": q_values[:num_demo].detach().mean(), "losses/q_agent": q_values[num_demo:].detach().mean()}
+    return {
+        "losses/qf_loss": loss.detach(),
+        "losses/qf1_values": q_values.detach().mean(),
+        "losses/q_demo": q_values[:num_demo].detach().mean(),
+        "losses/q_agent": q_values[num_demo:].detach().mean(),
+    }
 
 
 # ------------------------------------------------------------------------------------ the SAC block (of sac.py)
+
 
 class SoftQEnsemble(nn.Module):
     """num_q independent critics Q_k(s, a), evaluated together: each layer is one batched matmul over the critics."""
@@ -308,8 +322,21 @@ def alpha_loss(log_alpha, log_pi, target_entropy):
     return (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
 
 
-def sac_update(batch, num_demo, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer, alpha_optimizer, args,
-               target_entropy, global_step, bf16=False):
+def sac_update(
+    batch,
+    num_demo,
+    actor,
+    qf,
+    qf_target,
+    log_alpha,
+    q_optimizer,
+    actor_optimizer,
+    alpha_optimizer,
+    args,
+    target_entropy,
+    global_step,
+    bf16=False,
+):
     """One SAC step on a balanced batch: critics every call, actor and alpha policy_frequency times every
     policy_frequency calls, on the states of both halves. bf16 autocasts the hidden layers' matmuls."""
     device_type = batch[0].device.type
@@ -319,8 +346,12 @@ def sac_update(batch, num_demo, actor, qf, qf_target, log_alpha, q_optimizer, ac
     q_optimizer.zero_grad(set_to_none=True)
     qf_loss.backward()
     q_optimizer.step()
-    stats = {"losses/qf_loss": qf_loss.detach(), "losses/qf1_values": q_values[0].detach().mean(),
-             "losses/q_demo": q_values[0, :num_demo].detach().mean(), "losses/q_agent": q_values[0, num_demo:].detach().mean()}
+    stats = {
+        "losses/qf_loss": qf_loss.detach(),
+        "losses/qf1_values": q_values[0].detach().mean(),
+        "losses/q_demo": q_values[0, :num_demo].detach().mean(),
+        "losses/q_agent": q_values[0, num_demo:].detach().mean(),
+    }
 
     if global_step % args.policy_frequency == 0:
         qf.requires_grad_(False)  # the actor's gradient flows through Q's input only (as Spinning Up freezes Q here)
@@ -337,7 +368,9 @@ def sac_update(batch, num_demo, actor, qf, qf_target, log_alpha, q_optimizer, ac
                 alpha_optimizer.step()
                 alpha = log_alpha.exp().detach()
         qf.requires_grad_(True)
-        stats.update({"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha, "charts/entropy": -log_pi.detach().mean()})
+        stats.update(
+            {"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha, "charts/entropy": -log_pi.detach().mean()}
+        )
 
     if global_step % args.target_network_frequency == 0:
         with torch.no_grad():
@@ -389,8 +422,10 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
             env.reset(seed=seed)
             env.render()
         except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                     f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video.")
+            sys.exit(
+                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
+            )
         # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
         env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
@@ -422,22 +457,32 @@ def load_expert_info(expert_dir, env, required):
     except (ValueError, KeyError, TypeError) as error:
         sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
     if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-                 f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
+        )
     if "expert_return_mean" not in returns:
         returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-              f"{num_episodes} episodes, stands in for it.", file=sys.stderr)
+        print(
+            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
+            f"{num_episodes} episodes, stands in for it.",
+            file=sys.stderr,
+        )
     if "random_return_mean" not in returns:
         returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-              f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-              f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).", file=sys.stderr)
+        print(
+            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
+            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
+            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
+            file=sys.stderr,
+        )
     expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
     if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-                 f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-                 f"`{command} --overwrite`.")
+        sys.exit(
+            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
+            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
+            f"`{command} --overwrite`."
+        )
     return {"env_id": env.spec.id, **info, **returns}
 
 
@@ -445,8 +490,10 @@ def demos_mean_return(expert_dir, command):
     """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
     path = Path(expert_dir) / "demos.npz"
     if not path.exists():
-        sys.exit(f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-                 f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`.")
+        sys.exit(
+            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
+            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
+        )
     try:
         with np.load(path) as data:
             rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
@@ -492,8 +539,18 @@ def demos_command(env_id, expert_dir=None):
     return command
 
 
-SHIPPED_EXPERTS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "InvertedPendulum-v4", "Hopper-v4",
-                   "HalfCheetah-v4", "Walker2d-v4", "Ant-v4", "Humanoid-v4")
+SHIPPED_EXPERTS = (
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCar-v0",
+    "Pendulum-v1",
+    "InvertedPendulum-v4",
+    "Hopper-v4",
+    "HalfCheetah-v4",
+    "Walker2d-v4",
+    "Ant-v4",
+    "Humanoid-v4",
+)
 
 
 def missing_expert_hint(env_id, expert_dir=None):
@@ -501,16 +558,21 @@ def missing_expert_hint(env_id, expert_dir=None):
     built by cleanil/demos.py, and any other env's default folder needs a training run."""
     command = expert_command(env_id, expert_dir)
     if "demos.py" in command:
-        shipped = (f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); "
-                   if env_id in SHIPPED_EXPERTS else "")
-        return (f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-                f"expert.json with observation_shape and action_shape by hand (README, \"Your own demonstrations\").")
+        shipped = (
+            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
+        )
+        return (
+            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
+            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
+        )
     if env_id in SHIPPED_EXPERTS:
         return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
     if "dqn.py" in command:
         return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-            f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert).")
+    return (
+        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
+    )
 
 
 def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
@@ -521,34 +583,57 @@ def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, key
     if not path.exists():
         sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
     if num_trajectories < 1 or subsample_frequency < 1:
-        sys.exit(f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must be >= 1.")
+        sys.exit(
+            f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must "
+            f"be >= 1."
+        )
     try:
         with np.load(path) as data:
             missing = [key for key in ("episode_starts", "rewards", *keys) if key not in data.files]
             if missing:
-                sys.exit(f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
-                         f"this script reads; regenerate it with `{command} --overwrite`.")
+                sys.exit(
+                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
+                    f"this script reads; regenerate it with `{command} --overwrite`."
+                )
             starts, length = data["episode_starts"], len(data["rewards"])
             arrays = {key: data[key] for key in keys}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if (starts.ndim != 1 or not np.issubdtype(starts.dtype, np.integer) or len(starts) == 0 or starts[0] != 0
-            or (np.diff(starts) <= 0).any() or starts[-1] >= length):
-        sys.exit(f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
-                 f"regenerate it with `{command} --overwrite`.")
+    if (
+        starts.ndim != 1
+        or not np.issubdtype(starts.dtype, np.integer)
+        or len(starts) == 0
+        or starts[0] != 0
+        or (np.diff(starts) <= 0).any()
+        or starts[-1] >= length
+    ):
+        sys.exit(
+            f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
+            f"regenerate it with `{command} --overwrite`."
+        )
     if num_trajectories > len(starts):
-        sys.exit(f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
-                 f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
-                 f"--num-demo-episodes {num_trajectories} --overwrite`.")
+        sys.exit(
+            f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
+            f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
+            f"--num-demo-episodes {num_trajectories} --overwrite`."
+        )
     action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
-    expected = {"observations": env.observation_space.shape, "next_observations": env.observation_space.shape, "actions": action_shape}
+    expected = {
+        "observations": env.observation_space.shape,
+        "next_observations": env.observation_space.shape,
+        "actions": action_shape,
+    }
     for key, shape in expected.items():
         if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
-            sys.exit(f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
-                     f"regenerate it with `{command} --overwrite`.")
+            sys.exit(
+                f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
+                f"regenerate it with `{command} --overwrite`."
+            )
     rng = np.random.default_rng(seed)
     episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
-    index = np.concatenate([episode[rng.integers(min(subsample_frequency, len(episode))):: subsample_frequency] for episode in episodes])
+    index = np.concatenate(
+        [episode[rng.integers(min(subsample_frequency, len(episode))) :: subsample_frequency] for episode in episodes]
+    )
     demos = {key: value[index] for key, value in arrays.items()}
     return {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
 
@@ -580,8 +665,12 @@ def write_eval_row(run_dir, row):
 def hardware_info(device, bf16=False):
     """The device, its name, the thread count and the precision of a run, for summary.json."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
-            "precision": "bf16-autocast" if bf16 else "fp32"}
+    return {
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16-autocast" if bf16 else "fp32",
+    }
 
 
 def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
@@ -606,8 +695,20 @@ def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "batch_size", "buffer_size", "policy_frequency",
-                 "target_network_frequency", "hidden_size", "soft_q_temperature", "learning_rate", "q_lr", "policy_lr"):
+    for name in (
+        "total_timesteps",
+        "eval_frequency",
+        "eval_episodes",
+        "batch_size",
+        "buffer_size",
+        "policy_frequency",
+        "target_network_frequency",
+        "hidden_size",
+        "soft_q_temperature",
+        "learning_rate",
+        "q_lr",
+        "policy_lr",
+    ):
         if not getattr(args, name) > 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     for name in ("lambda_samp", "learning_starts", "checkpoint_frequency", "checkpoint_minutes", "refill_steps"):
@@ -615,14 +716,19 @@ if __name__ == "__main__":
             sys.exit(f"error: --{name.replace('_', '-')} must be non-negative, got {getattr(args, name)}.")
     num_demo = round(args.batch_size * args.demo_fraction)  # rows of each minibatch from the demonstrations
     if not 0 < num_demo < args.batch_size:
-        sys.exit(f"error: --demo-fraction {args.demo_fraction} of --batch-size {args.batch_size} leaves no room for both demonstrations "
-                 f"and agent samples; pass a fraction strictly between 0 and 1 (0.5: the paper's balanced batches).")
+        sys.exit(
+            f"error: --demo-fraction {args.demo_fraction} of --batch-size {args.batch_size} leaves no room for both "
+            f"demonstrations "
+            f"and agent samples; pass a fraction strictly between 0 and 1 (0.5: the paper's balanced batches)."
+        )
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
     checkpoint_dir = Path(args.checkpoint_dir or f"checkpoints/{args.env_id}__{args.exp_name}__{args.seed}")
     checkpoint = None
     if args.resume:
         if not (checkpoint_dir / "checkpoint.pt").exists():
-            sys.exit(f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume.")
+            sys.exit(
+                f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume."
+            )
         checkpoint = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=False)
 
     # seeding
@@ -640,8 +746,14 @@ if __name__ == "__main__":
     bf16 = args.bf16 and not discrete and bf16_is_fast(device)
     eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     expert_info = load_expert_info(expert_dir, env, required=True)
-    demos = load_demos(expert_dir, env, args.num_expert_trajectories, args.subsample_frequency, args.seed,
-                       ("observations", "actions", "next_observations", "terminations"))
+    demos = load_demos(
+        expert_dir,
+        env,
+        args.num_expert_trajectories,
+        args.subsample_frequency,
+        args.seed,
+        ("observations", "actions", "next_observations", "terminations"),
+    )
     obs_dim = int(np.prod(env.observation_space.shape))
     action_dim = 1 if discrete else int(np.prod(env.action_space.shape))  # a discrete action is stored as its index
     run_dir = Path("runs") / run_name
@@ -649,12 +761,21 @@ if __name__ == "__main__":
     if args.track:
         import wandb
 
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name,
-                   save_code=True, id=run_name, resume="allow")
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            config=vars(args),
+            name=run_name,
+            save_code=True,
+            id=run_name,
+            resume="allow",
+        )
 
     # D_demo: the demonstrations, on the training device once (obs, actions, next_obs, terminations); reward 1 is implied
-    demo_buffer = [torch.as_tensor(demos[key], dtype=torch.float32, device=device).reshape(len(demos[key]), -1)
-                   for key in ("observations", "actions", "next_observations")]
+    demo_buffer = [
+        torch.as_tensor(demos[key], dtype=torch.float32, device=device).reshape(len(demos[key]), -1)
+        for key in ("observations", "actions", "next_observations")
+    ]
     demo_buffer.append(torch.as_tensor(demos["terminations"], dtype=torch.float32, device=device))
     rb = ReplayBuffer(obs_dim, action_dim, args.buffer_size, device)  # D_samp: the agent's transitions, reward 0
     if discrete:
@@ -674,8 +795,14 @@ if __name__ == "__main__":
         target_entropy = -float(action_dim)
         log_alpha = torch.tensor(np.log(args.alpha), dtype=torch.float32, device=device, requires_grad=True)
         alpha_optimizer = make_optimizer([log_alpha], args.q_lr, device)
-        saved_modules = {"actor": actor, "qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer,
-                         "actor_optimizer": actor_optimizer, "alpha_optimizer": alpha_optimizer}
+        saved_modules = {
+            "actor": actor,
+            "qf": qf,
+            "qf_target": qf_target,
+            "q_optimizer": q_optimizer,
+            "actor_optimizer": actor_optimizer,
+            "alpha_optimizer": alpha_optimizer,
+        }
 
     start_step, wall_offset, refill_env_steps, eval_rows, commands = 0, 0.0, 0, [], []
     if checkpoint:
@@ -683,17 +810,22 @@ if __name__ == "__main__":
             for key, module in saved_modules.items():
                 module.load_state_dict(checkpoint[key])
         except (KeyError, RuntimeError, ValueError) as error:
-            sys.exit(f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments ({' '.join(str(error).split())[:240]}); "
-                     f"resume with the arguments of the run that wrote it, or start without --resume.")
+            sys.exit(
+                f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments "
+                f"({' '.join(str(error).split())[:240]}); "
+                f"resume with the arguments of the run that wrote it, or start without --resume."
+            )
         if not discrete:
             with torch.no_grad():
                 log_alpha.copy_(checkpoint["log_alpha"])
         start_step, wall_offset, refill_env_steps, eval_rows, commands = (
-            checkpoint[k] for k in ("global_step", "wall_time", "refill_env_steps", "eval_rows", "commands"))
+            checkpoint[k] for k in ("global_step", "wall_time", "refill_env_steps", "eval_rows", "commands")
+        )
         random.setstate(checkpoint["python_rng"])
         np.random.set_state(checkpoint["numpy_rng"])
         torch.set_rng_state(checkpoint["torch_rng"])
-        # a killed run may have evaluated past its checkpoint: those steps run again, so eval.csv restarts from the checkpoint's rows
+        # a killed run may have evaluated past its checkpoint: those steps run again, so eval.csv restarts from the
+        # checkpoint's rows
         (run_dir / "eval.csv").unlink(missing_ok=True)
         for row in eval_rows:
             write_eval_row(run_dir, row)
@@ -717,13 +849,20 @@ if __name__ == "__main__":
     def run_evaluation(global_step):
         returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
         wall_time = wall_offset + time.time() - start_time
-        row = {"global_step": global_step, "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
-               "normalized_score": normalized_score(float(returns.mean()), expert_info), "wall_time": wall_time,
-               "sps": (global_step - start_step) / max(time.time() - start_time, 1e-9)}
+        row = {
+            "global_step": global_step,
+            "eval_return_mean": float(returns.mean()),
+            "eval_return_std": float(returns.std()),
+            "normalized_score": normalized_score(float(returns.mean()), expert_info),
+            "wall_time": wall_time,
+            "sps": (global_step - start_step) / max(time.time() - start_time, 1e-9),
+        }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
         if args.track:
-            wandb.log({"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step)
+            wandb.log(
+                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
+            )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     def save_checkpoint(global_step):
@@ -731,9 +870,18 @@ if __name__ == "__main__":
         state = {key: module.state_dict() for key, module in saved_modules.items()}
         if not discrete:
             state["log_alpha"] = log_alpha.detach().cpu()
-        state.update(global_step=global_step, run_name=run_name, eval_rows=eval_rows, refill_env_steps=refill_env_steps,
-                     commands=commands, wall_time=wall_offset + time.time() - start_time, python_rng=random.getstate(),
-                     numpy_rng=np.random.get_state(), torch_rng=torch.get_rng_state(), args=asdict(args))
+        state.update(
+            global_step=global_step,
+            run_name=run_name,
+            eval_rows=eval_rows,
+            refill_env_steps=refill_env_steps,
+            commands=commands,
+            wall_time=wall_offset + time.time() - start_time,
+            python_rng=random.getstate(),
+            numpy_rng=np.random.get_state(),
+            torch_rng=torch.get_rng_state(),
+            args=asdict(args),
+        )
         torch.save(state, checkpoint_dir / "checkpoint.pt.tmp")
         os.replace(checkpoint_dir / "checkpoint.pt.tmp", checkpoint_dir / "checkpoint.pt")  # atomic: a kill never corrupts it
 
@@ -746,14 +894,23 @@ if __name__ == "__main__":
     obs, _ = env.reset(seed=args.seed + start_step)
     if checkpoint:
         # the buffer was left out of the checkpoint: refill it with the current policy before updates continue
-        for _ in tqdm(range(min(args.refill_steps, args.buffer_size)), desc="refilling the replay buffer", file=sys.stderr, mininterval=2.0):
+        for _ in tqdm(
+            range(min(args.refill_steps, args.buffer_size)),
+            desc="refilling the replay buffer",
+            file=sys.stderr,
+            mininterval=2.0,
+        ):
             action = act_exploring(obs, start_step)
             next_obs, _, terminated, truncated, info = env.step(action)
             rb.add(obs, action, 0.0, next_obs, terminated)
             obs = next_obs if not (terminated or truncated) else env.reset()[0]
             refill_env_steps += 1
     hardware = hardware_info(device, bf16)
-    print(f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), {hardware['precision']}", file=sys.stderr)
+    print(
+        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
+        f"{hardware['precision']}",
+        file=sys.stderr,
+    )
     progress = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
     if start_step == 0:
         run_evaluation(0)
@@ -766,36 +923,64 @@ if __name__ == "__main__":
         obs = next_obs
         if terminated or truncated:
             if args.track:
-                wandb.log({"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]}, step=global_step)
+                wandb.log(
+                    {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
+                    step=global_step,
+                )
             obs, _ = env.reset()
 
         if global_step > args.learning_starts:
             demo_index = torch.randint(0, len(demo_buffer[0]), (num_demo,), device=device)
             agent_obs, agent_actions, _, agent_next_obs, agent_terminations = rb.sample(args.batch_size - num_demo)
-            batch = balanced_batch([tensor[demo_index] for tensor in demo_buffer], (agent_obs, agent_actions, agent_next_obs, agent_terminations))
+            batch = balanced_batch(
+                [tensor[demo_index] for tensor in demo_buffer], (agent_obs, agent_actions, agent_next_obs, agent_terminations)
+            )
             if discrete:
                 stats = soft_q_update(batch, num_demo, q_network, target_network, q_optimizer, args)
             else:
-                stats = sac_update(batch, num_demo, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer, alpha_optimizer,
-                                   args, target_entropy, global_step, bf16)
+                stats = sac_update(
+                    batch,
+                    num_demo,
+                    actor,
+                    qf,
+                    qf_target,
+                    log_alpha,
+                    q_optimizer,
+                    actor_optimizer,
+                    alpha_optimizer,
+                    args,
+                    target_entropy,
+                    global_step,
+                    bf16,
+                )
             if global_step % 1000 == 0:
                 sps = (global_step - start_step) / (time.time() - start_time)
                 if not all(torch.isfinite(value) for value in stats.values()):
-                    sys.exit(f"error: non-finite SQIL loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
-                             f"lower --q-lr or --learning-rate.")
+                    sys.exit(
+                        f"error: non-finite SQIL loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
+                        f"lower --q-lr or --learning-rate."
+                    )
                 if args.track:
                     wandb.log({**{k: float(v) for k, v in stats.items()}, "charts/SPS": sps}, step=global_step)
         progress.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             run_evaluation(global_step)
-        if (args.checkpoint_frequency and global_step % args.checkpoint_frequency == 0) or global_step == args.total_timesteps or stop_signals \
-                or (args.checkpoint_minutes and time.time() - last_checkpoint_time > 60 * args.checkpoint_minutes):
+        if (
+            (args.checkpoint_frequency and global_step % args.checkpoint_frequency == 0)
+            or global_step == args.total_timesteps
+            or stop_signals
+            or (args.checkpoint_minutes and time.time() - last_checkpoint_time > 60 * args.checkpoint_minutes)
+        ):
             save_checkpoint(global_step)
             last_checkpoint_time = time.time()
         if stop_signals:
             progress.close()
-            print(f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}: evaluations so far in {run_dir / 'eval.csv'}, "
-                  f"checkpoint in {checkpoint_dir}; continue with the same command plus --resume.", file=sys.stderr)
+            print(
+                f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}: evaluations so far in "
+                f"{run_dir / 'eval.csv'}, "
+                f"checkpoint in {checkpoint_dir}; continue with the same command plus --resume.",
+                file=sys.stderr,
+            )
             sys.exit(128 + stop_signals[0])
     progress.close()
 

@@ -1,4 +1,5 @@
 """Shared test helpers: run a cleanil script as a user would (a subprocess in a scratch folder) and read its outputs."""
+
 import csv
 import json
 import os
@@ -32,6 +33,7 @@ def run_script_recording_wandb(script, *args, cwd, monkeypatch):
     import runpy
 
     import wandb
+
     logged = []
     monkeypatch.setattr(wandb, "init", lambda *a, **k: None)
     monkeypatch.setattr(wandb, "log", lambda data, step=None, **k: logged.append({**data, "_step": step}))
@@ -66,8 +68,11 @@ def assert_clean_error(result, *fragments):
 
 
 def pytest_addoption(parser):
-    parser.addoption("--benchmark", action="store_true",
-                     help="also run the speed measurements marked `benchmark` (one at a time: pytest --benchmark -m benchmark -n 0)")
+    parser.addoption(
+        "--benchmark",
+        action="store_true",
+        help="also run the speed measurements marked `benchmark` (one at a time: pytest --benchmark -m benchmark -n 0)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -86,12 +91,37 @@ def workdir(tmp_path):
 
 
 # Minimum expert returns (issues 2 and 3): the mean of >= 50 deterministic episodes recorded in expert.json.
-EXPERT_BARS = {"CartPole-v1": 495, "Acrobot-v1": -85, "MountainCar-v0": -110, "Pendulum-v1": -200,
-               "InvertedPendulum-v4": 950, "Hopper-v4": 3000, "HalfCheetah-v4": 7000, "Walker2d-v4": 4000,
-               "Ant-v4": 4000, "Humanoid-v4": 5000}
-EXPERT_JSON_KEYS = {"env_id", "algorithm", "training_steps", "seed", "command", "versions", "expert_return_mean",
-                    "expert_return_std", "expert_episodes", "random_return_mean", "random_return_std", "random_episodes",
-                    "observation_shape", "action_shape", "action_space", "policy", "demos"}
+EXPERT_BARS = {
+    "CartPole-v1": 495,
+    "Acrobot-v1": -85,
+    "MountainCar-v0": -110,
+    "Pendulum-v1": -200,
+    "InvertedPendulum-v4": 950,
+    "Hopper-v4": 3000,
+    "HalfCheetah-v4": 7000,
+    "Walker2d-v4": 4000,
+    "Ant-v4": 4000,
+    "Humanoid-v4": 5000,
+}
+EXPERT_JSON_KEYS = {
+    "env_id",
+    "algorithm",
+    "training_steps",
+    "seed",
+    "command",
+    "versions",
+    "expert_return_mean",
+    "expert_return_std",
+    "expert_episodes",
+    "random_return_mean",
+    "random_return_std",
+    "random_episodes",
+    "observation_shape",
+    "action_shape",
+    "action_space",
+    "policy",
+    "demos",
+}
 DEMO_KEYS = {"observations", "actions", "rewards", "next_observations", "terminations", "truncations", "episode_starts"}
 
 

@@ -2,6 +2,7 @@
 logistic loss, the reward log D - log(1 - D)), their wiring (log pi from the current policy, detached), the
 disentanglement of Thm C.1 on a tabular MDP, the TRPO block shared with gail.py, every flag path end to end, bad
 input, and imitating Pendulum-v1 from the shipped demos."""
+
 import ast
 import math
 import shutil
@@ -104,8 +105,12 @@ def test_state_only_airl_recovers_the_reward_and_value_of_a_tabular_mdp():
     torch.testing.assert_close(log_pi_e, r[:, None] + gamma * v[next_state] - v[:, None])  # the soft advantage
     s, a = torch.arange(num_states).repeat_interleave(num_actions), torch.arange(num_actions).repeat(num_states)
     one_hot = torch.eye(num_states)
-    samples = {"observations": one_hot[s], "next_observations": one_hot[next_state[s, a]], "actions": a,
-               "terminations": torch.zeros(len(s))}
+    samples = {
+        "observations": one_hot[s],
+        "next_observations": one_hot[next_state[s, a]],
+        "actions": a,
+        "terminations": torch.zeros(len(s)),
+    }
     samples["reward_inputs"] = airl.reward_inputs(samples, gym.spaces.Discrete(num_actions), state_only=True)
     log_pi = log_pi_e[s, a].float()
 
@@ -138,30 +143,70 @@ def test_state_only_airl_recovers_the_reward_and_value_of_a_tabular_mdp():
 
 def top_level_sources(path):
     text = path.read_text()
-    return {node.name: ast.get_source_segment(text, node) for node in ast.parse(text).body
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    return {
+        node.name: ast.get_source_segment(text, node)
+        for node in ast.parse(text).body
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+    }
 
 
 def test_the_trpo_block_is_gails():
     """AIRL runs on gail.py's TRPO/GAE block unchanged, so tests/test_gail.py's tests of it (CG, Fisher products, the KL
     bound, GAE under termination, truncation and autoreset) cover this script too."""
     gail, airl_sources = top_level_sources(SCRIPTS / "gail.py"), top_level_sources(SCRIPTS / "airl.py")
-    for name in ("layer_init", "mlp", "Policy", "gae", "value_loss", "conjugate_gradient", "fisher_vector_product",
-                 "trpo_step"):
+    for name in (
+        "layer_init",
+        "mlp",
+        "Policy",
+        "gae",
+        "value_loss",
+        "conjugate_gradient",
+        "fisher_vector_product",
+        "trpo_step",
+    ):
         assert airl_sources[name] == gail[name], name
 
 
-COMMON = ["--total-timesteps", 600, "--num-envs", 2, "--num-steps", 100, "--eval-frequency", 200, "--eval-episodes", 2,
-          "--num-expert-trajectories", 2]
+COMMON = [
+    "--total-timesteps",
+    600,
+    "--num-envs",
+    2,
+    "--num-steps",
+    100,
+    "--eval-frequency",
+    200,
+    "--eval-episodes",
+    2,
+    "--num-expert-trajectories",
+    2,
+]
 SMOKE = {
     "discrete": ["--env-id", "CartPole-v1"],
     "discrete-state-only-subsample-track": ["--env-id", "CartPole-v1", "--state-only", "--subsample-frequency", 4, "--track"],
     "continuous": ["--env-id", "Pendulum-v1"],
-    "continuous-state-only-correlation-track": ["--env-id", "Pendulum-v1", "--state-only", "--log-reward-correlation",
-                                                "--track", "--no-normalize-observations"],
-    "continuous-linear-g-no-replay-entropy": ["--env-id", "Pendulum-v1", "--reward-hidden-layers", 0,
-                                              "--shaping-hidden-layers", 1, "--disc-replay-iterations", 1,
-                                              "--entropy-weight", 0.1, "--subsample-frequency", 5],
+    "continuous-state-only-correlation-track": [
+        "--env-id",
+        "Pendulum-v1",
+        "--state-only",
+        "--log-reward-correlation",
+        "--track",
+        "--no-normalize-observations",
+    ],
+    "continuous-linear-g-no-replay-entropy": [
+        "--env-id",
+        "Pendulum-v1",
+        "--reward-hidden-layers",
+        0,
+        "--shaping-hidden-layers",
+        1,
+        "--disc-replay-iterations",
+        1,
+        "--entropy-weight",
+        0.1,
+        "--subsample-frequency",
+        5,
+    ],
     "continuous-video": ["--env-id", "Pendulum-v1", "--capture-video"],
 }
 
@@ -202,8 +247,9 @@ def test_smoke(workdir, flags):
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_logs_discriminator_accuracy_reward_and_kl(workdir, monkeypatch, env_id):
-    logged = run_script_recording_wandb("airl.py", "--env-id", env_id, *COMMON, "--max-kl", 0.005, cwd=workdir,
-                                        monkeypatch=monkeypatch)
+    logged = run_script_recording_wandb(
+        "airl.py", "--env-id", env_id, *COMMON, "--max-kl", 0.005, cwd=workdir, monkeypatch=monkeypatch
+    )
     iterations = [log for log in logged if "charts/kl" in log]
     assert len(iterations) >= 3, logged
     for log in iterations:
@@ -219,8 +265,9 @@ def test_logs_discriminator_accuracy_reward_and_kl(workdir, monkeypatch, env_id)
 
 def test_bad_input_is_one_clear_sentence(workdir):
     result = run_script("airl.py", "--env-id", "Acrobot-v1", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
-    assert_clean_error(result, "no expert at",
-                       f"python cleanil/demos.py --env-id Acrobot-v1 --expert-path {workdir / 'nowhere'} --from-")
+    assert_clean_error(
+        result, "no expert at", f"python cleanil/demos.py --env-id Acrobot-v1 --expert-path {workdir / 'nowhere'} --from-"
+    )
     result = run_script("airl.py", "--num-expert-trajectories", 100_000, cwd=workdir, check=False)
     assert_clean_error(result, "--num-expert-trajectories 100000 asks for more trajectories than the")
     result = run_script("airl.py", "--disc-replay-iterations", 0, cwd=workdir, check=False)
@@ -229,11 +276,14 @@ def test_bad_input_is_one_clear_sentence(workdir):
     assert_clean_error(result, "--reward-hidden-layers and --shaping-hidden-layers must be >= 0")
 
 
-@pytest.mark.parametrize("key, value, fragment", [
-    ("terminations", 2, "holds invalid terminations"),
-    ("actions", np.nan, "holds invalid actions"),
-    ("next_observations", None, "has no next_observations"),
-])
+@pytest.mark.parametrize(
+    "key, value, fragment",
+    [
+        ("terminations", 2, "holds invalid terminations"),
+        ("actions", np.nan, "holds invalid actions"),
+        ("next_observations", None, "has no next_observations"),
+    ],
+)
 def test_demos_with_invalid_or_missing_arrays_are_refused(workdir, key, value, fragment):
     # AIRL reads actions, next observations and terminations (f needs s' and whether the episode ended there)
     expert_dir = workdir / "expert"

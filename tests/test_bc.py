@@ -1,13 +1,14 @@
 """bc.py: the likelihoods and the BC loss on toy tensors, a mixture head that fits what a Gaussian cannot, demo
 loading and subsampling, every flag path end to end, bad input, and learning from the shipped demos."""
+
 import math
 
+import bc
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-import bc
 from conftest import assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
 
 
@@ -21,8 +22,17 @@ def test_bc_loss_on_toy_batch():
     assert loss.item() == pytest.approx(-(math.log(0.2) + 2 * math.log(0.8)) / 3, rel=1e-5)
 
     # Gaussian on actions rescaled by action_scale 2 and bias 1; a raw log_std of 0 maps to the middle of [min, max]
-    policy = bc.Policy("gaussian", torch.zeros(3), torch.ones(3), 1, hidden_size=8, action_scale=[2.0], action_bias=[1.0],
-                       log_std_min=-5.0, log_std_max=2.0)
+    policy = bc.Policy(
+        "gaussian",
+        torch.zeros(3),
+        torch.ones(3),
+        1,
+        hidden_size=8,
+        action_scale=[2.0],
+        action_bias=[1.0],
+        log_std_min=-5.0,
+        log_std_max=2.0,
+    )
     with torch.no_grad():
         policy.network[-1].weight.zero_()
         policy.network[-1].bias.copy_(torch.tensor([0.5, 0.0]))
@@ -40,8 +50,9 @@ def test_mixture_log_prob_is_a_normalised_mixture_density():
     torch.testing.assert_close(bc.mixture_log_prob(logits, means, log_stds, actions), reference.log_prob(actions))
     # a 1-D mixture integrates to 1 on a grid, even with a component far narrower than the others
     grid = torch.linspace(-10, 10, 200_001, dtype=torch.float64)[:, None]
-    logits, means, log_stds = (torch.tensor(x, dtype=torch.float64) for x in ([[0.0, 1.0, -1.0]], [[[-2.0], [0.5], [3.0]]],
-                                                                               [[[0.0], [-3.0], [-0.5]]]))
+    logits, means, log_stds = (
+        torch.tensor(x, dtype=torch.float64) for x in ([[0.0, 1.0, -1.0]], [[[-2.0], [0.5], [3.0]]], [[[0.0], [-3.0], [-0.5]]])
+    )
     density = bc.mixture_log_prob(logits, means, log_stds, grid).exp()
     assert torch.trapezoid(density, grid[:, 0]).item() == pytest.approx(1.0, abs=1e-6)
 
@@ -49,11 +60,13 @@ def test_mixture_log_prob_is_a_normalised_mixture_density():
 def test_mixture_head_fits_a_bimodal_expert_that_a_gaussian_cannot():
     # the lecture's example: the expert swerves left or right around an obstacle, never straight ahead
     torch.manual_seed(0)
-    sample = lambda n: (torch.where(torch.rand(n, 1) < 0.5, -0.6, 0.6) + 0.05 * torch.randn(n, 1))
+    sample = lambda n: torch.where(torch.rand(n, 1) < 0.5, -0.6, 0.6) + 0.05 * torch.randn(n, 1)
     obs, actions, held_out = torch.zeros(2048, 1), sample(2048), sample(2048)
     held_out_ll = {}
     for head in ("gaussian", "mixture"):
-        policy = bc.Policy(head, torch.zeros(1), torch.ones(1), 1, hidden_size=32, num_components=5 if head == "mixture" else 1)
+        policy = bc.Policy(
+            head, torch.zeros(1), torch.ones(1), 1, hidden_size=32, num_components=5 if head == "mixture" else 1
+        )
         optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
         for _ in range(1500):
             index = torch.randint(0, len(obs), (256,))
@@ -76,10 +89,16 @@ def write_demos(expert_dir, episode_lengths, obs_dim=4):
     """A fake demos.npz whose observation rows hold their own transition index (to check which rows were kept)."""
     n = sum(episode_lengths)
     expert_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(expert_dir / "demos.npz", observations=np.repeat(np.arange(n, dtype=np.float32)[:, None], obs_dim, 1),
-                        actions=np.zeros(n, dtype=np.int64), rewards=np.ones(n, dtype=np.float32),
-                        next_observations=np.zeros((n, obs_dim), dtype=np.float32), terminations=np.zeros(n, dtype=bool),
-                        truncations=np.zeros(n, dtype=bool), episode_starts=np.cumsum([0, *episode_lengths[:-1]]))
+    np.savez_compressed(
+        expert_dir / "demos.npz",
+        observations=np.repeat(np.arange(n, dtype=np.float32)[:, None], obs_dim, 1),
+        actions=np.zeros(n, dtype=np.int64),
+        rewards=np.ones(n, dtype=np.float32),
+        next_observations=np.zeros((n, obs_dim), dtype=np.float32),
+        terminations=np.zeros(n, dtype=bool),
+        truncations=np.zeros(n, dtype=bool),
+        episode_starts=np.cumsum([0, *episode_lengths[:-1]]),
+    )
 
 
 def test_load_demos_takes_first_trajectories_and_subsamples_each_from_a_random_offset(tmp_path):
@@ -92,7 +111,9 @@ def test_load_demos_takes_first_trajectories_and_subsamples_each_from_a_random_o
         rows = kept[(kept >= start) & (kept < end)]
         assert rows[0] - start < 3 and (np.diff(rows) == 3).all() and end - rows[-1] <= 3, rows
     assert kept.max() < 22  # the fourth trajectory was not asked for
-    offsets = {tuple(bc.load_demos(tmp_path, env, 3, 3, seed, ("observations",))["observations"][:, 0] % 3) for seed in range(10)}
+    offsets = {
+        tuple(bc.load_demos(tmp_path, env, 3, 3, seed, ("observations",))["observations"][:, 0] % 3) for seed in range(10)
+    }
     assert len(offsets) > 1  # the offset is random, drawn per seed
     full = bc.load_demos(tmp_path, env, 4, 1, 0, ("observations", "actions"))
     assert len(full["observations"]) == len(full["actions"]) == 31
@@ -117,8 +138,22 @@ SMOKE = {
 
 @pytest.mark.parametrize("flags", SMOKE.values(), ids=SMOKE.keys())
 def test_smoke(workdir, flags):
-    run_script("bc.py", *flags, "--total-timesteps", 200, "--eval-frequency", 100, "--eval-episodes", 2,
-               "--num-expert-trajectories", 2, "--batch-size", 64, cwd=workdir, env_vars={"MUJOCO_GL": "egl"})
+    run_script(
+        "bc.py",
+        *flags,
+        "--total-timesteps",
+        200,
+        "--eval-frequency",
+        100,
+        "--eval-episodes",
+        2,
+        "--num-expert-trajectories",
+        2,
+        "--batch-size",
+        64,
+        cwd=workdir,
+        env_vars={"MUJOCO_GL": "egl"},
+    )
     (run_dir,) = run_dirs(workdir)
     rows = read_eval_csv(run_dir)
     assert [row["global_step"] for row in rows] == [0, 100, 200]
@@ -143,14 +178,25 @@ def test_more_trajectories_than_shipped_is_one_clear_sentence(workdir):
 def test_missing_expert_names_the_command_that_creates_it(workdir):
     result = run_script("bc.py", "--env-id", "Acrobot-v1", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
     # a folder of one's own is built from one's demonstrations, not by a trainer (README, "Your own demonstrations")
-    assert_clean_error(result, "no expert at",
-                       f"python cleanil/demos.py --env-id Acrobot-v1 --expert-path {workdir / 'nowhere'} --from-")
+    assert_clean_error(
+        result, "no expert at", f"python cleanil/demos.py --env-id Acrobot-v1 --expert-path {workdir / 'nowhere'} --from-"
+    )
 
 
 @pytest.mark.learning
 def test_bc_cartpole_reaches_expert_return(workdir):
-    run_script("bc.py", "--env-id", "CartPole-v1", "--num-expert-trajectories", 10, "--total-timesteps", 3000,
-               "--eval-frequency", 1000, cwd=workdir)
+    run_script(
+        "bc.py",
+        "--env-id",
+        "CartPole-v1",
+        "--num-expert-trajectories",
+        10,
+        "--total-timesteps",
+        3000,
+        "--eval-frequency",
+        1000,
+        cwd=workdir,
+    )
     rows = read_eval_csv(run_dirs(workdir)[0])
     assert rows[-1]["eval_return_mean"] >= 475, rows
 
@@ -158,7 +204,17 @@ def test_bc_cartpole_reaches_expert_return(workdir):
 @pytest.mark.learning
 def test_bc_pendulum_gaussian_recovers_most_of_the_expert(workdir):
     # Pendulum's swing-up punishes small action errors: BC needs all 25 demos and ~7k steps (0.99-1.04 over seeds 1-3)
-    run_script("bc.py", "--env-id", "Pendulum-v1", "--num-expert-trajectories", 25, "--total-timesteps", 10_000,
-               "--eval-frequency", 5_000, cwd=workdir)
+    run_script(
+        "bc.py",
+        "--env-id",
+        "Pendulum-v1",
+        "--num-expert-trajectories",
+        25,
+        "--total-timesteps",
+        10_000,
+        "--eval-frequency",
+        5_000,
+        cwd=workdir,
+    )
     rows = read_eval_csv(run_dirs(workdir)[0])
     assert rows[-1]["normalized_score"] >= 0.9, rows

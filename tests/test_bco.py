@@ -1,21 +1,36 @@
 """bco.py: the blocks it shares with bc.py are bc.py's, its inverse model recovers the actions of a toy deterministic
 system (discrete and continuous), it never reads the expert's actions (demos whose actions are NaN give the very same
 run), every flag path end to end, bad input, and learning CartPole-v1 from state-only demos."""
+
 import inspect
 import math
 import re
 import shutil
 
+import bc
+import bco
 import numpy as np
 import pytest
 import torch
 
-import bc
-import bco
 from conftest import EXPERTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
 
-SHARED = ["make_env", "load_expert_info", "expert_command", "load_demos", "normalized_score", "Policy", "categorical_log_prob",
-          "gaussian_log_prob", "mixture_log_prob", "bc_loss", "evaluate", "package_versions", "write_eval_row", "write_summary"]
+SHARED = [
+    "make_env",
+    "load_expert_info",
+    "expert_command",
+    "load_demos",
+    "normalized_score",
+    "Policy",
+    "categorical_log_prob",
+    "gaussian_log_prob",
+    "mixture_log_prob",
+    "bc_loss",
+    "evaluate",
+    "package_versions",
+    "write_eval_row",
+    "write_summary",
+]
 
 
 @pytest.mark.parametrize("name", SHARED)
@@ -41,9 +56,11 @@ def test_inverse_model_recovers_the_actions_of_a_toy_discrete_system():
     # s' = s + effect[a]: each of the 3 actions pushes the state its own way, whatever the state
     torch.manual_seed(0)
     effects = torch.tensor([[0.1, 0.0], [-0.1, 0.0], [0.0, 0.1]])
+
     def transitions(n):
         obs, actions = 2 * torch.randn(n, 2), torch.randint(0, 3, (n,))
         return obs, obs + effects[actions], actions
+
     obs, next_obs, actions = transitions(2048)
     inputs = bco.inverse_model_inputs(obs, next_obs)
     inverse_model = bco.Policy("categorical", inputs.mean(0), inputs.std(0), 3, hidden_size=32)
@@ -58,13 +75,16 @@ def test_inverse_model_recovers_the_actions_of_a_toy_discrete_system():
 def test_inverse_model_recovers_the_actions_of_a_toy_continuous_system():
     # s' = s + 0.25 a with a in [-2, 2]^2 (action_scale 2): the Gaussian inverse model's mean is the action taken
     torch.manual_seed(0)
+
     def transitions(n):
         obs, actions = torch.randn(n, 2), 4 * torch.rand(n, 2) - 2
         return obs, obs + 0.25 * actions, actions
+
     obs, next_obs, actions = transitions(4096)
     inputs = bco.inverse_model_inputs(obs, next_obs)
-    inverse_model = bco.Policy("gaussian", inputs.mean(0), inputs.std(0), 2, hidden_size=64, action_scale=[2.0, 2.0],
-                               action_bias=[0.0, 0.0])
+    inverse_model = bco.Policy(
+        "gaussian", inputs.mean(0), inputs.std(0), 2, hidden_size=64, action_scale=[2.0, 2.0], action_bias=[0.0, 0.0]
+    )
     fit_inverse_model(inverse_model, obs, next_obs, actions, steps=1500)
     obs, next_obs, actions = transitions(1000)
     with torch.no_grad():
@@ -89,8 +109,18 @@ def test_sample_action_draws_from_the_policy_within_the_bounds():
         policy.network[-1].bias.copy_(torch.log(torch.tensor([0.3, 0.7])))
         assert bco.sample_action(policy, torch.zeros(20_000, 3)).float().mean().item() == pytest.approx(0.7, abs=0.02)
     for head in ("gaussian", "mixture"):
-        policy = bco.Policy(head, torch.zeros(3), torch.ones(3), 2, hidden_size=8, num_components=3, action_scale=[2.0, 0.5],
-                            action_bias=[1.0, 0.0], log_std_min=0.0, log_std_max=1.0)
+        policy = bco.Policy(
+            head,
+            torch.zeros(3),
+            torch.ones(3),
+            2,
+            hidden_size=8,
+            num_components=3,
+            action_scale=[2.0, 0.5],
+            action_bias=[1.0, 0.0],
+            log_std_min=0.0,
+            log_std_max=1.0,
+        )
         with torch.no_grad():
             actions = bco.sample_action(policy, torch.randn(5000, 3))
         assert ((actions >= torch.tensor([-1.0, -0.5])) & (actions <= torch.tensor([3.0, 0.5]))).all()
@@ -105,17 +135,50 @@ def iteration_scores(stdout):
     return [float(value) for value in re.findall(r"held-out inverse model (?:accuracy|mae) (\S+)", stdout)]
 
 
-COMMON = ["--pre-demo-steps", 200, "--inverse-gradient-steps", 20, "--policy-gradient-steps", 20, "--eval-frequency", 100,
-          "--eval-episodes", 2, "--num-expert-trajectories", 2, "--batch-size", 64]
+COMMON = [
+    "--pre-demo-steps",
+    200,
+    "--inverse-gradient-steps",
+    20,
+    "--policy-gradient-steps",
+    20,
+    "--eval-frequency",
+    100,
+    "--eval-episodes",
+    2,
+    "--num-expert-trajectories",
+    2,
+    "--batch-size",
+    64,
+]
 SMOKE = {  # (flags, eval steps): BCO(0) stops after the 200 pre-demonstration steps; alpha 0.25 adds 50-step iterations
     "discrete-bco0-video": (["--env-id", "CartPole-v1", "--alpha", 0, "--total-timesteps", 200, "--capture-video"], [0, 200]),
-    "discrete-alpha-subsample-track": (["--env-id", "CartPole-v1", "--alpha", 0.25, "--total-timesteps", 300,
-                                        "--subsample-frequency", 5, "--track"], [0, 200, 300]),
-    "continuous-bco0-subsample": (["--env-id", "Pendulum-v1", "--alpha", 0, "--total-timesteps", 200, "--subsample-frequency", 4,
-                                   "--no-normalize-observations"], [0, 200]),
-    "continuous-alpha-track": (["--env-id", "Pendulum-v1", "--alpha", 0.25, "--total-timesteps", 300, "--track"], [0, 200, 300]),
-    "continuous-mixture-alpha": (["--env-id", "Pendulum-v1", "--policy", "mixture", "--num-components", 3, "--alpha", 0.5,
-                                  "--total-timesteps", 400], [0, 200, 300, 400]),
+    "discrete-alpha-subsample-track": (
+        ["--env-id", "CartPole-v1", "--alpha", 0.25, "--total-timesteps", 300, "--subsample-frequency", 5, "--track"],
+        [0, 200, 300],
+    ),
+    "continuous-bco0-subsample": (
+        [
+            "--env-id",
+            "Pendulum-v1",
+            "--alpha",
+            0,
+            "--total-timesteps",
+            200,
+            "--subsample-frequency",
+            4,
+            "--no-normalize-observations",
+        ],
+        [0, 200],
+    ),
+    "continuous-alpha-track": (
+        ["--env-id", "Pendulum-v1", "--alpha", 0.25, "--total-timesteps", 300, "--track"],
+        [0, 200, 300],
+    ),
+    "continuous-mixture-alpha": (
+        ["--env-id", "Pendulum-v1", "--policy", "mixture", "--num-components", 3, "--alpha", 0.5, "--total-timesteps", 400],
+        [0, 200, 300, 400],
+    ),
 }
 
 
@@ -129,7 +192,9 @@ def test_smoke(workdir, flags, steps):
     summary = read_summary(run_dir)
     assert np.isfinite([summary["final_return"], summary["final_normalized_score"], summary["mean_sps"]]).all(), summary
     assert summary["args"]["alpha"] == flags[flags.index("--alpha") + 1]
-    assert summary["args"]["subsample_frequency"] == (flags[flags.index("--subsample-frequency") + 1] if "--subsample-frequency" in flags else 1)
+    assert summary["args"]["subsample_frequency"] == (
+        flags[flags.index("--subsample-frequency") + 1] if "--subsample-frequency" in flags else 1
+    )
     # one held-out inverse model score per iteration: 1 + (total - pre) / (alpha * pre); accuracies in [0, 1], errors >= 0
     scores = iteration_scores(result.stdout)
     alpha, total = flags[flags.index("--alpha") + 1], flags[flags.index("--total-timesteps") + 1]
@@ -148,21 +213,39 @@ def test_expert_actions_are_never_read(workdir, env_id):
     shutil.copytree(EXPERTS / env_id, expert_dir)
     with np.load(expert_dir / "demos.npz") as npz:
         demos = {key: npz[key] for key in npz.files}
-    np.savez_compressed(expert_dir / "demos.npz", **{**demos, "actions": np.full(demos["actions"].shape, np.nan, dtype=np.float32)})
+    np.savez_compressed(
+        expert_dir / "demos.npz", **{**demos, "actions": np.full(demos["actions"].shape, np.nan, dtype=np.float32)}
+    )
     results = []
     for name, path in (("real", EXPERTS / env_id), ("nan", expert_dir)):
-        result = run_script("bco.py", "--env-id", env_id, "--expert-path", path, "--exp-name", name, *COMMON, "--alpha", 0.25,
-                            "--total-timesteps", 300, cwd=workdir)
+        result = run_script(
+            "bco.py",
+            "--env-id",
+            env_id,
+            "--expert-path",
+            path,
+            "--exp-name",
+            name,
+            *COMMON,
+            "--alpha",
+            0.25,
+            "--total-timesteps",
+            300,
+            cwd=workdir,
+        )
         (run_dir,) = [d for d in run_dirs(workdir) if f"__{name}__" in d.name]
-        results.append([value for row in read_eval_csv(run_dir) for value in (row["global_step"], row["eval_return_mean"])]
-                       + iteration_scores(result.stdout))
+        results.append(
+            [value for row in read_eval_csv(run_dir) for value in (row["global_step"], row["eval_return_mean"])]
+            + iteration_scores(result.stdout)
+        )
     assert results[0] == results[1] and np.isfinite(results[1]).all(), results
 
 
 def test_bad_input_is_one_clear_sentence(workdir):
     result = run_script("bco.py", "--env-id", "Acrobot-v1", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
-    assert_clean_error(result, "no expert at",
-                       f"python cleanil/demos.py --env-id Acrobot-v1 --expert-path {workdir / 'nowhere'} --from-")
+    assert_clean_error(
+        result, "no expert at", f"python cleanil/demos.py --env-id Acrobot-v1 --expert-path {workdir / 'nowhere'} --from-"
+    )
     result = run_script("bco.py", "--pre-demo-steps", 1000, "--total-timesteps", 500, cwd=workdir, check=False)
     assert_clean_error(result, "BCO needs --total-timesteps >= --pre-demo-steps", "got 500, 1000")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -172,8 +255,24 @@ def test_bad_input_is_one_clear_sentence(workdir):
 @pytest.mark.learning
 def test_bco_cartpole_learns_from_observations_only(workdir):
     # BCO(0.1): 5000 random steps, then two iterations of 500 steps of the imitation policy (500 with seeds 1-3)
-    run_script("bco.py", "--env-id", "CartPole-v1", "--pre-demo-steps", 5000, "--alpha", 0.1, "--total-timesteps", 6000,
-               "--inverse-gradient-steps", 1000, "--policy-gradient-steps", 1000, "--eval-frequency", 5000, cwd=workdir)
+    run_script(
+        "bco.py",
+        "--env-id",
+        "CartPole-v1",
+        "--pre-demo-steps",
+        5000,
+        "--alpha",
+        0.1,
+        "--total-timesteps",
+        6000,
+        "--inverse-gradient-steps",
+        1000,
+        "--policy-gradient-steps",
+        1000,
+        "--eval-frequency",
+        5000,
+        cwd=workdir,
+    )
     rows = read_eval_csv(run_dirs(workdir)[0])
     assert [row["global_step"] for row in rows] == [0, 5000, 6000]
     assert rows[-1]["eval_return_mean"] >= 450, rows

@@ -1,10 +1,11 @@
 """benchmark.sh and benchmark/report.py: a tiny real sweep end to end, resume (skipping finished runs, continuing
 checkpointed ones), failures, Slurm rendering, aggregation."""
+
 import hashlib
 import json
 import os
-import signal
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import REPO, read_eval_csv, read_summary
 
 BENCHMARK = REPO / "benchmark.sh"
@@ -20,16 +22,27 @@ sys.path.insert(0, str(REPO / "benchmark"))
 import report  # noqa: E402
 
 # a few hundred DQN steps on CartPole: seconds per run, and every code path of the sweep
-TINY = ["--total-timesteps", "300", "--learning-starts", "100", "--eval-frequency", "150", "--eval-episodes", "2",
-        "--checkpoint-frequency", "0"]
+TINY = [
+    "--total-timesteps",
+    "300",
+    "--learning-starts",
+    "100",
+    "--eval-frequency",
+    "150",
+    "--eval-episodes",
+    "2",
+    "--checkpoint-frequency",
+    "0",
+]
 
 
 def bench(*args, cwd, env_vars=None, timeout=300):
     """./benchmark.sh args in cwd; env_vars override the environment, a None value removes the variable."""
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **(env_vars or {})}
     env = {key: value for key, value in env.items() if value is not None}
-    return subprocess.run(["bash", str(BENCHMARK), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["bash", str(BENCHMARK), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def args_id(*extra):
@@ -40,8 +53,16 @@ def args_id(*extra):
 def fake_expert(folder, expert_return=500.0, random_return=20.0):
     """The part of expert.json that the normalized score reads, so the tiny sweep has scores without a trained expert."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "expert.json").write_text(json.dumps({"observation_shape": [4], "action_shape": [],
-                                                    "expert_return_mean": expert_return, "random_return_mean": random_return}))
+    (folder / "expert.json").write_text(
+        json.dumps(
+            {
+                "observation_shape": [4],
+                "action_shape": [],
+                "expert_return_mean": expert_return,
+                "random_return_mean": random_return,
+            }
+        )
+    )
     return folder
 
 
@@ -61,7 +82,9 @@ def test_sweep_report_and_resume(tmp_path):
         result = bench(*common, *tag_args, "--", *TINY, "--expert-path", expert, *variant_args, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert "2 finished now, 0 skipped (already finished), 0 failed" in result.stderr
-        exp_names[f"dqn{'_double' if tag_args else ''}"] = f"dqn{'_double' if tag_args else ''}@{args_id(*TINY, '--expert-path', expert, *variant_args)}"
+        exp_names[f"dqn{'_double' if tag_args else ''}"] = (
+            f"dqn{'_double' if tag_args else ''}@{args_id(*TINY, '--expert-path', expert, *variant_args)}"
+        )
     for name, exp_name in exp_names.items():
         for seed in (1, 2):
             (run_dir,) = finished_runs(tmp_path, f"CartPole-v1__{exp_name}__{seed}")
@@ -88,7 +111,10 @@ def test_sweep_report_and_resume(tmp_path):
         scores = np.array([(s["final_return"] - 20.0) / 480.0 for s in summaries])
         np.testing.assert_allclose(scores, [s["final_normalized_score"] for s in summaries], rtol=1e-4)
         returns = np.array([s["final_return"] for s in summaries])
-        row = f"| {name} | CartPole-v1 | 1, 2 | 300 | {scores.mean():.3f} ± {scores.std():.3f} | {returns.mean():.1f} ± {returns.std():.1f} |"
+        row = (
+            f"| {name} | CartPole-v1 | 1, 2 | 300 | {scores.mean():.3f} ± {scores.std():.3f} | {returns.mean():.1f} ± "
+            f"{returns.std():.1f} |"
+        )
         assert row in text, text
         # IQM of two runs trims nothing: it is their mean
         assert f"| {name} | {scores.mean():.3f} | 2 | CartPole-v1 |" in text, text
@@ -97,7 +123,10 @@ def test_sweep_report_and_resume(tmp_path):
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     result = bench("report", "--workdir", tmp_path, "--output-dir", tmp_path / "benchmark", cwd=tmp_path)
     assert result.returncode == 0, result.stderr  # asked for: the committed report is replaced
-    assert committed.read_text().startswith("# cleanil benchmark results") and (tmp_path / "benchmark" / "plots" / "CartPole-v1.png").exists()
+    assert (
+        committed.read_text().startswith("# cleanil benchmark results")
+        and (tmp_path / "benchmark" / "plots" / "CartPole-v1.png").exists()
+    )
 
     # the same sweep again: everything is finished, nothing runs, no log is touched
     before = sorted((tmp_path / "runs").iterdir())
@@ -127,7 +156,20 @@ def test_sweep_report_and_resume(tmp_path):
 
 def test_failed_runs_are_reported_and_the_sweep_goes_on(tmp_path):
     # the bad env comes first: the CartPole run after it must still happen
-    args = ["--algos", "dqn", "--env-ids", "NoSuchEnv-v0 CartPole-v1", "--seeds", 1, "--workers", 1, "--workdir", tmp_path, "--", *TINY]
+    args = [
+        "--algos",
+        "dqn",
+        "--env-ids",
+        "NoSuchEnv-v0 CartPole-v1",
+        "--seeds",
+        1,
+        "--workers",
+        1,
+        "--workdir",
+        tmp_path,
+        "--",
+        *TINY,
+    ]
     result = bench(*args, cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert "1 finished now, 0 skipped (already finished), 1 failed" in result.stderr
@@ -147,8 +189,21 @@ def test_failed_runs_are_reported_and_the_sweep_goes_on(tmp_path):
     assert len(finished_runs(tmp_path, f"CartPole-v1__{dqn}__1")) == 1
 
     # a flag the script does not know fails every run, each listed
-    bad_flag = bench("--algos", "dqn", "--env-ids", "CartPole-v1", "--seeds", 2, "--workers", 2, "--workdir", tmp_path / "bad",
-                     "--", "--no-such-flag", cwd=tmp_path)
+    bad_flag = bench(
+        "--algos",
+        "dqn",
+        "--env-ids",
+        "CartPole-v1",
+        "--seeds",
+        2,
+        "--workers",
+        2,
+        "--workdir",
+        tmp_path / "bad",
+        "--",
+        "--no-such-flag",
+        cwd=tmp_path,
+    )
     assert bad_flag.returncode == 1, bad_flag.stderr
     assert "0 finished now, 0 skipped (already finished), 2 failed" in bad_flag.stderr
     failures = bad_flag.stderr.split("failed runs")[1]
@@ -166,8 +221,23 @@ def test_dry_run_prints_commands_and_skips_finished(tmp_path):
         folder.mkdir(parents=True)
         (folder / "summary.json").write_text("{}")
     # no OMP_NUM_THREADS exported: one run per core, the cores shared out
-    result = bench("--algos", "dqn sac", "--env-ids", "CartPole-v1 Pendulum-v1", "--seeds", 2, "--workers", 1,
-                   "--workdir", tmp_path, "--dry-run", "--", *extra, cwd=tmp_path, env_vars={"OMP_NUM_THREADS": None})
+    result = bench(
+        "--algos",
+        "dqn sac",
+        "--env-ids",
+        "CartPole-v1 Pendulum-v1",
+        "--seeds",
+        2,
+        "--workers",
+        1,
+        "--workdir",
+        tmp_path,
+        "--dry-run",
+        "--",
+        *extra,
+        cwd=tmp_path,
+        env_vars={"OMP_NUM_THREADS": None},
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 7  # 2 algos x 2 envs x 2 seeds, less the finished one
@@ -181,34 +251,102 @@ def test_dry_run_prints_commands_and_skips_finished(tmp_path):
     assert "Pendulum-v1 --seed 2 --exp-name sac" not in result.stdout
     assert sorted((tmp_path / "runs").iterdir()) == sorted([finished, other_args])  # nothing ran
     # many workers on few cores: one thread each, never zero
-    result = bench("--algos", "dqn", "--env-ids", "CartPole-v1", "--workers", 4 * cores, "--workdir", tmp_path, "--dry-run",
-                   cwd=tmp_path, env_vars={"OMP_NUM_THREADS": None})
+    result = bench(
+        "--algos",
+        "dqn",
+        "--env-ids",
+        "CartPole-v1",
+        "--workers",
+        4 * cores,
+        "--workdir",
+        tmp_path,
+        "--dry-run",
+        cwd=tmp_path,
+        env_vars={"OMP_NUM_THREADS": None},
+    )
     assert "OMP_NUM_THREADS=1 " in result.stdout
     # a user's exported OMP_NUM_THREADS is respected, whatever the worker count
     for exported in ("1", "3"):
-        result = bench("--algos", "dqn", "--env-ids", "CartPole-v1", "--workers", 1, "--workdir", tmp_path, "--dry-run",
-                       cwd=tmp_path, env_vars={"OMP_NUM_THREADS": exported})
+        result = bench(
+            "--algos",
+            "dqn",
+            "--env-ids",
+            "CartPole-v1",
+            "--workers",
+            1,
+            "--workdir",
+            tmp_path,
+            "--dry-run",
+            cwd=tmp_path,
+            env_vars={"OMP_NUM_THREADS": exported},
+        )
         assert f"OMP_NUM_THREADS={exported} MKL_NUM_THREADS={exported} " in result.stdout, result.stdout
-    result = bench("--algos", "dqn", "--env-ids", "CartPole-v1", "--workers", 1, "--threads", 2, "--workdir", tmp_path,
-                   "--dry-run", cwd=tmp_path, env_vars={"OMP_NUM_THREADS": "1"})
+    result = bench(
+        "--algos",
+        "dqn",
+        "--env-ids",
+        "CartPole-v1",
+        "--workers",
+        1,
+        "--threads",
+        2,
+        "--workdir",
+        tmp_path,
+        "--dry-run",
+        cwd=tmp_path,
+        env_vars={"OMP_NUM_THREADS": "1"},
+    )
     assert "OMP_NUM_THREADS=2 " in result.stdout  # --threads wins
 
 
 def test_slurm_dry_run_renders_a_runnable_array(tmp_path):
-    args = ["--algos", "dqn", "--env-ids", "CartPole-v1 Acrobot-v1", "--seeds", 2, "--workdir", tmp_path, "--slurm",
-            "--partition", "gpu", "--time", "02:00:00", "--mem", "4G", "--cpus-per-task", 2,
-            "--sbatch-args", "--gres=gpu:1 --account=lab", "--setup", "echo setup-line-ran", "--", *TINY]
-    dry_args = args[: args.index("--")] + ["--dry-run"] + args[args.index("--"):]
+    args = [
+        "--algos",
+        "dqn",
+        "--env-ids",
+        "CartPole-v1 Acrobot-v1",
+        "--seeds",
+        2,
+        "--workdir",
+        tmp_path,
+        "--slurm",
+        "--partition",
+        "gpu",
+        "--time",
+        "02:00:00",
+        "--mem",
+        "4G",
+        "--cpus-per-task",
+        2,
+        "--sbatch-args",
+        "--gres=gpu:1 --account=lab",
+        "--setup",
+        "echo setup-line-ran",
+        "--",
+        *TINY,
+    ]
+    dry_args = args[: args.index("--")] + ["--dry-run"] + args[args.index("--") :]
     result = bench(*dry_args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     script = result.stdout
     directives = re.findall(r"^#SBATCH (.*)$", script, re.M)
-    for directive in ("--array=0-3", "--partition=gpu", "--time=02:00:00", "--mem=4G", "--cpus-per-task=2",
-                      "--gres=gpu:1", "--account=lab", f"--output={tmp_path}/benchmark/logs/slurm-%A_%a.out"):
+    for directive in (
+        "--array=0-3",
+        "--partition=gpu",
+        "--time=02:00:00",
+        "--mem=4G",
+        "--cpus-per-task=2",
+        "--gres=gpu:1",
+        "--account=lab",
+        f"--output={tmp_path}/benchmark/logs/slurm-%A_%a.out",
+    ):
         assert directive in directives, script
     for env_id in ("CartPole-v1", "Acrobot-v1"):
         for seed in (1, 2):
-            assert f"{REPO}/cleanil/dqn.py --env-id {env_id} --seed {seed} --exp-name dqn@{args_id(*TINY)} --total-timesteps 300" in script
+            assert (
+                f"{REPO}/cleanil/dqn.py --env-id {env_id} --seed {seed} --exp-name dqn@{args_id(*TINY)} --total-timesteps 300"
+                in script
+            )
     assert "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-2}" in script
     script_file = tmp_path / "array.sh"
     script_file.write_text(script)
@@ -216,15 +354,26 @@ def test_slurm_dry_run_renders_a_runnable_array(tmp_path):
     assert not (tmp_path / "runs").exists()
 
     # task 1 is CartPole-v1 seed 2: run it as a Slurm node would
-    task = subprocess.run(["bash", str(script_file)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "SLURM_ARRAY_TASK_ID": "1", "SLURM_CPUS_PER_TASK": "1"})
+    task = subprocess.run(
+        ["bash", str(script_file)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "SLURM_ARRAY_TASK_ID": "1", "SLURM_CPUS_PER_TASK": "1"},
+    )
     assert task.returncode == 0, task.stdout + task.stderr
     assert "setup-line-ran" in task.stdout and "OMP_NUM_THREADS=1" in task.stdout
     (run_dir,) = finished_runs(tmp_path, f"CartPole-v1__dqn@{args_id(*TINY)}__2")
     assert np.isfinite(read_summary(run_dir)["final_return"])
     assert "final return" in (tmp_path / "benchmark" / "logs" / f"dqn@{args_id(*TINY)}__CartPole-v1__2.log").read_text()
-    rerun = subprocess.run(["bash", str(script_file)], cwd=tmp_path, capture_output=True, text=True,
-                           env={**os.environ, "SLURM_ARRAY_TASK_ID": "1"})
+    rerun = subprocess.run(
+        ["bash", str(script_file)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SLURM_ARRAY_TASK_ID": "1"},
+    )
     assert rerun.returncode == 0 and "already finished" in rerun.stdout
     assert len(finished_runs(tmp_path, f"CartPole-v1__dqn@{args_id(*TINY)}__2")) == 1
 
@@ -237,22 +386,71 @@ def test_slurm_dry_run_renders_a_runnable_array(tmp_path):
 def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path):
     """cfil on Pendulum-v1 (the shipped expert): the sweep is interrupted (SIGINT to benchmark.sh, which stops its run:
     the run checkpoints on SIGTERM); the same command again continues that run with --resume instead of restarting."""
-    cfil_tiny = ["--learning-starts", "100", "--density-update-every", "100", "--density-batch", "32", "--eval-frequency", "150",
-                 "--eval-episodes", "2", "--batch-size", "32", "--hidden-size", "32", "--flow-hidden-size", "32",
-                 "--checkpoint-frequency", "0", "--refill-steps", "100", "--total-timesteps", "3000"]
-    command = ["bash", str(BENCHMARK), "--algos", "cfil", "--env-ids", "Pendulum-v1", "--seeds", "1", "--workers", "1",
-               "--threads", "1", "--workdir", str(tmp_path), "--", *cfil_tiny]
+    cfil_tiny = [
+        "--learning-starts",
+        "100",
+        "--density-update-every",
+        "100",
+        "--density-batch",
+        "32",
+        "--eval-frequency",
+        "150",
+        "--eval-episodes",
+        "2",
+        "--batch-size",
+        "32",
+        "--hidden-size",
+        "32",
+        "--flow-hidden-size",
+        "32",
+        "--checkpoint-frequency",
+        "0",
+        "--refill-steps",
+        "100",
+        "--total-timesteps",
+        "3000",
+    ]
+    command = [
+        "bash",
+        str(BENCHMARK),
+        "--algos",
+        "cfil",
+        "--env-ids",
+        "Pendulum-v1",
+        "--seeds",
+        "1",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--workdir",
+        str(tmp_path),
+        "--",
+        *cfil_tiny,
+    ]
     cfil = f"cfil@{args_id(*cfil_tiny)}"
     log = tmp_path / "benchmark" / "logs" / f"{cfil}__Pendulum-v1__1.log"
     env = {**os.environ, "PYTHON": sys.executable, "WANDB_MODE": "offline"}
     # SIGINT at its default in the sweep's shell, as in a terminal: pytest-xdist's workers ignore it, a child inherits
     # that, and bash cannot trap a signal that was ignored when it started
-    sweep = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    sweep = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.time() + 240
-        while not list(tmp_path.glob("runs/*/eval.csv")) or len(next(tmp_path.glob("runs/*/eval.csv")).read_text().splitlines()) < 4:
-            assert sweep.poll() is None and time.time() < deadline, sweep.communicate()[1][-3000:] if sweep.poll() is not None else "no evaluation"
+        while (
+            not list(tmp_path.glob("runs/*/eval.csv"))
+            or len(next(tmp_path.glob("runs/*/eval.csv")).read_text().splitlines()) < 4
+        ):
+            assert sweep.poll() is None and time.time() < deadline, (
+                sweep.communicate()[1][-3000:] if sweep.poll() is not None else "no evaluation"
+            )
             time.sleep(0.2)
         sweep.send_signal(signal.SIGINT)
         _, stderr = sweep.communicate(timeout=120)
@@ -267,8 +465,10 @@ def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path):
     result = bench(*command[2:], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "1 combinations: 1 to run, 0 already finished" in result.stderr
-    assert (f"start  [1/1] cfil Pendulum-v1 seed 1 -> {log} (resume from checkpoints/Pendulum-v1__{cfil}__1/checkpoint.pt)"
-            in result.stderr)
+    assert (
+        f"start  [1/1] cfil Pendulum-v1 seed 1 -> {log} (resume from checkpoints/Pendulum-v1__{cfil}__1/checkpoint.pt)"
+        in result.stderr
+    )
     assert finished_runs(tmp_path, f"Pendulum-v1__{cfil}__1") == [run_dir]  # the same run folder, finished now
     steps = [row["global_step"] for row in read_eval_csv(run_dir)]
     assert steps[:3] == [0, 150, 300] and steps[-1] == 3000 and (np.diff(steps) > 0).all(), steps
@@ -285,21 +485,40 @@ def test_resume_is_passed_only_where_the_script_has_it_and_left_a_checkpoint(tmp
     fake_python.chmod(fake_python.stat().st_mode | stat.S_IEXEC)
     sweep = args_id("--total-timesteps", 1000)
     # a direct run's checkpoint (exp_name cfil, other arguments) is not this sweep's: never resumed by it
-    for prefix in (f"Pendulum-v1__cfil@{sweep}__1", f"Pendulum-v1__bc@{sweep}__1", f"Pendulum-v1__nail@{sweep}__2",
-                   "Pendulum-v1__cfil__2"):
+    for prefix in (
+        f"Pendulum-v1__cfil@{sweep}__1",
+        f"Pendulum-v1__bc@{sweep}__1",
+        f"Pendulum-v1__nail@{sweep}__2",
+        "Pendulum-v1__cfil__2",
+    ):
         (tmp_path / "checkpoints" / prefix).mkdir(parents=True)
         (tmp_path / "checkpoints" / prefix / "checkpoint.pt").write_bytes(b"")
     finished = tmp_path / "runs" / f"Pendulum-v1__nail@{sweep}__2__1700000000"  # finished: skipped, its checkpoint or not
     finished.mkdir(parents=True)
     (finished / "summary.json").write_text("{}")
-    args = ["--algos", "cfil nail bc", "--env-ids", "Pendulum-v1", "--seeds", 2, "--workdir", tmp_path, "--python", fake_python,
-            "--dry-run"]
+    args = [
+        "--algos",
+        "cfil nail bc",
+        "--env-ids",
+        "Pendulum-v1",
+        "--seeds",
+        2,
+        "--workdir",
+        tmp_path,
+        "--python",
+        fake_python,
+        "--dry-run",
+    ]
     result = bench(*args, "--", "--total-timesteps", 1000, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    lines = {re.search(r"cleanil/(\w+)\.py --env-id Pendulum-v1 --seed (\d)", line).groups(): line
-             for line in result.stdout.strip().splitlines()}
+    lines = {
+        re.search(r"cleanil/(\w+)\.py --env-id Pendulum-v1 --seed (\d)", line).groups(): line
+        for line in result.stdout.strip().splitlines()
+    }
     assert set(lines) == {("cfil", "1"), ("cfil", "2"), ("nail", "1"), ("bc", "1"), ("bc", "2")}
-    assert lines["cfil", "1"].endswith(f"--total-timesteps 1000 --resume >> {tmp_path}/benchmark/logs/cfil@{sweep}__Pendulum-v1__1.log 2>&1")
+    assert lines["cfil", "1"].endswith(
+        f"--total-timesteps 1000 --resume >> {tmp_path}/benchmark/logs/cfil@{sweep}__Pendulum-v1__1.log 2>&1"
+    )
     for key in (("cfil", "2"), ("nail", "1"), ("bc", "1"), ("bc", "2")):
         assert "--resume" not in lines[key] and "--total-timesteps 1000 > " in lines[key], lines[key]
 
@@ -311,8 +530,14 @@ def test_resume_is_passed_only_where_the_script_has_it_and_left_a_checkpoint(tmp
     script_file.write_text(result.stdout)
 
     def task_arguments(task, log_name):
-        done = subprocess.run(["bash", str(script_file)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "SLURM_ARRAY_TASK_ID": str(task)})
+        done = subprocess.run(
+            ["bash", str(script_file)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "SLURM_ARRAY_TASK_ID": str(task)},
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return (tmp_path / "benchmark" / "logs" / log_name).read_text()
 
@@ -330,8 +555,21 @@ def test_slurm_submits_the_rendered_script(tmp_path):
     sbatch = bin_dir / "sbatch"  # stands in for Slurm: records what it was given
     sbatch.write_text(f'#!/bin/bash\necho "$@" > {tmp_path}/sbatch_args\necho "Submitted batch job 42"\n')
     sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
-    result = bench("--algos", "dqn", "--env-ids", "CartPole-v1", "--seeds", 3, "--workdir", tmp_path, "--slurm", "--", *TINY,
-                   cwd=tmp_path, env_vars={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    result = bench(
+        "--algos",
+        "dqn",
+        "--env-ids",
+        "CartPole-v1",
+        "--seeds",
+        3,
+        "--workdir",
+        tmp_path,
+        "--slurm",
+        "--",
+        *TINY,
+        cwd=tmp_path,
+        env_vars={"PATH": f"{bin_dir}:{os.environ['PATH']}"},
+    )
     assert result.returncode == 0, result.stderr
     assert "Submitted batch job 42" in result.stdout
     (submitted,) = (tmp_path / "sbatch_args").read_text().split()
@@ -340,15 +578,27 @@ def test_slurm_submits_the_rendered_script(tmp_path):
     assert subprocess.run(["bash", "-n", submitted]).returncode == 0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--algos", "nope", "--env-ids", "CartPole-v1"], "no script cleanil/nope.py; --algos takes script names, one of:"),
-    (["--algos", "dqn"], "no environments; pass e.g. --env-ids"),
-    (["--algos", "dqn", "--env-ids", "CartPole-v1", "--seeds", "0"], "--seeds must be a positive integer"),
-    (["--algos", "dqn", "--env-ids", "CartPole-v1", "--", "--seed", "3"], "benchmark.sh sets --seed itself"),
-    (["--algos", "dqn", "--env-ids", "CartPole-v1", "--total-timesteps", "10"], "unknown option '--total-timesteps'; options for the scripts go after '--'"),
-    (["--algos", "sac", "--env-ids", "Pendulum-v1", "--", "--resume"], "benchmark.sh passes --resume itself where WORKDIR/checkpoints/"),
-    (["--algos", "sac", "--env-ids", "Pendulum-v1", "--", "--checkpoint-dir=ckpt"], "drop --checkpoint-dir from the extra args"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--algos", "nope", "--env-ids", "CartPole-v1"], "no script cleanil/nope.py; --algos takes script names, one of:"),
+        (["--algos", "dqn"], "no environments; pass e.g. --env-ids"),
+        (["--algos", "dqn", "--env-ids", "CartPole-v1", "--seeds", "0"], "--seeds must be a positive integer"),
+        (["--algos", "dqn", "--env-ids", "CartPole-v1", "--", "--seed", "3"], "benchmark.sh sets --seed itself"),
+        (
+            ["--algos", "dqn", "--env-ids", "CartPole-v1", "--total-timesteps", "10"],
+            "unknown option '--total-timesteps'; options for the scripts go after '--'",
+        ),
+        (
+            ["--algos", "sac", "--env-ids", "Pendulum-v1", "--", "--resume"],
+            "benchmark.sh passes --resume itself where WORKDIR/checkpoints/",
+        ),
+        (
+            ["--algos", "sac", "--env-ids", "Pendulum-v1", "--", "--checkpoint-dir=ckpt"],
+            "drop --checkpoint-dir from the extra args",
+        ),
+    ],
+)
 def test_bad_usage_is_one_sentence(tmp_path, args, message):
     result = bench(*args, "--workdir", tmp_path, cwd=tmp_path)
     assert result.returncode == 2
@@ -369,11 +619,24 @@ def write_run(runs_dir, exp_name, env_id, seed, returns, scores, stamp=170000000
     lines += [f"{step * k},{r},0,{s},{k},50" for k, (r, s) in enumerate(zip(returns, scores))]
     (run_dir / "eval.csv").write_text("\n".join(lines) + "\n")
     if finished:
-        (run_dir / "summary.json").write_text(json.dumps({
-            "args": {"exp_name": exp_name, "env_id": env_id, "seed": seed, "total_timesteps": step * (len(returns) - 1),
-                     **(args or {})},
-            "final_return": returns[-1], "final_normalized_score": scores[-1], "best_normalized_score": max(scores),
-            "total_wall_time_s": 90.0, "mean_sps": 50.0}))
+        (run_dir / "summary.json").write_text(
+            json.dumps(
+                {
+                    "args": {
+                        "exp_name": exp_name,
+                        "env_id": env_id,
+                        "seed": seed,
+                        "total_timesteps": step * (len(returns) - 1),
+                        **(args or {}),
+                    },
+                    "final_return": returns[-1],
+                    "final_normalized_score": scores[-1],
+                    "best_normalized_score": max(scores),
+                    "total_wall_time_s": 90.0,
+                    "mean_sps": 50.0,
+                }
+            )
+        )
 
 
 def test_report_statistics_duplicates_and_return_fallback(tmp_path):
@@ -389,12 +652,19 @@ def test_report_statistics_duplicates_and_return_fallback(tmp_path):
     for seed in (1, 2):  # an env without expert.json: NaN scores
         write_run(runs, "other", "EnvC-v0", seed, [1.0, 10.0 * seed], [nan, nan])
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, str(REPO / "benchmark" / "report.py"), "--runs-dir", runs, "--output-dir", out],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmark" / "report.py"), "--runs-dir", runs, "--output-dir", out],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     text = (out / "results.md").read_text()
     a = np.array(finals["EnvA-v0"])
-    assert f"| algo | EnvA-v0 | 1, 2, 3, 4 | 100 | {a.mean():.3f} ± {a.std():.3f} | {100 * a.mean():.1f} ± {100 * a.std():.1f} | 50 | 1m30s |" in text
+    assert (
+        f"| algo | EnvA-v0 | 1, 2, 3, 4 | 100 | {a.mean():.3f} ± {a.std():.3f} | {100 * a.mean():.1f} ± {100 * a.std():.1f} "
+        f"| 50 | 1m30s |" in text
+    )
     pooled = np.sort(np.concatenate(list(finals.values())))  # 8 runs: the IQM keeps the middle four
     assert f"| algo | {pooled[2:6].mean():.3f} | 8 | EnvA-v0, EnvB-v0 |" in text
     assert "| other | EnvC-v0 | 1, 2 | 100 | n/a (no expert.json) | 15.0 ± 5.0 |" in text
@@ -406,11 +676,28 @@ def test_report_statistics_duplicates_and_return_fallback(tmp_path):
         assert (out / "plots" / f"{env_id}.png").read_bytes().startswith(b"\x89PNG")
 
     # filters, and a clear error when nothing matches
-    filtered = subprocess.run([sys.executable, str(REPO / "benchmark" / "report.py"), "--runs-dir", runs, "--output-dir", out,
-                               "--env-ids", "EnvB-v0"], capture_output=True, text=True, timeout=120)
+    filtered = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmark" / "report.py"),
+            "--runs-dir",
+            runs,
+            "--output-dir",
+            out,
+            "--env-ids",
+            "EnvB-v0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert filtered.returncode == 0 and "EnvA-v0" not in (out / "results.md").read_text()
-    empty = subprocess.run([sys.executable, str(REPO / "benchmark" / "report.py"), "--runs-dir", runs, "--algos", "nope"],
-                           capture_output=True, text=True, timeout=120)
+    empty = subprocess.run(
+        [sys.executable, str(REPO / "benchmark" / "report.py"), "--runs-dir", runs, "--algos", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert empty.returncode != 0 and "Traceback" not in empty.stderr and "error: no finished runs" in empty.stderr
 
 
@@ -420,9 +707,20 @@ def test_report_keeps_settings_apart_and_diverged_runs_out(tmp_path, monkeypatch
     one-point curve is drawn as a marker."""
     runs, nan = tmp_path / "runs", float("nan")
     for seed in (1, 2):
-        write_run(runs, "gail", "EnvA-v0", seed, [0.0, 50.0, 80.0], [0.0, 0.5, 0.8], step=100_000, args={"reward_type": "log_d"})
-        write_run(runs, "gail", "EnvA-v0", seed, [0.0, 10.0, 20.0], [0.0, 0.1, 0.2], step=100_000, stamp=1700000001,
-                  args={"reward_type": "gail"})
+        write_run(
+            runs, "gail", "EnvA-v0", seed, [0.0, 50.0, 80.0], [0.0, 0.5, 0.8], step=100_000, args={"reward_type": "log_d"}
+        )
+        write_run(
+            runs,
+            "gail",
+            "EnvA-v0",
+            seed,
+            [0.0, 10.0, 20.0],
+            [0.0, 0.1, 0.2],
+            step=100_000,
+            stamp=1700000001,
+            args={"reward_type": "gail"},
+        )
         write_run(runs, "bc@1a2b3c4d", "EnvA-v0", seed, [0.0, 90.0], [0.0, 0.9], step=5_000)
         write_run(runs, "cfil@5e6f7a8b", "EnvA-v0", seed, [0.0, 60.0], [0.0, 0.6], step=10_000)
     write_run(runs, "cfil@5e6f7a8b", "EnvA-v0", 3, [0.0, nan], [0.0, nan], step=10_000)  # diverged
@@ -439,8 +737,10 @@ def test_report_keeps_settings_apart_and_diverged_runs_out(tmp_path, monkeypatch
     assert "diverged (NaN final return), left out of the means, the IQM and the curves: cfil on EnvA-v0 seed 3" in text
     assert "no expert.json" not in text and "(returns:" not in text  # the NaN run did not switch the plot to returns
     (figure,) = figures
-    panels = {ax.get_xlabel() + " " + str(int(max(np.max(line.get_xdata()) for line in ax.lines if "seed" in line.get_label()))): ax
-              for ax in figure.axes}
+    panels = {
+        ax.get_xlabel() + " " + str(int(max(np.max(line.get_xdata()) for line in ax.lines if "seed" in line.get_label()))): ax
+        for ax in figure.axes
+    }
     # environment steps: cfil (10k) and dagger (step 0) apart from gail (200k); bc alone on gradient steps
     assert sorted(panels) == ["environment steps 10000", "environment steps 200000", "gradient steps 5000"], sorted(panels)
     assert all(ax.get_ylabel().startswith("normalized score") for ax in figure.axes)

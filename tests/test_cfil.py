@@ -4,6 +4,7 @@ losses under bf16 autocast, the density step's direction (the expert gets the hi
 sac.py (benchmark), the SAC block shared with sac.py, every variant and mode end to end, state-only modes that never
 read the demos' actions, resuming from a compact checkpoint, SIGTERM, bad input, and imitating Pendulum-v1 from one
 demo."""
+
 import inspect
 import os
 import signal
@@ -11,18 +12,37 @@ import subprocess
 import sys
 import time
 
+import cfil
 import gymnasium as gym
 import numpy as np
 import pytest
+import sac
 import torch
+
 from conftest import EXPERTS, SCRIPTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
 
-import cfil
-import sac
-
-TINY = ["--env-id", "Pendulum-v1", "--total-timesteps", "300", "--learning-starts", "100", "--density-update-every", "100",
-        "--density-batch", "32", "--eval-frequency", "150", "--eval-episodes", "2", "--batch-size", "32", "--hidden-size", "32",
-        "--flow-hidden-size", "32"]
+TINY = [
+    "--env-id",
+    "Pendulum-v1",
+    "--total-timesteps",
+    "300",
+    "--learning-starts",
+    "100",
+    "--density-update-every",
+    "100",
+    "--density-batch",
+    "32",
+    "--eval-frequency",
+    "150",
+    "--eval-episodes",
+    "2",
+    "--batch-size",
+    "32",
+    "--hidden-size",
+    "32",
+    "--flow-hidden-size",
+    "32",
+]
 
 
 def grid_mass(flow, half_width=10.0, points=401):
@@ -134,7 +154,12 @@ def test_coupled_dv_estimator_recovers_the_kl_between_two_gaussians():
         agent, expert = mean + std * torch.randn(200_000, 2), torch.randn(200_000, 2)
         estimate = -cfil.dv_loss(model(expert)[0], model(agent)[0]).item()
         # the coupled pair learnt the log ratio itself (up to the DV constant), not just a bound
-        x, log_ratio = model(agent)[0], (torch.distributions.Normal(mean, std).log_prob(agent) - torch.distributions.Normal(0.0, 1.0).log_prob(agent)).sum(-1)
+        x, log_ratio = (
+            model(agent)[0],
+            (torch.distributions.Normal(mean, std).log_prob(agent) - torch.distributions.Normal(0.0, 1.0).log_prob(agent)).sum(
+                -1
+            ),
+        )
     assert estimate == pytest.approx(true_kl, rel=0.10), (estimate, true_kl)
     assert torch.corrcoef(torch.stack([x, log_ratio]))[0, 1] > 0.95
 
@@ -162,8 +187,10 @@ def test_losses_squash_smooth_and_reward_on_toy_tensors():
     torch.testing.assert_close(-cfil.cfil_x(model, z, "numerator", 15.0, 6.0), model.expert_flow.log_prob(z))
     # cfil: x = sigma(log p_psi - log q_phi) with p_psi the agent's flow
     model = cfil.CoupledFlow(3, "cfil", 1, 16, 2, False)
-    torch.testing.assert_close(cfil.cfil_x(model, z, "cfil", 15.0, 6.0),
-                               cfil.squash(model.agent_flow.log_prob(z) - model.expert_flow.log_prob(z), 15.0, 6.0))
+    torch.testing.assert_close(
+        cfil.cfil_x(model, z, "cfil", 15.0, 6.0),
+        cfil.squash(model.agent_flow.log_prob(z) - model.expert_flow.log_prob(z), 15.0, 6.0),
+    )
 
 
 def test_density_loss_of_each_variant():
@@ -217,7 +244,7 @@ def test_density_update_gives_the_expert_the_higher_reward():
     expert_data = 1.5 + 0.5 * torch.randn(500, obs_dim + action_dim)
     rb = cfil.ReplayBuffer(obs_dim, action_dim, 1000, "cpu")
     for row in (-1.5 + 0.5 * torch.randn(500, 2 * obs_dim + action_dim)).numpy():
-        rb.add(row[:obs_dim], row[obs_dim:obs_dim + action_dim], row[obs_dim + action_dim:], False)
+        rb.add(row[:obs_dim], row[obs_dim : obs_dim + action_dim], row[obs_dim + action_dim :], False)
     model = cfil.CoupledFlow(obs_dim + action_dim, "cfil", 1, 32, 2, False).eval()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.density_lr)
     for _ in range(3):
@@ -247,21 +274,39 @@ def test_cfil_overhead_over_a_sac_update(capsys):
             actor = cfil.Actor(env, args.hidden_size, args.log_std_min, args.log_std_max)
             qf, qf_target = (cfil.SoftQEnsemble(obs_dim, action_dim, args.hidden_size) for _ in range(2))
             log_alpha = torch.tensor(np.log(args.alpha), dtype=torch.float32, requires_grad=True)
-            optimizers = [cfil.make_optimizer(p, lr, device) for p, lr in
-                          ((qf.parameters(), args.q_lr), (actor.parameters(), args.policy_lr), ([log_alpha], args.q_lr))]
+            optimizers = [
+                cfil.make_optimizer(p, lr, device)
+                for p, lr in ((qf.parameters(), args.q_lr), (actor.parameters(), args.policy_lr), ([log_alpha], args.q_lr))
+            ]
             rb = cfil.ReplayBuffer(obs_dim, action_dim, 20_000, device)
             for _ in range(10_000):
                 rb.add(np.random.randn(obs_dim), np.random.rand(action_dim) * 2 - 1, np.random.randn(obs_dim), False)
             expert_data = torch.randn(1000, obs_dim + action_dim)
-            model = cfil.CoupledFlow(obs_dim + action_dim, args.variant, args.flow_blocks, args.flow_hidden_size,
-                                     args.flow_hidden_layers, args.flow_batch_norm).eval()
+            model = cfil.CoupledFlow(
+                obs_dim + action_dim,
+                args.variant,
+                args.flow_blocks,
+                args.flow_hidden_size,
+                args.flow_hidden_layers,
+                args.flow_batch_norm,
+            ).eval()
             density_optimizer = cfil.make_optimizer(model.parameters(), args.density_lr, device)
 
             def sac_step(step, with_reward):
                 obs, actions, next_obs, terminations = rb.sample(args.batch_size)
                 rewards = cfil.replay_reward(model, obs, actions, next_obs, args, 6.0, bf16) if with_reward else terminations
-                return cfil.sac_update((obs, actions, rewards, next_obs, terminations), actor, qf, qf_target, log_alpha,
-                                       *optimizers, args, -3.0, step, bf16)
+                return cfil.sac_update(
+                    (obs, actions, rewards, next_obs, terminations),
+                    actor,
+                    qf,
+                    qf_target,
+                    log_alpha,
+                    *optimizers,
+                    args,
+                    -3.0,
+                    step,
+                    bf16,
+                )
 
             for step in range(20):
                 sac_step(step, True)
@@ -281,18 +326,36 @@ def test_cfil_overhead_over_a_sac_update(capsys):
             overheads["bf16" if bf16 else "fp32"] = (cfil_time + density_time - sac_time) / sac_time
             assert all(torch.isfinite(value) for value in stats.values())
             with capsys.disabled():
-                print(f"\ncfil.py {'bf16' if bf16 else 'fp32'}: sac_update {sac_time * 1e3:.2f} ms, with the reward "
-                      f"{cfil_time * 1e3:.2f} ms, flow training {density_time * 1e3:.3f} ms per step: "
-                      f"{overheads['bf16' if bf16 else 'fp32']:.0%} over sac.py")
+                print(
+                    f"\ncfil.py {'bf16' if bf16 else 'fp32'}: sac_update {sac_time * 1e3:.2f} ms, with the reward "
+                    f"{cfil_time * 1e3:.2f} ms, flow training {density_time * 1e3:.3f} ms per step: "
+                    f"{overheads['bf16' if bf16 else 'fp32']:.0%} over sac.py"
+                )
     finally:
         torch.set_num_threads(threads)
     # the two flows' forward pass alone is a quarter of a SAC update's multiply-adds at these sizes
     assert max(overheads.values()) < 0.35, overheads
 
 
-@pytest.mark.parametrize("name", ["make_env", "normalized_score", "SoftQEnsemble", "Actor", "soft_q_loss", "policy_loss",
-                                  "alpha_loss", "sac_update", "bf16_is_fast", "make_optimizer", "evaluate", "package_versions",
-                                  "write_eval_row", "write_summary"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "make_env",
+        "normalized_score",
+        "SoftQEnsemble",
+        "Actor",
+        "soft_q_loss",
+        "policy_loss",
+        "alpha_loss",
+        "sac_update",
+        "bf16_is_fast",
+        "make_optimizer",
+        "evaluate",
+        "package_versions",
+        "write_eval_row",
+        "write_summary",
+    ],
+)
 def test_sac_block_and_infrastructure_are_sac_pys(name):
     """The copies stay identical to sac.py's (docs/DESIGN.md); only the replay buffer differs (no reward column)."""
     assert inspect.getsource(getattr(cfil, name)) == inspect.getsource(getattr(sac, name))
@@ -415,8 +478,14 @@ def test_sigterm_checkpoints_and_exits_then_resume_refills_and_finishes(workdir)
     """A session's end or a cluster's preemption (SIGTERM) mid-run: the step finishes, the compact checkpoint is
     written, the exit status is 128 + 15 and one line says how to continue; --resume refills the buffer and finishes."""
     command = [sys.executable, str(SCRIPTS / "cfil.py"), *TINY, "--total-timesteps", "1000000", "--checkpoint-frequency", "0"]
-    process = subprocess.Popen(command, cwd=workdir, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        cwd=workdir,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while not list((workdir / "runs").glob("*/eval.csv")) and time.time() < deadline and process.poll() is None:
@@ -448,13 +517,22 @@ def test_sigterm_checkpoints_and_exits_then_resume_refills_and_finishes(workdir)
 
 def test_bad_input(workdir):
     assert_clean_error(run_script("cfil.py", "--env-id", "CartPole-v1", cwd=workdir, check=False), "continuous")
-    assert_clean_error(run_script("cfil.py", *TINY, "--num-expert-trajectories", "1000", cwd=workdir, check=False),
-                       "more trajectories", "--num-demo-episodes")
+    assert_clean_error(
+        run_script("cfil.py", *TINY, "--num-expert-trajectories", "1000", cwd=workdir, check=False),
+        "more trajectories",
+        "--num-demo-episodes",
+    )
     assert_clean_error(run_script("cfil.py", *TINY, "--squash-bound", "0", cwd=workdir, check=False), "--squash-bound")
-    assert_clean_error(run_script("cfil.py", *TINY, "--resume", cwd=workdir, check=False),
-                       "--resume found no checkpoint at checkpoints/Pendulum-v1__cfil__1/checkpoint.pt", "without --resume")
-    assert_clean_error(run_script("cfil.py", *TINY, "--expert-path", workdir / "none", cwd=workdir, check=False),
-                       "no expert", f"python cleanil/demos.py --env-id Pendulum-v1 --expert-path {workdir / 'none'} --from-")
+    assert_clean_error(
+        run_script("cfil.py", *TINY, "--resume", cwd=workdir, check=False),
+        "--resume found no checkpoint at checkpoints/Pendulum-v1__cfil__1/checkpoint.pt",
+        "without --resume",
+    )
+    assert_clean_error(
+        run_script("cfil.py", *TINY, "--expert-path", workdir / "none", cwd=workdir, check=False),
+        "no expert",
+        f"python cleanil/demos.py --env-id Pendulum-v1 --expert-path {workdir / 'none'} --from-",
+    )
     assert not (workdir / "runs").exists() or not list((workdir / "runs").iterdir())
 
 
@@ -463,8 +541,22 @@ def test_cfil_imitates_pendulum_from_one_trajectory(workdir):
     """One expert trajectory (200 transitions), the paper's flows, squasher, smoothing and regularizer; only the run is
     short, with the flows trained 4x as often (every 250 steps) so that the reward is shaped within 8000 steps.
     Seeds 1-4 measured: best 0.97 / 1.05 / 0.93 / 1.00, final 0.97 / 1.05 / 0.62 / 0.75 (1.0 = the expert)."""
-    run_script("cfil.py", "--env-id", "Pendulum-v1", "--total-timesteps", "8000", "--learning-starts", "1000",
-               "--density-update-every", "250", "--eval-frequency", "2000", "--eval-episodes", "5", cwd=workdir)
+    run_script(
+        "cfil.py",
+        "--env-id",
+        "Pendulum-v1",
+        "--total-timesteps",
+        "8000",
+        "--learning-starts",
+        "1000",
+        "--density-update-every",
+        "250",
+        "--eval-frequency",
+        "2000",
+        "--eval-episodes",
+        "5",
+        cwd=workdir,
+    )
     run_dir = run_dirs(workdir)[0]
     rows = read_eval_csv(run_dir)
     assert rows[0]["normalized_score"] < 0.3, rows

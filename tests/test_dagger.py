@@ -1,28 +1,34 @@
 """dagger.py: beta schedule, expert loader and losses on toy tensors; smoke runs of every flag path; learning runs on
 CartPole-v1 and Pendulum-v1 with the shipped experts; bad input."""
+
 import json
 import math
 import re
 import shutil
 
+import dagger
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from conftest import EXPERTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
 
-import dagger
-
-ROUND_LINE = re.compile(r"^round (\d+)/(\d+): beta (\S+), dataset_size (\d+), bc_loss (\S+?)(?:, expert_agreement (\S+?))?"
-                        r"(?:, expert_action_mse (\S+))?(?:, expert_share (\S+))?$", re.M)
+ROUND_LINE = re.compile(
+    r"^round (\d+)/(\d+): beta (\S+), dataset_size (\d+), bc_loss (\S+?)(?:, expert_agreement (\S+?))?"
+    r"(?:, expert_action_mse (\S+))?(?:, expert_share (\S+))?$",
+    re.M,
+)
 
 
 def parse_rounds(stdout):
     """The per-round lines dagger.py prints:
     [(round, beta, dataset_size, bc_loss, agreement or None, mse or None, expert share of executed actions or None)]."""
-    return [(int(m[1]), float(m[3]), int(m[4]), float(m[5]), m[6] and float(m[6]), m[7] and float(m[7]), m[8] and float(m[8]))
-            for m in ROUND_LINE.finditer(stdout)]
+    return [
+        (int(m[1]), float(m[3]), int(m[4]), float(m[5]), m[6] and float(m[6]), m[7] and float(m[7]), m[8] and float(m[8]))
+        for m in ROUND_LINE.finditer(stdout)
+    ]
 
 
 def demo_episode_lengths(env_id):
@@ -116,18 +122,38 @@ def test_load_demos_subsamples_each_episode_from_a_random_offset():
 
 SMOKE_CASES = {
     "discrete-linear": ("CartPole-v1", ["--beta-schedule", "linear", "--rounds", 3, "--beta-rampdown-rounds", 2]),
-    "discrete-exponential-subsample-track": ("CartPole-v1", ["--beta-schedule", "exponential", "--total-timesteps", 300,
-                                                             "--subsample-frequency", 4, "--track"]),
+    "discrete-exponential-subsample-track": (
+        "CartPole-v1",
+        ["--beta-schedule", "exponential", "--total-timesteps", 300, "--subsample-frequency", 4, "--track"],
+    ),
     "continuous-linear-subsample": ("Pendulum-v1", ["--beta-schedule", "linear", "--rounds", 3, "--subsample-frequency", 4]),
-    "continuous-exponential-track": ("Pendulum-v1", ["--beta-schedule", "exponential", "--rounds", 3, "--beta-decay", 0.3, "--track"]),
+    "continuous-exponential-track": (
+        "Pendulum-v1",
+        ["--beta-schedule", "exponential", "--rounds", 3, "--beta-decay", 0.3, "--track"],
+    ),
 }
 
 
 @pytest.mark.parametrize("case", SMOKE_CASES)
 def test_smoke(case, tmp_path):
     env_id, flags = SMOKE_CASES[case]
-    result = run_script("dagger.py", "--env-id", env_id, "--steps-per-round", 100, "--eval-frequency", 100, "--eval-episodes", 2,
-                        "--num-expert-trajectories", 2, "--epochs-per-round", 2, *flags, cwd=tmp_path)
+    result = run_script(
+        "dagger.py",
+        "--env-id",
+        env_id,
+        "--steps-per-round",
+        100,
+        "--eval-frequency",
+        100,
+        "--eval-episodes",
+        2,
+        "--num-expert-trajectories",
+        2,
+        "--epochs-per-round",
+        2,
+        *flags,
+        cwd=tmp_path,
+    )
     (run_dir,) = run_dirs(tmp_path)
     rows = read_eval_csv(run_dir)
     assert [row["global_step"] for row in rows] == [0, 100, 200, 300]
@@ -145,7 +171,9 @@ def test_smoke(case, tmp_path):
     assert np.all(np.diff([r[2] for r in rounds]) == 100)
     args = summary["args"]
     assert [r[1] for r in rounds] == pytest.approx(
-        [dagger.beta_schedule(i, args["beta_schedule"], args["beta_rampdown_rounds"], args["beta_decay"]) for i in range(4)], abs=1e-3)
+        [dagger.beta_schedule(i, args["beta_schedule"], args["beta_rampdown_rounds"], args["beta_decay"]) for i in range(4)],
+        abs=1e-3,
+    )
     assert all(math.isfinite(r[3]) for r in rounds)
     assert all(0 <= r[4] <= 1 for r in rounds[1:])
     if env_id == "Pendulum-v1":
@@ -155,12 +183,34 @@ def test_smoke(case, tmp_path):
         assert list(wandb_run.glob("run-*.wandb"))
 
 
-@pytest.mark.parametrize("schedule, expected_share", [(["--beta-schedule", "exponential", "--beta-decay", 1.0], 1.0),
-                                                       (["--beta-schedule", "linear", "--beta-rampdown-rounds", 1], 0.0)])
+@pytest.mark.parametrize(
+    "schedule, expected_share",
+    [
+        (["--beta-schedule", "exponential", "--beta-decay", 1.0], 1.0),
+        (["--beta-schedule", "linear", "--beta-rampdown-rounds", 1], 0.0),
+    ],
+)
 def test_beta_is_the_share_of_expert_actions_executed(schedule, expected_share, tmp_path):
     """beta_i = 1: every executed action is the expert's; beta_i = 0: none is (the mixture pi_i of Alg. 3.1)."""
-    result = run_script("dagger.py", "--env-id", "CartPole-v1", "--steps-per-round", 100, "--rounds", 2, "--eval-frequency", 200,
-                        "--eval-episodes", 1, "--num-expert-trajectories", 1, "--epochs-per-round", 1, *schedule, cwd=tmp_path)
+    result = run_script(
+        "dagger.py",
+        "--env-id",
+        "CartPole-v1",
+        "--steps-per-round",
+        100,
+        "--rounds",
+        2,
+        "--eval-frequency",
+        200,
+        "--eval-episodes",
+        1,
+        "--num-expert-trajectories",
+        1,
+        "--epochs-per-round",
+        1,
+        *schedule,
+        cwd=tmp_path,
+    )
     rounds = parse_rounds(result.stdout)[1:]
     assert [r[1] for r in rounds] == [expected_share] * 2
     assert [r[6] for r in rounds] == [expected_share] * 2, result.stdout
@@ -169,8 +219,22 @@ def test_beta_is_the_share_of_expert_actions_executed(schedule, expected_share, 
 @pytest.mark.learning
 def test_dagger_learns_cartpole(tmp_path):
     # one expert episode, every 20th state: too little for BC alone; the rounds' expert labels close the gap
-    result = run_script("dagger.py", "--env-id", "CartPole-v1", "--num-expert-trajectories", 1, "--subsample-frequency", 20,
-                        "--rounds", 8, "--steps-per-round", 500, "--eval-frequency", 500, cwd=tmp_path)
+    result = run_script(
+        "dagger.py",
+        "--env-id",
+        "CartPole-v1",
+        "--num-expert-trajectories",
+        1,
+        "--subsample-frequency",
+        20,
+        "--rounds",
+        8,
+        "--steps-per-round",
+        500,
+        "--eval-frequency",
+        500,
+        cwd=tmp_path,
+    )
     rows = read_eval_csv(run_dirs(tmp_path)[0])
     assert rows[-1]["global_step"] == 4000
     assert rows[-1]["eval_return_mean"] >= 475, result.stdout
@@ -179,8 +243,22 @@ def test_dagger_learns_cartpole(tmp_path):
 @pytest.mark.learning
 def test_dagger_learns_pendulum(tmp_path):
     # 20 expert states: BC alone scores below 0; the aggregated expert labels bring the learner to the expert
-    result = run_script("dagger.py", "--env-id", "Pendulum-v1", "--num-expert-trajectories", 1, "--subsample-frequency", 10,
-                        "--rounds", 6, "--steps-per-round", 1000, "--eval-frequency", 1000, cwd=tmp_path)
+    result = run_script(
+        "dagger.py",
+        "--env-id",
+        "Pendulum-v1",
+        "--num-expert-trajectories",
+        1,
+        "--subsample-frequency",
+        10,
+        "--rounds",
+        6,
+        "--steps-per-round",
+        1000,
+        "--eval-frequency",
+        1000,
+        cwd=tmp_path,
+    )
     rows = read_eval_csv(run_dirs(tmp_path)[0])
     assert rows[-1]["global_step"] == 6000
     assert rows[-1]["normalized_score"] >= 0.9, result.stdout
@@ -191,28 +269,41 @@ def test_missing_policy_file_is_one_clear_sentence(tmp_path):
     shutil.copytree(EXPERTS / "CartPole-v1", expert_copy)
     (expert_copy / "policy.pt").unlink()
     result = run_script("dagger.py", "--env-id", "CartPole-v1", "--expert-path", expert_copy, cwd=tmp_path, check=False)
-    assert_clean_error(result, f"no expert policy at {expert_copy / 'policy.pt'}",
-                       f"`python cleanil/demos.py --env-id CartPole-v1 --expert-path {expert_copy} "
-                       f"--from-<minari|d4rl|sb3|npz|policy> <source> --overwrite`")
+    assert_clean_error(
+        result,
+        f"no expert policy at {expert_copy / 'policy.pt'}",
+        f"`python cleanil/demos.py --env-id CartPole-v1 --expert-path {expert_copy} "
+        f"--from-<minari|d4rl|sb3|npz|policy> <source> --overwrite`",
+    )
     assert result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"], ids=["discrete", "continuous"])
 def test_missing_experts_folder_names_the_command(env_id, tmp_path):
-    result = run_script("dagger.py", "--env-id", env_id, "--expert-path", tmp_path / "experts" / env_id, cwd=tmp_path, check=False)
-    assert_clean_error(result, "no expert at", f"cleanil ships one at experts/{env_id} (drop --expert-path to use it)",
-                       f"`python cleanil/demos.py --env-id {env_id} --expert-path {tmp_path / 'experts' / env_id} --from-")
+    result = run_script(
+        "dagger.py", "--env-id", env_id, "--expert-path", tmp_path / "experts" / env_id, cwd=tmp_path, check=False
+    )
+    assert_clean_error(
+        result,
+        "no expert at",
+        f"cleanil ships one at experts/{env_id} (drop --expert-path to use it)",
+        f"`python cleanil/demos.py --env-id {env_id} --expert-path {tmp_path / 'experts' / env_id} --from-",
+    )
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--rounds", 0], "--rounds must be positive"),
-    (["--total-timesteps", 250, "--steps-per-round", 100], "not a positive multiple of --steps-per-round"),
-    (["--num-expert-trajectories", 10_000], "--num-expert-trajectories 10000 asks for more trajectories than"),
-    (["--env-id", "Acrobot-v1", "--expert-path", EXPERTS / "CartPole-v1"], "but Acrobot-v1 has"),
-    (["--env-id", "NoSuchEnv-v0"], "unknown environment id"),
-], ids=["zero-rounds", "timesteps-not-a-multiple", "too-many-trajectories", "expert-of-another-env", "unknown-env"])
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--rounds", 0], "--rounds must be positive"),
+        (["--total-timesteps", 250, "--steps-per-round", 100], "not a positive multiple of --steps-per-round"),
+        (["--num-expert-trajectories", 10_000], "--num-expert-trajectories 10000 asks for more trajectories than"),
+        (["--env-id", "Acrobot-v1", "--expert-path", EXPERTS / "CartPole-v1"], "but Acrobot-v1 has"),
+        (["--env-id", "NoSuchEnv-v0"], "unknown environment id"),
+    ],
+    ids=["zero-rounds", "timesteps-not-a-multiple", "too-many-trajectories", "expert-of-another-env", "unknown-env"],
+)
 def test_bad_input_is_a_clean_error(flags, fragment, tmp_path):
     result = run_script("dagger.py", *flags, cwd=tmp_path, check=False)
     assert_clean_error(result, fragment)

@@ -1,13 +1,26 @@
 """dqn.py: the TD target and the MountainCar shaping on toy inputs, and its outputs, resume and expert artefacts."""
+
+import dqn
 import numpy as np
 import pytest
 import torch
+
 from conftest import assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script, validate_expert_folder
 
-import dqn
-
-TINY = ["--learning-starts", "100", "--train-frequency", "4", "--gradient-steps", "1", "--eval-frequency", "200",
-        "--eval-episodes", "2", "--hidden-size", "32"]
+TINY = [
+    "--learning-starts",
+    "100",
+    "--train-frequency",
+    "4",
+    "--gradient-steps",
+    "1",
+    "--eval-frequency",
+    "200",
+    "--eval-episodes",
+    "2",
+    "--hidden-size",
+    "32",
+]
 
 
 def test_td_loss_target():
@@ -61,14 +74,32 @@ def test_smoke_track_resume_and_outputs(workdir):
         eval_csv.write("1000,9,0,nan,1,1\n")
     run_script("dqn.py", *TINY, "--total-timesteps", "1000", "--checkpoint-frequency", "300", "--resume", cwd=workdir)
     assert [row["global_step"] for row in read_eval_csv(run_dir)] == [0, 200, 400, 600, 800, 1000]
-    assert_clean_error(run_script("dqn.py", *TINY, "--hidden-size", "64", "--resume", cwd=workdir, check=False), "does not fit")
+    assert_clean_error(
+        run_script("dqn.py", *TINY, "--hidden-size", "64", "--resume", cwd=workdir, check=False), "does not fit"
+    )
 
 
 def test_shaped_mountain_car_and_save_expert(workdir):
     expert = workdir / "experts" / "MountainCar-v0"
-    run_script("dqn.py", *TINY, "--env-id", "MountainCar-v0", "--total-timesteps", "400", "--shaping-coef", "100",
-               "--double-q", "--save-expert", "--expert-path", expert, "--expert-eval-episodes", "50",
-               "--num-demo-episodes", "2", cwd=workdir)
+    run_script(
+        "dqn.py",
+        *TINY,
+        "--env-id",
+        "MountainCar-v0",
+        "--total-timesteps",
+        "400",
+        "--shaping-coef",
+        "100",
+        "--double-q",
+        "--save-expert",
+        "--expert-path",
+        expert,
+        "--expert-eval-episodes",
+        "50",
+        "--num-demo-episodes",
+        "2",
+        cwd=workdir,
+    )
     info, demos = validate_expert_folder(expert, min_demo_episodes=2, trained=False)
     assert info["action_space"] == "discrete" and info["num_actions"] == 3 and demos["actions"].dtype == np.int64
     assert "shaping" in info["training"] and info["random_return_mean"] == -200  # the true reward, not the shaped one

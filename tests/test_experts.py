@@ -1,8 +1,10 @@
 """Every shipped expert folder: the DESIGN.md schema, the return bars, and a replay of its policy (loaded without
 importing the trainer) that reproduces both its demos' actions and its recorded return."""
+
 import gymnasium as gym
 import numpy as np
 import pytest
+
 from conftest import EXPERT_BARS, EXPERTS, load_expert_mlp, validate_expert_folder
 
 SHIPPED = sorted(path.name for path in EXPERTS.iterdir() if path.is_dir()) if EXPERTS.exists() else []

@@ -1,23 +1,44 @@
 """gaifo.py: the blocks it shares with gail.py are the same code (their math is tested in test_gail.py), its own TRPO
 step keeps the KL bound, its discriminator sees (s, s') and never the expert's actions (demos whose actions are NaN
 give the very same run), every flag path end to end, bad input, and learning CartPole-v1 from state-only demos."""
+
 import copy
 import inspect
 import shutil
 
+import gaifo
+import gail
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-import gaifo
-import gail
 from conftest import EXPERTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
 
-SHARED = ["Args", "make_env", "load_expert_info", "expert_command", "load_demos", "normalized_score", "layer_init", "mlp",
-          "Policy", "Discriminator", "discriminator_loss", "gradient_penalty", "learned_reward", "gae", "value_loss",
-          "conjugate_gradient", "fisher_vector_product", "trpo_step", "evaluate", "package_versions", "write_eval_row",
-          "write_summary"]
+SHARED = [
+    "Args",
+    "make_env",
+    "load_expert_info",
+    "expert_command",
+    "load_demos",
+    "normalized_score",
+    "layer_init",
+    "mlp",
+    "Policy",
+    "Discriminator",
+    "discriminator_loss",
+    "gradient_penalty",
+    "learned_reward",
+    "gae",
+    "value_loss",
+    "conjugate_gradient",
+    "fisher_vector_product",
+    "trpo_step",
+    "evaluate",
+    "package_versions",
+    "write_eval_row",
+    "write_summary",
+]
 
 
 @pytest.mark.parametrize("name", SHARED)
@@ -55,15 +76,44 @@ def test_discriminator_sees_state_transitions_only():
     torch.testing.assert_close(inputs, torch.cat([obs, next_obs], -1))
 
 
-COMMON = ["--total-timesteps", 600, "--num-envs", 2, "--num-steps", 100, "--eval-frequency", 200, "--eval-episodes", 2,
-          "--num-expert-trajectories", 2]
+COMMON = [
+    "--total-timesteps",
+    600,
+    "--num-envs",
+    2,
+    "--num-steps",
+    100,
+    "--eval-frequency",
+    200,
+    "--eval-episodes",
+    2,
+    "--num-expert-trajectories",
+    2,
+]
 SMOKE = {
     "discrete": ["--env-id", "CartPole-v1"],
-    "discrete-logd-gp-subsample-track": ["--env-id", "CartPole-v1", "--reward-type", "log_d", "--gp-coef", 10,
-                                         "--subsample-frequency", 4, "--track"],
+    "discrete-logd-gp-subsample-track": [
+        "--env-id",
+        "CartPole-v1",
+        "--reward-type",
+        "log_d",
+        "--gp-coef",
+        10,
+        "--subsample-frequency",
+        4,
+        "--track",
+    ],
     "continuous-gp": ["--env-id", "Pendulum-v1", "--gp-coef", 10],
-    "continuous-logd-subsample-track": ["--env-id", "Pendulum-v1", "--reward-type", "log_d", "--subsample-frequency", 5,
-                                        "--track", "--no-normalize-observations"],
+    "continuous-logd-subsample-track": [
+        "--env-id",
+        "Pendulum-v1",
+        "--reward-type",
+        "log_d",
+        "--subsample-frequency",
+        5,
+        "--track",
+        "--no-normalize-observations",
+    ],
     "continuous-video": ["--env-id", "Pendulum-v1", "--capture-video"],
 }
 
@@ -79,7 +129,9 @@ def test_smoke(workdir, flags):
     assert all(np.isfinite(list(row.values())).all() for row in rows), rows
     summary = read_summary(run_dir)
     assert np.isfinite([summary["final_return"], summary["final_normalized_score"], summary["mean_sps"]]).all(), summary
-    assert summary["args"]["subsample_frequency"] == (flags[flags.index("--subsample-frequency") + 1] if "--subsample-frequency" in flags else 1)
+    assert summary["args"]["subsample_frequency"] == (
+        flags[flags.index("--subsample-frequency") + 1] if "--subsample-frequency" in flags else 1
+    )
     assert summary["args"]["reward_type"] == ("log_d" if "log_d" in flags else "neg_log_one_minus_d")
     assert summary["args"]["gp_coef"] == (10 if "--gp-coef" in flags else 0)
     if "--track" in flags:
@@ -96,7 +148,9 @@ def test_expert_actions_are_never_read(workdir, env_id):
     shutil.copytree(EXPERTS / env_id, expert_dir)
     with np.load(expert_dir / "demos.npz") as npz:
         demos = {key: npz[key] for key in npz.files}
-    np.savez_compressed(expert_dir / "demos.npz", **{**demos, "actions": np.full(demos["actions"].shape, np.nan, dtype=np.float32)})
+    np.savez_compressed(
+        expert_dir / "demos.npz", **{**demos, "actions": np.full(demos["actions"].shape, np.nan, dtype=np.float32)}
+    )
     results = []
     for name, path in (("real", EXPERTS / env_id), ("nan", expert_dir)):
         run_script("gaifo.py", "--env-id", env_id, "--expert-path", path, "--exp-name", name, *COMMON, cwd=workdir)
@@ -106,9 +160,12 @@ def test_expert_actions_are_never_read(workdir, env_id):
 
 
 def test_bad_input_is_one_clear_sentence(workdir):
-    result = run_script("gaifo.py", "--env-id", "MountainCar-v0", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
-    assert_clean_error(result, "no expert at",
-                       f"python cleanil/demos.py --env-id MountainCar-v0 --expert-path {workdir / 'nowhere'} --from-")
+    result = run_script(
+        "gaifo.py", "--env-id", "MountainCar-v0", "--expert-path", workdir / "nowhere", cwd=workdir, check=False
+    )
+    assert_clean_error(
+        result, "no expert at", f"python cleanil/demos.py --env-id MountainCar-v0 --expert-path {workdir / 'nowhere'} --from-"
+    )
     result = run_script("gaifo.py", "--env-id", "NoSuchEnv-v0", cwd=workdir, check=False)
     assert_clean_error(result, "unknown environment id 'NoSuchEnv-v0'")
 
@@ -119,4 +176,3 @@ def test_gaifo_cartpole_learns_from_observations_only(workdir):
     rows = read_eval_csv(run_dirs(workdir)[0])
     returns = [row["eval_return_mean"] for row in rows]
     assert max(returns) >= 400 and returns[-1] >= 400, returns
-

@@ -1,18 +1,18 @@
 """gail.py: TRPO's pieces on toy problems (conjugate gradient, the Fisher-vector product, a step that keeps its KL
 bound and improves the surrogate), GAE under termination, truncation and next-step autoreset, the discriminator's
 loss, penalty, inputs and rewards, every flag path end to end, bad input, and learning CartPole-v1 from the shipped demos."""
+
 import copy
 import math
 import shutil
 
+import gail
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-import gail
-from conftest import (EXPERTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script,
-                      run_script_recording_wandb)
+from conftest import EXPERTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script, run_script_recording_wandb
 
 
 def test_conjugate_gradient_solves_a_small_spd_system():
@@ -22,7 +22,9 @@ def test_conjugate_gradient_solves_a_small_spd_system():
     x = gail.conjugate_gradient(lambda v: a @ v, b, iterations=20)
     torch.testing.assert_close(x, torch.linalg.solve(a, b))
     # CG from x = 0 on b = 0 (a zero policy gradient) stays at 0 instead of dividing 0 by 0
-    assert torch.equal(gail.conjugate_gradient(lambda v: a @ v, torch.zeros(6, dtype=torch.float64), 10), torch.zeros(6, dtype=torch.float64))
+    assert torch.equal(
+        gail.conjugate_gradient(lambda v: a @ v, torch.zeros(6, dtype=torch.float64), 10), torch.zeros(6, dtype=torch.float64)
+    )
 
 
 def flat_grad(output, params):
@@ -43,7 +45,9 @@ def test_fisher_vector_product_is_the_fisher_information_matrix():
             g = flat_grad(log_probs[a], params)
             fisher = fisher + log_probs[a].exp().detach() * torch.outer(g, g) / len(obs)
     v = torch.randn(len(fisher))
-    torch.testing.assert_close(gail.fisher_vector_product(policy, obs, v, damping), fisher @ v + damping * v, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        gail.fisher_vector_product(policy, obs, v, damping), fisher @ v + damping * v, rtol=1e-4, atol=1e-6
+    )
 
     policy = gail.Policy(3, gym.spaces.Box(-1, 1, (2,)), hidden_size=4)
     with torch.no_grad():
@@ -58,7 +62,9 @@ def test_fisher_vector_product_is_the_fisher_information_matrix():
         jacobian = torch.stack([flat_grad(mean[d], network_params) for d in range(2)])  # [2, n]
         fisher[2:, 2:] += jacobian.T @ torch.diag(torch.exp(-2 * policy.log_std.detach())) @ jacobian / len(obs)
     v = torch.randn(2 + n)
-    torch.testing.assert_close(gail.fisher_vector_product(policy, obs, v, damping), fisher @ v + damping * v, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        gail.fisher_vector_product(policy, obs, v, damping), fisher @ v + damping * v, rtol=1e-4, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("space", [gym.spaces.Discrete(3), gym.spaces.Box(-2, 2, (2,))], ids=["discrete", "continuous"])
@@ -75,8 +81,18 @@ def test_trpo_step_keeps_its_kl_bound_and_improves_the_surrogate(space, max_kl):
     old = copy.deepcopy(policy)
     with torch.no_grad():
         old_dist, old_log_prob = old.distribution(old(obs)), old.distribution(old(obs)).log_prob(actions)
-    stats = gail.trpo_step(policy, obs, actions, advantages, max_kl, damping=0.1, cg_iterations=10, backtrack_iterations=10,
-                           backtrack_coef=0.5, accept_ratio=0.1)
+    stats = gail.trpo_step(
+        policy,
+        obs,
+        actions,
+        advantages,
+        max_kl,
+        damping=0.1,
+        cg_iterations=10,
+        backtrack_iterations=10,
+        backtrack_coef=0.5,
+        accept_ratio=0.1,
+    )
     with torch.no_grad():
         new_dist = policy.distribution(policy(obs))
         kl = torch.distributions.kl_divergence(old_dist, new_dist).mean()
@@ -177,20 +193,51 @@ def test_discriminator_sees_one_hot_or_rescaled_clipped_actions():
     inputs = gail.discriminator_inputs({"observations": obs, "actions": torch.tensor([2, 0, 1])}, gym.spaces.Discrete(3))
     torch.testing.assert_close(inputs, torch.cat([obs, torch.eye(3)[[2, 0, 1]]], -1))
     space = gym.spaces.Box(np.array([-2.0, 0.0], dtype=np.float32), np.array([2.0, 1.0], dtype=np.float32))
-    inputs = gail.discriminator_inputs({"observations": obs, "actions": torch.tensor([[1.0, 0.5], [-5.0, 1.0], [2.0, 3.0]])}, space)
+    inputs = gail.discriminator_inputs(
+        {"observations": obs, "actions": torch.tensor([[1.0, 0.5], [-5.0, 1.0], [2.0, 3.0]])}, space
+    )
     torch.testing.assert_close(inputs[:, 2:], torch.tensor([[0.5, 0.0], [-1.0, 1.0], [1.0, 1.0]]))
     assert gail.value_loss(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0])).item() == pytest.approx(2.5)
 
 
-COMMON = ["--total-timesteps", 600, "--num-envs", 2, "--num-steps", 100, "--eval-frequency", 200, "--eval-episodes", 2,
-          "--num-expert-trajectories", 2]
+COMMON = [
+    "--total-timesteps",
+    600,
+    "--num-envs",
+    2,
+    "--num-steps",
+    100,
+    "--eval-frequency",
+    200,
+    "--eval-episodes",
+    2,
+    "--num-expert-trajectories",
+    2,
+]
 SMOKE = {
     "discrete": ["--env-id", "CartPole-v1"],
-    "discrete-logd-gp-subsample-track": ["--env-id", "CartPole-v1", "--reward-type", "log_d", "--gp-coef", 10,
-                                         "--subsample-frequency", 4, "--track"],
+    "discrete-logd-gp-subsample-track": [
+        "--env-id",
+        "CartPole-v1",
+        "--reward-type",
+        "log_d",
+        "--gp-coef",
+        10,
+        "--subsample-frequency",
+        4,
+        "--track",
+    ],
     "continuous-gp": ["--env-id", "Pendulum-v1", "--gp-coef", 10],
-    "continuous-logd-subsample-track": ["--env-id", "Pendulum-v1", "--reward-type", "log_d", "--subsample-frequency", 5,
-                                        "--track", "--no-normalize-observations"],
+    "continuous-logd-subsample-track": [
+        "--env-id",
+        "Pendulum-v1",
+        "--reward-type",
+        "log_d",
+        "--subsample-frequency",
+        5,
+        "--track",
+        "--no-normalize-observations",
+    ],
     "continuous-video": ["--env-id", "Pendulum-v1", "--capture-video"],
 }
 
@@ -206,7 +253,9 @@ def test_smoke(workdir, flags):
     assert all(np.isfinite(list(row.values())).all() for row in rows), rows
     summary = read_summary(run_dir)
     assert np.isfinite([summary["final_return"], summary["final_normalized_score"], summary["mean_sps"]]).all(), summary
-    assert summary["args"]["subsample_frequency"] == (flags[flags.index("--subsample-frequency") + 1] if "--subsample-frequency" in flags else 1)
+    assert summary["args"]["subsample_frequency"] == (
+        flags[flags.index("--subsample-frequency") + 1] if "--subsample-frequency" in flags else 1
+    )
     assert summary["args"]["reward_type"] == ("log_d" if "log_d" in flags else "neg_log_one_minus_d")
     assert summary["args"]["gp_coef"] == (10 if "--gp-coef" in flags else 0)
     if "--track" in flags:
@@ -218,8 +267,9 @@ def test_smoke(workdir, flags):
 
 def test_bad_input_is_one_clear_sentence(workdir):
     result = run_script("gail.py", "--env-id", "Acrobot-v1", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
-    assert_clean_error(result, "no expert at",
-                       f"python cleanil/demos.py --env-id Acrobot-v1 --expert-path {workdir / 'nowhere'} --from-")
+    assert_clean_error(
+        result, "no expert at", f"python cleanil/demos.py --env-id Acrobot-v1 --expert-path {workdir / 'nowhere'} --from-"
+    )
     result = run_script("gail.py", "--num-expert-trajectories", 100_000, cwd=workdir, check=False)
     assert_clean_error(result, "--num-expert-trajectories 100000 asks for more trajectories than the")
     result = run_script("gail.py", "--num-envs", 0, cwd=workdir, check=False)
@@ -232,7 +282,9 @@ def test_demos_with_invalid_actions_are_refused(workdir):
     shutil.copytree(EXPERTS / "CartPole-v1", expert_dir)
     with np.load(expert_dir / "demos.npz") as npz:
         demos = {key: npz[key] for key in npz.files}
-    np.savez_compressed(expert_dir / "demos.npz", **{**demos, "actions": np.full(demos["actions"].shape, np.nan, dtype=np.float32)})
+    np.savez_compressed(
+        expert_dir / "demos.npz", **{**demos, "actions": np.full(demos["actions"].shape, np.nan, dtype=np.float32)}
+    )
     result = run_script("gail.py", "--expert-path", expert_dir, *COMMON, cwd=workdir, check=False)
     assert_clean_error(result, "holds invalid actions", f"demos.py --env-id CartPole-v1 --expert-path {expert_dir} --from-")
 
@@ -248,8 +300,9 @@ def test_gail_cartpole_reaches_expert_return(workdir):
 @pytest.mark.parametrize("script", ["gail.py", "gaifo.py"])
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_logs_discriminator_accuracy_reward_and_kl(workdir, monkeypatch, script, env_id):
-    logged = run_script_recording_wandb(script, "--env-id", env_id, *COMMON, "--max-kl", 0.005, cwd=workdir,
-                                        monkeypatch=monkeypatch)
+    logged = run_script_recording_wandb(
+        script, "--env-id", env_id, *COMMON, "--max-kl", 0.005, cwd=workdir, monkeypatch=monkeypatch
+    )
     iterations = [log for log in logged if "charts/kl" in log]
     assert len(iterations) >= 3, logged  # >= 600 steps from 2 envs x 100 steps per iteration, less autoreset steps
     for log in iterations:

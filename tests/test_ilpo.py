@@ -1,21 +1,32 @@
 """ilpo.py: the blocks it shares with bc.py are bc.py's, its latent forward model splits a toy system's two actions
 between two latents and its latent policy picks the expert's, L_exp leaves the generator alone, the remapping learns
 which real action a latent stands for, it never reads the expert's actions (demos whose actions are NaN give the very
-same run), every flag path end to end, bad input (a continuous-action env, a missing expert), and learning CartPole-v1 from state-only demos."""
+same run), every flag path end to end, bad input (a continuous-action env, a missing expert),
+and learning CartPole-v1 from state-only demos."""
+
 import inspect
 import re
 import shutil
 
+import bc
+import ilpo
 import numpy as np
 import pytest
 import torch
 
-import bc
-import ilpo
 from conftest import EXPERTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
 
-SHARED = ["make_env", "load_expert_info", "expert_command", "load_demos", "normalized_score", "evaluate", "package_versions",
-          "write_eval_row", "write_summary"]
+SHARED = [
+    "make_env",
+    "load_expert_info",
+    "expert_command",
+    "load_demos",
+    "normalized_score",
+    "evaluate",
+    "package_versions",
+    "write_eval_row",
+    "write_summary",
+]
 
 
 @pytest.mark.parametrize("name", SHARED)
@@ -114,8 +125,22 @@ def test_expert_actions_are_not_among_the_keys_read():
     assert "actions" not in ilpo.DEMO_KEYS
 
 
-COMMON = ["--env-id", "CartPole-v1", "--total-timesteps", 300, "--eval-frequency", 100, "--eval-episodes", 2,
-          "--num-expert-trajectories", 2, "--latent-gradient-steps", 50, "--remap-batch-size", 16]
+COMMON = [
+    "--env-id",
+    "CartPole-v1",
+    "--total-timesteps",
+    300,
+    "--eval-frequency",
+    100,
+    "--eval-episodes",
+    2,
+    "--num-expert-trajectories",
+    2,
+    "--latent-gradient-steps",
+    50,
+    "--remap-batch-size",
+    16,
+]
 SMOKE = {
     "default-video": ["--capture-video"],
     "three-latents-subsample-track": ["--num-latent-actions", 3, "--subsample-frequency", 4, "--track"],
@@ -137,7 +162,9 @@ def test_smoke(workdir, flags):
     assert all(np.isfinite(list(row.values())).all() for row in rows), rows
     summary = read_summary(run_dir)
     assert np.isfinite([summary["final_return"], summary["final_normalized_score"], summary["mean_sps"]]).all(), summary
-    assert summary["args"]["subsample_frequency"] == (flags[flags.index("--subsample-frequency") + 1] if "--subsample-frequency" in flags else 1)
+    assert summary["args"]["subsample_frequency"] == (
+        flags[flags.index("--subsample-frequency") + 1] if "--subsample-frequency" in flags else 1
+    )
     losses, usage = step1_report(result.stdout)
     assert np.isfinite(losses).all() and len(usage) == (3 if "--num-latent-actions" in flags else 2)
     assert sum(usage) == pytest.approx(1.0, abs=0.01)
@@ -153,13 +180,17 @@ def test_expert_actions_are_never_read(workdir):
     shutil.copytree(EXPERTS / "CartPole-v1", expert_dir)
     with np.load(expert_dir / "demos.npz") as npz:
         demos = {key: npz[key] for key in npz.files}
-    np.savez_compressed(expert_dir / "demos.npz", **{**demos, "actions": np.full(demos["actions"].shape, np.nan, dtype=np.float32)})
+    np.savez_compressed(
+        expert_dir / "demos.npz", **{**demos, "actions": np.full(demos["actions"].shape, np.nan, dtype=np.float32)}
+    )
     results = []
     for name, path in (("real", EXPERTS / "CartPole-v1"), ("nan", expert_dir)):
         result = run_script("ilpo.py", *COMMON, "--expert-path", path, "--exp-name", name, cwd=workdir)
         (run_dir,) = [d for d in run_dirs(workdir) if f"__{name}__" in d.name]
-        results.append([value for row in read_eval_csv(run_dir) for value in (row["global_step"], row["eval_return_mean"])]
-                       + step1_report(result.stdout)[0])
+        results.append(
+            [value for row in read_eval_csv(run_dir) for value in (row["global_step"], row["eval_return_mean"])]
+            + step1_report(result.stdout)[0]
+        )
     assert results[0] == results[1] and np.isfinite(results[1]).all(), results
 
 
@@ -167,16 +198,29 @@ def test_bad_input_is_one_clear_sentence(workdir):
     result = run_script("ilpo.py", "--env-id", "Pendulum-v1", cwd=workdir, check=False)
     assert_clean_error(result, "ilpo.py needs discrete actions", "Pendulum-v1", "use bco.py or gaifo.py")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    result = run_script("ilpo.py", "--env-id", "MountainCar-v0", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
-    assert_clean_error(result, "no expert at",
-                       f"python cleanil/demos.py --env-id MountainCar-v0 --expert-path {workdir / 'nowhere'} --from-")
+    result = run_script(
+        "ilpo.py", "--env-id", "MountainCar-v0", "--expert-path", workdir / "nowhere", cwd=workdir, check=False
+    )
+    assert_clean_error(
+        result, "no expert at", f"python cleanil/demos.py --env-id MountainCar-v0 --expert-path {workdir / 'nowhere'} --from-"
+    )
     assert not (workdir / "runs").exists()
 
 
 @pytest.mark.learning
 def test_ilpo_cartpole_learns_from_observations_only(workdir):
     # step 1 for 2000 gradient steps, then 1500 steps of remapping (500 from step 500 on with seeds 1-3)
-    run_script("ilpo.py", "--env-id", "CartPole-v1", "--latent-gradient-steps", 2000, "--total-timesteps", 1500,
-               "--eval-frequency", 500, cwd=workdir)
+    run_script(
+        "ilpo.py",
+        "--env-id",
+        "CartPole-v1",
+        "--latent-gradient-steps",
+        2000,
+        "--total-timesteps",
+        1500,
+        "--eval-frequency",
+        500,
+        cwd=workdir,
+    )
     rows = read_eval_csv(run_dirs(workdir)[0])
     assert rows[-1]["eval_return_mean"] >= 400, rows

@@ -4,19 +4,32 @@ with the penalty on the expert's rows or the whole batch, the discrete update's 
 critic loss wired to the right networks and samples, soft Q-learning recovering a chain's expert policy and SAC imitating
 a demonstrated action from the loss alone, every flag end to end on a discrete and a continuous env, resuming from a
 compact checkpoint, bad input, the SAC block shared with sac.py, and imitating from one demonstration."""
+
 import inspect
 import types
 
+import iq_learn
 import numpy as np
 import pytest
+import sac
 import torch
+
 from conftest import assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
 
-import iq_learn
-import sac
-
-TINY = ["--total-timesteps", "300", "--learning-starts", "100", "--eval-frequency", "150", "--eval-episodes", "2",
-        "--batch-size", "32", "--hidden-size", "32"]
+TINY = [
+    "--total-timesteps",
+    "300",
+    "--learning-starts",
+    "100",
+    "--eval-frequency",
+    "150",
+    "--eval-episodes",
+    "2",
+    "--batch-size",
+    "32",
+    "--hidden-size",
+    "32",
+]
 
 
 def args_for(**overrides):
@@ -30,7 +43,9 @@ def test_soft_value_and_policy_are_the_log_sum_exp_and_its_boltzmann_distributio
         assert torch.allclose(value, temperature * torch.log(torch.exp(q_values / temperature).sum(-1)))
         probs = iq_learn.soft_q_policy(q_values, temperature).probs
         # Eq. 1: pi(a|s) = exp((Q(s, a) - V(s)) / alpha), a distribution over the actions
-        assert torch.allclose(probs, torch.exp((q_values - value[:, None]) / temperature)) and torch.allclose(probs.sum(-1), torch.ones(2))
+        assert torch.allclose(probs, torch.exp((q_values - value[:, None]) / temperature)) and torch.allclose(
+            probs.sum(-1), torch.ones(2)
+        )
     assert torch.allclose(iq_learn.soft_value(q_values, 1e-3), q_values.max(-1).values, atol=1e-2)
 
 
@@ -65,8 +80,11 @@ def test_value_difference_telescopes_to_the_initial_state_term():
 
 def test_iq_loss_is_minus_j_with_the_expert_term_on_the_expert_rows_only():
     generator = torch.Generator().manual_seed(1)
-    q_values, value, next_value = (torch.randn(2, 5, generator=generator), torch.randn(2, 5, generator=generator),
-                                   torch.randn(5, generator=generator))
+    q_values, value, next_value = (
+        torch.randn(2, 5, generator=generator),
+        torch.randn(2, 5, generator=generator),
+        torch.randn(5, generator=generator),
+    )
     terminations, gamma, chi2_alpha = torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0]), 0.8, 0.5
     reward = q_values - gamma * (1 - terminations) * next_value
     initial_state_term = (value - gamma * (1 - terminations) * next_value).mean(-1)  # both critics, all rows
@@ -95,8 +113,9 @@ def test_sac_critic_loss_reads_the_right_networks_and_samples():
 
     actor = types.SimpleNamespace(get_action=lambda o: (0.1 * o, -0.01 * o.squeeze(-1)))  # a = s / 10, log pi = -s / 100
     alpha, gamma, chi2_alpha = 0.2, 0.9, 0.5
-    loss, q_values, rewards = iq_learn.soft_q_loss(critics(1.0), critics(-1.0), actor, (obs, actions, next_obs, terminations),
-                                                   alpha, gamma, 1, chi2_alpha, True)
+    loss, q_values, rewards = iq_learn.soft_q_loss(
+        critics(1.0), critics(-1.0), actor, (obs, actions, next_obs, terminations), alpha, gamma, 1, chi2_alpha, True
+    )
     assert torch.allclose(q_values, critics(1.0)(obs, actions))
     value = critics(1.0)(obs, 0.1 * obs) + alpha * 0.01 * obs.squeeze(-1)
     next_value = critics(-1.0)(next_obs, 0.1 * next_obs).min(0).values + alpha * 0.01 * next_obs.squeeze(-1)
@@ -110,12 +129,25 @@ def test_soft_q_update_differentiates_minus_j_through_q_and_both_soft_values():
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(2)
     obs, next_obs = torch.randn(6, 3, generator=generator), torch.randn(6, 3, generator=generator)
-    batch = (obs, torch.tensor([[0.0], [1.0], [1.0], [0.0], [1.0], [0.0]]), next_obs, torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 1.0]))
+    batch = (
+        obs,
+        torch.tensor([[0.0], [1.0], [1.0], [0.0], [1.0], [0.0]]),
+        next_obs,
+        torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 1.0]),
+    )
     args = args_for(gamma=0.9, soft_q_temperature=0.5, chi2_alpha=0.5, chi2_samples="expert")
     q_network = iq_learn.QNetwork(3, 2, 16)
     q_all, next_q_all = q_network(obs), q_network(next_obs)
-    expected, _ = iq_learn.iq_loss(q_all.gather(1, batch[1].long()).squeeze(1), iq_learn.soft_value(q_all, 0.5),
-                                   iq_learn.soft_value(next_q_all, 0.5), batch[3], 0.9, 2, 0.5, False)
+    expected, _ = iq_learn.iq_loss(
+        q_all.gather(1, batch[1].long()).squeeze(1),
+        iq_learn.soft_value(q_all, 0.5),
+        iq_learn.soft_value(next_q_all, 0.5),
+        batch[3],
+        0.9,
+        2,
+        0.5,
+        False,
+    )
     expected_grads = torch.autograd.grad(expected, list(q_network.parameters()))
     stats = iq_learn.soft_q_update(batch, 2, q_network, torch.optim.SGD(q_network.parameters(), lr=0.0), args)
     assert stats["losses/iq_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
@@ -148,8 +180,12 @@ def test_soft_q_learning_recovers_the_expert_policy_and_rewards_its_transitions(
         stats = iq_learn.soft_q_update(batch, num_demo, q_network, optimizer, args)
     with torch.no_grad():
         probs = iq_learn.soft_q_policy(q_network(torch.eye(6)[:5]), 1.0).probs
-        rewards = iq_learn.implied_reward(q_network(batch[0]).gather(1, batch[1].long()).squeeze(1),
-                                          iq_learn.soft_value(q_network(batch[2]), 1.0), 0.9, batch[3])
+        rewards = iq_learn.implied_reward(
+            q_network(batch[0]).gather(1, batch[1].long()).squeeze(1),
+            iq_learn.soft_value(q_network(batch[2]), 1.0),
+            0.9,
+            batch[3],
+        )
     assert (probs[:, 2] > 0.8).all(), probs
     non_expert = batch[1][num_demo:, 0] != 2
     assert rewards[:num_demo].min() > rewards[num_demo:][non_expert].max(), rewards
@@ -167,14 +203,25 @@ def test_sac_imitates_the_demonstrated_action():
     obs = torch.cat([demo_obs, agent_obs])
     actions = torch.cat([torch.full((num_demo, 1), 0.5), 2 * torch.rand(num_agent, 1, generator=generator) - 1])
     batch = (obs, actions, obs.roll(1, 0), torch.ones(num_demo + num_agent))  # one-step episodes: V(s') = 0
-    args = args_for(gamma=0.9, policy_frequency=2, target_network_frequency=1, tau=0.05, autotune=False, chi2_alpha=0.5,
-                    chi2_samples="mixture")
-    env = types.SimpleNamespace(observation_space=types.SimpleNamespace(shape=(3,)),
-                                action_space=types.SimpleNamespace(shape=(1,), high=np.ones(1), low=-np.ones(1)))
+    args = args_for(
+        gamma=0.9,
+        policy_frequency=2,
+        target_network_frequency=1,
+        tau=0.05,
+        autotune=False,
+        chi2_alpha=0.5,
+        chi2_samples="mixture",
+    )
+    env = types.SimpleNamespace(
+        observation_space=types.SimpleNamespace(shape=(3,)),
+        action_space=types.SimpleNamespace(shape=(1,), high=np.ones(1), low=-np.ones(1)),
+    )
     actor, qf, qf_target = iq_learn.Actor(env, 64, -5, 2), iq_learn.SoftQEnsemble(3, 1, 64), iq_learn.SoftQEnsemble(3, 1, 64)
     qf_target.load_state_dict(qf.state_dict())
     log_alpha = torch.tensor(np.log(0.01), requires_grad=True)
-    optimizers = [torch.optim.Adam(module.parameters(), lr=1e-3) for module in (qf, actor)] + [torch.optim.Adam([log_alpha], lr=1e-3)]
+    optimizers = [torch.optim.Adam(module.parameters(), lr=1e-3) for module in (qf, actor)] + [
+        torch.optim.Adam([log_alpha], lr=1e-3)
+    ]
     for step in range(1, 1501):
         stats = iq_learn.sac_update(batch, num_demo, actor, qf, qf_target, log_alpha, *optimizers, args, -1.0, step)
     with torch.no_grad():
@@ -185,19 +232,59 @@ def test_sac_imitates_the_demonstrated_action():
 
 
 def test_the_sac_block_is_sac_py_s():
-    for name in ("SoftQEnsemble", "Actor", "ReplayBuffer", "policy_loss", "alpha_loss", "bf16_is_fast", "make_optimizer", "evaluate"):
+    for name in (
+        "SoftQEnsemble",
+        "Actor",
+        "ReplayBuffer",
+        "policy_loss",
+        "alpha_loss",
+        "bf16_is_fast",
+        "make_optimizer",
+        "evaluate",
+    ):
         assert inspect.getsource(getattr(iq_learn, name)) == inspect.getsource(getattr(sac, name)), name
 
 
-@pytest.mark.parametrize("flags", [
-    ["--env-id", "CartPole-v1"],
-    ["--env-id", "CartPole-v1", "--track", "--num-expert-trajectories", "3", "--subsample-frequency", "4",
-     "--soft-q-temperature", "0.5", "--chi2-alpha", "0.25", "--chi2-samples", "mixture", "--demo-fraction", "0.25",
-     "--learning-rate", "1e-3"],
-    ["--env-id", "Pendulum-v1"],
-    ["--env-id", "Pendulum-v1", "--autotune", "--no-bf16", "--chi2-alpha", "1", "--chi2-samples", "expert", "--demo-fraction",
-     "0.75", "--track"],
-], ids=["discrete", "discrete-all-flags", "continuous", "continuous-all-flags"])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--env-id", "CartPole-v1"],
+        [
+            "--env-id",
+            "CartPole-v1",
+            "--track",
+            "--num-expert-trajectories",
+            "3",
+            "--subsample-frequency",
+            "4",
+            "--soft-q-temperature",
+            "0.5",
+            "--chi2-alpha",
+            "0.25",
+            "--chi2-samples",
+            "mixture",
+            "--demo-fraction",
+            "0.25",
+            "--learning-rate",
+            "1e-3",
+        ],
+        ["--env-id", "Pendulum-v1"],
+        [
+            "--env-id",
+            "Pendulum-v1",
+            "--autotune",
+            "--no-bf16",
+            "--chi2-alpha",
+            "1",
+            "--chi2-samples",
+            "expert",
+            "--demo-fraction",
+            "0.75",
+            "--track",
+        ],
+    ],
+    ids=["discrete", "discrete-all-flags", "continuous", "continuous-all-flags"],
+)
 def test_smoke(tmp_path, flags):
     run_script("iq_learn.py", *flags, *TINY, cwd=tmp_path)
     (run_dir,) = run_dirs(tmp_path)
@@ -206,17 +293,27 @@ def test_smoke(tmp_path, flags):
     assert all(np.isfinite(list(row.values())).all() for row in rows), rows
     summary = read_summary(run_dir)
     assert np.isfinite([summary["final_return"], summary["final_normalized_score"]]).all()
-    for flag, key in (("--chi2-alpha", "chi2_alpha"), ("--demo-fraction", "demo_fraction"), ("--subsample-frequency", "subsample_frequency"),
-                      ("--soft-q-temperature", "soft_q_temperature"), ("--learning-rate", "learning_rate")):
+    for flag, key in (
+        ("--chi2-alpha", "chi2_alpha"),
+        ("--demo-fraction", "demo_fraction"),
+        ("--subsample-frequency", "subsample_frequency"),
+        ("--soft-q-temperature", "soft_q_temperature"),
+        ("--learning-rate", "learning_rate"),
+    ):
         if flag in flags:
             assert summary["args"][key] == pytest.approx(float(flags[flags.index(flag) + 1]))
     # "auto" resolves to the penalty on the expert's rows for discrete actions, on the whole batch for continuous ones
     default_samples = "expert" if "CartPole-v1" in flags else "mixture"
-    assert summary["args"]["chi2_samples"] == (flags[flags.index("--chi2-samples") + 1] if "--chi2-samples" in flags else default_samples)
+    assert summary["args"]["chi2_samples"] == (
+        flags[flags.index("--chi2-samples") + 1] if "--chi2-samples" in flags else default_samples
+    )
     if "--track" in flags:
         assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
-    assert summary["precision"] == ("fp32" if "CartPole-v1" in flags or "--no-bf16" in flags or not sac.bf16_is_fast(torch.device("cpu"))
-                                    else "bf16-autocast")
+    assert summary["precision"] == (
+        "fp32"
+        if "CartPole-v1" in flags or "--no-bf16" in flags or not sac.bf16_is_fast(torch.device("cpu"))
+        else "bf16-autocast"
+    )
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
@@ -239,14 +336,22 @@ def test_resume_continues_from_a_compact_checkpoint(tmp_path, env_id):
 
 
 def test_bad_input_is_a_clean_error(tmp_path):
-    assert_clean_error(run_script("iq_learn.py", "--env-id", "CartPole-v1", "--demo-fraction", "1", cwd=tmp_path, check=False),
-                       "--demo-fraction 1.0 of --batch-size 256 leaves no room")
-    assert_clean_error(run_script("iq_learn.py", "--env-id", "CartPole-v1", "--chi2-alpha", "0", cwd=tmp_path, check=False),
-                       "--chi2-alpha must be positive")
-    assert_clean_error(run_script("iq_learn.py", "--env-id", "CartPole-v1", "--soft-q-temperature", "-1", cwd=tmp_path, check=False),
-                       "--soft-q-temperature must be positive")
-    assert_clean_error(run_script("iq_learn.py", "--env-id", "Pendulum-v1", "--num-expert-trajectories", "1000", cwd=tmp_path, check=False),
-                       "more trajectories than")
+    assert_clean_error(
+        run_script("iq_learn.py", "--env-id", "CartPole-v1", "--demo-fraction", "1", cwd=tmp_path, check=False),
+        "--demo-fraction 1.0 of --batch-size 256 leaves no room",
+    )
+    assert_clean_error(
+        run_script("iq_learn.py", "--env-id", "CartPole-v1", "--chi2-alpha", "0", cwd=tmp_path, check=False),
+        "--chi2-alpha must be positive",
+    )
+    assert_clean_error(
+        run_script("iq_learn.py", "--env-id", "CartPole-v1", "--soft-q-temperature", "-1", cwd=tmp_path, check=False),
+        "--soft-q-temperature must be positive",
+    )
+    assert_clean_error(
+        run_script("iq_learn.py", "--env-id", "Pendulum-v1", "--num-expert-trajectories", "1000", cwd=tmp_path, check=False),
+        "more trajectories than",
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -254,8 +359,19 @@ def test_bad_input_is_a_clean_error(tmp_path):
 def test_iq_learn_imitates_cartpole_from_one_trajectory(tmp_path):
     """Soft Q-learning with V* (no target network), 1 expert trajectory, 20k steps (measured, seed 1: 488 at 7.5k, 500
     from 10k to 20k; seeds 2 and 3: 500 at 20k)."""
-    run_script("iq_learn.py", "--env-id", "CartPole-v1", "--total-timesteps", "20000", "--learning-starts", "1000",
-               "--eval-frequency", "5000", cwd=tmp_path, timeout=1800)
+    run_script(
+        "iq_learn.py",
+        "--env-id",
+        "CartPole-v1",
+        "--total-timesteps",
+        "20000",
+        "--learning-starts",
+        "1000",
+        "--eval-frequency",
+        "5000",
+        cwd=tmp_path,
+        timeout=1800,
+    )
     (run_dir,) = run_dirs(tmp_path)
     assert read_summary(run_dir)["final_return"] >= 450, read_eval_csv(run_dir)
 
@@ -265,7 +381,18 @@ def test_iq_learn_imitates_pendulum_from_one_trajectory(tmp_path):
     """SAC's actor on the critics of Eq. 10 with the chi^2 penalty on the whole batch, 1 expert trajectory (200
     transitions), 16k steps (measured, seed 1: normalized 0.63 at 8k, 0.86-0.91 from 10k to 16k, 0.90 at the end;
     seeds 2 and 3 end at 0.72 and 0.56, so the bar holds for seed 1 only)."""
-    run_script("iq_learn.py", "--env-id", "Pendulum-v1", "--total-timesteps", "16000", "--learning-starts", "1000",
-               "--eval-frequency", "4000", cwd=tmp_path, timeout=1800)
+    run_script(
+        "iq_learn.py",
+        "--env-id",
+        "Pendulum-v1",
+        "--total-timesteps",
+        "16000",
+        "--learning-starts",
+        "1000",
+        "--eval-frequency",
+        "4000",
+        cwd=tmp_path,
+        timeout=1800,
+    )
     (run_dir,) = run_dirs(tmp_path)
     assert read_summary(run_dir)["final_normalized_score"] >= 0.75, read_eval_csv(run_dir)

@@ -3,6 +3,7 @@ penalty of a linear logit, DAC's absorbing states (terminated vs truncated, in t
 SAC target), the NAIL / AIL rewards and pi~'s log-density on toy tensors (exact where actions saturate), the KL to the
 frozen pi~ in a run, both reward modes, terminated demos with subsampling and --track end to end, resuming from a
 compact checkpoint, SIGTERM, bad input, the SAC block shared with sac.py, and imitating Pendulum-v1 from one demo."""
+
 import copy
 import inspect
 import os
@@ -14,18 +15,47 @@ import time
 import types
 
 import gymnasium as gym
+import nail
 import numpy as np
 import pytest
-import torch
-from conftest import (EXPERTS, SCRIPTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script,
-                      run_script_recording_wandb)
-
-import nail
 import sac
+import torch
 
-TINY = ["--env-id", "Pendulum-v1", "--total-timesteps", "300", "--learning-starts", "100", "--epoch-steps", "100",
-        "--discriminator-updates-per-step", "0.2", "--eval-frequency", "150", "--eval-episodes", "2", "--batch-size", "32",
-        "--discriminator-batch-size", "32", "--hidden-size", "32", "--discriminator-hidden-size", "32"]
+from conftest import (
+    EXPERTS,
+    SCRIPTS,
+    assert_clean_error,
+    read_eval_csv,
+    read_summary,
+    run_dirs,
+    run_script,
+    run_script_recording_wandb,
+)
+
+TINY = [
+    "--env-id",
+    "Pendulum-v1",
+    "--total-timesteps",
+    "300",
+    "--learning-starts",
+    "100",
+    "--epoch-steps",
+    "100",
+    "--discriminator-updates-per-step",
+    "0.2",
+    "--eval-frequency",
+    "150",
+    "--eval-episodes",
+    "2",
+    "--batch-size",
+    "32",
+    "--discriminator-batch-size",
+    "32",
+    "--hidden-size",
+    "32",
+    "--discriminator-hidden-size",
+    "32",
+]
 
 
 def train_discriminator(sample_agent, sample_expert, dim, steps, penalty=0.0, seed=0):
@@ -86,7 +116,10 @@ def test_gradient_penalty_caps_the_slope_of_a_separable_discriminator():
     penalised = train_discriminator(sample_q, sample_p, 2, 400, penalty=10.0)
     points = torch.tensor([[2.0, 0.0], [-2.0, 0.0]])
     with torch.no_grad():
-        free_gap, penalised_gap = (free(points)[0] - free(points)[1]).item(), (penalised(points)[0] - penalised(points)[1]).item()
+        free_gap, penalised_gap = (
+            (free(points)[0] - free(points)[1]).item(),
+            (penalised(points)[0] - penalised(points)[1]).item(),
+        )
     assert free_gap > 8.0, free_gap
     assert 3.0 < penalised_gap < 5.0, penalised_gap  # |grad logit| ~ 1 along the segment between the clouds
 
@@ -147,7 +180,9 @@ def test_absorbing_state_augmentation_terminated_vs_truncated():
     # nothing terminated: no extra rows
     assert len(nail.add_absorbing_state(obs, actions, next_obs, [False, False, False])[0]) == 3
     # the discriminator sees the absorbing state with a zero action
-    inputs = nail.discriminator_inputs(torch.as_tensor(aug_obs), torch.as_tensor(aug_actions), torch.tensor([2.0]), torch.tensor([0.0]))
+    inputs = nail.discriminator_inputs(
+        torch.as_tensor(aug_obs), torch.as_tensor(aug_actions), torch.tensor([2.0]), torch.tensor([0.0])
+    )
     np.testing.assert_allclose(inputs[:, -1].numpy(), [0.25, -0.25, 0.125, 0.0])
 
 
@@ -162,9 +197,16 @@ def write_demos(folder, lengths, terminated, obs_dim=3, action_dim=1):
     truncations = np.zeros(n, dtype=bool)
     truncations[ends[~np.asarray(terminated)]] = True
     obs = np.repeat(np.arange(n, dtype=np.float32)[:, None], obs_dim, 1)
-    np.savez_compressed(folder / "demos.npz", observations=obs, actions=np.full((n, action_dim), 0.5, dtype=np.float32),
-                        rewards=np.zeros(n), next_observations=obs + 1, terminations=terminations, truncations=truncations,
-                        episode_starts=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64))
+    np.savez_compressed(
+        folder / "demos.npz",
+        observations=obs,
+        actions=np.full((n, action_dim), 0.5, dtype=np.float32),
+        rewards=np.zeros(n),
+        next_observations=obs + 1,
+        terminations=terminations,
+        truncations=truncations,
+        episode_starts=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
+    )
     return ends
 
 
@@ -225,7 +267,9 @@ def test_soft_q_target_bootstraps_through_the_absorbing_state_with_a_zero_action
     # a real next state keeps SAC's entropy term
     real_next = torch.cat([torch.randn(8, 2), torch.zeros(8, 1)], 1)
     real_batch = (obs, batch[1], batch[2], real_next, torch.zeros(8))
-    without, with_entropy = (nail.soft_q_loss(qf, qf, actor, real_batch, alpha, 0.9, NO_REFERENCE)[0].item() for alpha in (0.0, 1.0))
+    without, with_entropy = (
+        nail.soft_q_loss(qf, qf, actor, real_batch, alpha, 0.9, NO_REFERENCE)[0].item() for alpha in (0.0, 1.0)
+    )
     assert without != pytest.approx(with_entropy)
     # NAIL with pi~ = pi: the KL term log pi - log pi~ vanishes, whatever alpha (SAC's entropy bonus is replaced, not added)
     same_policy = lambda obs, u: nail.reference_log_prob(actor, obs, u, -1e9)
@@ -281,8 +325,11 @@ def test_nails_kl_term_pulls_the_actor_to_the_reference_where_sacs_entropy_widen
             optimizer.step()
         with torch.no_grad():
             (mean, log_std), (reference_mean, reference_log_std) = actor(obs[:, :-1]), reference(obs[:, :-1])
-        results[name] = ((mean - reference_mean).abs().mean().item(), (log_std - reference_log_std).mean().item(),
-                         log_ratio_to_reference.mean().item())
+        results[name] = (
+            (mean - reference_mean).abs().mean().item(),
+            (log_std - reference_log_std).mean().item(),
+            log_ratio_to_reference.mean().item(),
+        )
     mean_gap, log_std_gap, kl = results["nail"]
     assert mean_gap < 0.05 and abs(log_std_gap) < 0.15 and kl < 0.05, results
     assert results["ail"][1] > 0.8, results  # max entropy: a std well above pi~'s, whatever pi~ is
@@ -304,8 +351,9 @@ def test_reference_log_prob_matches_the_actors_own_log_prob_and_is_clipped_off_p
 
 def saturated_actor(mean, log_std, obs_dim=11, action_dim=3):
     """A Hopper-sized tanh-Gaussian actor with the same pre-tanh mean and log-std in every state."""
-    env = types.SimpleNamespace(observation_space=gym.spaces.Box(-np.inf, np.inf, (obs_dim,)),
-                                action_space=gym.spaces.Box(-1, 1, (action_dim,)))
+    env = types.SimpleNamespace(
+        observation_space=gym.spaces.Box(-np.inf, np.inf, (obs_dim,)), action_space=gym.spaces.Box(-1, 1, (action_dim,))
+    )
     torch.manual_seed(0)
     actor = nail.Actor(env, 64, -5.0, 2.0)
     raw_log_std = np.arctanh((log_std - actor.log_std_min) / (0.5 * (actor.log_std_max - actor.log_std_min)) - 1)
@@ -360,13 +408,23 @@ def test_smoke_terminated_subsampled_demos_and_track_offline(tmp_path):
     demos = dict(np.load(EXPERTS / "Pendulum-v1" / "demos.npz"))
     for end in (99, 349):
         demos["terminations"][end], demos["truncations"][end] = True, False
-    keep = np.r_[0:100, 200:350, 400:len(demos["rewards"])]
+    keep = np.r_[0:100, 200:350, 400 : len(demos["rewards"])]
     demos = {key: value[keep] for key, value in demos.items() if key != "episode_starts"}
     starts = np.flatnonzero(np.r_[True, (demos["terminations"] | demos["truncations"])[:-1]])
     np.savez_compressed(expert / "demos.npz", **demos, episode_starts=starts)
     assert (nail.expert_transitions(expert, gym.make("Pendulum-v1"), 2, 5, 1)[0][:, -1] == 1).sum() == 2
-    run_script("nail.py", *TINY, "--expert-path", expert, "--subsample-frequency", "5", "--num-expert-trajectories", "2",
-               "--track", cwd=tmp_path)
+    run_script(
+        "nail.py",
+        *TINY,
+        "--expert-path",
+        expert,
+        "--subsample-frequency",
+        "5",
+        "--num-expert-trajectories",
+        "2",
+        "--track",
+        cwd=tmp_path,
+    )
     _, summary = assert_finite_run(tmp_path)
     assert summary["args"]["subsample_frequency"] == 5
     assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
@@ -377,19 +435,32 @@ def test_actor_steps_are_scored_against_the_frozen_reference(tmp_path, monkeypat
     move the actor (a light KL weight and a fast actor here), so the KL to pi~ that its last updates log is well above
     0; scored with the live actor instead, log pi~ = log pi sample by sample and the KL term would be a no-op (0)."""
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # leave pytest's own SIGINT handler in place
-    logged = run_script_recording_wandb("nail.py", *TINY, "--alpha", "0.1", "--policy-lr", "3e-3", "--batch-size", "128",
-                                        cwd=tmp_path, monkeypatch=monkeypatch)
+    logged = run_script_recording_wandb(
+        "nail.py", *TINY, "--alpha", "0.1", "--policy-lr", "3e-3", "--batch-size", "128", cwd=tmp_path, monkeypatch=monkeypatch
+    )
     kl = {row["_step"]: row["charts/kl_to_reference"] for row in logged if "charts/kl_to_reference" in row}
     assert sorted(kl) == [100, 200, 300], kl  # the first against the warm-up's uniform pi~, then against the actor's copies
     # measured 0.13-0.40 at step 200 and 0.08-0.15 at 300 (seeds 1-4), each a 128-sample estimate
     assert (kl[200] + kl[300]) / 2 > 0.05, kl
 
 
-@pytest.mark.skipif(not (EXPERTS / "InvertedPendulum-v4" / "demos.npz").exists(), reason="InvertedPendulum-v4 expert not shipped yet")
+@pytest.mark.skipif(
+    not (EXPERTS / "InvertedPendulum-v4" / "demos.npz").exists(), reason="InvertedPendulum-v4 expert not shipped yet"
+)
 def test_smoke_terminating_env_fills_absorbing_states(tmp_path):
     # random InvertedPendulum episodes end in terminations after a few steps: absorbing rows in the agent's data
-    run_script("nail.py", *TINY, "--env-id", "InvertedPendulum-v4", "--gradient-penalty", "1", "--subsample-frequency", "3",
-               "--autotune", cwd=tmp_path)
+    run_script(
+        "nail.py",
+        *TINY,
+        "--env-id",
+        "InvertedPendulum-v4",
+        "--gradient-penalty",
+        "1",
+        "--subsample-frequency",
+        "3",
+        "--autotune",
+        cwd=tmp_path,
+    )
     assert_finite_run(tmp_path)
 
 
@@ -404,7 +475,12 @@ def test_resume_refills_the_buffer_restores_the_epoch_bookkeeping_and_rewinds_ev
     first = torch.load(path, weights_only=False)
     assert first["global_step"] == 350 and first["run_name"] == run_dir.name
     # three epochs of 100 steps done, 50 rows of the fourth collected by the pi~ frozen at step 300
-    assert (first["num_epochs"], first["num_updates"], first["epoch_rows"], first["reference_is_uniform"]) == (3, 300, 50, False)
+    assert (first["num_epochs"], first["num_updates"], first["epoch_rows"], first["reference_is_uniform"]) == (
+        3,
+        300,
+        50,
+        False,
+    )
     assert all(torch.equal(first["reference"][key], first["actor"][key]) for key in first["actor"])  # no update since step 300
     # compact: networks, optimisers, pi~, discriminator and counters, no replay buffer
     assert "rb" not in first and first["refill_env_steps"] == 0 and path.stat().st_size < 200_000
@@ -432,8 +508,17 @@ def test_resume_refills_the_buffer_restores_the_epoch_bookkeeping_and_rewinds_ev
     assert [row["eval_return_mean"] for row in again] == [row["eval_return_mean"] for row in rows]
     assert read_summary(run_dir)["final_return"] == pytest.approx(rows[-1]["eval_return_mean"])
 
-    result = run_script("nail.py", *flags, "--discriminator-hidden-size", "16", "--total-timesteps", "900", "--resume",
-                        cwd=tmp_path, check=False)
+    result = run_script(
+        "nail.py",
+        *flags,
+        "--discriminator-hidden-size",
+        "16",
+        "--total-timesteps",
+        "900",
+        "--resume",
+        cwd=tmp_path,
+        check=False,
+    )
     assert_clean_error(result, "does not fit these arguments", "without --resume")
     assert read_eval_csv(run_dir) == again  # a refused resume leaves the run as it was
 
@@ -466,16 +551,34 @@ def test_sigterm_checkpoints_and_exits_with_a_resume_hint(tmp_path):
 def test_bad_input_is_a_clean_error(tmp_path):
     assert_clean_error(run_script("nail.py", "--env-id", "NoSuchEnv-v0", cwd=tmp_path, check=False), "unknown environment id")
     assert_clean_error(run_script("nail.py", "--env-id", "CartPole-v1", cwd=tmp_path, check=False), "continuous (Box) actions")
-    assert_clean_error(run_script("nail.py", *TINY, "--num-expert-trajectories", "1000", cwd=tmp_path, check=False),
-                       "more trajectories than")
-    assert_clean_error(run_script("nail.py", *TINY, "--expert-path", tmp_path / "nowhere", cwd=tmp_path, check=False), "no expert at")
+    assert_clean_error(
+        run_script("nail.py", *TINY, "--num-expert-trajectories", "1000", cwd=tmp_path, check=False), "more trajectories than"
+    )
+    assert_clean_error(
+        run_script("nail.py", *TINY, "--expert-path", tmp_path / "nowhere", cwd=tmp_path, check=False), "no expert at"
+    )
     assert_clean_error(run_script("nail.py", *TINY, "--epoch-steps", "0", cwd=tmp_path, check=False), "--epoch-steps")
-    assert_clean_error(run_script("nail.py", *TINY, "--resume", cwd=tmp_path, check=False),
-                       "--resume found no checkpoint at checkpoints/Pendulum-v1__nail__1/checkpoint.pt", "without --resume")
+    assert_clean_error(
+        run_script("nail.py", *TINY, "--resume", cwd=tmp_path, check=False),
+        "--resume found no checkpoint at checkpoints/Pendulum-v1__nail__1/checkpoint.pt",
+        "without --resume",
+    )
 
 
-@pytest.mark.parametrize("name", ["make_env", "normalized_score", "SoftQEnsemble", "bf16_is_fast", "make_optimizer",
-                                  "evaluate", "package_versions", "write_eval_row", "write_summary"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "make_env",
+        "normalized_score",
+        "SoftQEnsemble",
+        "bf16_is_fast",
+        "make_optimizer",
+        "evaluate",
+        "package_versions",
+        "write_eval_row",
+        "write_summary",
+    ],
+)
 def test_sac_block_and_infrastructure_are_sac_pys(name):
     """The copies stay identical to sac.py's (docs/DESIGN.md); Actor differs only by returning its pre-tanh sample."""
     assert inspect.getsource(getattr(nail, name)) == inspect.getsource(getattr(sac, name))
@@ -483,8 +586,11 @@ def test_sac_block_and_infrastructure_are_sac_pys(name):
 
 def test_actor_is_sac_pys_plus_its_pre_tanh_sample():
     docstring_end = 'log pi(a|s) by Eq. 21;\n        and u itself, at which NAIL scores pi~ (`reference_log_prob`)."""'
-    expected = (inspect.getsource(sac.Actor).replace('log pi(a|s) by Eq. 21."""', docstring_end)
-                .replace("log_prob.sum(-1) - self.log_prob_offset\n", "log_prob.sum(-1) - self.log_prob_offset, u\n"))
+    expected = (
+        inspect.getsource(sac.Actor)
+        .replace('log pi(a|s) by Eq. 21."""', docstring_end)
+        .replace("log_prob.sum(-1) - self.log_prob_offset\n", "log_prob.sum(-1) - self.log_prob_offset, u\n")
+    )
     assert inspect.getsource(nail.Actor) == expected
 
 
@@ -494,10 +600,33 @@ def test_nail_imitates_pendulum_from_one_demo(tmp_path):
     # Measured (seeds 1, 2): normalized score 0.98-0.99 at step 4000, 0.99-1.07 at 5000; ~40 s of CPU time, 3.2 min of
     # wall time on a 2-core machine shared with ~6 other busy processes
     start = time.time()
-    run_script("nail.py", "--env-id", "Pendulum-v1", "--num-expert-trajectories", "1", "--total-timesteps", "5000",
-               "--epoch-steps", "500", "--learning-starts", "1000", "--eval-frequency", "1000", "--eval-episodes", "5",
-               "--batch-size", "128", "--hidden-size", "128", "--discriminator-hidden-size", "64",
-               "--discriminator-updates-per-step", "0.5", cwd=tmp_path, timeout=1200)
+    run_script(
+        "nail.py",
+        "--env-id",
+        "Pendulum-v1",
+        "--num-expert-trajectories",
+        "1",
+        "--total-timesteps",
+        "5000",
+        "--epoch-steps",
+        "500",
+        "--learning-starts",
+        "1000",
+        "--eval-frequency",
+        "1000",
+        "--eval-episodes",
+        "5",
+        "--batch-size",
+        "128",
+        "--hidden-size",
+        "128",
+        "--discriminator-hidden-size",
+        "64",
+        "--discriminator-updates-per-step",
+        "0.5",
+        cwd=tmp_path,
+        timeout=1200,
+    )
     rows, _ = assert_finite_run(tmp_path)
     scores = [row["normalized_score"] for row in rows]
     assert scores[0] < 0.2, scores  # it starts far from the expert ...

@@ -2,23 +2,33 @@
 scale invariance, the rewards, both top-1 accuracies (in batch, and among the states reachable by replaying each action),
 GAE and PPO losses on toy tensors, the blocks it shares with bc.py, every flag path end to end, expert actions never
 read, bad input, and learning CartPole-v1 (defaults) and Acrobot-v1 (the per-step cost) from state-only demos."""
+
 import inspect
 import json
 import math
 import shutil
 
+import bc
 import gymnasium as gym
 import numpy as np
+import pmi_il
 import pytest
 import torch
 import torch.nn.functional as F
 
-import bc
-import pmi_il
 from conftest import EXPERTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
 
-SHARED_WITH_BC = ["make_env", "load_expert_info", "expert_command", "load_demos", "normalized_score", "evaluate",
-                  "package_versions", "write_eval_row", "write_summary"]
+SHARED_WITH_BC = [
+    "make_env",
+    "load_expert_info",
+    "expert_command",
+    "load_demos",
+    "normalized_score",
+    "evaluate",
+    "package_versions",
+    "write_eval_row",
+    "write_summary",
+]
 
 
 @pytest.mark.parametrize("name", SHARED_WITH_BC)
@@ -103,7 +113,9 @@ def test_pmi_and_softmax_rewards():
     torch.testing.assert_close(reward + np.log(10), positive - torch.log(candidates.exp().mean(1)))
     torch.testing.assert_close(pmi_il.softmax_reward(torch.zeros(3), torch.zeros(3, 9), 1.0), torch.full((3,), -np.log(10)))
     # the temperature divides the logits; a hot softmax flattens every reward towards 0
-    torch.testing.assert_close(pmi_il.softmax_reward(positive, negative, 2.0), pmi_il.softmax_reward(positive / 2, negative / 2, 1.0))
+    torch.testing.assert_close(
+        pmi_il.softmax_reward(positive, negative, 2.0), pmi_il.softmax_reward(positive / 2, negative / 2, 1.0)
+    )
     assert (pmi_il.softmax_reward(positive, negative, 1e6) + np.log(10)).abs().max() < 1e-4
 
 
@@ -148,7 +160,9 @@ def test_reachable_next_states_recover_the_expert_action(env_id):
     the one the expert took (the test reads the demo's actions; the script never does). A critic that scores the true
     s' highest gets top-1 1.0, a constant critic chance 1 / A, a critic that prefers another action 0."""
     with np.load(EXPERTS / env_id / "demos.npz") as demos:
-        observations, next_observations, actions = (demos[key][:300] for key in ("observations", "next_observations", "actions"))
+        observations, next_observations, actions = (
+            demos[key][:300] for key in ("observations", "next_observations", "actions")
+        )
     env = gym.make(env_id)
     candidates, true_index = pmi_il.reachable_next_observations(env, observations, next_observations)
     num_actions = int(env.action_space.n)
@@ -218,19 +232,69 @@ def test_ppo_loss_clips_the_ratio_and_adds_the_entropy_bonus():
     assert float(pmi_il.ppo_loss(torch.zeros(4), advantages, entropy, 0.2, 0.0)) == pytest.approx(0.0)
 
 
-COMMON = ["--total-timesteps", 600, "--num-envs", 2, "--num-steps", 100, "--eval-frequency", 200, "--eval-episodes", 2,
-          "--num-expert-trajectories", 2, "--num-heldout-trajectories", 1, "--critic-steps", 50, "--critic-batch-size", 64,
-          "--num-negatives", 16, "--update-epochs", 2]
+COMMON = [
+    "--total-timesteps",
+    600,
+    "--num-envs",
+    2,
+    "--num-steps",
+    100,
+    "--eval-frequency",
+    200,
+    "--eval-episodes",
+    2,
+    "--num-expert-trajectories",
+    2,
+    "--num-heldout-trajectories",
+    1,
+    "--critic-steps",
+    50,
+    "--critic-batch-size",
+    64,
+    "--num-negatives",
+    16,
+    "--update-epochs",
+    2,
+]
 SMOKE = {
     "pmi": ["--env-id", "CartPole-v1", "--reward", "pmi"],
     "softmax-expert": ["--env-id", "CartPole-v1", "--reward", "softmax", "--negatives", "expert"],
-    "softmax-agent-subsample-track": ["--env-id", "CartPole-v1", "--reward", "softmax", "--negatives", "agent",
-                                      "--subsample-frequency", 4, "--track"],
-    "softmax-mixed-temperature-noshift": ["--env-id", "CartPole-v1", "--reward", "softmax", "--negatives", "mixed",
-                                          "--temperature", 0.5, "--tau", 0.5, "--no-reward-shift"],
+    "softmax-agent-subsample-track": [
+        "--env-id",
+        "CartPole-v1",
+        "--reward",
+        "softmax",
+        "--negatives",
+        "agent",
+        "--subsample-frequency",
+        4,
+        "--track",
+    ],
+    "softmax-mixed-temperature-noshift": [
+        "--env-id",
+        "CartPole-v1",
+        "--reward",
+        "softmax",
+        "--negatives",
+        "mixed",
+        "--temperature",
+        0.5,
+        "--tau",
+        0.5,
+        "--no-reward-shift",
+    ],
     "continuous-pmi-track": ["--env-id", "Pendulum-v1", "--reward", "pmi", "--track"],
-    "continuous-mixed-subsample": ["--env-id", "Pendulum-v1", "--reward", "softmax", "--negatives", "mixed",
-                                   "--subsample-frequency", 5, "--no-normalize-observations"],
+    "continuous-mixed-subsample": [
+        "--env-id",
+        "Pendulum-v1",
+        "--reward",
+        "softmax",
+        "--negatives",
+        "mixed",
+        "--subsample-frequency",
+        5,
+        "--no-normalize-observations",
+    ],
     "video-no-anneal-no-norm-adv": ["--env-id", "CartPole-v1", "--capture-video", "--no-anneal-lr", "--no-norm-adv"],
     "dot-score": ["--env-id", "CartPole-v1", "--critic-score", "dot", "--tau", 1.0, "--temperature", 100],
 }
@@ -253,10 +317,15 @@ def test_smoke(workdir, flags):
     assert np.isfinite([summary["final_return"], summary["final_normalized_score"], summary["mean_sps"]]).all(), summary
     args = summary["args"]
     assert (args["reward"], args["negatives"], args["subsample_frequency"], args["reward_shift"]) == (
-        flag(flags, "--reward", "softmax"), flag(flags, "--negatives", "expert"), flag(flags, "--subsample-frequency", 1),
-        "--no-reward-shift" not in flags)
+        flag(flags, "--reward", "softmax"),
+        flag(flags, "--negatives", "expert"),
+        flag(flags, "--subsample-frequency", 1),
+        "--no-reward-shift" not in flags,
+    )
     critic = json.loads((run_dir / "critic.json").read_text())
-    assert 0 <= critic["top1_in_batch"] <= 1 and np.isfinite([critic["final_infonce_loss"], critic["heldout_logit_margin"]]).all(), critic
+    assert (
+        0 <= critic["top1_in_batch"] <= 1 and np.isfinite([critic["final_infonce_loss"], critic["heldout_logit_margin"]]).all()
+    ), critic
     episode_length = 500 if "CartPole-v1" in flags else 200  # the expert's demos are full-length episodes
     # ranked within held-out batches of 64 (the last one smaller): chance is 1 / 64 per state of a full batch
     assert critic["heldout_transitions"] == episode_length
@@ -283,23 +352,44 @@ def test_expert_actions_are_never_read(workdir):
     shutil.copytree(EXPERTS / "CartPole-v1", expert_dir)
     with np.load(expert_dir / "demos.npz") as npz:
         demos = {key: npz[key] for key in npz.files}
-    np.savez_compressed(expert_dir / "demos.npz", **{**demos, "actions": np.full(demos["actions"].shape, np.nan, dtype=np.float32)})
+    np.savez_compressed(
+        expert_dir / "demos.npz", **{**demos, "actions": np.full(demos["actions"].shape, np.nan, dtype=np.float32)}
+    )
     results = []
     for name, path in (("real", EXPERTS / "CartPole-v1"), ("nan", expert_dir)):
-        run_script("pmi_il.py", "--expert-path", path, "--exp-name", name, "--reward", "softmax", "--negatives", "mixed", *COMMON, cwd=workdir)
+        run_script(
+            "pmi_il.py",
+            "--expert-path",
+            path,
+            "--exp-name",
+            name,
+            "--reward",
+            "softmax",
+            "--negatives",
+            "mixed",
+            *COMMON,
+            cwd=workdir,
+        )
         (run_dir,) = [d for d in run_dirs(workdir) if f"__{name}__" in d.name]
         critic = json.loads((run_dir / "critic.json").read_text())
-        results.append([(row["global_step"], row["eval_return_mean"]) for row in read_eval_csv(run_dir)] + [critic["top1_in_batch"]])
+        results.append(
+            [(row["global_step"], row["eval_return_mean"]) for row in read_eval_csv(run_dir)] + [critic["top1_in_batch"]]
+        )
     assert results[0] == results[1] and np.isfinite(results[1][:-1]).all() and np.isfinite(results[1][-1]), results
 
 
 def test_bad_input_is_one_clear_sentence(workdir):
-    result = run_script("pmi_il.py", "--env-id", "MountainCar-v0", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
-    assert_clean_error(result, "no expert at",
-                       f"python cleanil/demos.py --env-id MountainCar-v0 --expert-path {workdir / 'nowhere'} --from-")
+    result = run_script(
+        "pmi_il.py", "--env-id", "MountainCar-v0", "--expert-path", workdir / "nowhere", cwd=workdir, check=False
+    )
+    assert_clean_error(
+        result, "no expert at", f"python cleanil/demos.py --env-id MountainCar-v0 --expert-path {workdir / 'nowhere'} --from-"
+    )
     result = run_script("pmi_il.py", "--env-id", "NoSuchEnv-v0", cwd=workdir, check=False)
     assert_clean_error(result, "unknown environment id 'NoSuchEnv-v0'")
-    result = run_script("pmi_il.py", "--num-expert-trajectories", 24, "--num-heldout-trajectories", 5, cwd=workdir, check=False)
+    result = run_script(
+        "pmi_il.py", "--num-expert-trajectories", 24, "--num-heldout-trajectories", 5, cwd=workdir, check=False
+    )
     assert_clean_error(result, "--num-heldout-trajectories 5 exceed the 25 episodes")
     result = run_script("pmi_il.py", "--num-expert-trajectories", 1, "--subsample-frequency", 20, cwd=workdir, check=False)
     assert_clean_error(result, "--num-negatives 64 needs critic batches of more than 64", "25 expert transitions")
@@ -321,8 +411,17 @@ def test_pmi_il_cartpole_reaches_expert_return_from_observations_only(workdir):
 def test_pmi_il_acrobot_imitates_with_the_per_step_cost(workdir):
     # the default temperature, the reward as a per-step cost (a task that ends on success): seeds 1-3 end at -79, -76,
     # -77 (expert -77.5, random -500); 100k steps, about 25 s of one idle core
-    run_script("pmi_il.py", "--env-id", "Acrobot-v1", "--no-reward-shift", "--total-timesteps", 100_000, "--eval-frequency", 50_000,
-               cwd=workdir)
+    run_script(
+        "pmi_il.py",
+        "--env-id",
+        "Acrobot-v1",
+        "--no-reward-shift",
+        "--total-timesteps",
+        100_000,
+        "--eval-frequency",
+        50_000,
+        cwd=workdir,
+    )
     (run_dir,) = run_dirs(workdir)
     returns = [row["eval_return_mean"] for row in read_eval_csv(run_dir)]
     assert returns[-1] >= -120, returns

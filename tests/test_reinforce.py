@@ -1,11 +1,12 @@
 """reinforce.py: reward-to-go and whole-episode returns across episode boundaries, an unbiased policy-gradient
 estimator, the value loss, the gradient-variance diagnostic and what it shows of the two estimators, every flag path
 end to end, bad input, and solving CartPole-v1 from the environment's reward."""
+
 import numpy as np
 import pytest
+import reinforce
 import torch
 
-import reinforce
 from conftest import assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script, run_script_recording_wandb
 
 
@@ -15,8 +16,9 @@ def test_rewards_to_go_restarts_at_episode_boundaries():
     dones = torch.tensor([[False, False], [True, False], [False, False], [False, True], [True, False]])
     expected_undiscounted = torch.tensor([[3.0, 6.0], [2.0, 5.0], [6.0, 5.0], [5.0, 5.0], [4.0, 7.0]])
     torch.testing.assert_close(reinforce.rewards_to_go(rewards, dones, 1.0), expected_undiscounted)
-    expected_half = torch.tensor([[1 + 0.5 * 2, 1 + 0.125 * 5], [2.0, 0.25 * 5], [1 + 0.5 * 1 + 0.25 * 4, 0.5 * 5],
-                                  [1 + 0.5 * 4, 5.0], [4.0, 7.0]])
+    expected_half = torch.tensor(
+        [[1 + 0.5 * 2, 1 + 0.125 * 5], [2.0, 0.25 * 5], [1 + 0.5 * 1 + 0.25 * 4, 0.5 * 5], [1 + 0.5 * 4, 5.0], [4.0, 7.0]]
+    )
     torch.testing.assert_close(reinforce.rewards_to_go(rewards, dones, 0.5), expected_half)
 
 
@@ -32,8 +34,9 @@ def test_episode_returns_is_the_whole_episode_return_at_every_step():
     torch.testing.assert_close(reinforce.episode_returns(rewards, dones, 0.5), expected_half)
     # G_0 is the reward-to-go at each episode's first step
     starts = torch.tensor([[True, True], [False, False], [True, False], [False, False], [False, True]])
-    torch.testing.assert_close(reinforce.episode_returns(rewards, dones, 0.5)[starts],
-                               reinforce.rewards_to_go(rewards, dones, 0.5)[starts])
+    torch.testing.assert_close(
+        reinforce.episode_returns(rewards, dones, 0.5)[starts], reinforce.rewards_to_go(rewards, dones, 0.5)[starts]
+    )
 
 
 def test_episode_gradient_variance_of_a_linear_log_prob():
@@ -81,8 +84,20 @@ SMOKE = {
 
 @pytest.mark.parametrize("flags", SMOKE.values(), ids=SMOKE.keys())
 def test_smoke(workdir, flags):
-    run_script("reinforce.py", *flags, "--total-timesteps", 600, "--eval-frequency", 300, "--eval-episodes", 2,
-               "--num-episodes", 2, cwd=workdir, env_vars={"MUJOCO_GL": "egl"})
+    run_script(
+        "reinforce.py",
+        *flags,
+        "--total-timesteps",
+        600,
+        "--eval-frequency",
+        300,
+        "--eval-episodes",
+        2,
+        "--num-episodes",
+        2,
+        cwd=workdir,
+        env_vars={"MUJOCO_GL": "egl"},
+    )
     (run_dir,) = run_dirs(workdir)
     rows = read_eval_csv(run_dir)
     steps = [row["global_step"] for row in rows]
@@ -92,7 +107,9 @@ def test_smoke(workdir, flags):
     summary = read_summary(run_dir)
     assert np.isfinite([summary["final_return"], summary["mean_sps"], summary["total_wall_time_s"]]).all(), summary
     has_expert = "--expert-path" not in flags
-    assert (summary["final_normalized_score"] is not None and np.isfinite(summary["final_normalized_score"])) == has_expert, summary
+    assert (summary["final_normalized_score"] is not None and np.isfinite(summary["final_normalized_score"])) == has_expert, (
+        summary
+    )
     assert summary["args"]["baseline"] == ("--baseline" in flags)
     assert summary["args"]["reward_to_go"] == ("--no-reward-to-go" not in flags)
     if "--track" in flags:
@@ -108,8 +125,20 @@ def test_grad_variance_is_logged_and_lower_with_reward_to_go(tmp_path, monkeypat
     for flag in ("--reward-to-go", "--no-reward-to-go"):
         workdir = tmp_path / flag
         workdir.mkdir()
-        logged = run_script_recording_wandb("reinforce.py", "--env-id", "CartPole-v1", flag, "--num-episodes", 16,
-                                            "--total-timesteps", 1, "--eval-episodes", 1, cwd=workdir, monkeypatch=monkeypatch)
+        logged = run_script_recording_wandb(
+            "reinforce.py",
+            "--env-id",
+            "CartPole-v1",
+            flag,
+            "--num-episodes",
+            16,
+            "--total-timesteps",
+            1,
+            "--eval-episodes",
+            1,
+            cwd=workdir,
+            monkeypatch=monkeypatch,
+        )
         (update,) = [row for row in logged if "losses/policy_loss" in row]
         assert np.isfinite(update["charts/grad_variance"]) and update["charts/grad_variance"] > 0, update
         first_update[flag] = update
@@ -129,8 +158,19 @@ def test_unknown_env_is_one_clear_sentence(workdir):
 def test_reinforce_cartpole_solves_cartpole_v1(workdir):
     # seed 3 starts from a policy that drops the pole at once (eval return ~9), so the bar is learnt, not inherited;
     # 475 of 500 is what solves CartPole-v1
-    run_script("reinforce.py", "--env-id", "CartPole-v1", "--seed", 3, "--baseline", "--total-timesteps", 100_000,
-               "--eval-frequency", 25_000, cwd=workdir)
+    run_script(
+        "reinforce.py",
+        "--env-id",
+        "CartPole-v1",
+        "--seed",
+        3,
+        "--baseline",
+        "--total-timesteps",
+        100_000,
+        "--eval-frequency",
+        25_000,
+        cwd=workdir,
+    )
     rows = read_eval_csv(run_dirs(workdir)[0])
     assert rows[0]["eval_return_mean"] < 50, rows
     assert rows[-1]["eval_return_mean"] >= 475, rows

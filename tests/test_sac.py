@@ -1,17 +1,30 @@
 """sac.py: the math of its losses on toy tensors, its update rate, and its outputs, resume and expert artefacts."""
+
 import json
 import time
 
 import gymnasium as gym
 import numpy as np
 import pytest
+import sac
 import torch
+
 from conftest import assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script, validate_expert_folder
 
-import sac
-
-TINY = ["--env-id", "Pendulum-v1", "--learning-starts", "100", "--eval-frequency", "200", "--eval-episodes", "2",
-        "--batch-size", "32", "--hidden-size", "32"]
+TINY = [
+    "--env-id",
+    "Pendulum-v1",
+    "--learning-starts",
+    "100",
+    "--eval-frequency",
+    "200",
+    "--eval-episodes",
+    "2",
+    "--batch-size",
+    "32",
+    "--hidden-size",
+    "32",
+]
 
 
 def make_actor(env_id="Pendulum-v1"):
@@ -28,7 +41,8 @@ def test_actor_log_prob_is_the_squashed_gaussian_density():
     # the same density through torch's own change of variables: N -> tanh -> affine(scale=2 for Pendulum)
     squashed = torch.distributions.TransformedDistribution(
         torch.distributions.Normal(mean, log_std.exp()),
-        [torch.distributions.TanhTransform(), torch.distributions.AffineTransform(actor.action_bias, actor.action_scale)])
+        [torch.distributions.TanhTransform(), torch.distributions.AffineTransform(actor.action_bias, actor.action_scale)],
+    )
     expected = squashed.log_prob(action.clamp(-2 + 1e-5, 2 - 1e-5)).sum(-1)
     torch.testing.assert_close(log_prob, expected, atol=2e-3, rtol=1e-3)
     assert (action.abs() <= 2).all()
@@ -75,8 +89,10 @@ def test_sac_update_rate(env_id, capsys):
             actor = sac.Actor(env, 256, -5.0, 2.0)
             qf, qf_target = sac.SoftQEnsemble(obs_dim, action_dim, 256), sac.SoftQEnsemble(obs_dim, action_dim, 256)
             log_alpha = torch.zeros((), requires_grad=True)
-            optimizers = [sac.make_optimizer(p, lr, torch.device("cpu")) for p, lr in
-                          ((qf.parameters(), 1e-3), (actor.parameters(), 3e-4), ([log_alpha], 1e-3))]
+            optimizers = [
+                sac.make_optimizer(p, lr, torch.device("cpu"))
+                for p, lr in ((qf.parameters(), 1e-3), (actor.parameters(), 3e-4), ([log_alpha], 1e-3))
+            ]
             rb = sac.ReplayBuffer(obs_dim, action_dim, 10_000, "cpu")
             for _ in range(1000):
                 rb.add(np.random.randn(obs_dim), np.random.rand(action_dim) * 2 - 1, 1.0, np.random.randn(obs_dim), False)
@@ -84,14 +100,18 @@ def test_sac_update_rate(env_id, capsys):
                 sac.sac_update(rb.sample(256), actor, qf, qf_target, log_alpha, *optimizers, sac.Args(), -3.0, step, bf16)
             start, n = time.process_time(), 200
             for step in range(n):
-                stats = sac.sac_update(rb.sample(256), actor, qf, qf_target, log_alpha, *optimizers, sac.Args(), -3.0, step, bf16)
+                stats = sac.sac_update(
+                    rb.sample(256), actor, qf, qf_target, log_alpha, *optimizers, sac.Args(), -3.0, step, bf16
+                )
             rates["bf16" if bf16 else "fp32"] = n / (time.process_time() - start)
             assert all(torch.isfinite(value) for value in stats.values())
     finally:
         torch.set_num_threads(threads)
     with capsys.disabled():
-        print(f"\nsac.py update rate ({env_id} networks, batch 256, 1 thread, CPU time): "
-              + ", ".join(f"{k} {v:.0f} updates/s" for k, v in rates.items()))
+        print(
+            f"\nsac.py update rate ({env_id} networks, batch 256, 1 thread, CPU time): "
+            + ", ".join(f"{k} {v:.0f} updates/s" for k, v in rates.items())
+        )
     assert rates.get("bf16", rates["fp32"]) >= rates["fp32"]
 
 
@@ -109,8 +129,18 @@ def test_smoke_track_resume_and_outputs(workdir):
 
     checkpoint = torch.load(workdir / "checkpoints/Pendulum-v1__sac__1/checkpoint.pt", weights_only=False)
     assert checkpoint["global_step"] == 600 and "rb" not in checkpoint and checkpoint["refill_env_steps"] == 0
-    run_script("sac.py", *TINY, "--total-timesteps", "1000", "--checkpoint-frequency", "300", "--resume",
-               "--refill-steps", "150", cwd=workdir)
+    run_script(
+        "sac.py",
+        *TINY,
+        "--total-timesteps",
+        "1000",
+        "--checkpoint-frequency",
+        "300",
+        "--resume",
+        "--refill-steps",
+        "150",
+        cwd=workdir,
+    )
     assert run_dirs(workdir) == [run_dir]  # the resumed run keeps its folder and appends to eval.csv
     assert [row["global_step"] for row in read_eval_csv(run_dir)] == [0, 200, 400, 600, 800, 1000]
     checkpoint_path = workdir / "checkpoints/Pendulum-v1__sac__1/checkpoint.pt"
@@ -131,8 +161,18 @@ def test_smoke_track_resume_and_outputs(workdir):
 
 def test_save_expert_writes_the_schema_and_refuses_to_overwrite(workdir):
     expert = workdir / "experts" / "Pendulum-v1"
-    flags = [*TINY, "--total-timesteps", "300", "--save-expert", "--expert-path", expert,
-             "--expert-eval-episodes", "50", "--num-demo-episodes", "2"]
+    flags = [
+        *TINY,
+        "--total-timesteps",
+        "300",
+        "--save-expert",
+        "--expert-path",
+        expert,
+        "--expert-eval-episodes",
+        "50",
+        "--num-demo-episodes",
+        "2",
+    ]
     result = run_script("sac.py", *flags, cwd=workdir)
     # 300 steps cannot make an expert: saved anyway (as asked), with one line saying why it looks weak
     assert result.stderr.count("warning: the saved expert") == 1, result.stderr[-2000:]
@@ -163,7 +203,9 @@ def test_expert_weakness_names_why():
 
 
 def test_missing_expert_hint_names_the_cost():
-    assert "ships" in sac.missing_expert_hint("Ant-v4") and "git checkout -- experts/Ant-v4" in sac.missing_expert_hint("Ant-v4")
+    assert "ships" in sac.missing_expert_hint("Ant-v4") and "git checkout -- experts/Ant-v4" in sac.missing_expert_hint(
+        "Ant-v4"
+    )
     hint = sac.missing_expert_hint("Swimmer-v4")
     assert "sac.py --env-id Swimmer-v4 --save-expert" in hint and "hours" in hint and "--total-timesteps" in hint
     assert "dqn.py" in sac.missing_expert_hint("MountainCar-v0") or "ships" in sac.missing_expert_hint("MountainCar-v0")
@@ -175,8 +217,9 @@ def test_bad_input(workdir):
     assert_clean_error(run_script("sac.py", *TINY, "--resume", cwd=workdir, check=False), "no checkpoint")
     wrong = workdir / "wrong"
     wrong.mkdir()
-    (wrong / "expert.json").write_text(json.dumps({"observation_shape": [4], "action_shape": [], "expert_return_mean": 500,
-                                                   "random_return_mean": 20}))
+    (wrong / "expert.json").write_text(
+        json.dumps({"observation_shape": [4], "action_shape": [], "expert_return_mean": 500, "random_return_mean": 20})
+    )
     result = run_script("sac.py", *TINY, "--expert-path", wrong, cwd=workdir, check=False)
     assert_clean_error(result, "observations (4,)", f"cleanil/demos.py --env-id Pendulum-v1 --expert-path {wrong} --from-")
     (wrong / "expert.json").write_text("{not json")
@@ -189,8 +232,21 @@ def test_bad_input(workdir):
 def test_bf16_learns_as_fp32(env_id, steps, bar, precision, workdir):
     """Seeded paired runs (seed 1), float32 and --bf16, each must reach the bar: mixed precision must not cost return.
     (Measured here: InvertedPendulum-v4 reached 1000 at 15,000 steps in float32 and at 10,000 with bf16.)"""
-    run_script("sac.py", "--env-id", env_id, "--total-timesteps", steps, "--learning-starts", "1000",
-               "--eval-frequency", steps // 4, "--eval-episodes", "5", precision, cwd=workdir)
+    run_script(
+        "sac.py",
+        "--env-id",
+        env_id,
+        "--total-timesteps",
+        steps,
+        "--learning-starts",
+        "1000",
+        "--eval-frequency",
+        steps // 4,
+        "--eval-episodes",
+        "5",
+        precision,
+        cwd=workdir,
+    )
     (run_dir,) = run_dirs(workdir)
     rows = read_eval_csv(run_dir)
     expected = "bf16-autocast" if precision == "--bf16" and sac.bf16_is_fast(torch.device("cpu")) else "fp32"
@@ -213,9 +269,24 @@ def test_resume_without_buffer_still_learns(workdir):
 
 
 def test_capture_video_records_the_first_episode_of_each_evaluation(workdir):
-    run_script("sac.py", "--env-id", "InvertedPendulum-v4", "--total-timesteps", "200", "--learning-starts", "100",
-               "--eval-frequency", "100", "--eval-episodes", "2", "--hidden-size", "32", "--capture-video",
-               cwd=workdir, env_vars={"MUJOCO_GL": "egl"})
+    run_script(
+        "sac.py",
+        "--env-id",
+        "InvertedPendulum-v4",
+        "--total-timesteps",
+        "200",
+        "--learning-starts",
+        "100",
+        "--eval-frequency",
+        "100",
+        "--eval-episodes",
+        "2",
+        "--hidden-size",
+        "32",
+        "--capture-video",
+        cwd=workdir,
+        env_vars={"MUJOCO_GL": "egl"},
+    )
     videos = sorted((workdir / "videos").glob("*/*.mp4"))
     assert [video.name for video in videos] == [f"rl-video-episode-{i}.mp4" for i in (0, 2, 4)]
     assert all(video.stat().st_size > 1000 for video in videos)

@@ -1,20 +1,50 @@
 """The blocks copied across scripts (DESIGN.md: self-contained scripts, duplication on purpose) stay identical: a
 function or class of the same name has the same source in every script that defines it, so a diff between two scripts
 shows only their methods, and a fix to one copy cannot silently miss the others."""
+
 import ast
 from collections import defaultdict
 
 import pytest
+
 from conftest import SCRIPTS
 
 # names that are the same block wherever they appear; a script may leave one out, never change it
-SHARED = ["make_env", "load_expert_info", "expert_command", "SHIPPED_EXPERTS", "missing_expert_hint", "load_demos",
-          "normalized_score", "evaluate", "package_versions", "write_eval_row", "write_summary", "bf16_is_fast",
-          "make_optimizer", "SoftQEnsemble", "RANDOM_RETURN_EPISODES", "RANDOM_RETURN_SEED", "demos_mean_return",
-          "random_policy_returns", "demos_command", "ExpertPolicy", "rollout_episodes"]
+SHARED = [
+    "make_env",
+    "load_expert_info",
+    "expert_command",
+    "SHIPPED_EXPERTS",
+    "missing_expert_hint",
+    "load_demos",
+    "normalized_score",
+    "evaluate",
+    "package_versions",
+    "write_eval_row",
+    "write_summary",
+    "bf16_is_fast",
+    "make_optimizer",
+    "SoftQEnsemble",
+    "RANDOM_RETURN_EPISODES",
+    "RANDOM_RETURN_SEED",
+    "demos_mean_return",
+    "random_policy_returns",
+    "demos_command",
+    "ExpertPolicy",
+    "rollout_episodes",
+]
 # what load_expert_info calls, so a script that copies it must copy these too (a demos-only folder reaches them)
-EXPERT_INFO_HELPERS = ["RANDOM_RETURN_EPISODES", "RANDOM_RETURN_SEED", "demos_mean_return", "random_policy_returns",
-                       "demos_command", "expert_command", "missing_expert_hint", "SHIPPED_EXPERTS", "make_env"]
+EXPERT_INFO_HELPERS = [
+    "RANDOM_RETURN_EPISODES",
+    "RANDOM_RETURN_SEED",
+    "demos_mean_return",
+    "random_policy_returns",
+    "demos_command",
+    "expert_command",
+    "missing_expert_hint",
+    "SHIPPED_EXPERTS",
+    "make_env",
+]
 
 
 def top_level_sources(path):

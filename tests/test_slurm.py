@@ -1,6 +1,7 @@
 """benchmark.sh --slurm: which Python a task runs (rendered scripts run as a Slurm node would), and the whole path
 against a real single-node Slurm brought up by benchmark/slurm_local.sh (marked `slurm`; skipped with the reason when
 this machine has no Slurm or cannot run one; CLEANIL_REQUIRE_SLURM=1 turns those skips into failures)."""
+
 import math
 import os
 import re
@@ -13,13 +14,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, read_eval_csv, read_summary
 from test_benchmark import BENCHMARK, args_id, finished_runs
+
+from conftest import REPO, read_eval_csv, read_summary
 
 SLURM_LOCAL = REPO / "benchmark" / "slurm_local.sh"
 # accepted by dqn and bc alike (the extra args go to every script): seconds per run on one thread
-TINY_BOTH = ["--total-timesteps", "300", "--eval-frequency", "150", "--eval-episodes", "2", "--batch-size", "32",
-             "--hidden-size", "32"]
+TINY_BOTH = [
+    "--total-timesteps",
+    "300",
+    "--eval-frequency",
+    "150",
+    "--eval-episodes",
+    "2",
+    "--batch-size",
+    "32",
+    "--hidden-size",
+    "32",
+]
 
 
 def submit_env(**overrides):
@@ -40,8 +52,9 @@ def setup_line():
 
 
 def benchmark(*args, cwd, env, timeout=120):
-    return subprocess.run(["bash", str(BENCHMARK), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["bash", str(BENCHMARK), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_a_slurm_task_runs_the_python_its_setup_provides(tmp_path):
@@ -49,10 +62,24 @@ def test_a_slurm_task_runs_the_python_its_setup_provides(tmp_path):
     runs the python3 that its environment has after --setup, and says which; without one it fails in one sentence."""
     fake_bin = tmp_path / "site-python" / "bin"  # stands in for a module's or a venv's bin/
     fake_bin.mkdir(parents=True)
-    (fake_bin / "python3").write_text('#!/bin/bash\n[[ "$1" == -V ]] && { echo "Python 3.99 (site)"; exit; }\necho "site-python $*"\n')
+    (fake_bin / "python3").write_text(
+        '#!/bin/bash\n[[ "$1" == -V ]] && { echo "Python 3.99 (site)"; exit; }\necho "site-python $*"\n'
+    )
     (fake_bin / "python3").chmod(0o755)
-    args = ["--algos", "dqn bc", "--env-ids", "CartPole-v1", "--seeds", 1, "--workdir", tmp_path, "--slurm", "--dry-run",
-            "--setup", f"export PATH={fake_bin}:$PATH"]
+    args = [
+        "--algos",
+        "dqn bc",
+        "--env-ids",
+        "CartPole-v1",
+        "--seeds",
+        1,
+        "--workdir",
+        tmp_path,
+        "--slurm",
+        "--dry-run",
+        "--setup",
+        f"export PATH={fake_bin}:$PATH",
+    ]
     result = benchmark(*args, "--", *TINY_BOTH, cwd=tmp_path, env=submit_env())
     assert result.returncode == 0, result.stderr
     script = result.stdout
@@ -66,8 +93,14 @@ def test_a_slurm_task_runs_the_python_its_setup_provides(tmp_path):
     script_file = tmp_path / "array.sh"
     script_file.write_text(script)
 
-    task = subprocess.run(["bash", str(script_file)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                          env={**submit_env(), "SLURM_ARRAY_TASK_ID": "1"})
+    task = subprocess.run(
+        ["bash", str(script_file)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**submit_env(), "SLURM_ARRAY_TASK_ID": "1"},
+    )
     assert task.returncode == 0, task.stdout + task.stderr
     assert f"python: {fake_bin}/python3 (Python 3.99 (site))" in task.stdout
     log = tmp_path / "benchmark" / "logs" / f"bc@{args_id(*TINY_BOTH)}__CartPole-v1__1.log"
@@ -75,10 +108,18 @@ def test_a_slurm_task_runs_the_python_its_setup_provides(tmp_path):
 
     # a setup that provides no Python: the task says so instead of running something else
     script_file.write_text(script.replace(f"export PATH={fake_bin}:$PATH", "PATH=/nonexistent"))
-    task = subprocess.run(["/bin/bash", str(script_file)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                          env={**submit_env(), "SLURM_ARRAY_TASK_ID": "0"})
+    task = subprocess.run(
+        ["/bin/bash", str(script_file)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**submit_env(), "SLURM_ARRAY_TASK_ID": "0"},
+    )
     assert task.returncode == 2, task.stdout + task.stderr
-    assert "error: dqn CartPole-v1 seed 1: no working Python ('no python3 on PATH'); give ./benchmark.sh a --setup" in task.stderr
+    assert (
+        "error: dqn CartPole-v1 seed 1: no working Python ('no python3 on PATH'); give ./benchmark.sh a --setup" in task.stderr
+    )
 
     # an explicit --python is used as given, by every task
     result = benchmark(*args, "--python", fake_bin / "python3", "--", *TINY_BOTH, cwd=tmp_path, env=submit_env())
@@ -100,8 +141,10 @@ def unavailable(reason):
 def slurm_cluster():
     """A single-node Slurm: the one benchmark/slurm_local.sh left up, else one brought up now and torn down after."""
     if shutil.which("sbatch") is None:
-        unavailable("sbatch not found: Slurm is not installed (benchmark/slurm_local.sh install, as root, installs "
-                    "Debian's slurmctld slurmd slurm-client munge; .ci/run does it)")
+        unavailable(
+            "sbatch not found: Slurm is not installed (benchmark/slurm_local.sh install, as root, installs "
+            "Debian's slurmctld slurmd slurm-client munge; .ci/run does it)"
+        )
     sudo = []
     if os.geteuid() != 0:
         if shutil.which("sudo") is None or subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode != 0:
@@ -137,8 +180,13 @@ def submitted_job(result):
 
 def array_tasks(job_id):
     """squeue's view of every task of an array job, finished ones included: {task id: (job id, state)}."""
-    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", job_id, "-o", "%K|%A|%T"], capture_output=True,
-                         text=True, timeout=30, check=True).stdout
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-t", "all", "-j", job_id, "-o", "%K|%A|%T"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     return {int(task): (raw, state) for task, raw, state in (line.split("|") for line in out.split())}
 
 
@@ -149,8 +197,10 @@ def wait_for_array(job_id, expected_tasks, deadline_s=900):
     while True:
         tasks = array_tasks(job_id)
         most_running = max(most_running, sum(state == "RUNNING" for _, state in tasks.values()))
-        if len(tasks) == expected_tasks and all(state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
-                                                         "OUT_OF_MEMORY") for _, state in tasks.values()):
+        if len(tasks) == expected_tasks and all(
+            state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+            for _, state in tasks.values()
+        ):
             return most_running
         assert time.time() < deadline, f"array job {job_id} not done after {deadline_s} s: {tasks}"
         time.sleep(0.5)
@@ -158,8 +208,13 @@ def wait_for_array(job_id, expected_tasks, deadline_s=900):
 
 def job_completions():
     """sacct -c (the job completion log; there is no slurmdbd): {job id: {State, ExitCode, Start, End}}."""
-    out = subprocess.run(["sacct", "-c", "-n", "-P", "-o", "JobID,State,ExitCode,Start,End"], capture_output=True,
-                         text=True, timeout=30, check=True).stdout
+    out = subprocess.run(
+        ["sacct", "-c", "-n", "-P", "-o", "JobID,State,ExitCode,Start,End"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     rows = [line.split("|") for line in out.splitlines() if line.strip()]
     return {row[0]: dict(zip(("State", "ExitCode", "Start", "End"), row[1:])) for row in rows}
 
@@ -175,21 +230,43 @@ def test_a_sweep_on_a_real_slurm(slurm_cluster, tmp_path):
     corrupt.parent.mkdir(parents=True)
     corrupt.write_bytes(b"not a checkpoint")
     logs = tmp_path / "benchmark" / "logs"
-    sweep = ["--algos", "dqn bc", "--env-ids", "CartPole-v1", "--seeds", 2, "--workers", 1, "--workdir", tmp_path,
-             "--slurm", "--setup", setup_line(), "--", *TINY_BOTH]
+    sweep = [
+        "--algos",
+        "dqn bc",
+        "--env-ids",
+        "CartPole-v1",
+        "--seeds",
+        2,
+        "--workers",
+        1,
+        "--workdir",
+        tmp_path,
+        "--slurm",
+        "--setup",
+        setup_line(),
+        "--",
+        *TINY_BOTH,
+    ]
     jobs = []
     try:
         result = benchmark(*sweep, cwd=tmp_path, env=env)
         jobs.append(submitted_job(result))
         assert "4 combinations: 4 to run, 0 already finished" in result.stderr
         job = jobs[0]
-        details = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30, check=True).stdout
+        details = subprocess.run(
+            ["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
         throttles = re.findall(r"^JobId=\d+ ArrayJobId=\d+ ArrayTaskId=\S+ ArrayTaskThrottle=(\d+)", details, re.M)
         assert throttles and set(throttles) == {"1"}, details  # --array=0-3%1: one task at a time
         most_running = wait_for_array(job, 4)
         tasks = array_tasks(job)
         # tasks in combination order: dqn seeds 1, 2, then bc seeds 1, 2
-        assert {task: state for task, (_, state) in tasks.items()} == {0: "COMPLETED", 1: "FAILED", 2: "COMPLETED", 3: "COMPLETED"}
+        assert {task: state for task, (_, state) in tasks.items()} == {
+            0: "COMPLETED",
+            1: "FAILED",
+            2: "COMPLETED",
+            3: "COMPLETED",
+        }
         assert most_running <= 1  # (the spans below: one after the other)
         completions = job_completions()
         records = {task: completions[raw] for task, (raw, _) in tasks.items()}
@@ -257,7 +334,10 @@ def test_a_sweep_on_a_real_slurm(slurm_cluster, tmp_path):
             summaries = [read_summary(finished_runs(tmp_path, f"CartPole-v1__{exp[algo]}__{seed}")[0]) for seed in (1, 2)]
             scores = np.array([s["final_normalized_score"] for s in summaries])
             returns = np.array([s["final_return"] for s in summaries])
-            row = f"| {algo} | CartPole-v1 | 1, 2 | 300 | {scores.mean():.3f} ± {scores.std():.3f} | {returns.mean():.1f} ± {returns.std():.1f} |"
+            row = (
+                f"| {algo} | CartPole-v1 | 1, 2 | 300 | {scores.mean():.3f} ± {scores.std():.3f} | {returns.mean():.1f} ± "
+                f"{returns.std():.1f} |"
+            )
             assert row in text, text
     finally:
         if jobs:  # a failed assertion must not leave tasks running on a cluster that stays up
@@ -266,8 +346,24 @@ def test_a_sweep_on_a_real_slurm(slurm_cluster, tmp_path):
 
 # sac on Pendulum-v1 with tiny networks and batches: ~150 steps/s on one loaded CPU at nice 10 (seconds per part), a
 # checkpoint every 200 steps, and a resumed run refills its replay buffer with 100 steps instead of 50,000
-SAC_TINY = ["--total-timesteps", "2000", "--learning-starts", "100", "--eval-frequency", "500", "--eval-episodes", "2",
-            "--batch-size", "32", "--hidden-size", "32", "--checkpoint-frequency", "200", "--refill-steps", "100"]
+SAC_TINY = [
+    "--total-timesteps",
+    "2000",
+    "--learning-starts",
+    "100",
+    "--eval-frequency",
+    "500",
+    "--eval-episodes",
+    "2",
+    "--batch-size",
+    "32",
+    "--hidden-size",
+    "32",
+    "--checkpoint-frequency",
+    "200",
+    "--refill-steps",
+    "100",
+]
 
 
 @pytest.mark.slurm
@@ -280,8 +376,21 @@ def test_a_cancelled_task_resumes_from_its_checkpoint_when_resubmitted(slurm_clu
     checkpoint = tmp_path / "checkpoints" / f"Pendulum-v1__{exp}__1" / "checkpoint.pt"
     logs = tmp_path / "benchmark" / "logs"
     log = logs / f"{exp}__Pendulum-v1__1.log"
-    sweep = ["--algos", "sac", "--env-ids", "Pendulum-v1", "--seeds", 1, "--workdir", tmp_path, "--slurm", "--setup",
-             setup_line(), "--", *SAC_TINY]
+    sweep = [
+        "--algos",
+        "sac",
+        "--env-ids",
+        "Pendulum-v1",
+        "--seeds",
+        1,
+        "--workdir",
+        tmp_path,
+        "--slurm",
+        "--setup",
+        setup_line(),
+        "--",
+        *SAC_TINY,
+    ]
     jobs = []
     try:
         result = benchmark(*sweep, cwd=tmp_path, env=env)
@@ -292,8 +401,9 @@ def test_a_cancelled_task_resumes_from_its_checkpoint_when_resubmitted(slurm_clu
         deadline = time.time() + 300
         while not checkpoint.exists():
             ((_, state),) = array_tasks(job).values()
-            assert state in ("PENDING", "CONFIGURING", "RUNNING") and time.time() < deadline, \
+            assert state in ("PENDING", "CONFIGURING", "RUNNING") and time.time() < deadline, (
                 f"task {state}, no checkpoint yet:\n{log.read_text()[-3000:] if log.exists() else 'no log'}"
+            )
             time.sleep(0.2)
         cancel = subprocess.run(["scancel", f"{job}_0"], capture_output=True, text=True, timeout=30)
         assert cancel.returncode == 0, cancel.stderr
@@ -326,12 +436,12 @@ def test_a_cancelled_task_resumes_from_its_checkpoint_when_resubmitted(slurm_clu
         assert finished_runs(tmp_path, f"Pendulum-v1__{exp}__1") == [run_dir]  # the same run folder, finished now
         assert list((tmp_path / "runs").iterdir()) == [run_dir]  # and no second one
         assert text.startswith(first_part)  # the log appended to, not truncated: both parts of the run
-        assert f"resumed {run_dir.name} at step {stopped} from" in text[len(first_part):], text[len(first_part):][-3000:]
+        assert f"resumed {run_dir.name} at step {stopped} from" in text[len(first_part) :], text[len(first_part) :][-3000:]
         assert text.count("final return") == 1
         rows = read_eval_csv(run_dir)
         steps = [row["global_step"] for row in rows]
         assert steps[0] == 0 and steps[-1] == 2000 and (np.diff(steps) > 0).all(), steps
-        assert rows[:len(evaluated)] == evaluated and steps[len(evaluated)] > stopped, steps  # kept, then continued
+        assert rows[: len(evaluated)] == evaluated and steps[len(evaluated)] > stopped, steps  # kept, then continued
         summary = read_summary(run_dir)
         assert summary["args"]["resume"] is True and summary["args"]["exp_name"] == exp
         assert summary["refill_env_steps"] == 100  # one resume: the buffer refilled once

@@ -2,19 +2,32 @@
 Bellman error of Eq. 1, Alg. 1's weighting of the two halves, the soft-optimal policy, soft Q-learning and SAC driving
 Q towards 1 / (1 - gamma) on demonstrated pairs and 0 elsewhere, every flag end to end on a discrete and a continuous
 env, resuming from a compact checkpoint, bad input, the SAC block shared with sac.py, and imitating from one demo."""
+
 import inspect
 import types
 
 import numpy as np
 import pytest
-import torch
-from conftest import assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
-
 import sac
 import sqil
+import torch
 
-TINY = ["--total-timesteps", "300", "--learning-starts", "100", "--eval-frequency", "150", "--eval-episodes", "2",
-        "--batch-size", "32", "--hidden-size", "32"]
+from conftest import assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
+
+TINY = [
+    "--total-timesteps",
+    "300",
+    "--learning-starts",
+    "100",
+    "--eval-frequency",
+    "150",
+    "--eval-episodes",
+    "2",
+    "--batch-size",
+    "32",
+    "--hidden-size",
+    "32",
+]
 
 
 def args_for(**overrides):
@@ -71,7 +84,12 @@ def fixed_batch(obs_dim, num_demo, num_agent, demo_action, agent_action, termina
     demo_obs = torch.cat([torch.ones(num_demo, 1), 0.1 * torch.randn(num_demo, obs_dim - 1, generator=generator)], 1)
     agent_obs = torch.cat([-torch.ones(num_agent, 1), 0.1 * torch.randn(num_agent, obs_dim - 1, generator=generator)], 1)
     demo = (demo_obs, torch.full((num_demo, 1), demo_action), demo_obs.roll(1, 0), torch.full((num_demo,), float(terminal)))
-    agent = (agent_obs, torch.full((num_agent, 1), agent_action), agent_obs.roll(1, 0), torch.full((num_agent,), float(terminal)))
+    agent = (
+        agent_obs,
+        torch.full((num_agent, 1), agent_action),
+        agent_obs.roll(1, 0),
+        torch.full((num_agent,), float(terminal)),
+    )
     return sqil.balanced_batch(demo, agent)
 
 
@@ -96,31 +114,63 @@ def test_sac_critics_learn_reward_one_on_demonstrations_and_zero_on_samples():
     torch.manual_seed(0)
     args = args_for(gamma=0.5, policy_frequency=2, target_network_frequency=1, tau=0.05, autotune=False, lambda_samp=1.0)
     batch = fixed_batch(3, 16, 16, 0.5, -0.5, terminal=True)
-    env = types.SimpleNamespace(observation_space=types.SimpleNamespace(shape=(3,)),
-                                action_space=types.SimpleNamespace(shape=(1,), high=np.ones(1), low=-np.ones(1)))
+    env = types.SimpleNamespace(
+        observation_space=types.SimpleNamespace(shape=(3,)),
+        action_space=types.SimpleNamespace(shape=(1,), high=np.ones(1), low=-np.ones(1)),
+    )
     actor, qf, qf_target = sqil.Actor(env, 64, -5, 2), sqil.SoftQEnsemble(3, 1, 64), sqil.SoftQEnsemble(3, 1, 64)
     qf_target.load_state_dict(qf.state_dict())
     log_alpha = torch.tensor(np.log(0.01), requires_grad=True)
-    optimizers = [torch.optim.Adam(module.parameters(), lr=3e-3) for module in (qf, actor)] + [torch.optim.Adam([log_alpha], lr=1e-3)]
+    optimizers = [torch.optim.Adam(module.parameters(), lr=3e-3) for module in (qf, actor)] + [
+        torch.optim.Adam([log_alpha], lr=1e-3)
+    ]
     for step in range(1, 1501):
         stats = sqil.sac_update(batch, 16, actor, qf, qf_target, log_alpha, *optimizers, args, -1.0, step)
     q_values = qf(batch[0], batch[1]).detach()  # [2 critics, 32]
-    assert torch.allclose(q_values[:, :16], torch.ones(2, 16), atol=0.05) and torch.allclose(q_values[:, 16:], torch.zeros(2, 16), atol=0.05)
+    assert torch.allclose(q_values[:, :16], torch.ones(2, 16), atol=0.05) and torch.allclose(
+        q_values[:, 16:], torch.zeros(2, 16), atol=0.05
+    )
     assert np.isfinite(stats["losses/actor_loss"].item())
 
 
 def test_the_sac_block_is_sac_py_s():
-    for name in ("SoftQEnsemble", "Actor", "ReplayBuffer", "policy_loss", "alpha_loss", "bf16_is_fast", "make_optimizer", "evaluate"):
+    for name in (
+        "SoftQEnsemble",
+        "Actor",
+        "ReplayBuffer",
+        "policy_loss",
+        "alpha_loss",
+        "bf16_is_fast",
+        "make_optimizer",
+        "evaluate",
+    ):
         assert inspect.getsource(getattr(sqil, name)) == inspect.getsource(getattr(sac, name)), name
 
 
-@pytest.mark.parametrize("flags", [
-    ["--env-id", "CartPole-v1"],
-    ["--env-id", "CartPole-v1", "--track", "--num-expert-trajectories", "3", "--subsample-frequency", "4",
-     "--soft-q-temperature", "0.5", "--lambda-samp", "0.5", "--demo-fraction", "0.25"],
-    ["--env-id", "Pendulum-v1"],
-    ["--env-id", "Pendulum-v1", "--autotune", "--no-bf16", "--lambda-samp", "2", "--demo-fraction", "0.75", "--track"],
-], ids=["discrete", "discrete-all-flags", "continuous", "continuous-all-flags"])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--env-id", "CartPole-v1"],
+        [
+            "--env-id",
+            "CartPole-v1",
+            "--track",
+            "--num-expert-trajectories",
+            "3",
+            "--subsample-frequency",
+            "4",
+            "--soft-q-temperature",
+            "0.5",
+            "--lambda-samp",
+            "0.5",
+            "--demo-fraction",
+            "0.25",
+        ],
+        ["--env-id", "Pendulum-v1"],
+        ["--env-id", "Pendulum-v1", "--autotune", "--no-bf16", "--lambda-samp", "2", "--demo-fraction", "0.75", "--track"],
+    ],
+    ids=["discrete", "discrete-all-flags", "continuous", "continuous-all-flags"],
+)
 def test_smoke(tmp_path, flags):
     run_script("sqil.py", *flags, *TINY, cwd=tmp_path)
     (run_dir,) = run_dirs(tmp_path)
@@ -129,13 +179,20 @@ def test_smoke(tmp_path, flags):
     assert all(np.isfinite(list(row.values())).all() for row in rows), rows
     summary = read_summary(run_dir)
     assert np.isfinite([summary["final_return"], summary["final_normalized_score"]]).all()
-    for flag, key in (("--lambda-samp", "lambda_samp"), ("--demo-fraction", "demo_fraction"), ("--subsample-frequency", "subsample_frequency")):
+    for flag, key in (
+        ("--lambda-samp", "lambda_samp"),
+        ("--demo-fraction", "demo_fraction"),
+        ("--subsample-frequency", "subsample_frequency"),
+    ):
         if flag in flags:
             assert summary["args"][key] == pytest.approx(float(flags[flags.index(flag) + 1]))
     if "--track" in flags:
         assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
-    assert summary["precision"] == ("fp32" if "CartPole-v1" in flags or "--no-bf16" in flags or not sac.bf16_is_fast(torch.device("cpu"))
-                                    else "bf16-autocast")
+    assert summary["precision"] == (
+        "fp32"
+        if "CartPole-v1" in flags or "--no-bf16" in flags or not sac.bf16_is_fast(torch.device("cpu"))
+        else "bf16-autocast"
+    )
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
@@ -158,22 +215,41 @@ def test_resume_continues_from_a_compact_checkpoint(tmp_path, env_id):
 
 
 def test_bad_input_is_a_clean_error(tmp_path):
-    assert_clean_error(run_script("sqil.py", "--env-id", "CartPole-v1", "--demo-fraction", "1", cwd=tmp_path, check=False),
-                       "--demo-fraction 1.0 of --batch-size 256 leaves no room")
-    assert_clean_error(run_script("sqil.py", "--env-id", "CartPole-v1", "--soft-q-temperature", "0", cwd=tmp_path, check=False),
-                       "--soft-q-temperature must be positive")
-    assert_clean_error(run_script("sqil.py", "--env-id", "CartPole-v1", "--lambda-samp", "-1", cwd=tmp_path, check=False),
-                       "--lambda-samp must be non-negative")
-    assert_clean_error(run_script("sqil.py", "--env-id", "Pendulum-v1", "--num-expert-trajectories", "1000", cwd=tmp_path, check=False),
-                       "more trajectories than")
+    assert_clean_error(
+        run_script("sqil.py", "--env-id", "CartPole-v1", "--demo-fraction", "1", cwd=tmp_path, check=False),
+        "--demo-fraction 1.0 of --batch-size 256 leaves no room",
+    )
+    assert_clean_error(
+        run_script("sqil.py", "--env-id", "CartPole-v1", "--soft-q-temperature", "0", cwd=tmp_path, check=False),
+        "--soft-q-temperature must be positive",
+    )
+    assert_clean_error(
+        run_script("sqil.py", "--env-id", "CartPole-v1", "--lambda-samp", "-1", cwd=tmp_path, check=False),
+        "--lambda-samp must be non-negative",
+    )
+    assert_clean_error(
+        run_script("sqil.py", "--env-id", "Pendulum-v1", "--num-expert-trajectories", "1000", cwd=tmp_path, check=False),
+        "more trajectories than",
+    )
     assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.learning
 def test_sqil_imitates_cartpole_from_one_trajectory(tmp_path):
     """Soft Q-learning, 1 expert trajectory, 20k steps (measured: 500 at 18k and 20k, seed 1)."""
-    run_script("sqil.py", "--env-id", "CartPole-v1", "--total-timesteps", "20000", "--learning-starts", "1000",
-               "--eval-frequency", "5000", cwd=tmp_path, timeout=1800)
+    run_script(
+        "sqil.py",
+        "--env-id",
+        "CartPole-v1",
+        "--total-timesteps",
+        "20000",
+        "--learning-starts",
+        "1000",
+        "--eval-frequency",
+        "5000",
+        cwd=tmp_path,
+        timeout=1800,
+    )
     (run_dir,) = run_dirs(tmp_path)
     assert read_summary(run_dir)["final_return"] >= 450, read_eval_csv(run_dir)
 
@@ -181,8 +257,18 @@ def test_sqil_imitates_cartpole_from_one_trajectory(tmp_path):
 @pytest.mark.learning
 def test_sqil_imitates_pendulum_from_one_trajectory(tmp_path):
     """SAC with the fixed temperature, 1 expert trajectory (200 transitions), 10k steps (measured: normalized 0.93)."""
-    run_script("sqil.py", "--env-id", "Pendulum-v1", "--total-timesteps", "10000", "--learning-starts", "1000",
-               "--eval-frequency", "2500", cwd=tmp_path, timeout=1800)
+    run_script(
+        "sqil.py",
+        "--env-id",
+        "Pendulum-v1",
+        "--total-timesteps",
+        "10000",
+        "--learning-starts",
+        "1000",
+        "--eval-frequency",
+        "2500",
+        cwd=tmp_path,
+        timeout=1800,
+    )
     (run_dir,) = run_dirs(tmp_path)
     assert read_summary(run_dir)["final_normalized_score"] >= 0.85, read_eval_csv(run_dir)
-
