@@ -156,6 +156,267 @@ class Args:
     recovered reward, which reads the demos' rewards; training never sees the env's reward)"""
 
 
+# ----------------------------------------------------------------------------------------------------------- AIRL
+def reward_inputs(batch, action_space, state_only):
+    """The input of g: the standardised s alone (g(s), --state-only), or s next to a one-hot discrete a, or a continuous a
+    rescaled so that the action bounds map to [-1, 1]. Unlike gail.py's, not clipped: pi(a|s) in D is the density of the
+    policy's raw sample, and clipping would hide from f the out-of-bounds samples that the reward's -log pi(a|s) pays
+    for (the policy's std then grows without check)."""
+    if state_only:
+        return batch["observations"]
+    actions = batch["actions"]
+    if isinstance(action_space, gym.spaces.Discrete):
+        actions = F.one_hot(actions.long(), int(action_space.n)).float()
+    else:
+        low, high = (
+            torch.as_tensor(bound, dtype=torch.float32, device=actions.device)
+            for bound in (action_space.low, action_space.high)
+        )
+        actions = (2 * actions - (high + low)) / (high - low)
+    return torch.cat([batch["observations"], actions], -1)
+
+
+def shaped_reward_f(g, h, h_next, terminations, gamma):
+    """Eq. 4: f(s, a, s') = g(s, a) + gamma h(s') - h(s), on [B] tensors. After a termination s' is absorbing, with value
+    0, so h(s') = 0 there (h recovers V*, Thm C.1); a time-limit truncation is not a termination and keeps h(s')."""
+    return g + gamma * (1.0 - terminations) * h_next - h
+
+
+def airl_logits(f, log_pi):
+    """The logit of D(s, a, s') = exp f / (exp f + pi(a|s)) (Sec. 6; App. A Eq. 7): log D - log(1 - D) = f - log pi(a|s).
+    D = sigmoid(logit) is the probability that a transition came from the expert."""
+    return f - log_pi
+
+
+def discriminator_loss(expert_logits, agent_logits):
+    """Alg. 1 line 5, the loss L of App. A.1: binary logistic regression with expert label 1 and agent label 0,
+    -E_expert[log D] - E_agent[log(1 - D)], each side averaged on its own."""
+    expert_term = F.binary_cross_entropy_with_logits(expert_logits, torch.ones_like(expert_logits))
+    agent_term = F.binary_cross_entropy_with_logits(agent_logits, torch.zeros_like(agent_logits))
+    return expert_term + agent_term
+
+
+def learned_reward(logits, log_pi, entropy_weight):
+    """Alg. 1 line 6, App. A.3: r(s, a, s') = log D - log(1 - D) = f - log pi(a|s), whose sum along a trajectory is the
+    entropy-regularised return of the reward f (entropy weight 1); an entropy_weight w != 1 gives f - w log pi(a|s)."""
+    return F.logsigmoid(logits) - F.logsigmoid(-logits) + (1.0 - entropy_weight) * log_pi
+
+
+def relu_mlp(in_dim, hidden_size, num_layers):
+    """A scalar function: num_layers ReLU layers of hidden_size units, then a linear output (num_layers 0: linear)."""
+    layers, width = [], in_dim
+    for _ in range(num_layers):
+        layers += [layer_init(nn.Linear(width, hidden_size)), nn.ReLU()]
+        width = hidden_size
+    # a small output layer: f starts near 0, so D starts near pi(a|s)'s verdict alone
+    return nn.Sequential(*layers, layer_init(nn.Linear(width, 1), std=0.01))
+
+
+class AirlDiscriminator(nn.Module):
+    """f_{theta,phi}(s, a, s') of Eq. 4 from the reward approximator g_theta, on `reward_inputs`, and the shaping term
+    h_phi, on s and s' (ReLU nets, App. D.1)."""
+
+    def __init__(self, reward_in_dim, obs_dim, hidden_size, reward_layers, shaping_layers):
+        super().__init__()
+        self.g = relu_mlp(reward_in_dim, hidden_size, reward_layers)
+        self.h = relu_mlp(obs_dim, hidden_size, shaping_layers)
+
+    def forward(self, samples, gamma):
+        """f [B] of a dict of reward_inputs, observations, next_observations (standardised) and terminations [B]."""
+        g = self.g(samples["reward_inputs"]).squeeze(-1)
+        h, h_next = self.h(samples["observations"]).squeeze(-1), self.h(samples["next_observations"]).squeeze(-1)
+        return shaped_reward_f(g, h, h_next, samples["terminations"], gamma)
+
+
+@torch.no_grad()
+def policy_log_prob(policy, samples):
+    """log pi(a|s) of the stored actions under the policy as it is now, without gradient: the pi(a|s) that D's formula
+    takes as given (App. A: only f is trained), the same for expert and agent samples."""
+    return policy.distribution(policy(samples["observations"])).log_prob(samples["actions"])
+
+
+def pearson_correlation(x, y):
+    """Pearson correlation of two [B] tensors (NaN where either is constant)."""
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    return float((x @ y) / (x.norm() * y.norm()))
+
+
+def write_reward_correlation_row(run_dir, row):
+    """Append one iteration's correlations to reward_correlation.csv (--log-reward-correlation), flushed at once."""
+    path = Path(run_dir) / "reward_correlation.csv"
+    new = not path.exists()
+    with open(path, "a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(f"{value:.6g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+
+
+# ------------------------------------------------------------------------------------ the TRPO block (of gail.py)
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    """Orthogonal initialisation, as cleanrl/ppo.py; std 0.01 on a policy's last layer gives a near-uniform initial
+    policy, as the original code's zero-initialised output layers do."""
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim, out_dim, hidden_size, out_std):
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden_size)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, hidden_size)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, out_dim), std=out_std),
+    )
+
+
+class Policy(nn.Module):
+    """pi_theta(a|s) on standardised observations: a categorical over logits, or N(mu_theta(s), diag exp(2 log_std))
+    with a state-independent log_std initialised at 0 (the original code's Gibbs and Gaussian policies)."""
+
+    def __init__(self, obs_dim, action_space, hidden_size):
+        super().__init__()
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        out_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        self.network = mlp(obs_dim, out_dim, hidden_size, out_std=0.01)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.zeros(out_dim))
+
+    def forward(self, obs):
+        """The distribution's parameters: logits [B, A], or mean and log_std side by side [B, 2D]."""
+        out = self.network(obs)
+        return out if self.discrete else torch.cat([out, self.log_std.expand_as(out)], -1)
+
+    def distribution(self, params):
+        if self.discrete:
+            return torch.distributions.Categorical(logits=params)
+        mean, log_std = params.chunk(2, -1)
+        return torch.distributions.Independent(torch.distributions.Normal(mean, log_std.exp()), 1)
+
+    def deterministic_action(self, obs):
+        out = self.network(obs)
+        return out.argmax(-1) if self.discrete else out
+
+
+def gae(rewards, values, next_values, terminations, dones, gamma, gae_lambda):
+    """GAE(gamma, lambda) (Schulman et al. 2016, arXiv 1506.02438, Eq. 16): A_t = sum_l (gamma lambda)^l delta_{t+l},
+    delta_t = r_t + gamma (1 - terminated_t) V(s'_t) - V(s_t), on [T, num_envs] tensors in time order.
+    V(s'_t) is the value of the true next state, so a time-limit truncation bootstraps and only a termination zeroes
+    it; the sum stops where an episode ends (dones_t: terminated or truncated) and at the end of the rollout."""
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in reversed(range(len(rewards))):
+        delta = rewards[t] + gamma * (1.0 - terminations[t]) * next_values[t] - values[t]
+        running = delta + gamma * gae_lambda * (1.0 - dones[t]) * running
+        advantages[t] = running
+    return advantages
+
+
+def value_loss(values, returns):
+    """Regression of V_phi(s_t) on the GAE return A_t + V_old(s_t) (the TD(lambda) target): mean (V - R)^2."""
+    return F.mse_loss(values, returns)
+
+
+def conjugate_gradient(matrix_vector_product, b, iterations, residual_tol=1e-10):
+    """Solves A x = b for a symmetric positive-definite A known only through x -> A x, from x = 0 (TRPO Appendix C;
+    Nocedal & Wright 2006, Alg. 5.2); `iterations` steps, or fewer once ||r||^2 < residual_tol."""
+    x = torch.zeros_like(b)
+    residual, direction = b.clone(), b.clone()
+    residual_norm = residual @ residual
+    for _ in range(iterations):
+        if residual_norm < residual_tol:  # also b = 0 (no gradient), where alpha would be 0 / 0
+            break
+        product = matrix_vector_product(direction)
+        alpha = residual_norm / (direction @ product)
+        x += alpha * direction
+        residual -= alpha * product
+        new_residual_norm = residual @ residual
+        direction = residual + (new_residual_norm / residual_norm) * direction
+        residual_norm = new_residual_norm
+    return x
+
+
+def fisher_vector_product(policy, obs, vector, damping):
+    """(F + damping I) v, F the Hessian of the mean KL(pi_old(.|s) || pi_theta(.|s)) at theta = theta_old, which is the
+    Fisher information matrix of the policy (TRPO Sec. 6 and Appendix C): two backward passes, F never formed."""
+    params = list(policy.parameters())
+    dist_params = policy(obs)
+    kl = torch.distributions.kl_divergence(policy.distribution(dist_params.detach()), policy.distribution(dist_params)).mean()
+    grads = torch.autograd.grad(kl, params, create_graph=True)
+    grad_vector = torch.cat([grad.reshape(-1) for grad in grads]) @ vector
+    products = torch.autograd.grad(grad_vector, params)
+    return torch.cat([product.reshape(-1) for product in products]) + damping * vector
+
+
+def trpo_step(
+    policy,
+    obs,
+    actions,
+    advantages,
+    max_kl,
+    damping,
+    cg_iterations,
+    backtrack_iterations,
+    backtrack_coef,
+    accept_ratio,
+    fisher_subsample=1,
+):
+    """One TRPO update of the policy in place (Schulman et al. 2015, Eq. 14 and Appendix C): maximise the surrogate
+    L(theta) = mean[pi_theta(a|s) / pi_old(a|s) A] subject to mean KL(pi_old || pi_theta) <= max_kl. The natural
+    gradient direction s = F^-1 g comes from `conjugate_gradient`; the full step beta s with beta = sqrt(2 max_kl /
+    s^T F s) reaches the KL bound under the quadratic model; the backtracking line search then shrinks it until the
+    measured KL is <= max_kl and the surrogate improves by at least accept_ratio of its linear prediction. If no step
+    passes, the policy is left unchanged. F is estimated on every fisher_subsample-th state only (an average over
+    states, cheap to estimate well); KL and surrogate are measured on the whole batch. Returns the measured KL, the
+    surrogate's improvement and the number of backtracks."""
+    params = list(policy.parameters())
+    with torch.no_grad():
+        old_params = policy(obs)
+        old_log_prob = policy.distribution(old_params).log_prob(actions)
+
+    def surrogate_and_kl():
+        dist = policy.distribution(policy(obs))
+        surrogate = (torch.exp(dist.log_prob(actions) - old_log_prob) * advantages).mean()
+        return surrogate, torch.distributions.kl_divergence(policy.distribution(old_params), dist).mean()
+
+    surrogate, _ = surrogate_and_kl()
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(surrogate, params)])
+    fisher_obs = obs[::fisher_subsample]
+    direction = conjugate_gradient(lambda v: fisher_vector_product(policy, fisher_obs, v, damping), grad, cg_iterations)
+    full_step = direction * torch.sqrt(
+        2 * max_kl / (direction @ fisher_vector_product(policy, fisher_obs, direction, damping) + 1e-8)
+    )
+    expected_improvement = grad @ full_step
+    theta_old = nn.utils.parameters_to_vector(params).detach().clone()
+    with torch.no_grad():
+        for backtracks in range(backtrack_iterations):
+            fraction = backtrack_coef**backtracks
+            nn.utils.vector_to_parameters(theta_old + fraction * full_step, params)
+            new_surrogate, kl = surrogate_and_kl()
+            improvement = new_surrogate - surrogate.detach()
+            # expected_improvement = g^T F^-1 g beta > 0, so an accepted step always improves the surrogate
+            if kl <= max_kl and improvement > accept_ratio * fraction * expected_improvement:
+                return {"kl": kl, "surrogate_improvement": improvement, "backtracks": torch.tensor(float(backtracks))}
+        nn.utils.vector_to_parameters(theta_old, params)
+    zero = torch.zeros((), device=grad.device)
+    return {"kl": zero, "surrogate_improvement": zero, "backtracks": torch.tensor(float(backtrack_iterations))}
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+def evaluate(act, env, num_episodes, seed):
+    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
+    returns = []
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
+    return np.array(returns, dtype=np.float64)
+
+
+# ----------------------------------------- shared infrastructure (identical in every script; tests/test_shared_blocks.py)
 def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
     try:
         env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
@@ -180,6 +441,8 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
 # a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
 # from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
 RANDOM_RETURN_EPISODES = 50
+
+
 RANDOM_RETURN_SEED = 30_000
 
 
@@ -388,263 +651,6 @@ def normalized_score(episode_return, expert_info):
         return float("nan")
     random_return = expert_info["random_return_mean"]
     return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
-
-
-def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
-    """Orthogonal initialisation, as cleanrl/ppo.py; std 0.01 on a policy's last layer gives a near-uniform initial
-    policy, as the original code's zero-initialised output layers do."""
-    torch.nn.init.orthogonal_(layer.weight, std)
-    torch.nn.init.constant_(layer.bias, bias_const)
-    return layer
-
-
-def mlp(in_dim, out_dim, hidden_size, out_std):
-    return nn.Sequential(
-        layer_init(nn.Linear(in_dim, hidden_size)),
-        nn.Tanh(),
-        layer_init(nn.Linear(hidden_size, hidden_size)),
-        nn.Tanh(),
-        layer_init(nn.Linear(hidden_size, out_dim), std=out_std),
-    )
-
-
-class Policy(nn.Module):
-    """pi_theta(a|s) on standardised observations: a categorical over logits, or N(mu_theta(s), diag exp(2 log_std))
-    with a state-independent log_std initialised at 0 (the original code's Gibbs and Gaussian policies)."""
-
-    def __init__(self, obs_dim, action_space, hidden_size):
-        super().__init__()
-        self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        out_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
-        self.network = mlp(obs_dim, out_dim, hidden_size, out_std=0.01)
-        if not self.discrete:
-            self.log_std = nn.Parameter(torch.zeros(out_dim))
-
-    def forward(self, obs):
-        """The distribution's parameters: logits [B, A], or mean and log_std side by side [B, 2D]."""
-        out = self.network(obs)
-        return out if self.discrete else torch.cat([out, self.log_std.expand_as(out)], -1)
-
-    def distribution(self, params):
-        if self.discrete:
-            return torch.distributions.Categorical(logits=params)
-        mean, log_std = params.chunk(2, -1)
-        return torch.distributions.Independent(torch.distributions.Normal(mean, log_std.exp()), 1)
-
-    def deterministic_action(self, obs):
-        out = self.network(obs)
-        return out.argmax(-1) if self.discrete else out
-
-
-def reward_inputs(batch, action_space, state_only):
-    """The input of g: the standardised s alone (g(s), --state-only), or s next to a one-hot discrete a, or a continuous a
-    rescaled so that the action bounds map to [-1, 1]. Unlike gail.py's, not clipped: pi(a|s) in D is the density of the
-    policy's raw sample, and clipping would hide from f the out-of-bounds samples that the reward's -log pi(a|s) pays
-    for (the policy's std then grows without check)."""
-    if state_only:
-        return batch["observations"]
-    actions = batch["actions"]
-    if isinstance(action_space, gym.spaces.Discrete):
-        actions = F.one_hot(actions.long(), int(action_space.n)).float()
-    else:
-        low, high = (
-            torch.as_tensor(bound, dtype=torch.float32, device=actions.device)
-            for bound in (action_space.low, action_space.high)
-        )
-        actions = (2 * actions - (high + low)) / (high - low)
-    return torch.cat([batch["observations"], actions], -1)
-
-
-def shaped_reward_f(g, h, h_next, terminations, gamma):
-    """Eq. 4: f(s, a, s') = g(s, a) + gamma h(s') - h(s), on [B] tensors. After a termination s' is absorbing, with value
-    0, so h(s') = 0 there (h recovers V*, Thm C.1); a time-limit truncation is not a termination and keeps h(s')."""
-    return g + gamma * (1.0 - terminations) * h_next - h
-
-
-def airl_logits(f, log_pi):
-    """The logit of D(s, a, s') = exp f / (exp f + pi(a|s)) (Sec. 6; App. A Eq. 7): log D - log(1 - D) = f - log pi(a|s).
-    D = sigmoid(logit) is the probability that a transition came from the expert."""
-    return f - log_pi
-
-
-def discriminator_loss(expert_logits, agent_logits):
-    """Alg. 1 line 5, the loss L of App. A.1: binary logistic regression with expert label 1 and agent label 0,
-    -E_expert[log D] - E_agent[log(1 - D)], each side averaged on its own."""
-    expert_term = F.binary_cross_entropy_with_logits(expert_logits, torch.ones_like(expert_logits))
-    agent_term = F.binary_cross_entropy_with_logits(agent_logits, torch.zeros_like(agent_logits))
-    return expert_term + agent_term
-
-
-def learned_reward(logits, log_pi, entropy_weight):
-    """Alg. 1 line 6, App. A.3: r(s, a, s') = log D - log(1 - D) = f - log pi(a|s), whose sum along a trajectory is the
-    entropy-regularised return of the reward f (entropy weight 1); an entropy_weight w != 1 gives f - w log pi(a|s)."""
-    return F.logsigmoid(logits) - F.logsigmoid(-logits) + (1.0 - entropy_weight) * log_pi
-
-
-def relu_mlp(in_dim, hidden_size, num_layers):
-    """A scalar function: num_layers ReLU layers of hidden_size units, then a linear output (num_layers 0: linear)."""
-    layers, width = [], in_dim
-    for _ in range(num_layers):
-        layers += [layer_init(nn.Linear(width, hidden_size)), nn.ReLU()]
-        width = hidden_size
-    # a small output layer: f starts near 0, so D starts near pi(a|s)'s verdict alone
-    return nn.Sequential(*layers, layer_init(nn.Linear(width, 1), std=0.01))
-
-
-class AirlDiscriminator(nn.Module):
-    """f_{theta,phi}(s, a, s') of Eq. 4 from the reward approximator g_theta, on `reward_inputs`, and the shaping term
-    h_phi, on s and s' (ReLU nets, App. D.1)."""
-
-    def __init__(self, reward_in_dim, obs_dim, hidden_size, reward_layers, shaping_layers):
-        super().__init__()
-        self.g = relu_mlp(reward_in_dim, hidden_size, reward_layers)
-        self.h = relu_mlp(obs_dim, hidden_size, shaping_layers)
-
-    def forward(self, samples, gamma):
-        """f [B] of a dict of reward_inputs, observations, next_observations (standardised) and terminations [B]."""
-        g = self.g(samples["reward_inputs"]).squeeze(-1)
-        h, h_next = self.h(samples["observations"]).squeeze(-1), self.h(samples["next_observations"]).squeeze(-1)
-        return shaped_reward_f(g, h, h_next, samples["terminations"], gamma)
-
-
-@torch.no_grad()
-def policy_log_prob(policy, samples):
-    """log pi(a|s) of the stored actions under the policy as it is now, without gradient: the pi(a|s) that D's formula
-    takes as given (App. A: only f is trained), the same for expert and agent samples."""
-    return policy.distribution(policy(samples["observations"])).log_prob(samples["actions"])
-
-
-def pearson_correlation(x, y):
-    """Pearson correlation of two [B] tensors (NaN where either is constant)."""
-    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
-    return float((x @ y) / (x.norm() * y.norm()))
-
-
-def write_reward_correlation_row(run_dir, row):
-    """Append one iteration's correlations to reward_correlation.csv (--log-reward-correlation), flushed at once."""
-    path = Path(run_dir) / "reward_correlation.csv"
-    new = not path.exists()
-    with open(path, "a") as f:
-        if new:
-            f.write(",".join(row) + "\n")
-        f.write(",".join(f"{value:.6g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
-
-
-def gae(rewards, values, next_values, terminations, dones, gamma, gae_lambda):
-    """GAE(gamma, lambda) (Schulman et al. 2016, arXiv 1506.02438, Eq. 16): A_t = sum_l (gamma lambda)^l delta_{t+l},
-    delta_t = r_t + gamma (1 - terminated_t) V(s'_t) - V(s_t), on [T, num_envs] tensors in time order.
-    V(s'_t) is the value of the true next state, so a time-limit truncation bootstraps and only a termination zeroes
-    it; the sum stops where an episode ends (dones_t: terminated or truncated) and at the end of the rollout."""
-    advantages = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[0])
-    for t in reversed(range(len(rewards))):
-        delta = rewards[t] + gamma * (1.0 - terminations[t]) * next_values[t] - values[t]
-        running = delta + gamma * gae_lambda * (1.0 - dones[t]) * running
-        advantages[t] = running
-    return advantages
-
-
-def value_loss(values, returns):
-    """Regression of V_phi(s_t) on the GAE return A_t + V_old(s_t) (the TD(lambda) target): mean (V - R)^2."""
-    return F.mse_loss(values, returns)
-
-
-def conjugate_gradient(matrix_vector_product, b, iterations, residual_tol=1e-10):
-    """Solves A x = b for a symmetric positive-definite A known only through x -> A x, from x = 0 (TRPO Appendix C;
-    Nocedal & Wright 2006, Alg. 5.2); `iterations` steps, or fewer once ||r||^2 < residual_tol."""
-    x = torch.zeros_like(b)
-    residual, direction = b.clone(), b.clone()
-    residual_norm = residual @ residual
-    for _ in range(iterations):
-        if residual_norm < residual_tol:  # also b = 0 (no gradient), where alpha would be 0 / 0
-            break
-        product = matrix_vector_product(direction)
-        alpha = residual_norm / (direction @ product)
-        x += alpha * direction
-        residual -= alpha * product
-        new_residual_norm = residual @ residual
-        direction = residual + (new_residual_norm / residual_norm) * direction
-        residual_norm = new_residual_norm
-    return x
-
-
-def fisher_vector_product(policy, obs, vector, damping):
-    """(F + damping I) v, F the Hessian of the mean KL(pi_old(.|s) || pi_theta(.|s)) at theta = theta_old, which is the
-    Fisher information matrix of the policy (TRPO Sec. 6 and Appendix C): two backward passes, F never formed."""
-    params = list(policy.parameters())
-    dist_params = policy(obs)
-    kl = torch.distributions.kl_divergence(policy.distribution(dist_params.detach()), policy.distribution(dist_params)).mean()
-    grads = torch.autograd.grad(kl, params, create_graph=True)
-    grad_vector = torch.cat([grad.reshape(-1) for grad in grads]) @ vector
-    products = torch.autograd.grad(grad_vector, params)
-    return torch.cat([product.reshape(-1) for product in products]) + damping * vector
-
-
-def trpo_step(
-    policy,
-    obs,
-    actions,
-    advantages,
-    max_kl,
-    damping,
-    cg_iterations,
-    backtrack_iterations,
-    backtrack_coef,
-    accept_ratio,
-    fisher_subsample=1,
-):
-    """One TRPO update of the policy in place (Schulman et al. 2015, Eq. 14 and Appendix C): maximise the surrogate
-    L(theta) = mean[pi_theta(a|s) / pi_old(a|s) A] subject to mean KL(pi_old || pi_theta) <= max_kl. The natural
-    gradient direction s = F^-1 g comes from `conjugate_gradient`; the full step beta s with beta = sqrt(2 max_kl /
-    s^T F s) reaches the KL bound under the quadratic model; the backtracking line search then shrinks it until the
-    measured KL is <= max_kl and the surrogate improves by at least accept_ratio of its linear prediction. If no step
-    passes, the policy is left unchanged. F is estimated on every fisher_subsample-th state only (an average over
-    states, cheap to estimate well); KL and surrogate are measured on the whole batch. Returns the measured KL, the
-    surrogate's improvement and the number of backtracks."""
-    params = list(policy.parameters())
-    with torch.no_grad():
-        old_params = policy(obs)
-        old_log_prob = policy.distribution(old_params).log_prob(actions)
-
-    def surrogate_and_kl():
-        dist = policy.distribution(policy(obs))
-        surrogate = (torch.exp(dist.log_prob(actions) - old_log_prob) * advantages).mean()
-        return surrogate, torch.distributions.kl_divergence(policy.distribution(old_params), dist).mean()
-
-    surrogate, _ = surrogate_and_kl()
-    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(surrogate, params)])
-    fisher_obs = obs[::fisher_subsample]
-    direction = conjugate_gradient(lambda v: fisher_vector_product(policy, fisher_obs, v, damping), grad, cg_iterations)
-    full_step = direction * torch.sqrt(
-        2 * max_kl / (direction @ fisher_vector_product(policy, fisher_obs, direction, damping) + 1e-8)
-    )
-    expected_improvement = grad @ full_step
-    theta_old = nn.utils.parameters_to_vector(params).detach().clone()
-    with torch.no_grad():
-        for backtracks in range(backtrack_iterations):
-            fraction = backtrack_coef**backtracks
-            nn.utils.vector_to_parameters(theta_old + fraction * full_step, params)
-            new_surrogate, kl = surrogate_and_kl()
-            improvement = new_surrogate - surrogate.detach()
-            # expected_improvement = g^T F^-1 g beta > 0, so an accepted step always improves the surrogate
-            if kl <= max_kl and improvement > accept_ratio * fraction * expected_improvement:
-                return {"kl": kl, "surrogate_improvement": improvement, "backtracks": torch.tensor(float(backtracks))}
-        nn.utils.vector_to_parameters(theta_old, params)
-    zero = torch.zeros((), device=grad.device)
-    return {"kl": zero, "surrogate_improvement": zero, "backtracks": torch.tensor(float(backtrack_iterations))}
-
-
-def evaluate(act, env, num_episodes, seed):
-    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
-    returns = []
-    for episode in range(num_episodes):
-        obs, _ = env.reset(seed=seed if episode == 0 else None)
-        done = False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
-            done = terminated or truncated
-        returns.append(info["episode"]["r"])
-    return np.array(returns, dtype=np.float64)
 
 
 def package_versions():

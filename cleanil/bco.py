@@ -115,6 +115,167 @@ class Args:
     data's"""
 
 
+# ------------------------------------------------------------------------------------------------------------ BCO
+class Policy(nn.Module):
+    """MLP on standardised observations with a categorical, Gaussian or Gaussian-mixture head.
+
+    Continuous actions are modelled in the rescaled space (a - action_bias) / action_scale, which is [-1, 1] on the
+    env's bounds; their log-likelihoods differ from the raw-action ones by the constant sum(log action_scale)."""
+
+    def __init__(
+        self,
+        head,
+        obs_mean,
+        obs_std,
+        action_dim,
+        hidden_size,
+        num_components=1,
+        action_scale=None,
+        action_bias=None,
+        log_std_min=-5.0,
+        log_std_max=2.0,
+    ):
+        super().__init__()
+        self.head, self.action_dim, self.num_components = head, action_dim, num_components
+        out_dim = {"categorical": action_dim, "gaussian": 2 * action_dim, "mixture": num_components * (1 + 2 * action_dim)}[
+            head
+        ]
+        self.network = nn.Sequential(
+            nn.Linear(len(obs_mean), hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, out_dim),
+        )
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        self.register_buffer("obs_mean", torch.as_tensor(obs_mean, dtype=torch.float32))
+        self.register_buffer("obs_std", torch.as_tensor(obs_std, dtype=torch.float32))
+        ones = torch.ones(action_dim if head != "categorical" else 0)
+        self.register_buffer(
+            "action_scale", ones if action_scale is None else torch.as_tensor(action_scale, dtype=torch.float32)
+        )
+        self.register_buffer(
+            "action_bias", 0 * ones if action_bias is None else torch.as_tensor(action_bias, dtype=torch.float32)
+        )
+
+    def forward(self, obs):
+        """Categorical: logits [B, A]. Gaussian: mean, log_std [B, D]. Mixture: logits [B, K], means, log_stds [B, K, D]."""
+        out = self.network((obs - self.obs_mean) / self.obs_std)
+        if self.head == "categorical":
+            return (out,)
+        if self.head == "mixture":
+            logits, out = (
+                out[:, : self.num_components],
+                out[:, self.num_components :].view(-1, self.num_components, 2 * self.action_dim),
+            )
+        mean, log_std = out.chunk(2, -1)
+        # squash log_std into [min, max] smoothly instead of clipping (keeps its gradient alive), as in sac.py
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
+        return (mean, log_std) if self.head == "gaussian" else (logits, mean, log_std)
+
+    def log_prob(self, obs, actions):
+        """log pi(a|s) of expert actions (class indices, or raw continuous actions)."""
+        params = self(obs)
+        if self.head == "categorical":
+            return categorical_log_prob(*params, actions)
+        actions = (actions - self.action_bias) / self.action_scale
+        return gaussian_log_prob(*params, actions) if self.head == "gaussian" else mixture_log_prob(*params, actions)
+
+    def deterministic_action(self, obs):
+        """argmax; the Gaussian mean; the mean of the most probable mixture component (not the mixture mean, which
+        would average the expert's modes, the very failure the mixture is there to avoid); clipped to the bounds."""
+        params = self(obs)
+        if self.head == "categorical":
+            return params[0].argmax(-1)
+        if self.head == "gaussian":
+            mean = params[0]
+        else:
+            logits, means, _ = params
+            mean = means[torch.arange(len(means), device=means.device), logits.argmax(-1)]
+        return mean.clamp(-1, 1) * self.action_scale + self.action_bias
+
+
+def categorical_log_prob(logits, actions):
+    """log softmax(logits)[a]."""
+    return F.log_softmax(logits, -1).gather(-1, actions[..., None]).squeeze(-1)
+
+
+def gaussian_log_prob(mean, log_std, actions):
+    """sum_d log N(a_d; mu_d, sigma_d), a diagonal Gaussian."""
+    return (-0.5 * ((actions - mean) / log_std.exp()) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+
+
+def mixture_log_prob(logits, means, log_stds, actions):
+    """log sum_k w_k N(a; mu_k, diag sigma_k^2), w = softmax(logits): the mixture density network likelihood (Bishop
+    1994), a logsumexp over components so that no component's tiny density underflows to log 0."""
+    component_log_prob = gaussian_log_prob(means, log_stds, actions.unsqueeze(-2))  # [B, K]
+    return torch.logsumexp(F.log_softmax(logits, -1) + component_log_prob, -1)
+
+
+def bc_loss(policy, obs, actions):
+    """Maximum likelihood: -1/N sum_i log pi_theta(a_i | s_i) over the expert minibatch."""
+    return -policy.log_prob(obs, actions).mean()
+
+
+def inverse_model_inputs(obs, next_obs):
+    """M_theta's input for the transition (s, s'): s and s' - s side by side (the same information as (s, s'))."""
+    return torch.cat([obs, next_obs - obs], -1)
+
+
+def inverse_model_loss(inverse_model, inputs, actions):
+    """modelLearning of Alg. 1, maximum likelihood: -1/N sum_i log M_theta(a_i | s_i, s'_i) on the agent's own data."""
+    return -inverse_model.log_prob(inputs, actions).mean()
+
+
+def infer_actions(inverse_model, inputs):
+    """a~ = argmax_a M_theta(a | s, s') for each demonstrated transition: the class of highest probability, or the
+    Gaussian's mean (clipped to the action bounds)."""
+    return inverse_model.deterministic_action(inputs)
+
+
+def inverse_model_score(inverse_model, inputs, actions):
+    """Held-out quality of M_theta: the accuracy of infer_actions (discrete), or its mean absolute error in the env's
+    action units (continuous)."""
+    inferred = infer_actions(inverse_model, inputs)
+    if inverse_model.head == "categorical":
+        return (inferred == actions).float().mean()
+    return (inferred - actions).abs().mean()
+
+
+def sample_action(policy, obs):
+    """a ~ pi_phi(.|s), what the agent executes after the demonstration: a class, or a continuous action drawn from the
+    Gaussian (or from a component drawn by its weight) in the rescaled space, clipped to [-1, 1], in env units."""
+    params = policy(obs)
+    if policy.head == "categorical":
+        return torch.distributions.Categorical(logits=params[0]).sample()
+    if policy.head == "gaussian":
+        mean, log_std = params
+    else:
+        logits, means, log_stds = params
+        rows, component = (
+            torch.arange(len(means), device=means.device),
+            torch.distributions.Categorical(logits=logits).sample(),
+        )
+        mean, log_std = means[rows, component], log_stds[rows, component]
+    action = mean + log_std.exp() * torch.randn_like(mean)
+    return action.clamp(-1, 1) * policy.action_scale + policy.action_bias
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+def evaluate(act, env, num_episodes, seed):
+    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
+    returns = []
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
+    return np.array(returns, dtype=np.float64)
+
+
+# ----------------------------------------- shared infrastructure (identical in every script; tests/test_shared_blocks.py)
 def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
     try:
         env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
@@ -139,6 +300,8 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
 # a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
 # from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
 RANDOM_RETURN_EPISODES = 50
+
+
 RANDOM_RETURN_SEED = 30_000
 
 
@@ -347,164 +510,6 @@ def normalized_score(episode_return, expert_info):
         return float("nan")
     random_return = expert_info["random_return_mean"]
     return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
-
-
-class Policy(nn.Module):
-    """MLP on standardised observations with a categorical, Gaussian or Gaussian-mixture head.
-
-    Continuous actions are modelled in the rescaled space (a - action_bias) / action_scale, which is [-1, 1] on the
-    env's bounds; their log-likelihoods differ from the raw-action ones by the constant sum(log action_scale)."""
-
-    def __init__(
-        self,
-        head,
-        obs_mean,
-        obs_std,
-        action_dim,
-        hidden_size,
-        num_components=1,
-        action_scale=None,
-        action_bias=None,
-        log_std_min=-5.0,
-        log_std_max=2.0,
-    ):
-        super().__init__()
-        self.head, self.action_dim, self.num_components = head, action_dim, num_components
-        out_dim = {"categorical": action_dim, "gaussian": 2 * action_dim, "mixture": num_components * (1 + 2 * action_dim)}[
-            head
-        ]
-        self.network = nn.Sequential(
-            nn.Linear(len(obs_mean), hidden_size),
-            nn.ReLU(),
-            nn.Linear(hidden_size, hidden_size),
-            nn.ReLU(),
-            nn.Linear(hidden_size, out_dim),
-        )
-        self.log_std_min, self.log_std_max = log_std_min, log_std_max
-        self.register_buffer("obs_mean", torch.as_tensor(obs_mean, dtype=torch.float32))
-        self.register_buffer("obs_std", torch.as_tensor(obs_std, dtype=torch.float32))
-        ones = torch.ones(action_dim if head != "categorical" else 0)
-        self.register_buffer(
-            "action_scale", ones if action_scale is None else torch.as_tensor(action_scale, dtype=torch.float32)
-        )
-        self.register_buffer(
-            "action_bias", 0 * ones if action_bias is None else torch.as_tensor(action_bias, dtype=torch.float32)
-        )
-
-    def forward(self, obs):
-        """Categorical: logits [B, A]. Gaussian: mean, log_std [B, D]. Mixture: logits [B, K], means, log_stds [B, K, D]."""
-        out = self.network((obs - self.obs_mean) / self.obs_std)
-        if self.head == "categorical":
-            return (out,)
-        if self.head == "mixture":
-            logits, out = (
-                out[:, : self.num_components],
-                out[:, self.num_components :].view(-1, self.num_components, 2 * self.action_dim),
-            )
-        mean, log_std = out.chunk(2, -1)
-        # squash log_std into [min, max] smoothly instead of clipping (keeps its gradient alive), as in sac.py
-        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
-        return (mean, log_std) if self.head == "gaussian" else (logits, mean, log_std)
-
-    def log_prob(self, obs, actions):
-        """log pi(a|s) of expert actions (class indices, or raw continuous actions)."""
-        params = self(obs)
-        if self.head == "categorical":
-            return categorical_log_prob(*params, actions)
-        actions = (actions - self.action_bias) / self.action_scale
-        return gaussian_log_prob(*params, actions) if self.head == "gaussian" else mixture_log_prob(*params, actions)
-
-    def deterministic_action(self, obs):
-        """argmax; the Gaussian mean; the mean of the most probable mixture component (not the mixture mean, which
-        would average the expert's modes, the very failure the mixture is there to avoid); clipped to the bounds."""
-        params = self(obs)
-        if self.head == "categorical":
-            return params[0].argmax(-1)
-        if self.head == "gaussian":
-            mean = params[0]
-        else:
-            logits, means, _ = params
-            mean = means[torch.arange(len(means), device=means.device), logits.argmax(-1)]
-        return mean.clamp(-1, 1) * self.action_scale + self.action_bias
-
-
-def categorical_log_prob(logits, actions):
-    """log softmax(logits)[a]."""
-    return F.log_softmax(logits, -1).gather(-1, actions[..., None]).squeeze(-1)
-
-
-def gaussian_log_prob(mean, log_std, actions):
-    """sum_d log N(a_d; mu_d, sigma_d), a diagonal Gaussian."""
-    return (-0.5 * ((actions - mean) / log_std.exp()) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
-
-
-def mixture_log_prob(logits, means, log_stds, actions):
-    """log sum_k w_k N(a; mu_k, diag sigma_k^2), w = softmax(logits): the mixture density network likelihood (Bishop
-    1994), a logsumexp over components so that no component's tiny density underflows to log 0."""
-    component_log_prob = gaussian_log_prob(means, log_stds, actions.unsqueeze(-2))  # [B, K]
-    return torch.logsumexp(F.log_softmax(logits, -1) + component_log_prob, -1)
-
-
-def bc_loss(policy, obs, actions):
-    """Maximum likelihood: -1/N sum_i log pi_theta(a_i | s_i) over the expert minibatch."""
-    return -policy.log_prob(obs, actions).mean()
-
-
-def inverse_model_inputs(obs, next_obs):
-    """M_theta's input for the transition (s, s'): s and s' - s side by side (the same information as (s, s'))."""
-    return torch.cat([obs, next_obs - obs], -1)
-
-
-def inverse_model_loss(inverse_model, inputs, actions):
-    """modelLearning of Alg. 1, maximum likelihood: -1/N sum_i log M_theta(a_i | s_i, s'_i) on the agent's own data."""
-    return -inverse_model.log_prob(inputs, actions).mean()
-
-
-def infer_actions(inverse_model, inputs):
-    """a~ = argmax_a M_theta(a | s, s') for each demonstrated transition: the class of highest probability, or the
-    Gaussian's mean (clipped to the action bounds)."""
-    return inverse_model.deterministic_action(inputs)
-
-
-def inverse_model_score(inverse_model, inputs, actions):
-    """Held-out quality of M_theta: the accuracy of infer_actions (discrete), or its mean absolute error in the env's
-    action units (continuous)."""
-    inferred = infer_actions(inverse_model, inputs)
-    if inverse_model.head == "categorical":
-        return (inferred == actions).float().mean()
-    return (inferred - actions).abs().mean()
-
-
-def sample_action(policy, obs):
-    """a ~ pi_phi(.|s), what the agent executes after the demonstration: a class, or a continuous action drawn from the
-    Gaussian (or from a component drawn by its weight) in the rescaled space, clipped to [-1, 1], in env units."""
-    params = policy(obs)
-    if policy.head == "categorical":
-        return torch.distributions.Categorical(logits=params[0]).sample()
-    if policy.head == "gaussian":
-        mean, log_std = params
-    else:
-        logits, means, log_stds = params
-        rows, component = (
-            torch.arange(len(means), device=means.device),
-            torch.distributions.Categorical(logits=logits).sample(),
-        )
-        mean, log_std = means[rows, component], log_stds[rows, component]
-    action = mean + log_std.exp() * torch.randn_like(mean)
-    return action.clamp(-1, 1) * policy.action_scale + policy.action_bias
-
-
-def evaluate(act, env, num_episodes, seed):
-    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
-    returns = []
-    for episode in range(num_episodes):
-        obs, _ = env.reset(seed=seed if episode == 0 else None)
-        done = False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
-            done = terminated or truncated
-        returns.append(info["episode"]["r"])
-    return np.array(returns, dtype=np.float64)
 
 
 def package_versions():

@@ -178,329 +178,7 @@ class Args:
     before updates continue; not counted in global_step, recorded as refill_env_steps"""
 
 
-def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
-    try:
-        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
-    except gym.error.Error as error:
-        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
-    if capture_video:
-        try:
-            env.reset(seed=seed)
-            env.render()
-        except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(
-                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
-            )
-        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
-        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
-    env = gym.wrappers.RecordEpisodeStatistics(env)
-    env.action_space.seed(seed)
-    return env
-
-
-# a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
-# from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
-RANDOM_RETURN_EPISODES = 50
-RANDOM_RETURN_SEED = 30_000
-
-
-def load_expert_info(expert_dir, env, required):
-    """expert.json as a dict, checked against the env; None if absent and not required. A demos-only folder needs just
-    observation_shape and action_shape (README, "Your own demonstrations"): without env_id it is the env's, without
-    expert_return_mean the demos' mean return, without random_return_mean a uniformly random policy's, measured on
-    every run and never written back by a run (`cleanil/demos.py --complete` stores it)."""
-    info_path = Path(expert_dir) / "expert.json"
-    if not info_path.exists():
-        if required:
-            sys.exit(f"error: no expert at {info_path}; {missing_expert_hint(env.spec.id, expert_dir)}")
-        return None
-    command = expert_command(env.spec.id, expert_dir)
-    try:
-        info = json.loads(info_path.read_text())
-        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
-        returns = {key: float(info[key]) for key in ("expert_return_mean", "random_return_mean") if key in info}
-    except (ValueError, KeyError, TypeError) as error:
-        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(
-            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
-        )
-    if "expert_return_mean" not in returns:
-        returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(
-            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-            f"{num_episodes} episodes, stands in for it.",
-            file=sys.stderr,
-        )
-    if "random_return_mean" not in returns:
-        returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(
-            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
-            file=sys.stderr,
-        )
-    expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
-    if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(
-            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-            f"`{command} --overwrite`."
-        )
-    return {"env_id": env.spec.id, **info, **returns}
-
-
-def demos_mean_return(expert_dir, command):
-    """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
-    path = Path(expert_dir) / "demos.npz"
-    if not path.exists():
-        sys.exit(
-            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
-        )
-    try:
-        with np.load(path) as data:
-            rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
-        if len(starts) == 0 or starts[0] != 0 or (np.diff(starts) <= 0).any() or starts[-1] >= len(rewards):
-            raise ValueError(f"episode_starts {starts[:5]}... are not increasing indices from 0 below {len(rewards)}")
-        returns = np.add.reduceat(rewards, starts)
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    return float(returns.mean()), len(returns)
-
-
-def random_policy_returns(env_id):
-    """Returns of a uniformly random policy in RANDOM_RETURN_EPISODES episodes, on an env of its own (the run's envs and
-    their random streams stay untouched), with a progress bar: the random return of a folder whose expert.json has none."""
-    env = make_env(env_id, RANDOM_RETURN_SEED)
-    returns = []
-    for episode in tqdm(range(RANDOM_RETURN_EPISODES), desc=f"{env_id}: random_return_mean", file=sys.stderr, mininterval=2.0):
-        env.reset(seed=RANDOM_RETURN_SEED if episode == 0 else None)
-        done = False
-        while not done:
-            _, _, terminated, truncated, info = env.step(env.action_space.sample())
-            done = terminated or truncated
-        returns.append(info["episode"]["r"])
-    env.close()
-    return np.array(returns, dtype=np.float64)
-
-
-def expert_command(env_id, expert_dir=None):
-    """The command that creates expert_dir: the env's trainer for the default experts/<env-id>/ (no --expert-path
-    needed), cleanil/demos.py for a folder of one's own (your demonstrations, converted or recorded from a policy)."""
-    command = demos_command(env_id, expert_dir)
-    if "--expert-path" in command:
-        return f"{command} --from-<minari|d4rl|sb3|npz|policy> <source>"
-    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
-    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
-
-
-def demos_command(env_id, expert_dir=None):
-    """cleanil/demos.py writing expert_dir (the default experts/<env-id>/ needs no --expert-path), before its source flag."""
-    command = f"python cleanil/demos.py --env-id {env_id}"
-    if expert_dir is not None and Path(expert_dir).resolve() != Path(__file__).resolve().parent.parent / "experts" / env_id:
-        command += f" --expert-path {shlex.quote(str(expert_dir))}"
-    return command
-
-
-SHIPPED_EXPERTS = (
-    "CartPole-v1",
-    "Acrobot-v1",
-    "MountainCar-v0",
-    "Pendulum-v1",
-    "InvertedPendulum-v4",
-    "Hopper-v4",
-    "HalfCheetah-v4",
-    "Walker2d-v4",
-    "Ant-v4",
-    "Humanoid-v4",
-)
-
-
-def missing_expert_hint(env_id, expert_dir=None):
-    """What a missing expert costs: the shipped ones come with the repository, a folder of one's own (--expert-path) is
-    built by cleanil/demos.py, and any other env's default folder needs a training run."""
-    command = expert_command(env_id, expert_dir)
-    if "demos.py" in command:
-        shipped = (
-            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
-        )
-        return (
-            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
-        )
-    if env_id in SHIPPED_EXPERTS:
-        return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
-    if "dqn.py" in command:
-        return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (
-        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
-    )
-
-
-def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
-    """The first num_trajectories demo episodes, every subsample_frequency-th transition from a random offset per
-    episode (as GAIL's subsampled demos, Ho & Ermon 2016); only `keys` are read from demos.npz, and float16 arrays
-    (a large env's demos stored small, DESIGN.md) come back as float32, the precision the networks compute in."""
-    path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id, expert_dir)
-    if not path.exists():
-        sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
-    if num_trajectories < 1 or subsample_frequency < 1:
-        sys.exit(
-            f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must "
-            f"be >= 1."
-        )
-    try:
-        with np.load(path) as data:
-            missing = [key for key in ("episode_starts", "rewards", *keys) if key not in data.files]
-            if missing:
-                sys.exit(
-                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
-                    f"this script reads; regenerate it with `{command} --overwrite`."
-                )
-            starts, length = data["episode_starts"], len(data["rewards"])
-            arrays = {key: data[key] for key in keys}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if (
-        starts.ndim != 1
-        or not np.issubdtype(starts.dtype, np.integer)
-        or len(starts) == 0
-        or starts[0] != 0
-        or (np.diff(starts) <= 0).any()
-        or starts[-1] >= length
-    ):
-        sys.exit(
-            f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
-            f"regenerate it with `{command} --overwrite`."
-        )
-    if num_trajectories > len(starts):
-        sys.exit(
-            f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
-            f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
-            f"--num-demo-episodes {num_trajectories} --overwrite`."
-        )
-    action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
-    expected = {
-        "observations": env.observation_space.shape,
-        "next_observations": env.observation_space.shape,
-        "actions": action_shape,
-    }
-    for key, shape in expected.items():
-        if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
-            sys.exit(
-                f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
-                f"regenerate it with `{command} --overwrite`."
-            )
-    rng = np.random.default_rng(seed)
-    episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
-    index = np.concatenate(
-        [episode[rng.integers(min(subsample_frequency, len(episode))) :: subsample_frequency] for episode in episodes]
-    )
-    demos = {key: value[index] for key, value in arrays.items()}
-    return {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
-
-
-def normalized_score(episode_return, expert_info):
-    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
-    if expert_info is None:
-        return float("nan")
-    random_return = expert_info["random_return_mean"]
-    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
-
-
-class SoftQEnsemble(nn.Module):
-    """num_q independent critics Q_k(s, a), evaluated together: each layer is one batched matmul over the critics."""
-
-    def __init__(self, obs_dim, action_dim, hidden_size, num_q=2):
-        super().__init__()
-        sizes = [obs_dim + action_dim, hidden_size, hidden_size, 1]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-            bound = 1 / np.sqrt(fan_in)  # nn.Linear's default initialisation, per critic
-            self.weights.append(nn.Parameter(torch.empty(num_q, fan_in, fan_out).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(num_q, 1, fan_out).uniform_(-bound, bound)))
-
-    def forward(self, obs, action):
-        x = torch.cat([obs, action], -1).expand(len(self.weights[0]), -1, -1)
-        for weight, bias in zip(self.weights[:-1], self.biases[:-1]):
-            x = F.relu(torch.baddbmm(bias, x, weight))  # bfloat16 under --bf16's autocast
-        # the output layer stays float32: Q-values of a few hundred would round to steps of ~1 in bfloat16
-        with torch.autocast(x.device.type, enabled=False):
-            return torch.baddbmm(self.biases[-1], x.float(), self.weights[-1]).squeeze(-1)  # [num_q, batch]
-
-
-class Actor(nn.Module):
-    def __init__(self, env, hidden_size, log_std_min, log_std_max):
-        super().__init__()
-        obs_dim, action_dim = np.prod(env.observation_space.shape), np.prod(env.action_space.shape)
-        self.fc1 = nn.Linear(obs_dim, hidden_size)
-        self.fc2 = nn.Linear(hidden_size, hidden_size)
-        self.fc_head = nn.Linear(hidden_size, 2 * action_dim)  # mean and log-std in one matmul
-        self.log_std_min, self.log_std_max = log_std_min, log_std_max
-        high, low = env.action_space.high, env.action_space.low
-        self.register_buffer("action_scale", torch.tensor((high - low) / 2.0, dtype=torch.float32))
-        self.register_buffer("action_bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
-        # the constant part of log pi(a|s): Gaussian normaliser and the affine rescaling's log-determinant
-        self.register_buffer("log_prob_offset", 0.5 * np.log(2 * np.pi) * action_dim + torch.log(self.action_scale).sum())
-
-    def forward(self, obs):
-        hidden = F.relu(self.fc2(F.relu(self.fc1(obs))))
-        # the head stays float32 under --bf16: the mean and log-std feed the log-probabilities
-        with torch.autocast(obs.device.type, enabled=False):
-            mean, log_std = self.fc_head(hidden.float()).chunk(2, -1)
-        # squash log_std into [min, max] smoothly instead of clipping (keeps its gradient alive)
-        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
-        return mean, log_std
-
-    def get_action(self, obs):
-        """a = tanh(u) * scale + bias with u = mean + std * eps, eps ~ N(0, I) (reparameterised); log pi(a|s) by Eq. 21."""
-        mean, log_std = self(obs)
-        eps = torch.randn_like(mean)
-        u = mean + log_std.exp() * eps
-        # log N(u; mean, std) - log(1 - tanh(u)^2), the latter as 2 (log 2 - u - softplus(-2u)): exact where tanh saturates
-        log_prob = -0.5 * eps.square() - log_std - 2 * (np.log(2) - u - F.softplus(-2 * u))
-        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob.sum(-1) - self.log_prob_offset
-
-    def deterministic_action(self, obs):
-        return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
-
-    def mean_mlp(self):
-        """obs -> pre-tanh mean as a plain nn.Sequential (the shipped policy.pt, loadable without this class)."""
-        action_dim = self.fc_head.out_features // 2
-        fc_mean = nn.Linear(self.fc_head.in_features, action_dim)
-        with torch.no_grad():
-            fc_mean.weight.copy_(self.fc_head.weight[:action_dim])
-            fc_mean.bias.copy_(self.fc_head.bias[:action_dim])
-        return nn.Sequential(self.fc1, nn.ReLU(), self.fc2, nn.ReLU(), fc_mean.to(self.fc1.weight.device))
-
-
-class ReplayBuffer:
-    """Transitions as rows [obs, action, next_obs, termination] of one preallocated tensor on the training device: a
-    minibatch is one index gather. Checkpoints leave it out (hundreds of MB); --resume refills it. No rewards: CFIL's
-    reward is a function of the current flows, recomputed on every sampled minibatch."""
-
-    def __init__(self, obs_dim, action_dim, size, device):
-        self.widths = (obs_dim, action_dim, obs_dim, 1)
-        self.rows = torch.zeros(size, sum(self.widths), device=device)
-        self.size, self.pos, self.full = size, 0, False
-
-    def add(self, obs, action, next_obs, termination):
-        row = np.concatenate([np.ravel(obs), np.ravel(action), np.ravel(next_obs), [termination]])
-        self.rows[self.pos] = torch.from_numpy(row.astype(np.float32))
-        self.pos = (self.pos + 1) % self.size
-        self.full = self.full or self.pos == 0
-
-    def sample(self, batch_size):
-        index = torch.randint(0, self.size if self.full else self.pos, (batch_size,), device=self.rows.device)
-        obs, actions, next_obs, terminations = self.rows[index].split(self.widths, -1)
-        return obs, actions, next_obs, terminations.squeeze(-1)
-
-
+# ----------------------------------------------------------------------------------------------------------- CFIL
 class MaskedLinear(nn.Linear):
     """A linear layer whose weight is zero outside a fixed 0/1 mask (MADE, Germain et al. 2015). The mask multiplies
     the weight once, at initialisation, and its gradient at every backward pass, so no optimiser step moves a masked
@@ -724,6 +402,96 @@ def replay_reward(model, obs, actions, next_obs, args, shift, bf16=False):
     return cfil_reward(x, shift)
 
 
+# -------------------------------------------------------------------------------------- the SAC block (of sac.py)
+class SoftQEnsemble(nn.Module):
+    """num_q independent critics Q_k(s, a), evaluated together: each layer is one batched matmul over the critics."""
+
+    def __init__(self, obs_dim, action_dim, hidden_size, num_q=2):
+        super().__init__()
+        sizes = [obs_dim + action_dim, hidden_size, hidden_size, 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1 / np.sqrt(fan_in)  # nn.Linear's default initialisation, per critic
+            self.weights.append(nn.Parameter(torch.empty(num_q, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(num_q, 1, fan_out).uniform_(-bound, bound)))
+
+    def forward(self, obs, action):
+        x = torch.cat([obs, action], -1).expand(len(self.weights[0]), -1, -1)
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1]):
+            x = F.relu(torch.baddbmm(bias, x, weight))  # bfloat16 under --bf16's autocast
+        # the output layer stays float32: Q-values of a few hundred would round to steps of ~1 in bfloat16
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.baddbmm(self.biases[-1], x.float(), self.weights[-1]).squeeze(-1)  # [num_q, batch]
+
+
+class Actor(nn.Module):
+    def __init__(self, env, hidden_size, log_std_min, log_std_max):
+        super().__init__()
+        obs_dim, action_dim = np.prod(env.observation_space.shape), np.prod(env.action_space.shape)
+        self.fc1 = nn.Linear(obs_dim, hidden_size)
+        self.fc2 = nn.Linear(hidden_size, hidden_size)
+        self.fc_head = nn.Linear(hidden_size, 2 * action_dim)  # mean and log-std in one matmul
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        high, low = env.action_space.high, env.action_space.low
+        self.register_buffer("action_scale", torch.tensor((high - low) / 2.0, dtype=torch.float32))
+        self.register_buffer("action_bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
+        # the constant part of log pi(a|s): Gaussian normaliser and the affine rescaling's log-determinant
+        self.register_buffer("log_prob_offset", 0.5 * np.log(2 * np.pi) * action_dim + torch.log(self.action_scale).sum())
+
+    def forward(self, obs):
+        hidden = F.relu(self.fc2(F.relu(self.fc1(obs))))
+        # the head stays float32 under --bf16: the mean and log-std feed the log-probabilities
+        with torch.autocast(obs.device.type, enabled=False):
+            mean, log_std = self.fc_head(hidden.float()).chunk(2, -1)
+        # squash log_std into [min, max] smoothly instead of clipping (keeps its gradient alive)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
+        return mean, log_std
+
+    def get_action(self, obs):
+        """a = tanh(u) * scale + bias with u = mean + std * eps, eps ~ N(0, I) (reparameterised); log pi(a|s) by Eq. 21."""
+        mean, log_std = self(obs)
+        eps = torch.randn_like(mean)
+        u = mean + log_std.exp() * eps
+        # log N(u; mean, std) - log(1 - tanh(u)^2), the latter as 2 (log 2 - u - softplus(-2u)): exact where tanh saturates
+        log_prob = -0.5 * eps.square() - log_std - 2 * (np.log(2) - u - F.softplus(-2 * u))
+        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob.sum(-1) - self.log_prob_offset
+
+    def deterministic_action(self, obs):
+        return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
+
+    def mean_mlp(self):
+        """obs -> pre-tanh mean as a plain nn.Sequential (the shipped policy.pt, loadable without this class)."""
+        action_dim = self.fc_head.out_features // 2
+        fc_mean = nn.Linear(self.fc_head.in_features, action_dim)
+        with torch.no_grad():
+            fc_mean.weight.copy_(self.fc_head.weight[:action_dim])
+            fc_mean.bias.copy_(self.fc_head.bias[:action_dim])
+        return nn.Sequential(self.fc1, nn.ReLU(), self.fc2, nn.ReLU(), fc_mean.to(self.fc1.weight.device))
+
+
+class ReplayBuffer:
+    """Transitions as rows [obs, action, next_obs, termination] of one preallocated tensor on the training device: a
+    minibatch is one index gather. Checkpoints leave it out (hundreds of MB); --resume refills it. No rewards: CFIL's
+    reward is a function of the current flows, recomputed on every sampled minibatch."""
+
+    def __init__(self, obs_dim, action_dim, size, device):
+        self.widths = (obs_dim, action_dim, obs_dim, 1)
+        self.rows = torch.zeros(size, sum(self.widths), device=device)
+        self.size, self.pos, self.full = size, 0, False
+
+    def add(self, obs, action, next_obs, termination):
+        row = np.concatenate([np.ravel(obs), np.ravel(action), np.ravel(next_obs), [termination]])
+        self.rows[self.pos] = torch.from_numpy(row.astype(np.float32))
+        self.pos = (self.pos + 1) % self.size
+        self.full = self.full or self.pos == 0
+
+    def sample(self, batch_size):
+        index = torch.randint(0, self.size if self.full else self.pos, (batch_size,), device=self.rows.device)
+        obs, actions, next_obs, terminations = self.rows[index].split(self.widths, -1)
+        return obs, actions, next_obs, terminations.squeeze(-1)
+
+
 def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma):
     """Eq. 5-6: (Q_k(s,a) - [r + gamma (1 - d) (min_k Q'_k(s', a') - alpha log pi(a'|s'))])^2, a' ~ pi(s')."""
     obs, actions, rewards, next_obs, terminations = batch
@@ -816,6 +584,7 @@ def make_optimizer(params, lr, device):
         return torch.optim.Adam(params, lr=lr, foreach=device.type == "cuda")
 
 
+# ----------------------------------------------------------------------------------------------------- evaluation
 def evaluate(act, env, num_episodes, seed):
     """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
     returns = []
@@ -827,6 +596,243 @@ def evaluate(act, env, num_episodes, seed):
             done = terminated or truncated
         returns.append(info["episode"]["r"])
     return np.array(returns, dtype=np.float64)
+
+
+# ----------------------------------------- shared infrastructure (identical in every script; tests/test_shared_blocks.py)
+def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+    try:
+        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+    except gym.error.Error as error:
+        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
+    if capture_video:
+        try:
+            env.reset(seed=seed)
+            env.render()
+        except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
+            sys.exit(
+                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
+            )
+        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.action_space.seed(seed)
+    return env
+
+
+# a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
+# from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
+RANDOM_RETURN_EPISODES = 50
+
+
+RANDOM_RETURN_SEED = 30_000
+
+
+def load_expert_info(expert_dir, env, required):
+    """expert.json as a dict, checked against the env; None if absent and not required. A demos-only folder needs just
+    observation_shape and action_shape (README, "Your own demonstrations"): without env_id it is the env's, without
+    expert_return_mean the demos' mean return, without random_return_mean a uniformly random policy's, measured on
+    every run and never written back by a run (`cleanil/demos.py --complete` stores it)."""
+    info_path = Path(expert_dir) / "expert.json"
+    if not info_path.exists():
+        if required:
+            sys.exit(f"error: no expert at {info_path}; {missing_expert_hint(env.spec.id, expert_dir)}")
+        return None
+    command = expert_command(env.spec.id, expert_dir)
+    try:
+        info = json.loads(info_path.read_text())
+        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
+        returns = {key: float(info[key]) for key in ("expert_return_mean", "random_return_mean") if key in info}
+    except (ValueError, KeyError, TypeError) as error:
+        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
+    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
+        sys.exit(
+            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
+        )
+    if "expert_return_mean" not in returns:
+        returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
+        print(
+            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
+            f"{num_episodes} episodes, stands in for it.",
+            file=sys.stderr,
+        )
+    if "random_return_mean" not in returns:
+        returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
+        print(
+            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
+            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
+            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
+            file=sys.stderr,
+        )
+    expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
+    if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
+        sys.exit(
+            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
+            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
+            f"`{command} --overwrite`."
+        )
+    return {"env_id": env.spec.id, **info, **returns}
+
+
+def demos_mean_return(expert_dir, command):
+    """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
+    path = Path(expert_dir) / "demos.npz"
+    if not path.exists():
+        sys.exit(
+            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
+            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
+        )
+    try:
+        with np.load(path) as data:
+            rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
+        if len(starts) == 0 or starts[0] != 0 or (np.diff(starts) <= 0).any() or starts[-1] >= len(rewards):
+            raise ValueError(f"episode_starts {starts[:5]}... are not increasing indices from 0 below {len(rewards)}")
+        returns = np.add.reduceat(rewards, starts)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
+    return float(returns.mean()), len(returns)
+
+
+def random_policy_returns(env_id):
+    """Returns of a uniformly random policy in RANDOM_RETURN_EPISODES episodes, on an env of its own (the run's envs and
+    their random streams stay untouched), with a progress bar: the random return of a folder whose expert.json has none."""
+    env = make_env(env_id, RANDOM_RETURN_SEED)
+    returns = []
+    for episode in tqdm(range(RANDOM_RETURN_EPISODES), desc=f"{env_id}: random_return_mean", file=sys.stderr, mininterval=2.0):
+        env.reset(seed=RANDOM_RETURN_SEED if episode == 0 else None)
+        done = False
+        while not done:
+            _, _, terminated, truncated, info = env.step(env.action_space.sample())
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
+    env.close()
+    return np.array(returns, dtype=np.float64)
+
+
+def expert_command(env_id, expert_dir=None):
+    """The command that creates expert_dir: the env's trainer for the default experts/<env-id>/ (no --expert-path
+    needed), cleanil/demos.py for a folder of one's own (your demonstrations, converted or recorded from a policy)."""
+    command = demos_command(env_id, expert_dir)
+    if "--expert-path" in command:
+        return f"{command} --from-<minari|d4rl|sb3|npz|policy> <source>"
+    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
+    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
+
+
+def demos_command(env_id, expert_dir=None):
+    """cleanil/demos.py writing expert_dir (the default experts/<env-id>/ needs no --expert-path), before its source flag."""
+    command = f"python cleanil/demos.py --env-id {env_id}"
+    if expert_dir is not None and Path(expert_dir).resolve() != Path(__file__).resolve().parent.parent / "experts" / env_id:
+        command += f" --expert-path {shlex.quote(str(expert_dir))}"
+    return command
+
+
+SHIPPED_EXPERTS = (
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCar-v0",
+    "Pendulum-v1",
+    "InvertedPendulum-v4",
+    "Hopper-v4",
+    "HalfCheetah-v4",
+    "Walker2d-v4",
+    "Ant-v4",
+    "Humanoid-v4",
+)
+
+
+def missing_expert_hint(env_id, expert_dir=None):
+    """What a missing expert costs: the shipped ones come with the repository, a folder of one's own (--expert-path) is
+    built by cleanil/demos.py, and any other env's default folder needs a training run."""
+    command = expert_command(env_id, expert_dir)
+    if "demos.py" in command:
+        shipped = (
+            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
+        )
+        return (
+            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
+            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
+        )
+    if env_id in SHIPPED_EXPERTS:
+        return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
+    if "dqn.py" in command:
+        return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
+    return (
+        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
+    )
+
+
+def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
+    """The first num_trajectories demo episodes, every subsample_frequency-th transition from a random offset per
+    episode (as GAIL's subsampled demos, Ho & Ermon 2016); only `keys` are read from demos.npz, and float16 arrays
+    (a large env's demos stored small, DESIGN.md) come back as float32, the precision the networks compute in."""
+    path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id, expert_dir)
+    if not path.exists():
+        sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
+    if num_trajectories < 1 or subsample_frequency < 1:
+        sys.exit(
+            f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must "
+            f"be >= 1."
+        )
+    try:
+        with np.load(path) as data:
+            missing = [key for key in ("episode_starts", "rewards", *keys) if key not in data.files]
+            if missing:
+                sys.exit(
+                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
+                    f"this script reads; regenerate it with `{command} --overwrite`."
+                )
+            starts, length = data["episode_starts"], len(data["rewards"])
+            arrays = {key: data[key] for key in keys}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
+    if (
+        starts.ndim != 1
+        or not np.issubdtype(starts.dtype, np.integer)
+        or len(starts) == 0
+        or starts[0] != 0
+        or (np.diff(starts) <= 0).any()
+        or starts[-1] >= length
+    ):
+        sys.exit(
+            f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
+            f"regenerate it with `{command} --overwrite`."
+        )
+    if num_trajectories > len(starts):
+        sys.exit(
+            f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
+            f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
+            f"--num-demo-episodes {num_trajectories} --overwrite`."
+        )
+    action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
+    expected = {
+        "observations": env.observation_space.shape,
+        "next_observations": env.observation_space.shape,
+        "actions": action_shape,
+    }
+    for key, shape in expected.items():
+        if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
+            sys.exit(
+                f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
+                f"regenerate it with `{command} --overwrite`."
+            )
+    rng = np.random.default_rng(seed)
+    episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
+    index = np.concatenate(
+        [episode[rng.integers(min(subsample_frequency, len(episode))) :: subsample_frequency] for episode in episodes]
+    )
+    demos = {key: value[index] for key, value in arrays.items()}
+    return {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
+
+
+def normalized_score(episode_return, expert_info):
+    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
+    if expert_info is None:
+        return float("nan")
+    random_return = expert_info["random_return_mean"]
+    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
 
 
 def package_versions():

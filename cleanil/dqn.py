@@ -118,6 +118,186 @@ class Args:
     """which Q-network --save-expert ships: `best` (highest eval return seen) or `final`"""
 
 
+# ------------------------------------------------------------------------------------------------------------ DQN
+class QNetwork(nn.Module):
+    def __init__(self, obs_dim, num_actions, hidden_size):
+        super().__init__()
+        self.network = nn.Sequential(
+            nn.Linear(obs_dim, hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, num_actions),
+        )
+
+    def forward(self, obs):
+        return self.network(obs)
+
+
+class ReplayBuffer:
+    """Transitions in preallocated tensors on the training device; uniform sampling without leaving it."""
+
+    def __init__(self, obs_dim, size, device):
+        self.observations = torch.zeros(size, obs_dim, device=device)
+        self.actions = torch.zeros(size, dtype=torch.long, device=device)
+        self.rewards = torch.zeros(size, device=device)
+        self.next_observations = torch.zeros(size, obs_dim, device=device)
+        self.terminations = torch.zeros(size, device=device)
+        self.size, self.pos, self.full = size, 0, False
+
+    def add(self, obs, action, reward, next_obs, termination):
+        for storage, value in zip(self.tensors(), (obs, action, reward, next_obs, termination)):
+            storage[self.pos] = torch.as_tensor(value, dtype=storage.dtype)
+        self.pos = (self.pos + 1) % self.size
+        self.full = self.full or self.pos == 0
+
+    def sample(self, batch_size):
+        index = torch.randint(0, self.size if self.full else self.pos, (batch_size,), device=self.observations.device)
+        return [storage[index] for storage in self.tensors()]
+
+    def tensors(self):
+        return self.observations, self.actions, self.rewards, self.next_observations, self.terminations
+
+    def state_dict(self):
+        filled = self.size if self.full else self.pos
+        # copy=True: a slice saved as it is would drag the whole preallocated storage (all buffer_size rows) into the file
+        return {"tensors": [t[:filled].to("cpu", copy=True) for t in self.tensors()], "pos": self.pos, "full": self.full}
+
+    def load_state_dict(self, state):
+        for storage, saved in zip(self.tensors(), state["tensors"]):
+            storage[: len(saved)] = saved.to(storage.device)
+        self.pos, self.full = state["pos"], state["full"]
+
+
+def linear_schedule(start_e, end_e, duration, t):
+    return max(end_e, start_e + (end_e - start_e) * t / duration)
+
+
+def mountain_car_potential(obs, gamma_scale):
+    """Phi(s): the cart's mechanical energy, from the dynamics v' = v + 0.001 F - 0.0025 cos(3x) (gravity term)."""
+    position, velocity = obs[..., 0], obs[..., 1]
+    return gamma_scale * (0.0025 / 3 * np.sin(3 * position) + 0.5 * velocity**2)
+
+
+def td_loss(q_network, target_network, batch, gamma, double_q):
+    """Alg. 1: (r + gamma (1 - d) max_a' Q_target(s', a') - Q(s, a))^2 (Huber-free, as cleanrl/dqn.py)."""
+    obs, actions, rewards, next_obs, terminations = batch
+    with torch.no_grad():
+        next_q = target_network(next_obs)
+        if double_q:
+            next_value = next_q.gather(1, q_network(next_obs).argmax(1, keepdim=True)).squeeze(1)
+        else:
+            next_value = next_q.max(1).values
+        td_target = rewards + gamma * (1 - terminations) * next_value
+    q_values = q_network(obs).gather(1, actions[:, None]).squeeze(1)
+    return F.mse_loss(q_values, td_target), q_values
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+def evaluate(act, env, num_episodes, seed):
+    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
+    returns = []
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
+    return np.array(returns, dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------- expert artefacts (--save-expert)
+def rollout_episodes(act, env, num_episodes, seed):
+    """Whole episodes of act as the demos.npz arrays of DESIGN.md (first axis = transition)."""
+    keys = ("observations", "actions", "rewards", "next_observations", "terminations", "truncations")
+    data, episode_starts, returns = {key: [] for key in keys}, [], []
+    obs, _ = env.reset(seed=seed)
+    episode_starts.append(0)
+    while len(returns) < num_episodes:
+        action = act(obs[None])[0]
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        for key, value in zip(keys, (obs, action, reward, next_obs, terminated, truncated)):
+            data[key].append(value)
+        obs = next_obs
+        if terminated or truncated:
+            returns.append(info["episode"]["r"])
+            obs, _ = env.reset()
+            if len(returns) < num_episodes:
+                episode_starts.append(len(data["observations"]))
+    demos = {key: np.array(value) for key, value in data.items()}
+    demos["observations"], demos["next_observations"] = (
+        demos["observations"].astype(np.float32),
+        demos["next_observations"].astype(np.float32),
+    )
+    demos["episode_starts"] = np.array(episode_starts, dtype=np.int64)
+    return demos, np.array(returns)
+
+
+def save_expert(expert_dir, args, q_network, env_id, device, training, overwrite):
+    """expert.json + demos.npz + policy.pt: the plain MLP obs -> Q-values whose argmax is the expert's action."""
+    expert_dir = Path(expert_dir)
+    if expert_dir.exists() and any(expert_dir.iterdir()) and not overwrite:
+        sys.exit(f"error: {expert_dir} already exists; pass --overwrite to replace it.")
+    expert_dir.mkdir(parents=True, exist_ok=True)
+    env = make_env(env_id, args.seed + 20_000)
+
+    @torch.no_grad()
+    def act(obs):
+        return q_network(torch.as_tensor(obs, dtype=torch.float32, device=device)).argmax(-1).cpu().numpy()
+
+    expert_returns = evaluate(act, env, args.expert_eval_episodes, args.seed + 20_000)
+    random_returns = evaluate(
+        lambda obs: np.array([env.action_space.sample()]), env, args.expert_eval_episodes, args.seed + 30_000
+    )
+    demos, demo_returns = rollout_episodes(act, env, args.num_demo_episodes, args.seed + 40_000)
+    np.savez_compressed(expert_dir / "demos.npz", **demos)
+    policy = q_network.network
+    torch.save({key: value.cpu() for key, value in policy.state_dict().items()}, expert_dir / "policy.pt")
+    shaping = f", trained with MountainCar energy shaping (--shaping-coef {args.shaping_coef})" if args.shaping_coef else ""
+    info = {
+        "env_id": env_id,
+        "algorithm": "dqn",
+        "training_steps": training["global_step"],
+        "snapshot_step": training["snapshot_step"],
+        "training_wall_time_s": round(training["wall_time"], 1),
+        "seed": args.seed,
+        "command": training["commands"],
+        "versions": package_versions(),
+        "expert_return_mean": float(expert_returns.mean()),
+        "expert_return_std": float(expert_returns.std()),
+        "expert_episodes": len(expert_returns),
+        "random_return_mean": float(random_returns.mean()),
+        "random_return_std": float(random_returns.std()),
+        "random_episodes": len(random_returns),
+        "observation_shape": list(env.observation_space.shape),
+        "action_shape": list(env.action_space.shape),
+        "action_space": "discrete",
+        "num_actions": int(env.action_space.n),
+        "policy": {
+            "file": "policy.pt",
+            "layers": [int(policy[0].in_features), args.hidden_size, args.hidden_size, int(policy[-1].out_features)],
+            "activation": "relu",
+            "output": "argmax",
+        },
+        "demos": {
+            "file": "demos.npz",
+            "episodes": len(demo_returns),
+            "transitions": len(demos["rewards"]),
+            "return_mean": float(demo_returns.mean()),
+            "policy": "deterministic",
+        },
+        "training": f"DQN on the environment reward{shaping}; "
+        + json.dumps({k: v for k, v in asdict(args).items() if k not in ("track", "wandb_entity")}),
+    }
+    (expert_dir / "expert.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(
+        f"expert saved to {expert_dir}: return {expert_returns.mean():.1f} +/- {expert_returns.std():.1f} "
+        f"(random {random_returns.mean():.1f}), {len(demo_returns)} demo episodes"
+    )
+
+
+# ----------------------------------------- shared infrastructure (identical in every script; tests/test_shared_blocks.py)
 def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
     try:
         env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
@@ -142,6 +322,8 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
 # a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
 # from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
 RANDOM_RETURN_EPISODES = 50
+
+
 RANDOM_RETURN_SEED = 30_000
 
 
@@ -289,186 +471,10 @@ def normalized_score(episode_return, expert_info):
     return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
 
 
-class QNetwork(nn.Module):
-    def __init__(self, obs_dim, num_actions, hidden_size):
-        super().__init__()
-        self.network = nn.Sequential(
-            nn.Linear(obs_dim, hidden_size),
-            nn.ReLU(),
-            nn.Linear(hidden_size, hidden_size),
-            nn.ReLU(),
-            nn.Linear(hidden_size, num_actions),
-        )
-
-    def forward(self, obs):
-        return self.network(obs)
-
-
-class ReplayBuffer:
-    """Transitions in preallocated tensors on the training device; uniform sampling without leaving it."""
-
-    def __init__(self, obs_dim, size, device):
-        self.observations = torch.zeros(size, obs_dim, device=device)
-        self.actions = torch.zeros(size, dtype=torch.long, device=device)
-        self.rewards = torch.zeros(size, device=device)
-        self.next_observations = torch.zeros(size, obs_dim, device=device)
-        self.terminations = torch.zeros(size, device=device)
-        self.size, self.pos, self.full = size, 0, False
-
-    def add(self, obs, action, reward, next_obs, termination):
-        for storage, value in zip(self.tensors(), (obs, action, reward, next_obs, termination)):
-            storage[self.pos] = torch.as_tensor(value, dtype=storage.dtype)
-        self.pos = (self.pos + 1) % self.size
-        self.full = self.full or self.pos == 0
-
-    def sample(self, batch_size):
-        index = torch.randint(0, self.size if self.full else self.pos, (batch_size,), device=self.observations.device)
-        return [storage[index] for storage in self.tensors()]
-
-    def tensors(self):
-        return self.observations, self.actions, self.rewards, self.next_observations, self.terminations
-
-    def state_dict(self):
-        filled = self.size if self.full else self.pos
-        # copy=True: a slice saved as it is would drag the whole preallocated storage (all buffer_size rows) into the file
-        return {"tensors": [t[:filled].to("cpu", copy=True) for t in self.tensors()], "pos": self.pos, "full": self.full}
-
-    def load_state_dict(self, state):
-        for storage, saved in zip(self.tensors(), state["tensors"]):
-            storage[: len(saved)] = saved.to(storage.device)
-        self.pos, self.full = state["pos"], state["full"]
-
-
-def linear_schedule(start_e, end_e, duration, t):
-    return max(end_e, start_e + (end_e - start_e) * t / duration)
-
-
-def mountain_car_potential(obs, gamma_scale):
-    """Phi(s): the cart's mechanical energy, from the dynamics v' = v + 0.001 F - 0.0025 cos(3x) (gravity term)."""
-    position, velocity = obs[..., 0], obs[..., 1]
-    return gamma_scale * (0.0025 / 3 * np.sin(3 * position) + 0.5 * velocity**2)
-
-
-def td_loss(q_network, target_network, batch, gamma, double_q):
-    """Alg. 1: (r + gamma (1 - d) max_a' Q_target(s', a') - Q(s, a))^2 (Huber-free, as cleanrl/dqn.py)."""
-    obs, actions, rewards, next_obs, terminations = batch
-    with torch.no_grad():
-        next_q = target_network(next_obs)
-        if double_q:
-            next_value = next_q.gather(1, q_network(next_obs).argmax(1, keepdim=True)).squeeze(1)
-        else:
-            next_value = next_q.max(1).values
-        td_target = rewards + gamma * (1 - terminations) * next_value
-    q_values = q_network(obs).gather(1, actions[:, None]).squeeze(1)
-    return F.mse_loss(q_values, td_target), q_values
-
-
-def evaluate(act, env, num_episodes, seed):
-    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
-    returns = []
-    for episode in range(num_episodes):
-        obs, _ = env.reset(seed=seed if episode == 0 else None)
-        done = False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
-            done = terminated or truncated
-        returns.append(info["episode"]["r"])
-    return np.array(returns, dtype=np.float64)
-
-
-def rollout_episodes(act, env, num_episodes, seed):
-    """Whole episodes of act as the demos.npz arrays of DESIGN.md (first axis = transition)."""
-    keys = ("observations", "actions", "rewards", "next_observations", "terminations", "truncations")
-    data, episode_starts, returns = {key: [] for key in keys}, [], []
-    obs, _ = env.reset(seed=seed)
-    episode_starts.append(0)
-    while len(returns) < num_episodes:
-        action = act(obs[None])[0]
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        for key, value in zip(keys, (obs, action, reward, next_obs, terminated, truncated)):
-            data[key].append(value)
-        obs = next_obs
-        if terminated or truncated:
-            returns.append(info["episode"]["r"])
-            obs, _ = env.reset()
-            if len(returns) < num_episodes:
-                episode_starts.append(len(data["observations"]))
-    demos = {key: np.array(value) for key, value in data.items()}
-    demos["observations"], demos["next_observations"] = (
-        demos["observations"].astype(np.float32),
-        demos["next_observations"].astype(np.float32),
-    )
-    demos["episode_starts"] = np.array(episode_starts, dtype=np.int64)
-    return demos, np.array(returns)
-
-
 def package_versions():
     import importlib.metadata as metadata
 
     return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
-
-
-def save_expert(expert_dir, args, q_network, env_id, device, training, overwrite):
-    """expert.json + demos.npz + policy.pt: the plain MLP obs -> Q-values whose argmax is the expert's action."""
-    expert_dir = Path(expert_dir)
-    if expert_dir.exists() and any(expert_dir.iterdir()) and not overwrite:
-        sys.exit(f"error: {expert_dir} already exists; pass --overwrite to replace it.")
-    expert_dir.mkdir(parents=True, exist_ok=True)
-    env = make_env(env_id, args.seed + 20_000)
-
-    @torch.no_grad()
-    def act(obs):
-        return q_network(torch.as_tensor(obs, dtype=torch.float32, device=device)).argmax(-1).cpu().numpy()
-
-    expert_returns = evaluate(act, env, args.expert_eval_episodes, args.seed + 20_000)
-    random_returns = evaluate(
-        lambda obs: np.array([env.action_space.sample()]), env, args.expert_eval_episodes, args.seed + 30_000
-    )
-    demos, demo_returns = rollout_episodes(act, env, args.num_demo_episodes, args.seed + 40_000)
-    np.savez_compressed(expert_dir / "demos.npz", **demos)
-    policy = q_network.network
-    torch.save({key: value.cpu() for key, value in policy.state_dict().items()}, expert_dir / "policy.pt")
-    shaping = f", trained with MountainCar energy shaping (--shaping-coef {args.shaping_coef})" if args.shaping_coef else ""
-    info = {
-        "env_id": env_id,
-        "algorithm": "dqn",
-        "training_steps": training["global_step"],
-        "snapshot_step": training["snapshot_step"],
-        "training_wall_time_s": round(training["wall_time"], 1),
-        "seed": args.seed,
-        "command": training["commands"],
-        "versions": package_versions(),
-        "expert_return_mean": float(expert_returns.mean()),
-        "expert_return_std": float(expert_returns.std()),
-        "expert_episodes": len(expert_returns),
-        "random_return_mean": float(random_returns.mean()),
-        "random_return_std": float(random_returns.std()),
-        "random_episodes": len(random_returns),
-        "observation_shape": list(env.observation_space.shape),
-        "action_shape": list(env.action_space.shape),
-        "action_space": "discrete",
-        "num_actions": int(env.action_space.n),
-        "policy": {
-            "file": "policy.pt",
-            "layers": [int(policy[0].in_features), args.hidden_size, args.hidden_size, int(policy[-1].out_features)],
-            "activation": "relu",
-            "output": "argmax",
-        },
-        "demos": {
-            "file": "demos.npz",
-            "episodes": len(demo_returns),
-            "transitions": len(demos["rewards"]),
-            "return_mean": float(demo_returns.mean()),
-            "policy": "deterministic",
-        },
-        "training": f"DQN on the environment reward{shaping}; "
-        + json.dumps({k: v for k, v in asdict(args).items() if k not in ("track", "wandb_entity")}),
-    }
-    (expert_dir / "expert.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(
-        f"expert saved to {expert_dir}: return {expert_returns.mean():.1f} +/- {expert_returns.std():.1f} "
-        f"(random {random_returns.mean():.1f}), {len(demo_returns)} demo episodes"
-    )
 
 
 def write_eval_row(run_dir, row):

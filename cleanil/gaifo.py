@@ -135,6 +135,220 @@ class Args:
     """weight of the gradient penalty on D at expert-agent interpolates (0 disables; 10 as in DAC)"""
 
 
+# ---------------------------------------------------------------------------------------------------------- GAIfO
+class Discriminator(nn.Module):
+    """logit(x); D(x) = sigmoid(logit(x)) is the probability that x came from the expert."""
+
+    def __init__(self, in_dim, hidden_size):
+        super().__init__()
+        self.network = mlp(in_dim, 1, hidden_size, out_std=0.01)
+
+    def forward(self, x):
+        return self.network(x).squeeze(-1)
+
+
+def discriminator_inputs(batch, action_space):
+    """GAIfO's D scores state transitions (s, s'): the standardised s and s' side by side; actions are
+    neither read nor needed (action_space is unused, kept so that gail.py and gaifo.py call this the same way)."""
+    return torch.cat([batch["observations"], batch["next_observations"]], -1)
+
+
+def discriminator_loss(expert_logits, agent_logits, entropy_coef):
+    """GAIL Alg. 1 line 4 (Eq. 17) as a loss to minimise, with D = P(expert): -E_expert[log D] - E_agent[log(1 - D)], each
+    side averaged on its own (the original code weights both sides equally), minus entropy_coef times the mean
+    Bernoulli entropy H(D) = softplus(logit) - D logit over both sides' logits together (the original code's
+    regulariser, openai/baselines gail/adversary.py: reduce_mean over the concatenated logits)."""
+    expert_term = F.binary_cross_entropy_with_logits(expert_logits, torch.ones_like(expert_logits))
+    agent_term = F.binary_cross_entropy_with_logits(agent_logits, torch.zeros_like(agent_logits))
+    logits = torch.cat([expert_logits, agent_logits])
+    entropy = (F.softplus(logits) - torch.sigmoid(logits) * logits).mean()
+    return expert_term + agent_term - entropy_coef * entropy
+
+
+def gradient_penalty(discriminator, expert_inputs, agent_inputs):
+    """E[(||grad_x logit(x_hat)||_2 - 1)^2] at x_hat = eps x_expert + (1 - eps) x_agent, eps ~ U[0, 1] per pair
+    (WGAN-GP, Gulrajani et al. 2017, arXiv 1704.00028, Eq. 3), as DAC (Kostrikov et al. 2019, arXiv 1809.02925)
+    adds it to GAIL's discriminator: it keeps D smooth between the two data sets, so the reward stays informative."""
+    eps = torch.rand(len(expert_inputs), 1, device=expert_inputs.device)
+    mixed = (eps * expert_inputs + (1 - eps) * agent_inputs).requires_grad_(True)
+    (grad,) = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)
+    return ((grad.norm(2, dim=-1) - 1) ** 2).mean()
+
+
+def learned_reward(logits, reward_type):
+    """The policy's reward from D = sigmoid(logit) = P(expert), both increasing in D (the paper's cost log D_paper
+    is log(1 - D) here): -log(1 - D) = softplus(logit) in [0, inf), or log D = -softplus(-logit) in (-inf, 0]."""
+    if reward_type == "log_d":
+        return -F.softplus(-logits)
+    return F.softplus(logits)
+
+
+# ------------------------------------------------------------------------------------ the TRPO block (of gail.py)
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    """Orthogonal initialisation, as cleanrl/ppo.py; std 0.01 on a policy's last layer gives a near-uniform initial
+    policy, as the original code's zero-initialised output layers do."""
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim, out_dim, hidden_size, out_std):
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden_size)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, hidden_size)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, out_dim), std=out_std),
+    )
+
+
+class Policy(nn.Module):
+    """pi_theta(a|s) on standardised observations: a categorical over logits, or N(mu_theta(s), diag exp(2 log_std))
+    with a state-independent log_std initialised at 0 (the original code's Gibbs and Gaussian policies)."""
+
+    def __init__(self, obs_dim, action_space, hidden_size):
+        super().__init__()
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        out_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        self.network = mlp(obs_dim, out_dim, hidden_size, out_std=0.01)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.zeros(out_dim))
+
+    def forward(self, obs):
+        """The distribution's parameters: logits [B, A], or mean and log_std side by side [B, 2D]."""
+        out = self.network(obs)
+        return out if self.discrete else torch.cat([out, self.log_std.expand_as(out)], -1)
+
+    def distribution(self, params):
+        if self.discrete:
+            return torch.distributions.Categorical(logits=params)
+        mean, log_std = params.chunk(2, -1)
+        return torch.distributions.Independent(torch.distributions.Normal(mean, log_std.exp()), 1)
+
+    def deterministic_action(self, obs):
+        out = self.network(obs)
+        return out.argmax(-1) if self.discrete else out
+
+
+def gae(rewards, values, next_values, terminations, dones, gamma, gae_lambda):
+    """GAE(gamma, lambda) (Schulman et al. 2016, arXiv 1506.02438, Eq. 16): A_t = sum_l (gamma lambda)^l delta_{t+l},
+    delta_t = r_t + gamma (1 - terminated_t) V(s'_t) - V(s_t), on [T, num_envs] tensors in time order.
+    V(s'_t) is the value of the true next state, so a time-limit truncation bootstraps and only a termination zeroes
+    it; the sum stops where an episode ends (dones_t: terminated or truncated) and at the end of the rollout."""
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in reversed(range(len(rewards))):
+        delta = rewards[t] + gamma * (1.0 - terminations[t]) * next_values[t] - values[t]
+        running = delta + gamma * gae_lambda * (1.0 - dones[t]) * running
+        advantages[t] = running
+    return advantages
+
+
+def value_loss(values, returns):
+    """Regression of V_phi(s_t) on the GAE return A_t + V_old(s_t) (the TD(lambda) target): mean (V - R)^2."""
+    return F.mse_loss(values, returns)
+
+
+def conjugate_gradient(matrix_vector_product, b, iterations, residual_tol=1e-10):
+    """Solves A x = b for a symmetric positive-definite A known only through x -> A x, from x = 0 (TRPO Appendix C;
+    Nocedal & Wright 2006, Alg. 5.2); `iterations` steps, or fewer once ||r||^2 < residual_tol."""
+    x = torch.zeros_like(b)
+    residual, direction = b.clone(), b.clone()
+    residual_norm = residual @ residual
+    for _ in range(iterations):
+        if residual_norm < residual_tol:  # also b = 0 (no gradient), where alpha would be 0 / 0
+            break
+        product = matrix_vector_product(direction)
+        alpha = residual_norm / (direction @ product)
+        x += alpha * direction
+        residual -= alpha * product
+        new_residual_norm = residual @ residual
+        direction = residual + (new_residual_norm / residual_norm) * direction
+        residual_norm = new_residual_norm
+    return x
+
+
+def fisher_vector_product(policy, obs, vector, damping):
+    """(F + damping I) v, F the Hessian of the mean KL(pi_old(.|s) || pi_theta(.|s)) at theta = theta_old, which is the
+    Fisher information matrix of the policy (TRPO Sec. 6 and Appendix C): two backward passes, F never formed."""
+    params = list(policy.parameters())
+    dist_params = policy(obs)
+    kl = torch.distributions.kl_divergence(policy.distribution(dist_params.detach()), policy.distribution(dist_params)).mean()
+    grads = torch.autograd.grad(kl, params, create_graph=True)
+    grad_vector = torch.cat([grad.reshape(-1) for grad in grads]) @ vector
+    products = torch.autograd.grad(grad_vector, params)
+    return torch.cat([product.reshape(-1) for product in products]) + damping * vector
+
+
+def trpo_step(
+    policy,
+    obs,
+    actions,
+    advantages,
+    max_kl,
+    damping,
+    cg_iterations,
+    backtrack_iterations,
+    backtrack_coef,
+    accept_ratio,
+    fisher_subsample=1,
+):
+    """One TRPO update of the policy in place (Schulman et al. 2015, Eq. 14 and Appendix C): maximise the surrogate
+    L(theta) = mean[pi_theta(a|s) / pi_old(a|s) A] subject to mean KL(pi_old || pi_theta) <= max_kl. The natural
+    gradient direction s = F^-1 g comes from `conjugate_gradient`; the full step beta s with beta = sqrt(2 max_kl /
+    s^T F s) reaches the KL bound under the quadratic model; the backtracking line search then shrinks it until the
+    measured KL is <= max_kl and the surrogate improves by at least accept_ratio of its linear prediction. If no step
+    passes, the policy is left unchanged. F is estimated on every fisher_subsample-th state only (an average over
+    states, cheap to estimate well); KL and surrogate are measured on the whole batch. Returns the measured KL, the
+    surrogate's improvement and the number of backtracks."""
+    params = list(policy.parameters())
+    with torch.no_grad():
+        old_params = policy(obs)
+        old_log_prob = policy.distribution(old_params).log_prob(actions)
+
+    def surrogate_and_kl():
+        dist = policy.distribution(policy(obs))
+        surrogate = (torch.exp(dist.log_prob(actions) - old_log_prob) * advantages).mean()
+        return surrogate, torch.distributions.kl_divergence(policy.distribution(old_params), dist).mean()
+
+    surrogate, _ = surrogate_and_kl()
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(surrogate, params)])
+    fisher_obs = obs[::fisher_subsample]
+    direction = conjugate_gradient(lambda v: fisher_vector_product(policy, fisher_obs, v, damping), grad, cg_iterations)
+    full_step = direction * torch.sqrt(
+        2 * max_kl / (direction @ fisher_vector_product(policy, fisher_obs, direction, damping) + 1e-8)
+    )
+    expected_improvement = grad @ full_step
+    theta_old = nn.utils.parameters_to_vector(params).detach().clone()
+    with torch.no_grad():
+        for backtracks in range(backtrack_iterations):
+            fraction = backtrack_coef**backtracks
+            nn.utils.vector_to_parameters(theta_old + fraction * full_step, params)
+            new_surrogate, kl = surrogate_and_kl()
+            improvement = new_surrogate - surrogate.detach()
+            # expected_improvement = g^T F^-1 g beta > 0, so an accepted step always improves the surrogate
+            if kl <= max_kl and improvement > accept_ratio * fraction * expected_improvement:
+                return {"kl": kl, "surrogate_improvement": improvement, "backtracks": torch.tensor(float(backtracks))}
+        nn.utils.vector_to_parameters(theta_old, params)
+    zero = torch.zeros((), device=grad.device)
+    return {"kl": zero, "surrogate_improvement": zero, "backtracks": torch.tensor(float(backtrack_iterations))}
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+def evaluate(act, env, num_episodes, seed):
+    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
+    returns = []
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
+    return np.array(returns, dtype=np.float64)
+
+
+# ----------------------------------------- shared infrastructure (identical in every script; tests/test_shared_blocks.py)
 def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
     try:
         env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
@@ -159,6 +373,8 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
 # a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
 # from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
 RANDOM_RETURN_EPISODES = 50
+
+
 RANDOM_RETURN_SEED = 30_000
 
 
@@ -367,216 +583,6 @@ def normalized_score(episode_return, expert_info):
         return float("nan")
     random_return = expert_info["random_return_mean"]
     return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
-
-
-def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
-    """Orthogonal initialisation, as cleanrl/ppo.py; std 0.01 on a policy's last layer gives a near-uniform initial
-    policy, as the original code's zero-initialised output layers do."""
-    torch.nn.init.orthogonal_(layer.weight, std)
-    torch.nn.init.constant_(layer.bias, bias_const)
-    return layer
-
-
-def mlp(in_dim, out_dim, hidden_size, out_std):
-    return nn.Sequential(
-        layer_init(nn.Linear(in_dim, hidden_size)),
-        nn.Tanh(),
-        layer_init(nn.Linear(hidden_size, hidden_size)),
-        nn.Tanh(),
-        layer_init(nn.Linear(hidden_size, out_dim), std=out_std),
-    )
-
-
-class Policy(nn.Module):
-    """pi_theta(a|s) on standardised observations: a categorical over logits, or N(mu_theta(s), diag exp(2 log_std))
-    with a state-independent log_std initialised at 0 (the original code's Gibbs and Gaussian policies)."""
-
-    def __init__(self, obs_dim, action_space, hidden_size):
-        super().__init__()
-        self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        out_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
-        self.network = mlp(obs_dim, out_dim, hidden_size, out_std=0.01)
-        if not self.discrete:
-            self.log_std = nn.Parameter(torch.zeros(out_dim))
-
-    def forward(self, obs):
-        """The distribution's parameters: logits [B, A], or mean and log_std side by side [B, 2D]."""
-        out = self.network(obs)
-        return out if self.discrete else torch.cat([out, self.log_std.expand_as(out)], -1)
-
-    def distribution(self, params):
-        if self.discrete:
-            return torch.distributions.Categorical(logits=params)
-        mean, log_std = params.chunk(2, -1)
-        return torch.distributions.Independent(torch.distributions.Normal(mean, log_std.exp()), 1)
-
-    def deterministic_action(self, obs):
-        out = self.network(obs)
-        return out.argmax(-1) if self.discrete else out
-
-
-class Discriminator(nn.Module):
-    """logit(x); D(x) = sigmoid(logit(x)) is the probability that x came from the expert."""
-
-    def __init__(self, in_dim, hidden_size):
-        super().__init__()
-        self.network = mlp(in_dim, 1, hidden_size, out_std=0.01)
-
-    def forward(self, x):
-        return self.network(x).squeeze(-1)
-
-
-def discriminator_inputs(batch, action_space):
-    """GAIfO's D scores state transitions (s, s'): the standardised s and s' side by side; actions are
-    neither read nor needed (action_space is unused, kept so that gail.py and gaifo.py call this the same way)."""
-    return torch.cat([batch["observations"], batch["next_observations"]], -1)
-
-
-def discriminator_loss(expert_logits, agent_logits, entropy_coef):
-    """GAIL Alg. 1 line 4 (Eq. 17) as a loss to minimise, with D = P(expert): -E_expert[log D] - E_agent[log(1 - D)], each
-    side averaged on its own (the original code weights both sides equally), minus entropy_coef times the mean
-    Bernoulli entropy H(D) = softplus(logit) - D logit over both sides' logits together (the original code's
-    regulariser, openai/baselines gail/adversary.py: reduce_mean over the concatenated logits)."""
-    expert_term = F.binary_cross_entropy_with_logits(expert_logits, torch.ones_like(expert_logits))
-    agent_term = F.binary_cross_entropy_with_logits(agent_logits, torch.zeros_like(agent_logits))
-    logits = torch.cat([expert_logits, agent_logits])
-    entropy = (F.softplus(logits) - torch.sigmoid(logits) * logits).mean()
-    return expert_term + agent_term - entropy_coef * entropy
-
-
-def gradient_penalty(discriminator, expert_inputs, agent_inputs):
-    """E[(||grad_x logit(x_hat)||_2 - 1)^2] at x_hat = eps x_expert + (1 - eps) x_agent, eps ~ U[0, 1] per pair
-    (WGAN-GP, Gulrajani et al. 2017, arXiv 1704.00028, Eq. 3), as DAC (Kostrikov et al. 2019, arXiv 1809.02925)
-    adds it to GAIL's discriminator: it keeps D smooth between the two data sets, so the reward stays informative."""
-    eps = torch.rand(len(expert_inputs), 1, device=expert_inputs.device)
-    mixed = (eps * expert_inputs + (1 - eps) * agent_inputs).requires_grad_(True)
-    (grad,) = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)
-    return ((grad.norm(2, dim=-1) - 1) ** 2).mean()
-
-
-def learned_reward(logits, reward_type):
-    """The policy's reward from D = sigmoid(logit) = P(expert), both increasing in D (the paper's cost log D_paper
-    is log(1 - D) here): -log(1 - D) = softplus(logit) in [0, inf), or log D = -softplus(-logit) in (-inf, 0]."""
-    if reward_type == "log_d":
-        return -F.softplus(-logits)
-    return F.softplus(logits)
-
-
-def gae(rewards, values, next_values, terminations, dones, gamma, gae_lambda):
-    """GAE(gamma, lambda) (Schulman et al. 2016, arXiv 1506.02438, Eq. 16): A_t = sum_l (gamma lambda)^l delta_{t+l},
-    delta_t = r_t + gamma (1 - terminated_t) V(s'_t) - V(s_t), on [T, num_envs] tensors in time order.
-    V(s'_t) is the value of the true next state, so a time-limit truncation bootstraps and only a termination zeroes
-    it; the sum stops where an episode ends (dones_t: terminated or truncated) and at the end of the rollout."""
-    advantages = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[0])
-    for t in reversed(range(len(rewards))):
-        delta = rewards[t] + gamma * (1.0 - terminations[t]) * next_values[t] - values[t]
-        running = delta + gamma * gae_lambda * (1.0 - dones[t]) * running
-        advantages[t] = running
-    return advantages
-
-
-def value_loss(values, returns):
-    """Regression of V_phi(s_t) on the GAE return A_t + V_old(s_t) (the TD(lambda) target): mean (V - R)^2."""
-    return F.mse_loss(values, returns)
-
-
-def conjugate_gradient(matrix_vector_product, b, iterations, residual_tol=1e-10):
-    """Solves A x = b for a symmetric positive-definite A known only through x -> A x, from x = 0 (TRPO Appendix C;
-    Nocedal & Wright 2006, Alg. 5.2); `iterations` steps, or fewer once ||r||^2 < residual_tol."""
-    x = torch.zeros_like(b)
-    residual, direction = b.clone(), b.clone()
-    residual_norm = residual @ residual
-    for _ in range(iterations):
-        if residual_norm < residual_tol:  # also b = 0 (no gradient), where alpha would be 0 / 0
-            break
-        product = matrix_vector_product(direction)
-        alpha = residual_norm / (direction @ product)
-        x += alpha * direction
-        residual -= alpha * product
-        new_residual_norm = residual @ residual
-        direction = residual + (new_residual_norm / residual_norm) * direction
-        residual_norm = new_residual_norm
-    return x
-
-
-def fisher_vector_product(policy, obs, vector, damping):
-    """(F + damping I) v, F the Hessian of the mean KL(pi_old(.|s) || pi_theta(.|s)) at theta = theta_old, which is the
-    Fisher information matrix of the policy (TRPO Sec. 6 and Appendix C): two backward passes, F never formed."""
-    params = list(policy.parameters())
-    dist_params = policy(obs)
-    kl = torch.distributions.kl_divergence(policy.distribution(dist_params.detach()), policy.distribution(dist_params)).mean()
-    grads = torch.autograd.grad(kl, params, create_graph=True)
-    grad_vector = torch.cat([grad.reshape(-1) for grad in grads]) @ vector
-    products = torch.autograd.grad(grad_vector, params)
-    return torch.cat([product.reshape(-1) for product in products]) + damping * vector
-
-
-def trpo_step(
-    policy,
-    obs,
-    actions,
-    advantages,
-    max_kl,
-    damping,
-    cg_iterations,
-    backtrack_iterations,
-    backtrack_coef,
-    accept_ratio,
-    fisher_subsample=1,
-):
-    """One TRPO update of the policy in place (Schulman et al. 2015, Eq. 14 and Appendix C): maximise the surrogate
-    L(theta) = mean[pi_theta(a|s) / pi_old(a|s) A] subject to mean KL(pi_old || pi_theta) <= max_kl. The natural
-    gradient direction s = F^-1 g comes from `conjugate_gradient`; the full step beta s with beta = sqrt(2 max_kl /
-    s^T F s) reaches the KL bound under the quadratic model; the backtracking line search then shrinks it until the
-    measured KL is <= max_kl and the surrogate improves by at least accept_ratio of its linear prediction. If no step
-    passes, the policy is left unchanged. F is estimated on every fisher_subsample-th state only (an average over
-    states, cheap to estimate well); KL and surrogate are measured on the whole batch. Returns the measured KL, the
-    surrogate's improvement and the number of backtracks."""
-    params = list(policy.parameters())
-    with torch.no_grad():
-        old_params = policy(obs)
-        old_log_prob = policy.distribution(old_params).log_prob(actions)
-
-    def surrogate_and_kl():
-        dist = policy.distribution(policy(obs))
-        surrogate = (torch.exp(dist.log_prob(actions) - old_log_prob) * advantages).mean()
-        return surrogate, torch.distributions.kl_divergence(policy.distribution(old_params), dist).mean()
-
-    surrogate, _ = surrogate_and_kl()
-    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(surrogate, params)])
-    fisher_obs = obs[::fisher_subsample]
-    direction = conjugate_gradient(lambda v: fisher_vector_product(policy, fisher_obs, v, damping), grad, cg_iterations)
-    full_step = direction * torch.sqrt(
-        2 * max_kl / (direction @ fisher_vector_product(policy, fisher_obs, direction, damping) + 1e-8)
-    )
-    expected_improvement = grad @ full_step
-    theta_old = nn.utils.parameters_to_vector(params).detach().clone()
-    with torch.no_grad():
-        for backtracks in range(backtrack_iterations):
-            fraction = backtrack_coef**backtracks
-            nn.utils.vector_to_parameters(theta_old + fraction * full_step, params)
-            new_surrogate, kl = surrogate_and_kl()
-            improvement = new_surrogate - surrogate.detach()
-            # expected_improvement = g^T F^-1 g beta > 0, so an accepted step always improves the surrogate
-            if kl <= max_kl and improvement > accept_ratio * fraction * expected_improvement:
-                return {"kl": kl, "surrogate_improvement": improvement, "backtracks": torch.tensor(float(backtracks))}
-        nn.utils.vector_to_parameters(theta_old, params)
-    zero = torch.zeros((), device=grad.device)
-    return {"kl": zero, "surrogate_improvement": zero, "backtracks": torch.tensor(float(backtrack_iterations))}
-
-
-def evaluate(act, env, num_episodes, seed):
-    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
-    returns = []
-    for episode in range(num_episodes):
-        obs, _ = env.reset(seed=seed if episode == 0 else None)
-        done = False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
-            done = terminated or truncated
-        returns.append(info["episode"]["r"])
-    return np.array(returns, dtype=np.float64)
 
 
 def package_versions():

@@ -104,6 +104,100 @@ class Args:
     """standardise observations with the expert demos' mean and std, and Delta with the std of the demos' s' - s"""
 
 
+# ----------------------------------------------------------------------------------------------------------- ILPO
+class LatentModel(nn.Module):
+    """Step 1's networks on standardised observations: the encoder E(s), the latent policy pi_omega(z|s) on E(s), and
+    the generator G(E(s), z) of Delta for every z at once; leaky ReLUs (slope 0.2) and a learned embedding of z
+    concatenated to E(s), as in the authors' vector model."""
+
+    def __init__(self, obs_dim, num_latent_actions, hidden_size):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Linear(obs_dim, hidden_size), nn.LeakyReLU(0.2), nn.Linear(hidden_size, 2 * hidden_size), nn.LeakyReLU(0.2)
+        )
+        self.latent_policy = nn.Linear(2 * hidden_size, num_latent_actions)
+        self.latent_embedding = nn.Sequential(nn.Embedding(num_latent_actions, 2 * hidden_size), nn.LeakyReLU(0.2))
+        self.generator = nn.Sequential(
+            nn.Linear(4 * hidden_size, 2 * hidden_size),
+            nn.LeakyReLU(0.2),
+            nn.Linear(2 * hidden_size, hidden_size),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden_size, obs_dim),
+        )
+        self.register_buffer("latents", torch.arange(num_latent_actions))
+
+    def forward(self, obs):
+        """Latent policy logits [B, K] and predictions G(E(s), z) of Delta for every latent z [B, K, obs_dim]."""
+        encoding = self.encoder(obs)
+        z = self.latent_embedding(self.latents)
+        pairs = torch.cat([encoding[:, None].expand(-1, len(z), -1), z[None].expand(len(obs), -1, -1)], -1)
+        return self.latent_policy(encoding), self.generator(pairs)
+
+    def latent_logits(self, obs):
+        return self.latent_policy(self.encoder(obs))
+
+
+class RemapNetwork(nn.Module):
+    """pi_xi(a | s, z): logits over real actions from a standardised observation and a latent action, with its own
+    encoder of s (the authors' code does not reuse E) and an embedding of z."""
+
+    def __init__(self, obs_dim, num_latent_actions, num_actions, hidden_size):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Linear(obs_dim, hidden_size), nn.LeakyReLU(0.2), nn.Linear(hidden_size, hidden_size), nn.LeakyReLU(0.2)
+        )
+        self.latent_embedding = nn.Sequential(nn.Embedding(num_latent_actions, hidden_size), nn.LeakyReLU(0.2))
+        self.head = nn.Sequential(
+            nn.Linear(2 * hidden_size, hidden_size), nn.LeakyReLU(0.2), nn.Linear(hidden_size, num_actions)
+        )
+
+    def forward(self, obs, z):
+        return self.head(torch.cat([self.encoder(obs), self.latent_embedding(z)], -1))
+
+
+def prediction_errors(predictions, delta):
+    """||Delta - G(E(s), z)||^2 for every latent z: [B, K]."""
+    return ((predictions - delta[:, None]) ** 2).sum(-1)
+
+
+def min_loss(predictions, delta):
+    """Sec. 4.1, L_min = E[min_z ||Delta - G(E(s), z)||^2]: only the best latent's prediction is pulled towards the
+    transition, so the K latents split the demonstrated transitions among themselves."""
+    return prediction_errors(predictions, delta).min(-1).values.mean()
+
+
+def expected_loss(latent_logits, predictions, delta):
+    """Sec. 4.1, L_exp = E[||Delta - sum_z pi_omega(z|s) G(E(s), z)||^2] with G held fixed (detached): it trains the
+    latent policy (and E) to weight the latent whose outcome the expert produced, not G to fit the mixture."""
+    expected = (F.softmax(latent_logits, -1)[..., None] * predictions.detach()).sum(1)
+    return ((expected - delta) ** 2).sum(-1).mean()
+
+
+def infer_latent(predictions, delta):
+    """Sec. 4.2, z_t = argmin_z ||Delta_t - G(E(s_t), z)||: the latent action that best explains an observed transition."""
+    return prediction_errors(predictions, delta).argmin(-1)
+
+
+def remap_loss(remap_logits, actions):
+    """Sec. 4.2: cross-entropy -log pi_xi(a_t | s_t, z_t) of the real action taken, given the inferred latent."""
+    return F.cross_entropy(remap_logits, actions)
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+def evaluate(act, env, num_episodes, seed):
+    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
+    returns = []
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
+    return np.array(returns, dtype=np.float64)
+
+
+# ----------------------------------------- shared infrastructure (identical in every script; tests/test_shared_blocks.py)
 def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
     try:
         env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
@@ -128,6 +222,8 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
 # a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
 # from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
 RANDOM_RETURN_EPISODES = 50
+
+
 RANDOM_RETURN_SEED = 30_000
 
 
@@ -336,97 +432,6 @@ def normalized_score(episode_return, expert_info):
         return float("nan")
     random_return = expert_info["random_return_mean"]
     return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
-
-
-class LatentModel(nn.Module):
-    """Step 1's networks on standardised observations: the encoder E(s), the latent policy pi_omega(z|s) on E(s), and
-    the generator G(E(s), z) of Delta for every z at once; leaky ReLUs (slope 0.2) and a learned embedding of z
-    concatenated to E(s), as in the authors' vector model."""
-
-    def __init__(self, obs_dim, num_latent_actions, hidden_size):
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Linear(obs_dim, hidden_size), nn.LeakyReLU(0.2), nn.Linear(hidden_size, 2 * hidden_size), nn.LeakyReLU(0.2)
-        )
-        self.latent_policy = nn.Linear(2 * hidden_size, num_latent_actions)
-        self.latent_embedding = nn.Sequential(nn.Embedding(num_latent_actions, 2 * hidden_size), nn.LeakyReLU(0.2))
-        self.generator = nn.Sequential(
-            nn.Linear(4 * hidden_size, 2 * hidden_size),
-            nn.LeakyReLU(0.2),
-            nn.Linear(2 * hidden_size, hidden_size),
-            nn.LeakyReLU(0.2),
-            nn.Linear(hidden_size, obs_dim),
-        )
-        self.register_buffer("latents", torch.arange(num_latent_actions))
-
-    def forward(self, obs):
-        """Latent policy logits [B, K] and predictions G(E(s), z) of Delta for every latent z [B, K, obs_dim]."""
-        encoding = self.encoder(obs)
-        z = self.latent_embedding(self.latents)
-        pairs = torch.cat([encoding[:, None].expand(-1, len(z), -1), z[None].expand(len(obs), -1, -1)], -1)
-        return self.latent_policy(encoding), self.generator(pairs)
-
-    def latent_logits(self, obs):
-        return self.latent_policy(self.encoder(obs))
-
-
-class RemapNetwork(nn.Module):
-    """pi_xi(a | s, z): logits over real actions from a standardised observation and a latent action, with its own
-    encoder of s (the authors' code does not reuse E) and an embedding of z."""
-
-    def __init__(self, obs_dim, num_latent_actions, num_actions, hidden_size):
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Linear(obs_dim, hidden_size), nn.LeakyReLU(0.2), nn.Linear(hidden_size, hidden_size), nn.LeakyReLU(0.2)
-        )
-        self.latent_embedding = nn.Sequential(nn.Embedding(num_latent_actions, hidden_size), nn.LeakyReLU(0.2))
-        self.head = nn.Sequential(
-            nn.Linear(2 * hidden_size, hidden_size), nn.LeakyReLU(0.2), nn.Linear(hidden_size, num_actions)
-        )
-
-    def forward(self, obs, z):
-        return self.head(torch.cat([self.encoder(obs), self.latent_embedding(z)], -1))
-
-
-def prediction_errors(predictions, delta):
-    """||Delta - G(E(s), z)||^2 for every latent z: [B, K]."""
-    return ((predictions - delta[:, None]) ** 2).sum(-1)
-
-
-def min_loss(predictions, delta):
-    """Sec. 4.1, L_min = E[min_z ||Delta - G(E(s), z)||^2]: only the best latent's prediction is pulled towards the
-    transition, so the K latents split the demonstrated transitions among themselves."""
-    return prediction_errors(predictions, delta).min(-1).values.mean()
-
-
-def expected_loss(latent_logits, predictions, delta):
-    """Sec. 4.1, L_exp = E[||Delta - sum_z pi_omega(z|s) G(E(s), z)||^2] with G held fixed (detached): it trains the
-    latent policy (and E) to weight the latent whose outcome the expert produced, not G to fit the mixture."""
-    expected = (F.softmax(latent_logits, -1)[..., None] * predictions.detach()).sum(1)
-    return ((expected - delta) ** 2).sum(-1).mean()
-
-
-def infer_latent(predictions, delta):
-    """Sec. 4.2, z_t = argmin_z ||Delta_t - G(E(s_t), z)||: the latent action that best explains an observed transition."""
-    return prediction_errors(predictions, delta).argmin(-1)
-
-
-def remap_loss(remap_logits, actions):
-    """Sec. 4.2: cross-entropy -log pi_xi(a_t | s_t, z_t) of the real action taken, given the inferred latent."""
-    return F.cross_entropy(remap_logits, actions)
-
-
-def evaluate(act, env, num_episodes, seed):
-    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
-    returns = []
-    for episode in range(num_episodes):
-        obs, _ = env.reset(seed=seed if episode == 0 else None)
-        done = False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
-            done = terminated or truncated
-        returns.append(info["episode"]["r"])
-    return np.array(returns, dtype=np.float64)
 
 
 def package_versions():

@@ -191,6 +191,357 @@ class Args:
     before updates continue; not counted in global_step, recorded as refill_env_steps"""
 
 
+# ----------------------------------------------------------------------------------------------------------- NAIL
+class Discriminator(nn.Module):
+    """logit(s, a); trained by `discriminator_loss` (agent 1, expert 0) it estimates log q_t(s,a)/p(s,a) = log r~, the
+    negated log density ratio log q/p_pi~ of the paper's reward (its q is the expert, p_pi~ the agent)."""
+
+    def __init__(self, in_dim, hidden_size):
+        super().__init__()
+        self.network = nn.Sequential(
+            nn.Linear(in_dim, hidden_size),
+            nn.Tanh(),
+            nn.Linear(hidden_size, hidden_size),
+            nn.Tanh(),
+            nn.Linear(hidden_size, 1),
+        )
+
+    def forward(self, x):
+        return self.network(x).squeeze(-1)
+
+
+def add_absorbing_state(obs, actions, next_obs, terminations):
+    """DAC's absorbing states on a batch of transitions (numpy): observations gain an indicator feature (0: a real state); a
+    terminated transition's next state becomes the absorbing state s_a = (0, ..., 0, 1), and one self-transition
+    (s_a, 0, s_a) is appended per termination. Truncated transitions are not terminations: their next state stays."""
+    terminations = np.asarray(terminations, dtype=bool)
+    real = lambda x: np.concatenate([x, np.zeros((len(x), 1), dtype=np.float32)], 1)
+    absorbing = np.zeros((1, obs.shape[1] + 1), dtype=np.float32)
+    absorbing[0, -1] = 1
+    next_obs = np.where(terminations[:, None], absorbing, real(next_obs))
+    extra = int(terminations.sum())
+    return (
+        np.concatenate([real(obs), np.repeat(absorbing, extra, 0)]),
+        np.concatenate([actions, np.zeros((extra, actions.shape[1]), dtype=actions.dtype)]),
+        np.concatenate([next_obs, np.repeat(absorbing, extra, 0)]).astype(np.float32),
+    )
+
+
+def expert_transitions(expert_dir, env, num_trajectories, subsample_frequency, seed):
+    """The demos' (s, a) pairs with DAC's absorbing states (numpy), and their weights in `discriminator_loss`. As DAC,
+    the absorbing states are added before subsampling and never dropped: one (s_a, 0) per terminated demo episode, even
+    where subsampling dropped its terminal transition, weighing 1/subsample_frequency where every other pair weighs 1
+    (the subsampled pairs stand for subsample_frequency transitions each, the absorbing ones for one)."""
+    demos = load_demos(
+        expert_dir,
+        env,
+        num_trajectories,
+        subsample_frequency,
+        seed,
+        ("observations", "actions", "next_observations", "terminations"),
+    )
+    num_terminated = int(load_demos(expert_dir, env, num_trajectories, 1, seed, ("terminations",))["terminations"].sum())
+    obs, actions, _ = add_absorbing_state(
+        demos["observations"], demos["actions"].astype(np.float32), demos["next_observations"], demos["terminations"]
+    )
+    missing = num_terminated - int(np.sum(demos["terminations"]))  # terminal transitions that subsampling dropped
+    obs = np.concatenate([obs, np.repeat(np.eye(obs.shape[1], dtype=np.float32)[-1:], missing, 0)])
+    actions = np.concatenate([actions, np.zeros((missing, actions.shape[1]), dtype=np.float32)])
+    return obs, actions, np.where(obs[:, -1] == 1, 1.0 / subsample_frequency, 1.0).astype(np.float32)
+
+
+def discriminator_inputs(obs, actions, action_scale, action_bias):
+    """(s with its absorbing indicator, a rescaled to [-1, 1] and clipped there as the env clips what it executes);
+    the absorbing state's action is 0."""
+    live = 1 - obs[:, -1:]
+    return torch.cat([obs, ((actions - action_bias) / action_scale).clamp(-1, 1) * live], -1)
+
+
+def discriminator_loss(agent_logits, expert_logits, expert_weights=None):
+    """Logistic regression, agent (label 1) vs expert (label 0): -E_q[log sigma(l)] - E_p[w log(1 - sigma(l))], whose
+    optimum for balanced batches is l = log q_t/p. Expert absorbing rows weigh 1/subsample_frequency (DAC); all others
+    weigh 1, not the paper's (1-gamma) gamma^t of a discounted occupancy (O-NAIL weighs its expert steps so)."""
+    agent_term = F.binary_cross_entropy_with_logits(agent_logits, torch.ones_like(agent_logits))
+    expert_term = F.binary_cross_entropy_with_logits(expert_logits, torch.zeros_like(expert_logits), weight=expert_weights)
+    return agent_term + expert_term
+
+
+def gradient_penalty(discriminator, agent_inputs, expert_inputs):
+    """E[(||grad_x logit(x_hat)||_2 - 1)^2] at x_hat = eps x_expert + (1 - eps) x_agent, eps ~ U[0, 1] per pair
+    (WGAN-GP Eq. 3, as DAC puts it on its discriminator's logit): keeps the logit smooth between the two data sets."""
+    eps = torch.rand(len(expert_inputs), 1, device=expert_inputs.device)
+    mixed = (eps * expert_inputs + (1 - eps) * agent_inputs).requires_grad_(True)
+    (grad,) = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)
+    return ((grad.norm(2, dim=-1) - 1) ** 2).mean()
+
+
+def update_discriminator(
+    discriminator, optimizer, rb, epoch_rows, expert_inputs, expert_weights, action_scale, action_bias, args
+):
+    """The end of iteration t: r~ = q_t/p by `discriminator_loss` (+ the gradient penalty), --discriminator-updates-per-step
+    minibatches per epoch step, the agent's from the epoch's `epoch_rows` last replay rows only (q_t: all collected by
+    pi~; older rows come from earlier policies), the expert's from the demos. Returns the last minibatch's statistics."""
+    for _ in range(max(1, round(args.discriminator_updates_per_step * args.epoch_steps))):
+        agent_obs, agent_actions, _ = rb.sample(args.discriminator_batch_size, recent=epoch_rows)
+        agent_inputs = discriminator_inputs(agent_obs, agent_actions, action_scale, action_bias)
+        index = torch.randint(0, len(expert_inputs), (args.discriminator_batch_size,), device=expert_inputs.device)
+        agent_logits, expert_logits = discriminator(agent_inputs), discriminator(expert_inputs[index])
+        d_loss = discriminator_loss(agent_logits, expert_logits, expert_weights[index])
+        penalty = (
+            gradient_penalty(discriminator, agent_inputs, expert_inputs[index])
+            if args.gradient_penalty
+            else torch.zeros((), device=expert_inputs.device)
+        )
+        optimizer.zero_grad(set_to_none=True)
+        (d_loss + args.gradient_penalty * penalty).backward()
+        optimizer.step()
+    accuracy = 0.5 * ((agent_logits > 0).float().mean() + (expert_logits < 0).float().mean())
+    return {
+        "losses/discriminator_loss": d_loss.detach(),
+        "losses/gradient_penalty": penalty.detach(),
+        "charts/discriminator_accuracy": accuracy,
+        "charts/agent_log_ratio": agent_logits.detach().mean(),
+        "charts/expert_log_ratio": expert_logits.detach().mean(),
+    }
+
+
+def reference_log_prob(actor, obs, u, log_prob_min):
+    """log pi~(a|s) under a tanh-Gaussian actor, at a = tanh(u) * scale + bias given by its pre-tanh value u (the
+    current policy's own sample), clipped below at log_prob_min per action dimension. Eq. 21 at u as in
+    `Actor.get_action`, so the tanh term is the very one of log pi(a|s) and cancels exactly in log pi - log pi~, value
+    and gradient: recovering u as atanh of the float32 action would cap |u| near 7.25 and cut the gradient there."""
+    mean, log_std = actor(obs)
+    log_prob = -0.5 * ((u - mean) * torch.exp(-log_std)).square() - log_std - 2 * (np.log(2) - u - F.softplus(-2 * u))
+    return (log_prob.sum(-1) - actor.log_prob_offset).clamp(min=log_prob_min * u.shape[-1])
+
+
+def log_ratio_reward(log_ratio):
+    """r(s, a) = -log r~(s, a) = log p(s,a)/q_t(s,a) (AIRL's / DAC's log D - log(1 - D)); NAIL's r_t without its log pi~
+    term, which enters the soft value as the KL to pi~ instead (see the docstring)."""
+    return -log_ratio
+
+
+# --------------------------------------- the SAC block (of sac.py; NAIL's KL term in soft_q_loss and policy_loss)
+class SoftQEnsemble(nn.Module):
+    """num_q independent critics Q_k(s, a), evaluated together: each layer is one batched matmul over the critics."""
+
+    def __init__(self, obs_dim, action_dim, hidden_size, num_q=2):
+        super().__init__()
+        sizes = [obs_dim + action_dim, hidden_size, hidden_size, 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1 / np.sqrt(fan_in)  # nn.Linear's default initialisation, per critic
+            self.weights.append(nn.Parameter(torch.empty(num_q, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(num_q, 1, fan_out).uniform_(-bound, bound)))
+
+    def forward(self, obs, action):
+        x = torch.cat([obs, action], -1).expand(len(self.weights[0]), -1, -1)
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1]):
+            x = F.relu(torch.baddbmm(bias, x, weight))  # bfloat16 under --bf16's autocast
+        # the output layer stays float32: Q-values of a few hundred would round to steps of ~1 in bfloat16
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.baddbmm(self.biases[-1], x.float(), self.weights[-1]).squeeze(-1)  # [num_q, batch]
+
+
+class Actor(nn.Module):
+    def __init__(self, env, hidden_size, log_std_min, log_std_max):
+        super().__init__()
+        obs_dim, action_dim = np.prod(env.observation_space.shape), np.prod(env.action_space.shape)
+        self.fc1 = nn.Linear(obs_dim, hidden_size)
+        self.fc2 = nn.Linear(hidden_size, hidden_size)
+        self.fc_head = nn.Linear(hidden_size, 2 * action_dim)  # mean and log-std in one matmul
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        high, low = env.action_space.high, env.action_space.low
+        self.register_buffer("action_scale", torch.tensor((high - low) / 2.0, dtype=torch.float32))
+        self.register_buffer("action_bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
+        # the constant part of log pi(a|s): Gaussian normaliser and the affine rescaling's log-determinant
+        self.register_buffer("log_prob_offset", 0.5 * np.log(2 * np.pi) * action_dim + torch.log(self.action_scale).sum())
+
+    def forward(self, obs):
+        hidden = F.relu(self.fc2(F.relu(self.fc1(obs))))
+        # the head stays float32 under --bf16: the mean and log-std feed the log-probabilities
+        with torch.autocast(obs.device.type, enabled=False):
+            mean, log_std = self.fc_head(hidden.float()).chunk(2, -1)
+        # squash log_std into [min, max] smoothly instead of clipping (keeps its gradient alive)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
+        return mean, log_std
+
+    def get_action(self, obs):
+        """a = tanh(u) * scale + bias with u = mean + std * eps, eps ~ N(0, I) (reparameterised); log pi(a|s) by Eq. 21;
+        and u itself, at which NAIL scores pi~ (`reference_log_prob`)."""
+        mean, log_std = self(obs)
+        eps = torch.randn_like(mean)
+        u = mean + log_std.exp() * eps
+        # log N(u; mean, std) - log(1 - tanh(u)^2), the latter as 2 (log 2 - u - softplus(-2u)): exact where tanh saturates
+        log_prob = -0.5 * eps.square() - log_std - 2 * (np.log(2) - u - F.softplus(-2 * u))
+        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob.sum(-1) - self.log_prob_offset, u
+
+    def deterministic_action(self, obs):
+        return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
+
+    def mean_mlp(self):
+        """obs -> pre-tanh mean as a plain nn.Sequential (the shipped policy.pt, loadable without this class)."""
+        action_dim = self.fc_head.out_features // 2
+        fc_mean = nn.Linear(self.fc_head.in_features, action_dim)
+        with torch.no_grad():
+            fc_mean.weight.copy_(self.fc_head.weight[:action_dim])
+            fc_mean.bias.copy_(self.fc_head.bias[:action_dim])
+        return nn.Sequential(self.fc1, nn.ReLU(), self.fc2, nn.ReLU(), fc_mean.to(self.fc1.weight.device))
+
+
+class ReplayBuffer:
+    """Transitions as rows [obs, action, next_obs] of one preallocated tensor on the training device: a minibatch is one
+    index gather. Checkpoints leave it out (hundreds of MB); --resume refills it. Observations carry DAC's absorbing
+    indicator as their last feature; no rewards: NAIL's reward is a function of the current discriminator and reference
+    policy, recomputed on every sampled minibatch."""
+
+    def __init__(self, obs_dim, action_dim, size, device):
+        self.widths = (obs_dim, action_dim, obs_dim)
+        self.rows = torch.zeros(size, sum(self.widths), device=device)
+        self.size, self.pos, self.full = size, 0, False
+
+    def add(self, obs, action, next_obs):
+        row = np.concatenate([np.ravel(obs), np.ravel(action), np.ravel(next_obs)])
+        self.rows[self.pos] = torch.from_numpy(row.astype(np.float32))
+        self.pos = (self.pos + 1) % self.size
+        self.full = self.full or self.pos == 0
+
+    def sample(self, batch_size, recent=None):
+        """Uniform over the buffer, or over its `recent` last rows (one epoch: samples of q_t only)."""
+        filled = self.size if self.full else self.pos
+        if recent is None:
+            index = torch.randint(0, filled, (batch_size,), device=self.rows.device)
+        else:
+            index = (self.pos - 1 - torch.randint(0, min(recent, filled), (batch_size,), device=self.rows.device)) % self.size
+        return self.rows[index].split(self.widths, -1)
+
+
+def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma, log_pi_reference):
+    """Eq. 5-6 with NAIL's reference and DAC's absorbing state: (Q_k(s,a) - [r + gamma (min_k Q'_k(s', a')
+    - alpha (log pi(a'|s') - log pi~(a'|s')))])^2, a' ~ pi(s') in a real s' (log pi~ = 0: plain SAC); a' = 0 and no
+    entropy or KL in s_a, whose value is bootstrapped like any other (no (1 - d)). log pi~ is only ever evaluated at
+    actions of the current policy (given by their pre-tanh samples u), never at the replay buffer's old ones."""
+    obs, actions, rewards, next_obs, next_absorbing = batch
+    with torch.no_grad():
+        next_actions, next_log_pi, next_u = actor.get_action(next_obs[:, :-1])
+        live = 1 - next_absorbing
+        next_log_ratio_to_reference = next_log_pi - log_pi_reference(next_obs[:, :-1], next_u)
+        min_q_next = (
+            qf_target(next_obs, next_actions * live[:, None]).min(0).values - alpha * live * next_log_ratio_to_reference
+        )
+        q_target = rewards + gamma * min_q_next
+    q_values = qf(obs, actions)
+    # sum over the critics: each critic gets the full MSE gradient, as with separate losses
+    return F.mse_loss(q_values, q_target.expand_as(q_values), reduction="none").mean(1).sum(), q_values
+
+
+def policy_loss(actor, qf, obs, alpha, log_pi_reference):
+    """Eq. 7 with NAIL's reference: E_s E_{a~pi}[alpha (log pi(a|s) - log pi~(a|s)) - min_k Q_k(s, a)] through the
+    reparameterised a (pi~'s weights frozen), i.e. KL(pi || pi~) in place of SAC's negative entropy (log pi~ = 0: plain
+    SAC), over real states only (DAC: no actor update in the absorbing state, where the action is fixed)."""
+    actions, log_pi, u = actor.get_action(obs[:, :-1])
+    live = 1 - obs[:, -1]
+    log_ratio_to_reference = log_pi - log_pi_reference(obs[:, :-1], u)
+    loss = ((alpha * log_ratio_to_reference - qf(obs, actions).min(0).values) * live).sum() / live.sum().clamp(min=1)
+    return loss, log_pi, log_ratio_to_reference, live
+
+
+def alpha_loss(log_alpha, log_pi, target_entropy, live):
+    """Eq. 18: -alpha (log pi(a|s) + H_target), so alpha grows when the entropy drops below the target."""
+    return (-log_alpha.exp() * (log_pi.detach() + target_entropy) * live).sum() / live.sum().clamp(min=1)
+
+
+def sac_update(
+    batch,
+    actor,
+    qf,
+    qf_target,
+    log_alpha,
+    q_optimizer,
+    actor_optimizer,
+    alpha_optimizer,
+    args,
+    target_entropy,
+    global_step,
+    log_pi_reference,
+    bf16=False,
+):
+    """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls.
+    bf16 autocasts the hidden layers' matmuls; weights, optimiser states, targets, log-probs and losses stay float32."""
+    device_type = batch[0].device.type
+    alpha = log_alpha.exp().detach()
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        qf_loss, q_values = soft_q_loss(qf, qf_target, actor, batch, alpha, args.gamma, log_pi_reference)
+    q_optimizer.zero_grad(set_to_none=True)
+    qf_loss.backward()
+    q_optimizer.step()
+    stats = {"losses/qf_loss": qf_loss.detach(), "losses/qf1_values": q_values[0].detach().mean()}
+
+    if global_step % args.policy_frequency == 0:
+        qf.requires_grad_(False)  # the actor's gradient flows through Q's input only (as Spinning Up freezes Q here)
+        for _ in range(args.policy_frequency):
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                actor_loss, log_pi, log_ratio_to_reference, live = policy_loss(actor, qf, batch[0], alpha, log_pi_reference)
+            actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            actor_optimizer.step()
+            if args.autotune:
+                loss = alpha_loss(log_alpha, log_pi, target_entropy, live)
+                alpha_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                alpha_optimizer.step()
+                alpha = log_alpha.exp().detach()
+        qf.requires_grad_(True)
+        stats.update(
+            {
+                "losses/actor_loss": actor_loss.detach(),
+                "losses/alpha": alpha,
+                "charts/entropy": -(log_pi.detach() * live).sum() / live.sum().clamp(min=1),
+                "charts/kl_to_reference": (log_ratio_to_reference.detach() * live).sum() / live.sum().clamp(min=1),
+            }
+        )
+
+    if global_step % args.target_network_frequency == 0:
+        with torch.no_grad():
+            torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
+    return stats
+
+
+def bf16_is_fast(device):
+    """Whether the hardware computes bfloat16 matmuls natively: CUDA with bf16, or a CPU with AMX / AVX512-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to ask, so stay in float32
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def make_optimizer(params, lr, device):
+    """Adam, fused into one kernel over all parameters where torch has it (CUDA, and CPU since torch 2.4)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, foreach=device.type == "cuda")
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+def evaluate(act, env, num_episodes, seed):
+    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
+    returns = []
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
+    return np.array(returns, dtype=np.float64)
+
+
+# ----------------------------------------- shared infrastructure (identical in every script; tests/test_shared_blocks.py)
 def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
     try:
         env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
@@ -215,6 +566,8 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
 # a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
 # from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
 RANDOM_RETURN_EPISODES = 50
+
+
 RANDOM_RETURN_SEED = 30_000
 
 
@@ -423,353 +776,6 @@ def normalized_score(episode_return, expert_info):
         return float("nan")
     random_return = expert_info["random_return_mean"]
     return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
-
-
-class SoftQEnsemble(nn.Module):
-    """num_q independent critics Q_k(s, a), evaluated together: each layer is one batched matmul over the critics."""
-
-    def __init__(self, obs_dim, action_dim, hidden_size, num_q=2):
-        super().__init__()
-        sizes = [obs_dim + action_dim, hidden_size, hidden_size, 1]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-            bound = 1 / np.sqrt(fan_in)  # nn.Linear's default initialisation, per critic
-            self.weights.append(nn.Parameter(torch.empty(num_q, fan_in, fan_out).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(num_q, 1, fan_out).uniform_(-bound, bound)))
-
-    def forward(self, obs, action):
-        x = torch.cat([obs, action], -1).expand(len(self.weights[0]), -1, -1)
-        for weight, bias in zip(self.weights[:-1], self.biases[:-1]):
-            x = F.relu(torch.baddbmm(bias, x, weight))  # bfloat16 under --bf16's autocast
-        # the output layer stays float32: Q-values of a few hundred would round to steps of ~1 in bfloat16
-        with torch.autocast(x.device.type, enabled=False):
-            return torch.baddbmm(self.biases[-1], x.float(), self.weights[-1]).squeeze(-1)  # [num_q, batch]
-
-
-class Actor(nn.Module):
-    def __init__(self, env, hidden_size, log_std_min, log_std_max):
-        super().__init__()
-        obs_dim, action_dim = np.prod(env.observation_space.shape), np.prod(env.action_space.shape)
-        self.fc1 = nn.Linear(obs_dim, hidden_size)
-        self.fc2 = nn.Linear(hidden_size, hidden_size)
-        self.fc_head = nn.Linear(hidden_size, 2 * action_dim)  # mean and log-std in one matmul
-        self.log_std_min, self.log_std_max = log_std_min, log_std_max
-        high, low = env.action_space.high, env.action_space.low
-        self.register_buffer("action_scale", torch.tensor((high - low) / 2.0, dtype=torch.float32))
-        self.register_buffer("action_bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
-        # the constant part of log pi(a|s): Gaussian normaliser and the affine rescaling's log-determinant
-        self.register_buffer("log_prob_offset", 0.5 * np.log(2 * np.pi) * action_dim + torch.log(self.action_scale).sum())
-
-    def forward(self, obs):
-        hidden = F.relu(self.fc2(F.relu(self.fc1(obs))))
-        # the head stays float32 under --bf16: the mean and log-std feed the log-probabilities
-        with torch.autocast(obs.device.type, enabled=False):
-            mean, log_std = self.fc_head(hidden.float()).chunk(2, -1)
-        # squash log_std into [min, max] smoothly instead of clipping (keeps its gradient alive)
-        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
-        return mean, log_std
-
-    def get_action(self, obs):
-        """a = tanh(u) * scale + bias with u = mean + std * eps, eps ~ N(0, I) (reparameterised); log pi(a|s) by Eq. 21;
-        and u itself, at which NAIL scores pi~ (`reference_log_prob`)."""
-        mean, log_std = self(obs)
-        eps = torch.randn_like(mean)
-        u = mean + log_std.exp() * eps
-        # log N(u; mean, std) - log(1 - tanh(u)^2), the latter as 2 (log 2 - u - softplus(-2u)): exact where tanh saturates
-        log_prob = -0.5 * eps.square() - log_std - 2 * (np.log(2) - u - F.softplus(-2 * u))
-        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob.sum(-1) - self.log_prob_offset, u
-
-    def deterministic_action(self, obs):
-        return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
-
-    def mean_mlp(self):
-        """obs -> pre-tanh mean as a plain nn.Sequential (the shipped policy.pt, loadable without this class)."""
-        action_dim = self.fc_head.out_features // 2
-        fc_mean = nn.Linear(self.fc_head.in_features, action_dim)
-        with torch.no_grad():
-            fc_mean.weight.copy_(self.fc_head.weight[:action_dim])
-            fc_mean.bias.copy_(self.fc_head.bias[:action_dim])
-        return nn.Sequential(self.fc1, nn.ReLU(), self.fc2, nn.ReLU(), fc_mean.to(self.fc1.weight.device))
-
-
-class ReplayBuffer:
-    """Transitions as rows [obs, action, next_obs] of one preallocated tensor on the training device: a minibatch is one
-    index gather. Checkpoints leave it out (hundreds of MB); --resume refills it. Observations carry DAC's absorbing
-    indicator as their last feature; no rewards: NAIL's reward is a function of the current discriminator and reference
-    policy, recomputed on every sampled minibatch."""
-
-    def __init__(self, obs_dim, action_dim, size, device):
-        self.widths = (obs_dim, action_dim, obs_dim)
-        self.rows = torch.zeros(size, sum(self.widths), device=device)
-        self.size, self.pos, self.full = size, 0, False
-
-    def add(self, obs, action, next_obs):
-        row = np.concatenate([np.ravel(obs), np.ravel(action), np.ravel(next_obs)])
-        self.rows[self.pos] = torch.from_numpy(row.astype(np.float32))
-        self.pos = (self.pos + 1) % self.size
-        self.full = self.full or self.pos == 0
-
-    def sample(self, batch_size, recent=None):
-        """Uniform over the buffer, or over its `recent` last rows (one epoch: samples of q_t only)."""
-        filled = self.size if self.full else self.pos
-        if recent is None:
-            index = torch.randint(0, filled, (batch_size,), device=self.rows.device)
-        else:
-            index = (self.pos - 1 - torch.randint(0, min(recent, filled), (batch_size,), device=self.rows.device)) % self.size
-        return self.rows[index].split(self.widths, -1)
-
-
-class Discriminator(nn.Module):
-    """logit(s, a); trained by `discriminator_loss` (agent 1, expert 0) it estimates log q_t(s,a)/p(s,a) = log r~, the
-    negated log density ratio log q/p_pi~ of the paper's reward (its q is the expert, p_pi~ the agent)."""
-
-    def __init__(self, in_dim, hidden_size):
-        super().__init__()
-        self.network = nn.Sequential(
-            nn.Linear(in_dim, hidden_size),
-            nn.Tanh(),
-            nn.Linear(hidden_size, hidden_size),
-            nn.Tanh(),
-            nn.Linear(hidden_size, 1),
-        )
-
-    def forward(self, x):
-        return self.network(x).squeeze(-1)
-
-
-def add_absorbing_state(obs, actions, next_obs, terminations):
-    """DAC's absorbing states on a batch of transitions (numpy): observations gain an indicator feature (0: a real state); a
-    terminated transition's next state becomes the absorbing state s_a = (0, ..., 0, 1), and one self-transition
-    (s_a, 0, s_a) is appended per termination. Truncated transitions are not terminations: their next state stays."""
-    terminations = np.asarray(terminations, dtype=bool)
-    real = lambda x: np.concatenate([x, np.zeros((len(x), 1), dtype=np.float32)], 1)
-    absorbing = np.zeros((1, obs.shape[1] + 1), dtype=np.float32)
-    absorbing[0, -1] = 1
-    next_obs = np.where(terminations[:, None], absorbing, real(next_obs))
-    extra = int(terminations.sum())
-    return (
-        np.concatenate([real(obs), np.repeat(absorbing, extra, 0)]),
-        np.concatenate([actions, np.zeros((extra, actions.shape[1]), dtype=actions.dtype)]),
-        np.concatenate([next_obs, np.repeat(absorbing, extra, 0)]).astype(np.float32),
-    )
-
-
-def expert_transitions(expert_dir, env, num_trajectories, subsample_frequency, seed):
-    """The demos' (s, a) pairs with DAC's absorbing states (numpy), and their weights in `discriminator_loss`. As DAC,
-    the absorbing states are added before subsampling and never dropped: one (s_a, 0) per terminated demo episode, even
-    where subsampling dropped its terminal transition, weighing 1/subsample_frequency where every other pair weighs 1
-    (the subsampled pairs stand for subsample_frequency transitions each, the absorbing ones for one)."""
-    demos = load_demos(
-        expert_dir,
-        env,
-        num_trajectories,
-        subsample_frequency,
-        seed,
-        ("observations", "actions", "next_observations", "terminations"),
-    )
-    num_terminated = int(load_demos(expert_dir, env, num_trajectories, 1, seed, ("terminations",))["terminations"].sum())
-    obs, actions, _ = add_absorbing_state(
-        demos["observations"], demos["actions"].astype(np.float32), demos["next_observations"], demos["terminations"]
-    )
-    missing = num_terminated - int(np.sum(demos["terminations"]))  # terminal transitions that subsampling dropped
-    obs = np.concatenate([obs, np.repeat(np.eye(obs.shape[1], dtype=np.float32)[-1:], missing, 0)])
-    actions = np.concatenate([actions, np.zeros((missing, actions.shape[1]), dtype=np.float32)])
-    return obs, actions, np.where(obs[:, -1] == 1, 1.0 / subsample_frequency, 1.0).astype(np.float32)
-
-
-def discriminator_inputs(obs, actions, action_scale, action_bias):
-    """(s with its absorbing indicator, a rescaled to [-1, 1] and clipped there as the env clips what it executes);
-    the absorbing state's action is 0."""
-    live = 1 - obs[:, -1:]
-    return torch.cat([obs, ((actions - action_bias) / action_scale).clamp(-1, 1) * live], -1)
-
-
-def discriminator_loss(agent_logits, expert_logits, expert_weights=None):
-    """Logistic regression, agent (label 1) vs expert (label 0): -E_q[log sigma(l)] - E_p[w log(1 - sigma(l))], whose
-    optimum for balanced batches is l = log q_t/p. Expert absorbing rows weigh 1/subsample_frequency (DAC); all others
-    weigh 1, not the paper's (1-gamma) gamma^t of a discounted occupancy (O-NAIL weighs its expert steps so)."""
-    agent_term = F.binary_cross_entropy_with_logits(agent_logits, torch.ones_like(agent_logits))
-    expert_term = F.binary_cross_entropy_with_logits(expert_logits, torch.zeros_like(expert_logits), weight=expert_weights)
-    return agent_term + expert_term
-
-
-def gradient_penalty(discriminator, agent_inputs, expert_inputs):
-    """E[(||grad_x logit(x_hat)||_2 - 1)^2] at x_hat = eps x_expert + (1 - eps) x_agent, eps ~ U[0, 1] per pair
-    (WGAN-GP Eq. 3, as DAC puts it on its discriminator's logit): keeps the logit smooth between the two data sets."""
-    eps = torch.rand(len(expert_inputs), 1, device=expert_inputs.device)
-    mixed = (eps * expert_inputs + (1 - eps) * agent_inputs).requires_grad_(True)
-    (grad,) = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)
-    return ((grad.norm(2, dim=-1) - 1) ** 2).mean()
-
-
-def update_discriminator(
-    discriminator, optimizer, rb, epoch_rows, expert_inputs, expert_weights, action_scale, action_bias, args
-):
-    """The end of iteration t: r~ = q_t/p by `discriminator_loss` (+ the gradient penalty), --discriminator-updates-per-step
-    minibatches per epoch step, the agent's from the epoch's `epoch_rows` last replay rows only (q_t: all collected by
-    pi~; older rows come from earlier policies), the expert's from the demos. Returns the last minibatch's statistics."""
-    for _ in range(max(1, round(args.discriminator_updates_per_step * args.epoch_steps))):
-        agent_obs, agent_actions, _ = rb.sample(args.discriminator_batch_size, recent=epoch_rows)
-        agent_inputs = discriminator_inputs(agent_obs, agent_actions, action_scale, action_bias)
-        index = torch.randint(0, len(expert_inputs), (args.discriminator_batch_size,), device=expert_inputs.device)
-        agent_logits, expert_logits = discriminator(agent_inputs), discriminator(expert_inputs[index])
-        d_loss = discriminator_loss(agent_logits, expert_logits, expert_weights[index])
-        penalty = (
-            gradient_penalty(discriminator, agent_inputs, expert_inputs[index])
-            if args.gradient_penalty
-            else torch.zeros((), device=expert_inputs.device)
-        )
-        optimizer.zero_grad(set_to_none=True)
-        (d_loss + args.gradient_penalty * penalty).backward()
-        optimizer.step()
-    accuracy = 0.5 * ((agent_logits > 0).float().mean() + (expert_logits < 0).float().mean())
-    return {
-        "losses/discriminator_loss": d_loss.detach(),
-        "losses/gradient_penalty": penalty.detach(),
-        "charts/discriminator_accuracy": accuracy,
-        "charts/agent_log_ratio": agent_logits.detach().mean(),
-        "charts/expert_log_ratio": expert_logits.detach().mean(),
-    }
-
-
-def reference_log_prob(actor, obs, u, log_prob_min):
-    """log pi~(a|s) under a tanh-Gaussian actor, at a = tanh(u) * scale + bias given by its pre-tanh value u (the
-    current policy's own sample), clipped below at log_prob_min per action dimension. Eq. 21 at u as in
-    `Actor.get_action`, so the tanh term is the very one of log pi(a|s) and cancels exactly in log pi - log pi~, value
-    and gradient: recovering u as atanh of the float32 action would cap |u| near 7.25 and cut the gradient there."""
-    mean, log_std = actor(obs)
-    log_prob = -0.5 * ((u - mean) * torch.exp(-log_std)).square() - log_std - 2 * (np.log(2) - u - F.softplus(-2 * u))
-    return (log_prob.sum(-1) - actor.log_prob_offset).clamp(min=log_prob_min * u.shape[-1])
-
-
-def log_ratio_reward(log_ratio):
-    """r(s, a) = -log r~(s, a) = log p(s,a)/q_t(s,a) (AIRL's / DAC's log D - log(1 - D)); NAIL's r_t without its log pi~
-    term, which enters the soft value as the KL to pi~ instead (see the docstring)."""
-    return -log_ratio
-
-
-def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma, log_pi_reference):
-    """Eq. 5-6 with NAIL's reference and DAC's absorbing state: (Q_k(s,a) - [r + gamma (min_k Q'_k(s', a')
-    - alpha (log pi(a'|s') - log pi~(a'|s')))])^2, a' ~ pi(s') in a real s' (log pi~ = 0: plain SAC); a' = 0 and no
-    entropy or KL in s_a, whose value is bootstrapped like any other (no (1 - d)). log pi~ is only ever evaluated at
-    actions of the current policy (given by their pre-tanh samples u), never at the replay buffer's old ones."""
-    obs, actions, rewards, next_obs, next_absorbing = batch
-    with torch.no_grad():
-        next_actions, next_log_pi, next_u = actor.get_action(next_obs[:, :-1])
-        live = 1 - next_absorbing
-        next_log_ratio_to_reference = next_log_pi - log_pi_reference(next_obs[:, :-1], next_u)
-        min_q_next = (
-            qf_target(next_obs, next_actions * live[:, None]).min(0).values - alpha * live * next_log_ratio_to_reference
-        )
-        q_target = rewards + gamma * min_q_next
-    q_values = qf(obs, actions)
-    # sum over the critics: each critic gets the full MSE gradient, as with separate losses
-    return F.mse_loss(q_values, q_target.expand_as(q_values), reduction="none").mean(1).sum(), q_values
-
-
-def policy_loss(actor, qf, obs, alpha, log_pi_reference):
-    """Eq. 7 with NAIL's reference: E_s E_{a~pi}[alpha (log pi(a|s) - log pi~(a|s)) - min_k Q_k(s, a)] through the
-    reparameterised a (pi~'s weights frozen), i.e. KL(pi || pi~) in place of SAC's negative entropy (log pi~ = 0: plain
-    SAC), over real states only (DAC: no actor update in the absorbing state, where the action is fixed)."""
-    actions, log_pi, u = actor.get_action(obs[:, :-1])
-    live = 1 - obs[:, -1]
-    log_ratio_to_reference = log_pi - log_pi_reference(obs[:, :-1], u)
-    loss = ((alpha * log_ratio_to_reference - qf(obs, actions).min(0).values) * live).sum() / live.sum().clamp(min=1)
-    return loss, log_pi, log_ratio_to_reference, live
-
-
-def alpha_loss(log_alpha, log_pi, target_entropy, live):
-    """Eq. 18: -alpha (log pi(a|s) + H_target), so alpha grows when the entropy drops below the target."""
-    return (-log_alpha.exp() * (log_pi.detach() + target_entropy) * live).sum() / live.sum().clamp(min=1)
-
-
-def sac_update(
-    batch,
-    actor,
-    qf,
-    qf_target,
-    log_alpha,
-    q_optimizer,
-    actor_optimizer,
-    alpha_optimizer,
-    args,
-    target_entropy,
-    global_step,
-    log_pi_reference,
-    bf16=False,
-):
-    """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls.
-    bf16 autocasts the hidden layers' matmuls; weights, optimiser states, targets, log-probs and losses stay float32."""
-    device_type = batch[0].device.type
-    alpha = log_alpha.exp().detach()
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        qf_loss, q_values = soft_q_loss(qf, qf_target, actor, batch, alpha, args.gamma, log_pi_reference)
-    q_optimizer.zero_grad(set_to_none=True)
-    qf_loss.backward()
-    q_optimizer.step()
-    stats = {"losses/qf_loss": qf_loss.detach(), "losses/qf1_values": q_values[0].detach().mean()}
-
-    if global_step % args.policy_frequency == 0:
-        qf.requires_grad_(False)  # the actor's gradient flows through Q's input only (as Spinning Up freezes Q here)
-        for _ in range(args.policy_frequency):
-            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-                actor_loss, log_pi, log_ratio_to_reference, live = policy_loss(actor, qf, batch[0], alpha, log_pi_reference)
-            actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            actor_optimizer.step()
-            if args.autotune:
-                loss = alpha_loss(log_alpha, log_pi, target_entropy, live)
-                alpha_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                alpha_optimizer.step()
-                alpha = log_alpha.exp().detach()
-        qf.requires_grad_(True)
-        stats.update(
-            {
-                "losses/actor_loss": actor_loss.detach(),
-                "losses/alpha": alpha,
-                "charts/entropy": -(log_pi.detach() * live).sum() / live.sum().clamp(min=1),
-                "charts/kl_to_reference": (log_ratio_to_reference.detach() * live).sum() / live.sum().clamp(min=1),
-            }
-        )
-
-    if global_step % args.target_network_frequency == 0:
-        with torch.no_grad():
-            torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
-    return stats
-
-
-def bf16_is_fast(device):
-    """Whether the hardware computes bfloat16 matmuls natively: CUDA with bf16, or a CPU with AMX / AVX512-BF16."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no cheap way to ask, so stay in float32
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def make_optimizer(params, lr, device):
-    """Adam, fused into one kernel over all parameters where torch has it (CUDA, and CPU since torch 2.4)."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, foreach=device.type == "cuda")
-
-
-def evaluate(act, env, num_episodes, seed):
-    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
-    returns = []
-    for episode in range(num_episodes):
-        obs, _ = env.reset(seed=seed if episode == 0 else None)
-        done = False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
-            done = terminated or truncated
-        returns.append(info["episode"]["r"])
-    return np.array(returns, dtype=np.float64)
 
 
 def package_versions():

@@ -170,6 +170,204 @@ class Args:
     """standardise observations with the expert demos' mean and std (policy, value function, critic)"""
 
 
+# --------------------------------------------------------------------------------------------------------- PMI-IL
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    """Orthogonal initialisation, as cleanrl/ppo.py; std 0.01 on a policy's last layer gives a near-uniform initial
+    policy, as the original code's zero-initialised output layers do."""
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim, out_dim, hidden_size, out_std):
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden_size)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, hidden_size)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, out_dim), std=out_std),
+    )
+
+
+class Policy(nn.Module):
+    """pi_theta(a|s) on standardised observations: a categorical over logits, or N(mu_theta(s), diag exp(2 log_std))
+    with a state-independent log_std initialised at 0 (the original code's Gibbs and Gaussian policies)."""
+
+    def __init__(self, obs_dim, action_space, hidden_size):
+        super().__init__()
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        out_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        self.network = mlp(obs_dim, out_dim, hidden_size, out_std=0.01)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.zeros(out_dim))
+
+    def forward(self, obs):
+        """The distribution's parameters: logits [B, A], or mean and log_std side by side [B, 2D]."""
+        out = self.network(obs)
+        return out if self.discrete else torch.cat([out, self.log_std.expand_as(out)], -1)
+
+    def distribution(self, params):
+        if self.discrete:
+            return torch.distributions.Categorical(logits=params)
+        mean, log_std = params.chunk(2, -1)
+        return torch.distributions.Independent(torch.distributions.Normal(mean, log_std.exp()), 1)
+
+    def deterministic_action(self, obs):
+        out = self.network(obs)
+        return out.argmax(-1) if self.discrete else out
+
+
+class PMICritic(nn.Module):
+    """The two towers of f(s, s') = exp(phi1(s')^T phi2(s) / tau). `score="cosine"` (the seed's DSSM-style Eq. 19)
+    ends each tower with an L2 normalisation, so phi1(s')^T phi2(s) = cos(phi1(s'), phi2(s)) and every logit lies in
+    [-1/tau, 1/tau] whatever the embeddings' scale; `score="dot"` keeps the raw dot product (CPC Eq. 3 with W folded
+    into phi2), whose scale the towers learn freely."""
+
+    def __init__(self, obs_dim, hidden_size, embedding_dim, score="cosine"):
+        super().__init__()
+        self.next_tower = mlp(obs_dim, embedding_dim, hidden_size, out_std=1.0)
+        self.obs_tower = mlp(obs_dim, embedding_dim, hidden_size, out_std=1.0)
+        self.cosine = score == "cosine"
+
+    def phi1(self, next_obs):
+        """Embeds the next state s'; [B, obs] -> [B, E]."""
+        z = self.next_tower(next_obs)
+        return F.normalize(z, dim=-1) if self.cosine else z
+
+    def phi2(self, obs):
+        """Embeds the state s; [B, obs] -> [B, E]."""
+        z = self.obs_tower(obs)
+        return F.normalize(z, dim=-1) if self.cosine else z
+
+
+def infonce_loss(positive_logits, negative_logits):
+    """CPC Eq. 4: -E[log f(s, s') / (f(s, s') + sum_j f(s, s'_j))] from logits log f of the positives [B] and of K
+    negatives per positive [B, K]; minimised by f proportional to p(s'|s) / p(s') (Eq. 2)."""
+    logits = torch.cat([positive_logits[:, None], negative_logits], 1)
+    return -F.log_softmax(logits, 1)[:, 0].mean()
+
+
+def pmi_reward(phi_next, phi_obs, tau):
+    """r(s, s') = phi1(s')^T phi2(s) / tau = log f(s, s'): the expert's PMI log p(s'|s) / p(s') plus the per-state
+    constant c(s) InfoNCE cannot identify. With the cosine critic's unit embeddings this is the seed's Eq. 19,
+    cos(phi1(s'), phi2(s)) / T, |r| <= 1 / tau; phi_next [B, E], phi_obs [B, E] -> [B]."""
+    return (phi_next * phi_obs).sum(-1) / tau
+
+
+def softmax_reward(positive_logits, negative_logits, temperature):
+    """log-softmax of the true next state's log f(s, s') / T among K negatives' log f(s, s'_j) / T; <= 0. Plus
+    log(K + 1), at T = 1, it is log f(s, s') - log mean_{s', s'_j} f(s, .), the per-sample InfoNCE estimate of the
+    PMI (c(s) cancels), 0 where s' is no likelier than the negatives. [B], [B, K] -> [B]."""
+    # The seed writes this term with a minus sign, -log softmax (its Eq. 17, 18 and 21): maximised as a reward, that
+    # would pay the agent most for the next states the critic finds least expert-like (it reads right only as a cost
+    # to minimise). The reward here is +log softmax: high where the true s' stands out among the negatives, the
+    # quantity the critic's InfoNCE training maximises on the expert's transitions.
+    logits = torch.cat([positive_logits[:, None], negative_logits], 1) / temperature
+    return F.log_softmax(logits, 1)[:, 0]
+
+
+def top1_in_batch(phi_obs, phi_next):
+    """Fraction of rows i whose true next state s'_i scores highest among all next states of the batch under
+    f(s_i, .), i.e. argmax_j phi1(s'_j)^T phi2(s_i) == i (tau > 0 changes no ranking); [B, E], [B, E] -> scalar.
+    Easy: the batch's other next states are mostly far from s_i, so a critic that only knows "s' lies near s" scores
+    high here; `top1_reachable` is the seed's harder test."""
+    scores = phi_obs @ phi_next.T
+    return (scores.argmax(1) == torch.arange(len(scores), device=scores.device)).float().mean()
+
+
+def simulator_state(env, obs):
+    """The simulator state behind a classic-control observation, or None where the observation does not determine it
+    (or the env is not one of these): CartPole and MountainCar observe their state, Acrobot its angles as cos and sin."""
+    unwrapped = env.unwrapped
+    if isinstance(unwrapped, AcrobotEnv):
+        cos1, sin1, cos2, sin2, velocity1, velocity2 = np.asarray(obs, dtype=np.float64)
+        return np.array([np.arctan2(sin1, cos1), np.arctan2(sin2, cos2), velocity1, velocity2])
+    if isinstance(unwrapped, (CartPoleEnv, MountainCarEnv)):
+        return np.array(obs, dtype=np.float64)
+    return None
+
+
+def reachable_next_observations(env, observations, next_observations, atol=1e-4):
+    """The candidates of the seed's Eq. 20: from each s_t, the next observation of every action of a discrete env,
+    replayed by restoring s_t's simulator state (`simulator_state`) and stepping the unwrapped env once per action.
+    Returns candidates [N, A, obs] and true_index [N], the action whose replay reproduces the recorded s_{t+1}
+    (within atol; -1 where none does), or (None, None) where the env cannot be restored. atol sits far below the
+    smallest gap between two actions' next observations in these envs (MountainCar's 0.001 of velocity)."""
+    if not isinstance(env.action_space, gym.spaces.Discrete) or simulator_state(env, observations[0]) is None:
+        return None, None
+    unwrapped = env.unwrapped
+    env.reset(seed=0)  # the envs refuse to step before a reset
+    candidates = np.zeros((len(observations), int(env.action_space.n), *observations.shape[1:]), dtype=np.float32)
+    for i, obs in enumerate(observations):
+        state = simulator_state(env, obs)
+        for action in range(candidates.shape[1]):
+            unwrapped.state = state.copy()
+            if hasattr(unwrapped, "steps_beyond_terminated"):
+                unwrapped.steps_beyond_terminated = None  # CartPole: a fresh step, not one after a termination
+            candidates[i, action] = unwrapped.step(action)[0]
+    distance = np.abs(candidates - next_observations[:, None]).reshape(*candidates.shape[:2], -1).max(-1)  # [N, A]
+    return candidates, np.where(distance.min(1) <= atol, distance.argmin(1), -1)
+
+
+def top1_reachable(scores, true_index):
+    """The seed's Eq. 20: fraction of s_t whose true s_{t+1} scores highest among the states reachable from s_t.
+    A tie at the top shares the hit (1 / number tied), so a critic that cannot tell the actions apart scores chance,
+    1 / A; scores [N, A] of f(s_t, .) over the candidates, true_index [N] -> scalar."""
+    best = scores == scores.max(1, keepdim=True).values
+    return (best.gather(1, true_index[:, None]).squeeze(1) / best.sum(1)).mean()
+
+
+def logit_margin(phi_obs, phi_next, tau):
+    """Mean over rows i of log f(s_i, s'_i) - mean_{j != i} log f(s_i, s'_j): how far, in logits, the true next state
+    stands above the batch's other next states. When it is much larger than T log(K + 1) the softmax reward saturates
+    at 0 for every s' that continues s (see the module docstring); [B, E], [B, E] -> scalar."""
+    logits = phi_obs @ phi_next.T / tau
+    positive = logits.diagonal()
+    return (positive - (logits.sum(1) - positive) / max(len(logits) - 1, 1)).mean()
+
+
+def gae(rewards, values, next_values, terminations, dones, gamma, gae_lambda):
+    """GAE(gamma, lambda) (Schulman et al. 2016, arXiv 1506.02438, Eq. 16): A_t = sum_l (gamma lambda)^l delta_{t+l},
+    delta_t = r_t + gamma (1 - terminated_t) V(s'_t) - V(s_t), on [T, num_envs] tensors in time order.
+    V(s'_t) is the value of the true next state, so a time-limit truncation bootstraps and only a termination zeroes
+    it; the sum stops where an episode ends (dones_t: terminated or truncated) and at the end of the rollout."""
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in reversed(range(len(rewards))):
+        delta = rewards[t] + gamma * (1.0 - terminations[t]) * next_values[t] - values[t]
+        running = delta + gamma * gae_lambda * (1.0 - dones[t]) * running
+        advantages[t] = running
+    return advantages
+
+
+def value_loss(values, returns):
+    """Regression of V_phi(s_t) on the GAE return A_t + V_old(s_t) (the TD(lambda) target): mean (V - R)^2."""
+    return F.mse_loss(values, returns)
+
+
+def ppo_loss(log_ratio, advantages, entropy, clip_coef, ent_coef):
+    """-L^CLIP (PPO Eq. 7) - ent_coef * entropy (the S term of Eq. 9): -E[min(rho A, clip(rho, 1 - eps, 1 + eps) A)]
+    - c2 E[H(pi(.|s))], rho = pi(a|s) / pi_old(a|s) = exp(log_ratio); all [B] -> scalar."""
+    ratio = log_ratio.exp()
+    surrogate = torch.min(ratio * advantages, ratio.clamp(1 - clip_coef, 1 + clip_coef) * advantages)
+    return -surrogate.mean() - ent_coef * entropy.mean()
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+def evaluate(act, env, num_episodes, seed):
+    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
+    returns = []
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
+    return np.array(returns, dtype=np.float64)
+
+
+# ----------------------------------------- shared infrastructure (identical in every script; tests/test_shared_blocks.py)
 def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
     try:
         env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
@@ -194,6 +392,8 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
 # a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
 # from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
 RANDOM_RETURN_EPISODES = 50
+
+
 RANDOM_RETURN_SEED = 30_000
 
 
@@ -402,201 +602,6 @@ def normalized_score(episode_return, expert_info):
         return float("nan")
     random_return = expert_info["random_return_mean"]
     return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
-
-
-def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
-    """Orthogonal initialisation, as cleanrl/ppo.py; std 0.01 on a policy's last layer gives a near-uniform initial
-    policy, as the original code's zero-initialised output layers do."""
-    torch.nn.init.orthogonal_(layer.weight, std)
-    torch.nn.init.constant_(layer.bias, bias_const)
-    return layer
-
-
-def mlp(in_dim, out_dim, hidden_size, out_std):
-    return nn.Sequential(
-        layer_init(nn.Linear(in_dim, hidden_size)),
-        nn.Tanh(),
-        layer_init(nn.Linear(hidden_size, hidden_size)),
-        nn.Tanh(),
-        layer_init(nn.Linear(hidden_size, out_dim), std=out_std),
-    )
-
-
-class Policy(nn.Module):
-    """pi_theta(a|s) on standardised observations: a categorical over logits, or N(mu_theta(s), diag exp(2 log_std))
-    with a state-independent log_std initialised at 0 (the original code's Gibbs and Gaussian policies)."""
-
-    def __init__(self, obs_dim, action_space, hidden_size):
-        super().__init__()
-        self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        out_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
-        self.network = mlp(obs_dim, out_dim, hidden_size, out_std=0.01)
-        if not self.discrete:
-            self.log_std = nn.Parameter(torch.zeros(out_dim))
-
-    def forward(self, obs):
-        """The distribution's parameters: logits [B, A], or mean and log_std side by side [B, 2D]."""
-        out = self.network(obs)
-        return out if self.discrete else torch.cat([out, self.log_std.expand_as(out)], -1)
-
-    def distribution(self, params):
-        if self.discrete:
-            return torch.distributions.Categorical(logits=params)
-        mean, log_std = params.chunk(2, -1)
-        return torch.distributions.Independent(torch.distributions.Normal(mean, log_std.exp()), 1)
-
-    def deterministic_action(self, obs):
-        out = self.network(obs)
-        return out.argmax(-1) if self.discrete else out
-
-
-class PMICritic(nn.Module):
-    """The two towers of f(s, s') = exp(phi1(s')^T phi2(s) / tau). `score="cosine"` (the seed's DSSM-style Eq. 19)
-    ends each tower with an L2 normalisation, so phi1(s')^T phi2(s) = cos(phi1(s'), phi2(s)) and every logit lies in
-    [-1/tau, 1/tau] whatever the embeddings' scale; `score="dot"` keeps the raw dot product (CPC Eq. 3 with W folded
-    into phi2), whose scale the towers learn freely."""
-
-    def __init__(self, obs_dim, hidden_size, embedding_dim, score="cosine"):
-        super().__init__()
-        self.next_tower = mlp(obs_dim, embedding_dim, hidden_size, out_std=1.0)
-        self.obs_tower = mlp(obs_dim, embedding_dim, hidden_size, out_std=1.0)
-        self.cosine = score == "cosine"
-
-    def phi1(self, next_obs):
-        """Embeds the next state s'; [B, obs] -> [B, E]."""
-        z = self.next_tower(next_obs)
-        return F.normalize(z, dim=-1) if self.cosine else z
-
-    def phi2(self, obs):
-        """Embeds the state s; [B, obs] -> [B, E]."""
-        z = self.obs_tower(obs)
-        return F.normalize(z, dim=-1) if self.cosine else z
-
-
-def infonce_loss(positive_logits, negative_logits):
-    """CPC Eq. 4: -E[log f(s, s') / (f(s, s') + sum_j f(s, s'_j))] from logits log f of the positives [B] and of K
-    negatives per positive [B, K]; minimised by f proportional to p(s'|s) / p(s') (Eq. 2)."""
-    logits = torch.cat([positive_logits[:, None], negative_logits], 1)
-    return -F.log_softmax(logits, 1)[:, 0].mean()
-
-
-def pmi_reward(phi_next, phi_obs, tau):
-    """r(s, s') = phi1(s')^T phi2(s) / tau = log f(s, s'): the expert's PMI log p(s'|s) / p(s') plus the per-state
-    constant c(s) InfoNCE cannot identify. With the cosine critic's unit embeddings this is the seed's Eq. 19,
-    cos(phi1(s'), phi2(s)) / T, |r| <= 1 / tau; phi_next [B, E], phi_obs [B, E] -> [B]."""
-    return (phi_next * phi_obs).sum(-1) / tau
-
-
-def softmax_reward(positive_logits, negative_logits, temperature):
-    """log-softmax of the true next state's log f(s, s') / T among K negatives' log f(s, s'_j) / T; <= 0. Plus
-    log(K + 1), at T = 1, it is log f(s, s') - log mean_{s', s'_j} f(s, .), the per-sample InfoNCE estimate of the
-    PMI (c(s) cancels), 0 where s' is no likelier than the negatives. [B], [B, K] -> [B]."""
-    # The seed writes this term with a minus sign, -log softmax (its Eq. 17, 18 and 21): maximised as a reward, that
-    # would pay the agent most for the next states the critic finds least expert-like (it reads right only as a cost
-    # to minimise). The reward here is +log softmax: high where the true s' stands out among the negatives, the
-    # quantity the critic's InfoNCE training maximises on the expert's transitions.
-    logits = torch.cat([positive_logits[:, None], negative_logits], 1) / temperature
-    return F.log_softmax(logits, 1)[:, 0]
-
-
-def top1_in_batch(phi_obs, phi_next):
-    """Fraction of rows i whose true next state s'_i scores highest among all next states of the batch under
-    f(s_i, .), i.e. argmax_j phi1(s'_j)^T phi2(s_i) == i (tau > 0 changes no ranking); [B, E], [B, E] -> scalar.
-    Easy: the batch's other next states are mostly far from s_i, so a critic that only knows "s' lies near s" scores
-    high here; `top1_reachable` is the seed's harder test."""
-    scores = phi_obs @ phi_next.T
-    return (scores.argmax(1) == torch.arange(len(scores), device=scores.device)).float().mean()
-
-
-def simulator_state(env, obs):
-    """The simulator state behind a classic-control observation, or None where the observation does not determine it
-    (or the env is not one of these): CartPole and MountainCar observe their state, Acrobot its angles as cos and sin."""
-    unwrapped = env.unwrapped
-    if isinstance(unwrapped, AcrobotEnv):
-        cos1, sin1, cos2, sin2, velocity1, velocity2 = np.asarray(obs, dtype=np.float64)
-        return np.array([np.arctan2(sin1, cos1), np.arctan2(sin2, cos2), velocity1, velocity2])
-    if isinstance(unwrapped, (CartPoleEnv, MountainCarEnv)):
-        return np.array(obs, dtype=np.float64)
-    return None
-
-
-def reachable_next_observations(env, observations, next_observations, atol=1e-4):
-    """The candidates of the seed's Eq. 20: from each s_t, the next observation of every action of a discrete env,
-    replayed by restoring s_t's simulator state (`simulator_state`) and stepping the unwrapped env once per action.
-    Returns candidates [N, A, obs] and true_index [N], the action whose replay reproduces the recorded s_{t+1}
-    (within atol; -1 where none does), or (None, None) where the env cannot be restored. atol sits far below the
-    smallest gap between two actions' next observations in these envs (MountainCar's 0.001 of velocity)."""
-    if not isinstance(env.action_space, gym.spaces.Discrete) or simulator_state(env, observations[0]) is None:
-        return None, None
-    unwrapped = env.unwrapped
-    env.reset(seed=0)  # the envs refuse to step before a reset
-    candidates = np.zeros((len(observations), int(env.action_space.n), *observations.shape[1:]), dtype=np.float32)
-    for i, obs in enumerate(observations):
-        state = simulator_state(env, obs)
-        for action in range(candidates.shape[1]):
-            unwrapped.state = state.copy()
-            if hasattr(unwrapped, "steps_beyond_terminated"):
-                unwrapped.steps_beyond_terminated = None  # CartPole: a fresh step, not one after a termination
-            candidates[i, action] = unwrapped.step(action)[0]
-    distance = np.abs(candidates - next_observations[:, None]).reshape(*candidates.shape[:2], -1).max(-1)  # [N, A]
-    return candidates, np.where(distance.min(1) <= atol, distance.argmin(1), -1)
-
-
-def top1_reachable(scores, true_index):
-    """The seed's Eq. 20: fraction of s_t whose true s_{t+1} scores highest among the states reachable from s_t.
-    A tie at the top shares the hit (1 / number tied), so a critic that cannot tell the actions apart scores chance,
-    1 / A; scores [N, A] of f(s_t, .) over the candidates, true_index [N] -> scalar."""
-    best = scores == scores.max(1, keepdim=True).values
-    return (best.gather(1, true_index[:, None]).squeeze(1) / best.sum(1)).mean()
-
-
-def logit_margin(phi_obs, phi_next, tau):
-    """Mean over rows i of log f(s_i, s'_i) - mean_{j != i} log f(s_i, s'_j): how far, in logits, the true next state
-    stands above the batch's other next states. When it is much larger than T log(K + 1) the softmax reward saturates
-    at 0 for every s' that continues s (see the module docstring); [B, E], [B, E] -> scalar."""
-    logits = phi_obs @ phi_next.T / tau
-    positive = logits.diagonal()
-    return (positive - (logits.sum(1) - positive) / max(len(logits) - 1, 1)).mean()
-
-
-def gae(rewards, values, next_values, terminations, dones, gamma, gae_lambda):
-    """GAE(gamma, lambda) (Schulman et al. 2016, arXiv 1506.02438, Eq. 16): A_t = sum_l (gamma lambda)^l delta_{t+l},
-    delta_t = r_t + gamma (1 - terminated_t) V(s'_t) - V(s_t), on [T, num_envs] tensors in time order.
-    V(s'_t) is the value of the true next state, so a time-limit truncation bootstraps and only a termination zeroes
-    it; the sum stops where an episode ends (dones_t: terminated or truncated) and at the end of the rollout."""
-    advantages = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[0])
-    for t in reversed(range(len(rewards))):
-        delta = rewards[t] + gamma * (1.0 - terminations[t]) * next_values[t] - values[t]
-        running = delta + gamma * gae_lambda * (1.0 - dones[t]) * running
-        advantages[t] = running
-    return advantages
-
-
-def value_loss(values, returns):
-    """Regression of V_phi(s_t) on the GAE return A_t + V_old(s_t) (the TD(lambda) target): mean (V - R)^2."""
-    return F.mse_loss(values, returns)
-
-
-def ppo_loss(log_ratio, advantages, entropy, clip_coef, ent_coef):
-    """-L^CLIP (PPO Eq. 7) - ent_coef * entropy (the S term of Eq. 9): -E[min(rho A, clip(rho, 1 - eps, 1 + eps) A)]
-    - c2 E[H(pi(.|s))], rho = pi(a|s) / pi_old(a|s) = exp(log_ratio); all [B] -> scalar."""
-    ratio = log_ratio.exp()
-    surrogate = torch.min(ratio * advantages, ratio.clamp(1 - clip_coef, 1 + clip_coef) * advantages)
-    return -surrogate.mean() - ent_coef * entropy.mean()
-
-
-def evaluate(act, env, num_episodes, seed):
-    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
-    returns = []
-    for episode in range(num_episodes):
-        obs, _ = env.reset(seed=seed if episode == 0 else None)
-        done = False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
-            done = terminated or truncated
-        returns.append(info["episode"]["r"])
-    return np.array(returns, dtype=np.float64)
 
 
 def package_versions():

@@ -93,6 +93,113 @@ class Args:
     """width of the two hidden layers of the policy and of the value network"""
 
 
+# ------------------------------------------------------------------------------------------------------ REINFORCE
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    """Orthogonal initialisation, as cleanrl/ppo.py: a near-uniform initial policy (std 0.01 on the last layer)."""
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim, out_dim, hidden_size, out_std):
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden_size)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, hidden_size)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_size, out_dim), std=out_std),
+    )
+
+
+class Policy(nn.Module):
+    """pi_theta(a|s): categorical over logits, or N(mu_theta(s), diag exp(2 log_std)) with a state-independent log_std."""
+
+    def __init__(self, obs_dim, action_space, hidden_size):
+        super().__init__()
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        out_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        self.network = mlp(obs_dim, out_dim, hidden_size, out_std=0.01)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.zeros(out_dim))
+
+    def distribution(self, obs):
+        out = self.network(obs)
+        if self.discrete:
+            return torch.distributions.Categorical(logits=out)
+        return torch.distributions.Independent(torch.distributions.Normal(out, self.log_std.exp().expand_as(out)), 1)
+
+    def log_prob(self, obs, actions):
+        return self.distribution(obs).log_prob(actions)
+
+    def deterministic_action(self, obs):
+        out = self.network(obs)
+        return out.argmax(-1) if self.discrete else out
+
+
+def rewards_to_go(rewards, dones, gamma):
+    """G_t = r_t + gamma (1 - done_t) G_{t+1} backwards over time ([T, num_envs] tensors): the discounted reward-to-go
+    of each step within its own episode; done_t (termination or time-limit truncation) closes the episode at t."""
+    returns = torch.zeros_like(rewards)
+    future = torch.zeros_like(rewards[0])
+    for t in reversed(range(len(rewards))):
+        future = rewards[t] + gamma * (1.0 - dones[t].float()) * future
+        returns[t] = future
+    return returns
+
+
+def episode_returns(rewards, dones, gamma):
+    """G_0 = sum_{t'} gamma^{t'-t_0} r_{t'} over the episode that holds step t, repeated at each of its steps ([T, num_envs]
+    tensors): the full-trajectory weight of the lecture's first estimator, grad J = E[sum_t grad log pi(a_t|s_t) G_0].
+    Episodes are delimited as in `rewards_to_go`: done_t closes the episode at t, the next step opens a new one."""
+    starts = rewards_to_go(rewards, dones, gamma)  # G_t, which is G_0 at each episode's first step
+    returns = torch.empty_like(starts)
+    current = starts[0]
+    for t in range(len(rewards)):
+        if t > 0:
+            current = torch.where(dones[t - 1].bool(), starts[t], current)
+        returns[t] = current
+    return returns
+
+
+def reinforce_loss(log_probs, advantages):
+    """Williams' estimator: -1/N sum_t log pi(a_t|s_t) A_t, A_t = Psi_t - b(s_t) held constant (Psi_t = G_t or G_0); its
+    gradient is the sample mean of grad log pi(a_t|s_t) A_t over the batch's N transitions."""
+    return -(log_probs * advantages.detach()).mean()
+
+
+def episode_gradient_variance(log_probs, weights, episode_ids, parameters):
+    """tr Cov_i[g_i], g_i = sum_{t in episode i} grad_theta log pi(a_t|s_t) Psi_t: the sample variance across the batch's
+    episodes of the single-episode policy-gradient estimates (the lecture's estimator with N = 1), summed over the
+    parameters. One backward pass per episode; log_probs keeps its graph for the update's own backward pass."""
+    parameters = list(parameters)
+    estimates = []
+    for episode in episode_ids.unique():
+        in_episode = episode_ids == episode
+        g_i = torch.autograd.grad((log_probs[in_episode] * weights[in_episode].detach()).sum(), parameters, retain_graph=True)
+        estimates.append(torch.cat([grad.flatten() for grad in g_i]))
+    return torch.stack(estimates).var(0).sum()
+
+
+def value_loss(values, returns):
+    """Baseline regression: 1/2 mean (V_phi(s_t) - Psi_t)^2 on the estimator's own Monte Carlo weight (no bootstrapping)."""
+    return 0.5 * F.mse_loss(values, returns)
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+def evaluate(act, env, num_episodes, seed):
+    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
+    returns = []
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
+    return np.array(returns, dtype=np.float64)
+
+
+# ----------------------------------------- shared infrastructure (identical in every script; tests/test_shared_blocks.py)
 def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
     try:
         env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
@@ -117,6 +224,8 @@ def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
 # a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
 # from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
 RANDOM_RETURN_EPISODES = 50
+
+
 RANDOM_RETURN_SEED = 30_000
 
 
@@ -262,110 +371,6 @@ def normalized_score(episode_return, expert_info):
         return float("nan")
     random_return = expert_info["random_return_mean"]
     return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
-
-
-def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
-    """Orthogonal initialisation, as cleanrl/ppo.py: a near-uniform initial policy (std 0.01 on the last layer)."""
-    torch.nn.init.orthogonal_(layer.weight, std)
-    torch.nn.init.constant_(layer.bias, bias_const)
-    return layer
-
-
-def mlp(in_dim, out_dim, hidden_size, out_std):
-    return nn.Sequential(
-        layer_init(nn.Linear(in_dim, hidden_size)),
-        nn.Tanh(),
-        layer_init(nn.Linear(hidden_size, hidden_size)),
-        nn.Tanh(),
-        layer_init(nn.Linear(hidden_size, out_dim), std=out_std),
-    )
-
-
-class Policy(nn.Module):
-    """pi_theta(a|s): categorical over logits, or N(mu_theta(s), diag exp(2 log_std)) with a state-independent log_std."""
-
-    def __init__(self, obs_dim, action_space, hidden_size):
-        super().__init__()
-        self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        out_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
-        self.network = mlp(obs_dim, out_dim, hidden_size, out_std=0.01)
-        if not self.discrete:
-            self.log_std = nn.Parameter(torch.zeros(out_dim))
-
-    def distribution(self, obs):
-        out = self.network(obs)
-        if self.discrete:
-            return torch.distributions.Categorical(logits=out)
-        return torch.distributions.Independent(torch.distributions.Normal(out, self.log_std.exp().expand_as(out)), 1)
-
-    def log_prob(self, obs, actions):
-        return self.distribution(obs).log_prob(actions)
-
-    def deterministic_action(self, obs):
-        out = self.network(obs)
-        return out.argmax(-1) if self.discrete else out
-
-
-def rewards_to_go(rewards, dones, gamma):
-    """G_t = r_t + gamma (1 - done_t) G_{t+1} backwards over time ([T, num_envs] tensors): the discounted reward-to-go
-    of each step within its own episode; done_t (termination or time-limit truncation) closes the episode at t."""
-    returns = torch.zeros_like(rewards)
-    future = torch.zeros_like(rewards[0])
-    for t in reversed(range(len(rewards))):
-        future = rewards[t] + gamma * (1.0 - dones[t].float()) * future
-        returns[t] = future
-    return returns
-
-
-def episode_returns(rewards, dones, gamma):
-    """G_0 = sum_{t'} gamma^{t'-t_0} r_{t'} over the episode that holds step t, repeated at each of its steps ([T, num_envs]
-    tensors): the full-trajectory weight of the lecture's first estimator, grad J = E[sum_t grad log pi(a_t|s_t) G_0].
-    Episodes are delimited as in `rewards_to_go`: done_t closes the episode at t, the next step opens a new one."""
-    starts = rewards_to_go(rewards, dones, gamma)  # G_t, which is G_0 at each episode's first step
-    returns = torch.empty_like(starts)
-    current = starts[0]
-    for t in range(len(rewards)):
-        if t > 0:
-            current = torch.where(dones[t - 1].bool(), starts[t], current)
-        returns[t] = current
-    return returns
-
-
-def reinforce_loss(log_probs, advantages):
-    """Williams' estimator: -1/N sum_t log pi(a_t|s_t) A_t, A_t = Psi_t - b(s_t) held constant (Psi_t = G_t or G_0); its
-    gradient is the sample mean of grad log pi(a_t|s_t) A_t over the batch's N transitions."""
-    return -(log_probs * advantages.detach()).mean()
-
-
-def episode_gradient_variance(log_probs, weights, episode_ids, parameters):
-    """tr Cov_i[g_i], g_i = sum_{t in episode i} grad_theta log pi(a_t|s_t) Psi_t: the sample variance across the batch's
-    episodes of the single-episode policy-gradient estimates (the lecture's estimator with N = 1), summed over the
-    parameters. One backward pass per episode; log_probs keeps its graph for the update's own backward pass."""
-    parameters = list(parameters)
-    estimates = []
-    for episode in episode_ids.unique():
-        in_episode = episode_ids == episode
-        g_i = torch.autograd.grad((log_probs[in_episode] * weights[in_episode].detach()).sum(), parameters, retain_graph=True)
-        estimates.append(torch.cat([grad.flatten() for grad in g_i]))
-    return torch.stack(estimates).var(0).sum()
-
-
-def value_loss(values, returns):
-    """Baseline regression: 1/2 mean (V_phi(s_t) - Psi_t)^2 on the estimator's own Monte Carlo weight (no bootstrapping)."""
-    return 0.5 * F.mse_loss(values, returns)
-
-
-def evaluate(act, env, num_episodes, seed):
-    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
-    returns = []
-    for episode in range(num_episodes):
-        obs, _ = env.reset(seed=seed if episode == 0 else None)
-        done = False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
-            done = terminated or truncated
-        returns.append(info["episode"]["r"])
-    return np.array(returns, dtype=np.float64)
 
 
 def package_versions():

@@ -130,177 +130,7 @@ class Args:
     `final`"""
 
 
-def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
-    try:
-        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
-    except gym.error.Error as error:
-        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
-    if capture_video:
-        try:
-            env.reset(seed=seed)
-            env.render()
-        except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(
-                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
-            )
-        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
-        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
-    env = gym.wrappers.RecordEpisodeStatistics(env)
-    env.action_space.seed(seed)
-    return env
-
-
-# a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
-# from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
-RANDOM_RETURN_EPISODES = 50
-RANDOM_RETURN_SEED = 30_000
-
-
-def load_expert_info(expert_dir, env, required):
-    """expert.json as a dict, checked against the env; None if absent and not required. A demos-only folder needs just
-    observation_shape and action_shape (README, "Your own demonstrations"): without env_id it is the env's, without
-    expert_return_mean the demos' mean return, without random_return_mean a uniformly random policy's, measured on
-    every run and never written back by a run (`cleanil/demos.py --complete` stores it)."""
-    info_path = Path(expert_dir) / "expert.json"
-    if not info_path.exists():
-        if required:
-            sys.exit(f"error: no expert at {info_path}; {missing_expert_hint(env.spec.id, expert_dir)}")
-        return None
-    command = expert_command(env.spec.id, expert_dir)
-    try:
-        info = json.loads(info_path.read_text())
-        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
-        returns = {key: float(info[key]) for key in ("expert_return_mean", "random_return_mean") if key in info}
-    except (ValueError, KeyError, TypeError) as error:
-        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(
-            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
-        )
-    if "expert_return_mean" not in returns:
-        returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(
-            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-            f"{num_episodes} episodes, stands in for it.",
-            file=sys.stderr,
-        )
-    if "random_return_mean" not in returns:
-        returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(
-            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
-            file=sys.stderr,
-        )
-    expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
-    if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(
-            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-            f"`{command} --overwrite`."
-        )
-    return {"env_id": env.spec.id, **info, **returns}
-
-
-def demos_mean_return(expert_dir, command):
-    """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
-    path = Path(expert_dir) / "demos.npz"
-    if not path.exists():
-        sys.exit(
-            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
-        )
-    try:
-        with np.load(path) as data:
-            rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
-        if len(starts) == 0 or starts[0] != 0 or (np.diff(starts) <= 0).any() or starts[-1] >= len(rewards):
-            raise ValueError(f"episode_starts {starts[:5]}... are not increasing indices from 0 below {len(rewards)}")
-        returns = np.add.reduceat(rewards, starts)
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    return float(returns.mean()), len(returns)
-
-
-def random_policy_returns(env_id):
-    """Returns of a uniformly random policy in RANDOM_RETURN_EPISODES episodes, on an env of its own (the run's envs and
-    their random streams stay untouched), with a progress bar: the random return of a folder whose expert.json has none."""
-    env = make_env(env_id, RANDOM_RETURN_SEED)
-    returns = []
-    for episode in tqdm(range(RANDOM_RETURN_EPISODES), desc=f"{env_id}: random_return_mean", file=sys.stderr, mininterval=2.0):
-        env.reset(seed=RANDOM_RETURN_SEED if episode == 0 else None)
-        done = False
-        while not done:
-            _, _, terminated, truncated, info = env.step(env.action_space.sample())
-            done = terminated or truncated
-        returns.append(info["episode"]["r"])
-    env.close()
-    return np.array(returns, dtype=np.float64)
-
-
-def expert_command(env_id, expert_dir=None):
-    """The command that creates expert_dir: the env's trainer for the default experts/<env-id>/ (no --expert-path
-    needed), cleanil/demos.py for a folder of one's own (your demonstrations, converted or recorded from a policy)."""
-    command = demos_command(env_id, expert_dir)
-    if "--expert-path" in command:
-        return f"{command} --from-<minari|d4rl|sb3|npz|policy> <source>"
-    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
-    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
-
-
-def demos_command(env_id, expert_dir=None):
-    """cleanil/demos.py writing expert_dir (the default experts/<env-id>/ needs no --expert-path), before its source flag."""
-    command = f"python cleanil/demos.py --env-id {env_id}"
-    if expert_dir is not None and Path(expert_dir).resolve() != Path(__file__).resolve().parent.parent / "experts" / env_id:
-        command += f" --expert-path {shlex.quote(str(expert_dir))}"
-    return command
-
-
-SHIPPED_EXPERTS = (
-    "CartPole-v1",
-    "Acrobot-v1",
-    "MountainCar-v0",
-    "Pendulum-v1",
-    "InvertedPendulum-v4",
-    "Hopper-v4",
-    "HalfCheetah-v4",
-    "Walker2d-v4",
-    "Ant-v4",
-    "Humanoid-v4",
-)
-
-
-def missing_expert_hint(env_id, expert_dir=None):
-    """What a missing expert costs: the shipped ones come with the repository, a folder of one's own (--expert-path) is
-    built by cleanil/demos.py, and any other env's default folder needs a training run."""
-    command = expert_command(env_id, expert_dir)
-    if "demos.py" in command:
-        shipped = (
-            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
-        )
-        return (
-            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
-        )
-    if env_id in SHIPPED_EXPERTS:
-        return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
-    if "dqn.py" in command:
-        return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (
-        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
-    )
-
-
-def normalized_score(episode_return, expert_info):
-    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
-    if expert_info is None:
-        return float("nan")
-    random_return = expert_info["random_return_mean"]
-    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
-
-
+# ------------------------------------------------------------------------------------------------------------ SAC
 class SoftQEnsemble(nn.Module):
     """num_q independent critics Q_k(s, a), evaluated together: each layer is one batched matmul over the critics."""
 
@@ -481,6 +311,7 @@ def make_optimizer(params, lr, device):
         return torch.optim.Adam(params, lr=lr, foreach=device.type == "cuda")
 
 
+# ----------------------------------------------------------------------------------------------------- evaluation
 def evaluate(act, env, num_episodes, seed):
     """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
     returns = []
@@ -494,6 +325,7 @@ def evaluate(act, env, num_episodes, seed):
     return np.array(returns, dtype=np.float64)
 
 
+# ------------------------------------------------------------------------------- expert artefacts (--save-expert)
 def rollout_episodes(act, env, num_episodes, seed):
     """Whole episodes of act as the demos.npz arrays of DESIGN.md (first axis = transition)."""
     keys = ("observations", "actions", "rewards", "next_observations", "terminations", "truncations")
@@ -518,12 +350,6 @@ def rollout_episodes(act, env, num_episodes, seed):
     )
     demos["episode_starts"] = np.array(episode_starts, dtype=np.int64)
     return demos, np.array(returns)
-
-
-def package_versions():
-    import importlib.metadata as metadata
-
-    return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
 
 
 def expert_weakness(expert_return, random_return, best_eval_return, reward_threshold, fraction=0.8):
@@ -617,6 +443,186 @@ def save_expert(expert_dir, args, actor, env_id, device, training, overwrite):
         f"expert saved to {expert_dir}: return {expert_returns.mean():.1f} +/- {expert_returns.std():.1f} "
         f"(random {random_returns.mean():.1f}), {len(demo_returns)} demo episodes"
     )
+
+
+# ----------------------------------------- shared infrastructure (identical in every script; tests/test_shared_blocks.py)
+def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+    try:
+        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+    except gym.error.Error as error:
+        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
+    if capture_video:
+        try:
+            env.reset(seed=seed)
+            env.render()
+        except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
+            sys.exit(
+                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
+                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
+            )
+        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.action_space.seed(seed)
+    return env
+
+
+# a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
+# from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
+RANDOM_RETURN_EPISODES = 50
+
+
+RANDOM_RETURN_SEED = 30_000
+
+
+def load_expert_info(expert_dir, env, required):
+    """expert.json as a dict, checked against the env; None if absent and not required. A demos-only folder needs just
+    observation_shape and action_shape (README, "Your own demonstrations"): without env_id it is the env's, without
+    expert_return_mean the demos' mean return, without random_return_mean a uniformly random policy's, measured on
+    every run and never written back by a run (`cleanil/demos.py --complete` stores it)."""
+    info_path = Path(expert_dir) / "expert.json"
+    if not info_path.exists():
+        if required:
+            sys.exit(f"error: no expert at {info_path}; {missing_expert_hint(env.spec.id, expert_dir)}")
+        return None
+    command = expert_command(env.spec.id, expert_dir)
+    try:
+        info = json.loads(info_path.read_text())
+        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
+        returns = {key: float(info[key]) for key in ("expert_return_mean", "random_return_mean") if key in info}
+    except (ValueError, KeyError, TypeError) as error:
+        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
+    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
+        sys.exit(
+            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
+            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
+        )
+    if "expert_return_mean" not in returns:
+        returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
+        print(
+            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
+            f"{num_episodes} episodes, stands in for it.",
+            file=sys.stderr,
+        )
+    if "random_return_mean" not in returns:
+        returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
+        print(
+            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
+            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
+            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
+            file=sys.stderr,
+        )
+    expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
+    if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
+        sys.exit(
+            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
+            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
+            f"`{command} --overwrite`."
+        )
+    return {"env_id": env.spec.id, **info, **returns}
+
+
+def demos_mean_return(expert_dir, command):
+    """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
+    path = Path(expert_dir) / "demos.npz"
+    if not path.exists():
+        sys.exit(
+            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
+            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
+        )
+    try:
+        with np.load(path) as data:
+            rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
+        if len(starts) == 0 or starts[0] != 0 or (np.diff(starts) <= 0).any() or starts[-1] >= len(rewards):
+            raise ValueError(f"episode_starts {starts[:5]}... are not increasing indices from 0 below {len(rewards)}")
+        returns = np.add.reduceat(rewards, starts)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
+    return float(returns.mean()), len(returns)
+
+
+def random_policy_returns(env_id):
+    """Returns of a uniformly random policy in RANDOM_RETURN_EPISODES episodes, on an env of its own (the run's envs and
+    their random streams stay untouched), with a progress bar: the random return of a folder whose expert.json has none."""
+    env = make_env(env_id, RANDOM_RETURN_SEED)
+    returns = []
+    for episode in tqdm(range(RANDOM_RETURN_EPISODES), desc=f"{env_id}: random_return_mean", file=sys.stderr, mininterval=2.0):
+        env.reset(seed=RANDOM_RETURN_SEED if episode == 0 else None)
+        done = False
+        while not done:
+            _, _, terminated, truncated, info = env.step(env.action_space.sample())
+            done = terminated or truncated
+        returns.append(info["episode"]["r"])
+    env.close()
+    return np.array(returns, dtype=np.float64)
+
+
+def expert_command(env_id, expert_dir=None):
+    """The command that creates expert_dir: the env's trainer for the default experts/<env-id>/ (no --expert-path
+    needed), cleanil/demos.py for a folder of one's own (your demonstrations, converted or recorded from a policy)."""
+    command = demos_command(env_id, expert_dir)
+    if "--expert-path" in command:
+        return f"{command} --from-<minari|d4rl|sb3|npz|policy> <source>"
+    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
+    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
+
+
+def demos_command(env_id, expert_dir=None):
+    """cleanil/demos.py writing expert_dir (the default experts/<env-id>/ needs no --expert-path), before its source flag."""
+    command = f"python cleanil/demos.py --env-id {env_id}"
+    if expert_dir is not None and Path(expert_dir).resolve() != Path(__file__).resolve().parent.parent / "experts" / env_id:
+        command += f" --expert-path {shlex.quote(str(expert_dir))}"
+    return command
+
+
+SHIPPED_EXPERTS = (
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCar-v0",
+    "Pendulum-v1",
+    "InvertedPendulum-v4",
+    "Hopper-v4",
+    "HalfCheetah-v4",
+    "Walker2d-v4",
+    "Ant-v4",
+    "Humanoid-v4",
+)
+
+
+def missing_expert_hint(env_id, expert_dir=None):
+    """What a missing expert costs: the shipped ones come with the repository, a folder of one's own (--expert-path) is
+    built by cleanil/demos.py, and any other env's default folder needs a training run."""
+    command = expert_command(env_id, expert_dir)
+    if "demos.py" in command:
+        shipped = (
+            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
+        )
+        return (
+            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
+            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
+        )
+    if env_id in SHIPPED_EXPERTS:
+        return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
+    if "dqn.py" in command:
+        return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
+    return (
+        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
+        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
+    )
+
+
+def normalized_score(episode_return, expert_info):
+    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
+    if expert_info is None:
+        return float("nan")
+    random_return = expert_info["random_return_mean"]
+    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
+
+
+def package_versions():
+    import importlib.metadata as metadata
+
+    return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
 
 
 def write_eval_row(run_dir, row):

@@ -82,3 +82,38 @@ def test_the_sac_scripts_share_the_sac_block():
     # nail.py's actor also returns the pre-tanh sample and its losses carry the reference term (tests/test_nail.py)
     for name in ("Actor", "soft_q_loss", "policy_loss", "alpha_loss", "sac_update"):
         assert SOURCES["sac.py"][name] == SOURCES["cfil.py"][name], name
+
+
+# what a reader wades through least: the shared infrastructure, written once per script, in one marked block at the end
+INFRASTRUCTURE = set(SHARED) - {
+    "evaluate",
+    "bf16_is_fast",
+    "make_optimizer",
+    "SoftQEnsemble",
+    "ExpertPolicy",
+    "rollout_episodes",
+}
+INFRASTRUCTURE |= {"package_versions", "write_eval_row", "hardware_info", "write_summary", "exit_on_stop_signals"}
+
+
+@pytest.mark.parametrize("script", sorted(name for name in SOURCES if name != "demos.py"))
+def test_the_method_comes_first_and_the_infrastructure_last(script):
+    """Args, then the method's own networks and losses (right after Args, under a banner), then the RL backbone and
+    evaluation, then one marked block of shared infrastructure, then main: a reader meets the method first."""
+    text = (SCRIPTS / script).read_text()
+    lines = text.splitlines()
+    body = ast.parse(text).body
+    names = [node.name if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else None for node in body]
+    args_end = body[names.index("Args")].end_lineno
+    banners = [number for number, line in enumerate(lines, 1) if line.startswith("# ---")]
+    assert banners and banners[0] > args_end, "no section banner after Args"
+    assert all(not line.strip() for line in lines[args_end : banners[0] - 1]), "something between Args and the method's banner"
+    (infrastructure_banner,) = [number for number in banners if "shared infrastructure" in lines[number - 1]]
+    main = next(node.lineno for node in body if isinstance(node, ast.If))
+    for node in body:
+        name = node.name if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else getattr(node, "targets", [None])[0]
+        name = getattr(name, "id", name)
+        if name in INFRASTRUCTURE:
+            assert infrastructure_banner < node.lineno < main, f"{script}: {name} outside the shared infrastructure block"
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            assert node.lineno < infrastructure_banner, f"{script}: {name} sits in the shared infrastructure block"
