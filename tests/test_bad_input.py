@@ -6,6 +6,7 @@ strict JSON. And the shared blocks stay identical across the scripts (docs/DESIG
 import ast
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -296,7 +297,8 @@ def test_on_policy_budget_is_never_exceeded_and_the_bar_ends_full(script, tmp_pa
 
 @pytest.mark.parametrize("script", ALL)
 def test_every_script_says_its_device_and_threads_before_training(script):
-    source = (SCRIPTS / f"{script}.py").read_text()
+    # the formatter may wrap the call and split its f-string: read the source with adjacent literals joined
+    source = re.sub(r'"\s*f"', "", re.sub(r"\(\s+", "(", (SCRIPTS / f"{script}.py").read_text()))
     said = source.index(
         "print(f\"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s)"
     )
