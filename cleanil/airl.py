@@ -659,6 +659,21 @@ def package_versions():
     return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
 
 
+def log_metrics(track, metrics, step):
+    """The one place a script reports metrics: to wandb under --track (wandb.init ran in main), else nowhere."""
+    if track:
+        import wandb
+
+        wandb.log({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def exit_if_non_finite(values, message):
+    """Stop with one sentence (DESIGN.md, "Bad input") once a loss is NaN or infinite: past it, the NaN reaches every
+    weight and the run only wastes its budget."""
+    if not all(torch.isfinite(value) for value in values):
+        sys.exit(message)
+
+
 def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
@@ -857,10 +872,9 @@ if __name__ == "__main__":
         }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
-        if args.track:
-            wandb.log(
-                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
-            )
+        log_metrics(
+            args.track, {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, global_step
+        )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     start_time = time.time()
@@ -983,25 +997,23 @@ if __name__ == "__main__":
                     "charts/entropy": policy.distribution(policy(batch["observations"])).entropy().mean(),
                 }
             )
-        if not all(torch.isfinite(value) for value in stats.values()):
-            sys.exit(
-                f"error: non-finite training statistics at iteration {iteration} "
-                f"({ {k: float(v) for k, v in stats.items()} }); "
-                f"lower --disc-learning-rate or --value-learning-rate."
-            )
+        exit_if_non_finite(
+            stats.values(),
+            f"error: non-finite training statistics at iteration {iteration} "
+            f"({ {k: float(v) for k, v in stats.items()} }); "
+            f"lower --disc-learning-rate or --value-learning-rate.",
+        )
         num_steps = int(mask.sum())
         global_step += num_steps
         progress.update(num_steps)
         if args.log_reward_correlation:
             write_reward_correlation_row(run_dir, {"global_step": global_step, **correlations})
-        if args.track:
-            log = {key: float(value) for key, value in stats.items()}
-            log["charts/SPS"] = global_step / (time.time() - start_time)
-            if episode_returns:
-                log["charts/episodic_return"] = float(np.mean(episode_returns))
-            if args.log_reward_correlation:
-                log.update({f"charts/reward_correlation_{key}": value for key, value in correlations.items()})
-            wandb.log(log, step=global_step)
+        log = {**stats, "charts/SPS": global_step / (time.time() - start_time)}
+        if episode_returns:
+            log["charts/episodic_return"] = np.mean(episode_returns)
+        if args.log_reward_correlation:
+            log.update({f"charts/reward_correlation_{key}": value for key, value in correlations.items()})
+        log_metrics(args.track, log, global_step)
         if (
             global_step // args.eval_frequency > (global_step - num_steps) // args.eval_frequency
             or iteration == num_iterations

@@ -63,6 +63,8 @@ class Args:
     """evaluate the deterministic policy every this many gradient steps"""
     eval_episodes: int = 10
     """number of episodes per evaluation"""
+    log_frequency: int = 100
+    """the training statistics (losses, SPS) go to the log every this many steps"""
     expert_path: Optional[str] = None
     """folder of the expert artefacts (default: experts/<env-id>/ next to cleanil/)"""
     num_expert_trajectories: int = 10
@@ -448,6 +450,21 @@ def package_versions():
     return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
 
 
+def log_metrics(track, metrics, step):
+    """The one place a script reports metrics: to wandb under --track (wandb.init ran in main), else nowhere."""
+    if track:
+        import wandb
+
+        wandb.log({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def exit_if_non_finite(values, message):
+    """Stop with one sentence (DESIGN.md, "Bad input") once a loss is NaN or infinite: past it, the NaN reaches every
+    weight and the run only wastes its budget."""
+    if not all(torch.isfinite(value) for value in values):
+        sys.exit(message)
+
+
 def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
@@ -507,7 +524,15 @@ def exit_on_stop_signals(run_dir):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "batch_size", "num_components", "hidden_size"):
+    for name in (
+        "total_timesteps",
+        "eval_frequency",
+        "eval_episodes",
+        "log_frequency",
+        "batch_size",
+        "num_components",
+        "hidden_size",
+    ):
         if getattr(args, name) <= 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
@@ -590,10 +615,9 @@ if __name__ == "__main__":
         }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
-        if args.track:
-            wandb.log(
-                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
-            )
+        log_metrics(
+            args.track, {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, global_step
+        )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     start_time = time.time()
@@ -612,13 +636,12 @@ if __name__ == "__main__":
         loss.backward()
         optimizer.step()
         progress.update(1)
-        if args.track and global_step % 100 == 0:
-            wandb.log(
-                {"losses/bc_loss": loss.item(), "charts/SPS": global_step / (time.time() - start_time)}, step=global_step
+        if global_step % args.log_frequency == 0:
+            log_metrics(
+                args.track, {"losses/bc_loss": loss, "charts/SPS": global_step / (time.time() - start_time)}, global_step
             )
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
-            if not torch.isfinite(loss):
-                sys.exit(f"error: non-finite BC loss at step {global_step}; lower --learning-rate.")
+            exit_if_non_finite([loss], f"error: non-finite BC loss at step {global_step}; lower --learning-rate.")
             run_evaluation(global_step)
     progress.close()
 

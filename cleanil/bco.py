@@ -518,6 +518,21 @@ def package_versions():
     return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
 
 
+def log_metrics(track, metrics, step):
+    """The one place a script reports metrics: to wandb under --track (wandb.init ran in main), else nowhere."""
+    if track:
+        import wandb
+
+        wandb.log({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def exit_if_non_finite(values, message):
+    """Stop with one sentence (DESIGN.md, "Bad input") once a loss is NaN or infinite: past it, the NaN reaches every
+    weight and the run only wastes its budget."""
+    if not all(torch.isfinite(value) for value in values):
+        sys.exit(message)
+
+
 def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
@@ -694,10 +709,9 @@ if __name__ == "__main__":
         }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
-        if args.track:
-            wandb.log(
-                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
-            )
+        log_metrics(
+            args.track, {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, global_step
+        )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     start_time = time.time()
@@ -782,11 +796,11 @@ if __name__ == "__main__":
             policy_optimizer.step()
 
         inverse_loss, loss = inverse_loss.detach(), loss.detach()
-        if not (torch.isfinite(inverse_loss) and torch.isfinite(loss)):
-            sys.exit(
-                f"error: non-finite loss at iteration {iteration} (inverse model {float(inverse_loss)}, BC {float(loss)}); "
-                f"lower --learning-rate."
-            )
+        exit_if_non_finite(
+            [inverse_loss, loss],
+            f"error: non-finite loss at iteration {iteration} (inverse model {float(inverse_loss)}, BC {float(loss)}); "
+            f"lower --learning-rate.",
+        )
         score = torch.tensor(float("nan"))  # --holdout-fraction 0: nothing to measure on
         if len(held_out_index):
             with torch.no_grad():
@@ -796,17 +810,16 @@ if __name__ == "__main__":
             f"iteration {iteration}, step {global_step}: held-out {score_name.replace('_', ' ')} {float(score):.4f} "
             f"({len(held_out_index)} transitions), inverse model loss {float(inverse_loss):.4f}, BC loss {float(loss):.4f}"
         )
-        if args.track:
-            log = {
-                f"charts/{score_name}": float(score),
-                "losses/inverse_model_loss": float(inverse_loss),
-                "losses/bc_loss": float(loss),
-                "charts/iteration": iteration,
-                "charts/SPS": global_step / (time.time() - start_time),
-            }
-            if episode_returns:
-                log["charts/episodic_return"] = float(np.mean(episode_returns))
-            wandb.log(log, step=global_step)
+        log = {
+            f"charts/{score_name}": float(score),
+            "losses/inverse_model_loss": float(inverse_loss),
+            "losses/bc_loss": float(loss),
+            "charts/iteration": iteration,
+            "charts/SPS": global_step / (time.time() - start_time),
+        }
+        if episode_returns:
+            log["charts/episodic_return"] = np.mean(episode_returns)
+        log_metrics(args.track, log, global_step)
         episode_returns = []
         done = args.alpha == 0 or global_step >= args.total_timesteps
         if global_step // args.eval_frequency > iteration_start // args.eval_frequency or done:

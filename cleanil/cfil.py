@@ -87,6 +87,8 @@ class Args:
     """evaluate the deterministic policy every this many environment steps (the paper's epoch)"""
     eval_episodes: int = 10
     """number of episodes per evaluation"""
+    log_frequency: int = 1000
+    """the training statistics (losses, SPS) go to the log every this many steps"""
     expert_path: Optional[str] = None
     """folder of the expert artefacts (default: experts/<env-id>/ next to cleanil/)"""
     num_expert_trajectories: int = 1
@@ -841,6 +843,39 @@ def package_versions():
     return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
 
 
+def log_metrics(track, metrics, step):
+    """The one place a script reports metrics: to wandb under --track (wandb.init ran in main), else nowhere."""
+    if track:
+        import wandb
+
+        wandb.log({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def exit_if_non_finite(values, message):
+    """Stop with one sentence (DESIGN.md, "Bad input") once a loss is NaN or infinite: past it, the NaN reaches every
+    weight and the run only wastes its budget."""
+    if not all(torch.isfinite(value) for value in values):
+        sys.exit(message)
+
+
+def checkpoint_state(saved):
+    """What a checkpoint stores of each object in `saved`: a module's or optimizer's state_dict, a bare tensor's CPU
+    copy (log alpha), each under its key, so save and load walk the same listing."""
+    return {
+        key: value.detach().cpu() if isinstance(value, torch.Tensor) else value.state_dict() for key, value in saved.items()
+    }
+
+
+def load_checkpoint_state(saved, checkpoint):
+    """The inverse of checkpoint_state: every object in `saved` takes back its state from `checkpoint`, in place."""
+    for key, value in saved.items():
+        if isinstance(value, torch.Tensor):
+            with torch.no_grad():
+                value.copy_(checkpoint[key])
+        else:
+            value.load_state_dict(checkpoint[key])
+
+
 def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
@@ -888,6 +923,7 @@ if __name__ == "__main__":
         "total_timesteps",
         "eval_frequency",
         "eval_episodes",
+        "log_frequency",
         "batch_size",
         "buffer_size",
         "density_update_every",
@@ -983,13 +1019,14 @@ if __name__ == "__main__":
     density_optimizer = make_optimizer(reward_model.parameters(), args.density_lr, device)
     reward_shift = args.squash_bound if args.reward_shift and args.variant in SQUASHED_VARIANTS else 0.0
     # the state a checkpoint holds, listed once (no replay buffer: --resume refills it)
-    saved_modules = {
+    saved_state = {
         "actor": actor,
         "qf": qf,
         "qf_target": qf_target,
         "q_optimizer": q_optimizer,
         "actor_optimizer": actor_optimizer,
         "alpha_optimizer": alpha_optimizer,
+        "log_alpha": log_alpha,
         "reward_model": reward_model,
         "density_optimizer": density_optimizer,
     }
@@ -997,16 +1034,13 @@ if __name__ == "__main__":
     start_step, wall_offset, refill_env_steps, eval_rows, commands = 0, 0.0, 0, [], []
     if checkpoint:
         try:
-            for key, module in saved_modules.items():
-                module.load_state_dict(checkpoint[key])
+            load_checkpoint_state(saved_state, checkpoint)
         except (KeyError, RuntimeError, ValueError) as error:
             sys.exit(
                 f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments "
                 f"({' '.join(str(error).split())[:240]}); "
                 f"resume with the arguments of the run that wrote it, or start without --resume."
             )
-        with torch.no_grad():
-            log_alpha.copy_(checkpoint["log_alpha"])
         start_step, wall_offset, refill_env_steps, eval_rows, commands = (
             checkpoint[k] for k in ("global_step", "wall_time", "refill_env_steps", "eval_rows", "commands")
         )
@@ -1044,17 +1078,15 @@ if __name__ == "__main__":
         }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
-        if args.track:
-            wandb.log(
-                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
-            )
+        log_metrics(
+            args.track, {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, global_step
+        )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     def save_checkpoint(global_step):
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = {key: module.state_dict() for key, module in saved_modules.items()}
+        state = checkpoint_state(saved_state)
         state.update(
-            log_alpha=log_alpha.detach().cpu(),
             global_step=global_step,
             run_name=run_name,
             eval_rows=eval_rows,
@@ -1106,25 +1138,21 @@ if __name__ == "__main__":
         rb.add(obs, action, next_obs, terminated)
         obs = next_obs
         if terminated or truncated:
-            if args.track:
-                wandb.log(
-                    {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
-                    step=global_step,
-                )
+            log_metrics(
+                args.track,
+                {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
+                global_step,
+            )
             obs, _ = env.reset()
 
         if global_step % args.density_update_every == 0:
             # Alg. 1: a few gradient steps on the flows, expert demos vs the whole replay buffer
             loss, density_stats = update_density(reward_model, density_optimizer, expert_data, rb, args, bf16)
-            if not torch.isfinite(loss):
-                sys.exit(
-                    f"error: non-finite density loss at step {global_step} ({float(loss)}); lower --density-lr or raise "
-                    f"--smooth."
-                )
-            if args.track:
-                wandb.log(
-                    {"losses/density_loss": float(loss), **{k: float(v) for k, v in density_stats.items()}}, step=global_step
-                )
+            exit_if_non_finite(
+                [loss],
+                f"error: non-finite density loss at step {global_step} ({float(loss)}); lower --density-lr or raise --smooth.",
+            )
+            log_metrics(args.track, {"losses/density_loss": loss, **density_stats}, global_step)
 
         if global_step > args.learning_starts:
             batch_obs, batch_actions, batch_next_obs, batch_terminations = rb.sample(args.batch_size)
@@ -1143,16 +1171,16 @@ if __name__ == "__main__":
                 global_step,
                 bf16,
             )
-            if global_step % 1000 == 0:
+            # checked where logged, not every update: the check waits on the GPU
+            if global_step % args.log_frequency == 0:
                 stats["charts/reward_mean"] = rewards.mean()
+                exit_if_non_finite(
+                    stats.values(),
+                    f"error: non-finite SAC loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
+                    f"lower --q-lr or --policy-lr.",
+                )
                 sps = (global_step - start_step) / (time.time() - start_time)
-                if not all(torch.isfinite(value) for value in stats.values()):
-                    sys.exit(
-                        f"error: non-finite SAC loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
-                        f"lower --q-lr or --policy-lr."
-                    )
-                if args.track:
-                    wandb.log({**{k: float(v) for k, v in stats.items()}, "charts/SPS": sps}, step=global_step)
+                log_metrics(args.track, {**stats, "charts/SPS": sps}, global_step)
         progress.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             run_evaluation(global_step)

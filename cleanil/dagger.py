@@ -508,6 +508,21 @@ def package_versions():
     return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
 
 
+def log_metrics(track, metrics, step):
+    """The one place a script reports metrics: to wandb under --track (wandb.init ran in main), else nowhere."""
+    if track:
+        import wandb
+
+        wandb.log({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def exit_if_non_finite(values, message):
+    """Stop with one sentence (DESIGN.md, "Bad input") once a loss is NaN or infinite: past it, the NaN reaches every
+    weight and the run only wastes its budget."""
+    if not all(torch.isfinite(value) for value in values):
+        sys.exit(message)
+
+
 def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
@@ -662,23 +677,20 @@ if __name__ == "__main__":
         }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
-        if args.track:
-            wandb.log(
-                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
-            )
+        log_metrics(
+            args.track, {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, global_step
+        )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     def log_round(round_index, global_step, beta, loss, metrics):
-        if not torch.isfinite(loss):
-            sys.exit(f"error: non-finite BC loss in round {round_index}; lower --learning-rate.")
+        exit_if_non_finite([loss], f"error: non-finite BC loss in round {round_index}; lower --learning-rate.")
         metrics = {
             "charts/beta": beta,
             "charts/dataset_size": dataset_size,
             "losses/bc_loss": float(loss),
             **{key: float(value) for key, value in metrics.items()},
         }
-        if args.track:
-            wandb.log({**metrics, "charts/SPS": global_step / max(time.time() - start_time, 1e-9)}, step=global_step)
+        log_metrics(args.track, {**metrics, "charts/SPS": global_step / max(time.time() - start_time, 1e-9)}, global_step)
         tqdm.write(
             f"round {round_index}/{args.rounds}: "
             + ", ".join(
@@ -726,11 +738,11 @@ if __name__ == "__main__":
         action = (expert_action if expert_acts else learner_action).cpu().numpy()
         obs, _, terminated, truncated, info = env.step(action)
         if terminated or truncated:
-            if args.track:
-                wandb.log(
-                    {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
-                    step=global_step,
-                )
+            log_metrics(
+                args.track,
+                {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
+                global_step,
+            )
             obs, _ = env.reset()
 
         if step_in_round == args.steps_per_round - 1:

@@ -477,6 +477,39 @@ def package_versions():
     return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
 
 
+def log_metrics(track, metrics, step):
+    """The one place a script reports metrics: to wandb under --track (wandb.init ran in main), else nowhere."""
+    if track:
+        import wandb
+
+        wandb.log({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def exit_if_non_finite(values, message):
+    """Stop with one sentence (DESIGN.md, "Bad input") once a loss is NaN or infinite: past it, the NaN reaches every
+    weight and the run only wastes its budget."""
+    if not all(torch.isfinite(value) for value in values):
+        sys.exit(message)
+
+
+def checkpoint_state(saved):
+    """What a checkpoint stores of each object in `saved`: a module's or optimizer's state_dict, a bare tensor's CPU
+    copy (log alpha), each under its key, so save and load walk the same listing."""
+    return {
+        key: value.detach().cpu() if isinstance(value, torch.Tensor) else value.state_dict() for key, value in saved.items()
+    }
+
+
+def load_checkpoint_state(saved, checkpoint):
+    """The inverse of checkpoint_state: every object in `saved` takes back its state from `checkpoint`, in place."""
+    for key, value in saved.items():
+        if isinstance(value, torch.Tensor):
+            with torch.no_grad():
+                value.copy_(checkpoint[key])
+        else:
+            value.load_state_dict(checkpoint[key])
+
+
 def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
@@ -581,17 +614,13 @@ if __name__ == "__main__":
     target_network.load_state_dict(q_network.state_dict())
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate)
     rb = ReplayBuffer(obs_dim, args.buffer_size, device)
+    # the state a checkpoint holds, listed once (the buffer too: DQN's is small)
+    saved_state = {"q_network": q_network, "target_network": target_network, "optimizer": optimizer, "rb": rb}
 
     start_step, wall_offset, eval_rows, commands, best_q = 0, 0.0, [], [], {}
     if checkpoint:
         try:
-            for module, key in (
-                (q_network, "q_network"),
-                (target_network, "target_network"),
-                (optimizer, "optimizer"),
-                (rb, "rb"),
-            ):
-                module.load_state_dict(checkpoint[key])
+            load_checkpoint_state(saved_state, checkpoint)
         except (KeyError, RuntimeError, ValueError) as error:
             sys.exit(
                 f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments "
@@ -631,23 +660,14 @@ if __name__ == "__main__":
             best_q.update(step=global_step, state={k: v.clone() for k, v in q_network.state_dict().items()})
         eval_rows.append(row)
         write_eval_row(run_dir, row)
-        if args.track:
-            wandb.log(
-                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
-            )
+        log_metrics(
+            args.track, {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, global_step
+        )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     def save_checkpoint(global_step):
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = {
-            key: module.state_dict()
-            for key, module in (
-                ("q_network", q_network),
-                ("target_network", target_network),
-                ("optimizer", optimizer),
-                ("rb", rb),
-            )
-        }
+        state = checkpoint_state(saved_state)
         state.update(
             global_step=global_step,
             run_name=run_name,
@@ -694,15 +714,15 @@ if __name__ == "__main__":
         rb.add(obs, action, reward, next_obs, terminated)
         obs = next_obs
         if terminated or truncated:
-            if args.track:
-                wandb.log(
-                    {
-                        "charts/episodic_return": info["episode"]["r"],
-                        "charts/episodic_length": info["episode"]["l"],
-                        "charts/epsilon": epsilon,
-                    },
-                    step=global_step,
-                )
+            log_metrics(
+                args.track,
+                {
+                    "charts/episodic_return": info["episode"]["r"],
+                    "charts/episodic_length": info["episode"]["l"],
+                    "charts/epsilon": epsilon,
+                },
+                global_step,
+            )
             obs, _ = env.reset()
 
         if global_step > args.learning_starts and global_step % args.train_frequency == 0:
@@ -712,14 +732,11 @@ if __name__ == "__main__":
                 loss.backward()
                 nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm)
                 optimizer.step()
-            if not torch.isfinite(loss):
-                sys.exit(f"error: non-finite TD loss at step {global_step}; lower --learning-rate.")
-            if args.track:
-                sps = (global_step - start_step) / (time.time() - start_time)
-                wandb.log(
-                    {"losses/td_loss": loss.item(), "losses/q_values": q_values.mean().item(), "charts/SPS": sps},
-                    step=global_step,
-                )
+            exit_if_non_finite([loss], f"error: non-finite TD loss at step {global_step}; lower --learning-rate.")
+            sps = (global_step - start_step) / (time.time() - start_time)
+            log_metrics(
+                args.track, {"losses/td_loss": loss, "losses/q_values": q_values.mean(), "charts/SPS": sps}, global_step
+            )
         if global_step > args.learning_starts and global_step % args.target_network_frequency == 0:
             target_network.load_state_dict(q_network.state_dict())
         progress.update(1)

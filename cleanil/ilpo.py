@@ -71,6 +71,8 @@ class Args:
     """evaluate the greedy policy every this many environment steps"""
     eval_episodes: int = 10
     """number of episodes per evaluation"""
+    log_frequency: int = 100
+    """the training statistics (losses, SPS) go to the log every this many steps"""
     expert_path: Optional[str] = None
     """folder of the expert artefacts (default: experts/<env-id>/ next to cleanil/)"""
     num_expert_trajectories: int = 10
@@ -440,6 +442,21 @@ def package_versions():
     return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
 
 
+def log_metrics(track, metrics, step):
+    """The one place a script reports metrics: to wandb under --track (wandb.init ran in main), else nowhere."""
+    if track:
+        import wandb
+
+        wandb.log({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def exit_if_non_finite(values, message):
+    """Stop with one sentence (DESIGN.md, "Bad input") once a loss is NaN or infinite: past it, the NaN reaches every
+    weight and the run only wastes its budget."""
+    if not all(torch.isfinite(value) for value in values):
+        sys.exit(message)
+
+
 def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
@@ -499,7 +516,15 @@ def exit_on_stop_signals(run_dir):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in ("total_timesteps", "eval_frequency", "eval_episodes", "latent_batch_size", "remap_batch_size", "hidden_size"):
+    for name in (
+        "total_timesteps",
+        "eval_frequency",
+        "eval_episodes",
+        "log_frequency",
+        "latent_batch_size",
+        "remap_batch_size",
+        "hidden_size",
+    ):
         if getattr(args, name) <= 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
@@ -602,10 +627,9 @@ if __name__ == "__main__":
         }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
-        if args.track:
-            wandb.log(
-                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
-            )
+        log_metrics(
+            args.track, {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, global_step
+        )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     start_time = time.time()
@@ -626,26 +650,26 @@ if __name__ == "__main__":
         demo_latents = infer_latent(predictions, delta_demo)
         latent_usage = torch.bincount(demo_latents, minlength=num_latent_actions).float() / len(demo_latents)
         latent_policy_accuracy = (latent_logits.argmax(-1) == demo_latents).float().mean()
-    if not (torch.isfinite(generator_loss) and torch.isfinite(policy_loss)):
-        sys.exit(
-            f"error: non-finite step-1 loss (L_min {float(generator_loss)}, L_exp {float(policy_loss)}); lower "
-            f"--latent-learning-rate."
-        )
+    exit_if_non_finite(
+        [generator_loss, policy_loss],
+        f"error: non-finite step-1 loss (L_min {float(generator_loss)}, L_exp {float(policy_loss)}); lower "
+        f"--latent-learning-rate.",
+    )
     tqdm.write(
         f"step 1: {args.latent_gradient_steps} gradient steps, L_min {float(generator_loss):.4f}, L_exp "
         f"{float(policy_loss):.4f}, "
         f"demo transitions per latent {[round(float(u), 3) for u in latent_usage]}, latent policy accuracy "
         f"{float(latent_policy_accuracy):.3f}"
     )
-    if args.track:
-        wandb.log(
-            {
-                "losses/min_loss": float(generator_loss),
-                "losses/expected_loss": float(policy_loss),
-                "charts/latent_policy_accuracy": float(latent_policy_accuracy),
-            },
-            step=0,
-        )
+    log_metrics(
+        args.track,
+        {
+            "losses/min_loss": generator_loss,
+            "losses/expected_loss": policy_loss,
+            "charts/latent_policy_accuracy": latent_policy_accuracy,
+        },
+        0,
+    )
 
     hardware = hardware_info(device)
     print(
@@ -670,11 +694,11 @@ if __name__ == "__main__":
         b_obs[global_step - 1], b_actions[global_step - 1], b_latents[global_step - 1] = s[0], int(action), latent[0]
         obs = next_obs
         if terminated or truncated:
-            if args.track:
-                wandb.log(
-                    {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
-                    step=global_step,
-                )
+            log_metrics(
+                args.track,
+                {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
+                global_step,
+            )
             obs, _ = env.reset()
 
         if global_step >= args.remap_batch_size:
@@ -688,18 +712,20 @@ if __name__ == "__main__":
                 remap_loss_value = loss.detach()
                 agreement = (logits.argmax(-1) == b_actions[index]).float().mean()
         progress.update(1)
-        if args.track and global_step % 100 == 0:
-            wandb.log(
+        if global_step % args.log_frequency == 0:
+            log_metrics(
+                args.track,
                 {
-                    "losses/remap_loss": float(remap_loss_value),
-                    "charts/remap_accuracy": float(agreement),
+                    "losses/remap_loss": remap_loss_value,
+                    "charts/remap_accuracy": agreement,
                     "charts/SPS": global_step / (time.time() - start_time),
                 },
-                step=global_step,
+                global_step,
             )
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
-            if not torch.isfinite(remap_loss_value):
-                sys.exit(f"error: non-finite remapping loss at step {global_step}; lower --remap-learning-rate.")
+            exit_if_non_finite(
+                [remap_loss_value], f"error: non-finite remapping loss at step {global_step}; lower --remap-learning-rate."
+            )
             run_evaluation(global_step)
     progress.close()
 

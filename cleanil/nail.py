@@ -784,6 +784,39 @@ def package_versions():
     return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
 
 
+def log_metrics(track, metrics, step):
+    """The one place a script reports metrics: to wandb under --track (wandb.init ran in main), else nowhere."""
+    if track:
+        import wandb
+
+        wandb.log({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def exit_if_non_finite(values, message):
+    """Stop with one sentence (DESIGN.md, "Bad input") once a loss is NaN or infinite: past it, the NaN reaches every
+    weight and the run only wastes its budget."""
+    if not all(torch.isfinite(value) for value in values):
+        sys.exit(message)
+
+
+def checkpoint_state(saved):
+    """What a checkpoint stores of each object in `saved`: a module's or optimizer's state_dict, a bare tensor's CPU
+    copy (log alpha), each under its key, so save and load walk the same listing."""
+    return {
+        key: value.detach().cpu() if isinstance(value, torch.Tensor) else value.state_dict() for key, value in saved.items()
+    }
+
+
+def load_checkpoint_state(saved, checkpoint):
+    """The inverse of checkpoint_state: every object in `saved` takes back its state from `checkpoint`, in place."""
+    for key, value in saved.items():
+        if isinstance(value, torch.Tensor):
+            with torch.no_grad():
+                value.copy_(checkpoint[key])
+        else:
+            value.load_state_dict(checkpoint[key])
+
+
 def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
@@ -908,13 +941,14 @@ if __name__ == "__main__":
     discriminator = Discriminator(obs_dim + 1 + action_dim, args.discriminator_hidden_size).to(device)
     discriminator_optimizer = make_optimizer(discriminator.parameters(), args.discriminator_lr, device)
     # the state a checkpoint holds, listed once (no replay buffer: --resume refills it)
-    saved_modules = {
+    saved_state = {
         "actor": actor,
         "qf": qf,
         "qf_target": qf_target,
         "q_optimizer": q_optimizer,
         "actor_optimizer": actor_optimizer,
         "alpha_optimizer": alpha_optimizer,
+        "log_alpha": log_alpha,
         "discriminator": discriminator,
         "discriminator_optimizer": discriminator_optimizer,
         "reference": reference,
@@ -933,16 +967,13 @@ if __name__ == "__main__":
     start_step, wall_offset, refill_env_steps, eval_rows, commands = 0, 0.0, 0, [], []
     if checkpoint:
         try:
-            for key, module in saved_modules.items():
-                module.load_state_dict(checkpoint[key])
+            load_checkpoint_state(saved_state, checkpoint)
         except (KeyError, RuntimeError, ValueError) as error:
             sys.exit(
                 f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments "
                 f"({' '.join(str(error).split())[:240]}); "
                 f"resume with the arguments of the run that wrote it, or start without --resume."
             )
-        with torch.no_grad():
-            log_alpha.copy_(checkpoint["log_alpha"])
         start_step, wall_offset, refill_env_steps, eval_rows, commands = (
             checkpoint[k] for k in ("global_step", "wall_time", "refill_env_steps", "eval_rows", "commands")
         )
@@ -998,17 +1029,15 @@ if __name__ == "__main__":
         }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
-        if args.track:
-            wandb.log(
-                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
-            )
+        log_metrics(
+            args.track, {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, global_step
+        )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     def save_checkpoint(global_step):
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = {key: module.state_dict() for key, module in saved_modules.items()}
+        state = checkpoint_state(saved_state)
         state.update(
-            log_alpha=log_alpha.detach().cpu(),
             global_step=global_step,
             run_name=run_name,
             eval_rows=eval_rows,
@@ -1067,11 +1096,11 @@ if __name__ == "__main__":
             epoch_rows += 1
         obs = next_obs
         if terminated or truncated:
-            if args.track:
-                wandb.log(
-                    {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
-                    step=global_step,
-                )
+            log_metrics(
+                args.track,
+                {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
+                global_step,
+            )
             obs, _ = env.reset()
 
         if global_step % args.epoch_steps == 0 and global_step >= args.learning_starts:
@@ -1106,14 +1135,13 @@ if __name__ == "__main__":
             reference.load_state_dict(actor.state_dict())
             reference_is_uniform, num_epochs = False, num_epochs + 1
             stats.update({"charts/reward_mean": rewards.mean(), "charts/epoch": torch.tensor(num_epochs)})
-            if not all(torch.isfinite(value) for value in stats.values()):
-                sys.exit(
-                    f"error: non-finite loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
-                    f"lower --q-lr, --policy-lr or --discriminator-lr."
-                )
-            if args.track:
-                sps = (global_step - start_step) / (time.time() - start_time)
-                wandb.log({**{k: float(v) for k, v in stats.items()}, "charts/SPS": sps}, step=global_step)
+            exit_if_non_finite(
+                stats.values(),
+                f"error: non-finite loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
+                f"lower --q-lr, --policy-lr or --discriminator-lr.",
+            )
+            sps = (global_step - start_step) / (time.time() - start_time)
+            log_metrics(args.track, {**stats, "charts/SPS": sps}, global_step)
         if global_step % args.epoch_steps == 0:
             epoch_rows = 0
         progress.update(1)

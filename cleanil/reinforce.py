@@ -379,6 +379,21 @@ def package_versions():
     return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
 
 
+def log_metrics(track, metrics, step):
+    """The one place a script reports metrics: to wandb under --track (wandb.init ran in main), else nowhere."""
+    if track:
+        import wandb
+
+        wandb.log({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def exit_if_non_finite(values, message):
+    """Stop with one sentence (DESIGN.md, "Bad input") once a loss is NaN or infinite: past it, the NaN reaches every
+    weight and the run only wastes its budget."""
+    if not all(torch.isfinite(value) for value in values):
+        sys.exit(message)
+
+
 def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
@@ -500,10 +515,9 @@ if __name__ == "__main__":
         }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
-        if args.track:
-            wandb.log(
-                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
-            )
+        log_metrics(
+            args.track, {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, global_step
+        )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     start_time = time.time()
@@ -565,26 +579,24 @@ if __name__ == "__main__":
                 value_optimizer.zero_grad(set_to_none=True)
                 v_loss.backward()
                 value_optimizer.step()
-        if not torch.isfinite(loss):
-            sys.exit(f"error: non-finite REINFORCE loss at update {update}; lower --learning-rate.")
+        exit_if_non_finite([loss], f"error: non-finite REINFORCE loss at update {update}; lower --learning-rate.")
 
         num_steps = len(returns)
         global_step += num_steps
         # the last batch may pass the budget: the bar's total grows to the steps run instead of becoming a bare counter
         progress.total = max(progress.total, global_step)
         progress.update(num_steps)
-        if args.track:
-            stats = {
-                "losses/policy_loss": loss.item(),
-                "charts/episodic_return": float((rewards * valid).sum(0).mean()),
-                "charts/episodic_length": num_steps / args.num_episodes,
-                "charts/SPS": global_step / (time.time() - start_time),
-            }
-            if args.baseline:
-                stats["losses/value_loss"] = v_loss.item()
-            if args.num_episodes > 1:
-                stats["charts/grad_variance"] = grad_variance
-            wandb.log(stats, step=global_step)
+        stats = {
+            "losses/policy_loss": loss,
+            "charts/episodic_return": (rewards * valid).sum(0).mean(),
+            "charts/episodic_length": num_steps / args.num_episodes,
+            "charts/SPS": global_step / (time.time() - start_time),
+        }
+        if args.baseline:
+            stats["losses/value_loss"] = v_loss
+        if args.track and args.num_episodes > 1:
+            stats["charts/grad_variance"] = grad_variance
+        log_metrics(args.track, stats, global_step)
         crossed_eval_step = global_step // args.eval_frequency > (global_step - num_steps) // args.eval_frequency
         if crossed_eval_step or global_step >= args.total_timesteps:
             run_evaluation(global_step)

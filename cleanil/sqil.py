@@ -71,6 +71,8 @@ class Args:
     """evaluate the deterministic (greedy) policy every this many environment steps"""
     eval_episodes: int = 10
     """number of episodes per evaluation"""
+    log_frequency: int = 1000
+    """the training statistics (losses, SPS) go to the log every this many steps"""
     expert_path: Optional[str] = None
     """folder of the expert artefacts (default: experts/<env-id>/ next to cleanil/)"""
     num_expert_trajectories: int = 1
@@ -652,6 +654,39 @@ def package_versions():
     return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
 
 
+def log_metrics(track, metrics, step):
+    """The one place a script reports metrics: to wandb under --track (wandb.init ran in main), else nowhere."""
+    if track:
+        import wandb
+
+        wandb.log({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def exit_if_non_finite(values, message):
+    """Stop with one sentence (DESIGN.md, "Bad input") once a loss is NaN or infinite: past it, the NaN reaches every
+    weight and the run only wastes its budget."""
+    if not all(torch.isfinite(value) for value in values):
+        sys.exit(message)
+
+
+def checkpoint_state(saved):
+    """What a checkpoint stores of each object in `saved`: a module's or optimizer's state_dict, a bare tensor's CPU
+    copy (log alpha), each under its key, so save and load walk the same listing."""
+    return {
+        key: value.detach().cpu() if isinstance(value, torch.Tensor) else value.state_dict() for key, value in saved.items()
+    }
+
+
+def load_checkpoint_state(saved, checkpoint):
+    """The inverse of checkpoint_state: every object in `saved` takes back its state from `checkpoint`, in place."""
+    for key, value in saved.items():
+        if isinstance(value, torch.Tensor):
+            with torch.no_grad():
+                value.copy_(checkpoint[key])
+        else:
+            value.load_state_dict(checkpoint[key])
+
+
 def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
@@ -699,6 +734,7 @@ if __name__ == "__main__":
         "total_timesteps",
         "eval_frequency",
         "eval_episodes",
+        "log_frequency",
         "batch_size",
         "buffer_size",
         "policy_frequency",
@@ -784,7 +820,7 @@ if __name__ == "__main__":
         target_network.load_state_dict(q_network.state_dict())
         q_optimizer = make_optimizer(q_network.parameters(), args.learning_rate, device)
         # the state a checkpoint holds, listed once (no replay buffer: --resume refills it)
-        saved_modules = {"q_network": q_network, "target_network": target_network, "q_optimizer": q_optimizer}
+        saved_state = {"q_network": q_network, "target_network": target_network, "q_optimizer": q_optimizer}
     else:
         actor = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)
         qf = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
@@ -795,29 +831,26 @@ if __name__ == "__main__":
         target_entropy = -float(action_dim)
         log_alpha = torch.tensor(np.log(args.alpha), dtype=torch.float32, device=device, requires_grad=True)
         alpha_optimizer = make_optimizer([log_alpha], args.q_lr, device)
-        saved_modules = {
+        saved_state = {
             "actor": actor,
             "qf": qf,
             "qf_target": qf_target,
             "q_optimizer": q_optimizer,
             "actor_optimizer": actor_optimizer,
             "alpha_optimizer": alpha_optimizer,
+            "log_alpha": log_alpha,
         }
 
     start_step, wall_offset, refill_env_steps, eval_rows, commands = 0, 0.0, 0, [], []
     if checkpoint:
         try:
-            for key, module in saved_modules.items():
-                module.load_state_dict(checkpoint[key])
+            load_checkpoint_state(saved_state, checkpoint)
         except (KeyError, RuntimeError, ValueError) as error:
             sys.exit(
                 f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments "
                 f"({' '.join(str(error).split())[:240]}); "
                 f"resume with the arguments of the run that wrote it, or start without --resume."
             )
-        if not discrete:
-            with torch.no_grad():
-                log_alpha.copy_(checkpoint["log_alpha"])
         start_step, wall_offset, refill_env_steps, eval_rows, commands = (
             checkpoint[k] for k in ("global_step", "wall_time", "refill_env_steps", "eval_rows", "commands")
         )
@@ -859,17 +892,14 @@ if __name__ == "__main__":
         }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
-        if args.track:
-            wandb.log(
-                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
-            )
+        log_metrics(
+            args.track, {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, global_step
+        )
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     def save_checkpoint(global_step):
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = {key: module.state_dict() for key, module in saved_modules.items()}
-        if not discrete:
-            state["log_alpha"] = log_alpha.detach().cpu()
+        state = checkpoint_state(saved_state)
         state.update(
             global_step=global_step,
             run_name=run_name,
@@ -922,11 +952,11 @@ if __name__ == "__main__":
         rb.add(obs, action, 0.0, next_obs, terminated)
         obs = next_obs
         if terminated or truncated:
-            if args.track:
-                wandb.log(
-                    {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
-                    step=global_step,
-                )
+            log_metrics(
+                args.track,
+                {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
+                global_step,
+            )
             obs, _ = env.reset()
 
         if global_step > args.learning_starts:
@@ -953,15 +983,15 @@ if __name__ == "__main__":
                     global_step,
                     bf16,
                 )
-            if global_step % 1000 == 0:
+            # checked where logged, not every update: the check waits on the GPU
+            if global_step % args.log_frequency == 0:
+                exit_if_non_finite(
+                    stats.values(),
+                    f"error: non-finite SQIL loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
+                    f"lower --q-lr or --learning-rate.",
+                )
                 sps = (global_step - start_step) / (time.time() - start_time)
-                if not all(torch.isfinite(value) for value in stats.values()):
-                    sys.exit(
-                        f"error: non-finite SQIL loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
-                        f"lower --q-lr or --learning-rate."
-                    )
-                if args.track:
-                    wandb.log({**{k: float(v) for k, v in stats.items()}, "charts/SPS": sps}, step=global_step)
+                log_metrics(args.track, {**stats, "charts/SPS": sps}, global_step)
         progress.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             run_evaluation(global_step)

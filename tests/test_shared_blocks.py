@@ -32,6 +32,10 @@ SHARED = [
     "demos_command",
     "ExpertPolicy",
     "rollout_episodes",
+    "log_metrics",
+    "exit_if_non_finite",
+    "checkpoint_state",
+    "load_checkpoint_state",
 ]
 # what load_expert_info calls, so a script that copies it must copy these too (a demos-only folder reaches them)
 EXPERT_INFO_HELPERS = [
