@@ -130,6 +130,10 @@ class Args:
     flow_batch_norm: bool = False
     """a batch-norm flow layer after each MADE block (batch statistics when training, running ones for rewards; the
     official code, whose paper runs leave it off, uses each batch's own statistics everywhere)"""
+    flow_features: Literal["auto", "all"] = "auto"
+    """the observation dims the flows model: `auto` leaves out those the official code leaves out (rewarder.py), on
+    Humanoid (376 dims) the external contact forces and the dims that are zero by construction, 270 kept, and on an Ant
+    with contact forces (111 dims) all but the first 27; elsewhere, and with `all`, every dim"""
 
     # SAC (official CFIL settings: spinningup SAC)
     buffer_size: int = 1_000_000
@@ -306,8 +310,25 @@ class CoupledFlow(nn.Module):
 SQUASHED_VARIANTS = ("cfil", "regularnet", "indflow")
 
 
-def flow_input(mode, obs, actions, next_obs):
-    """The variable the flows model: (s, a), s, or (s, s') (the paper's three regimes)."""
+def flow_observation_dims(env_id, obs_dim, features):
+    """Indices of the observation dims the flows see (--flow-features), or None for all. Humanoid's 376 are qpos[2:] and
+    qvel (45), cinert (14 bodies x 10), cvel (14 x 6), qfrc_actuator (23) and cfrc_ext (14 x 6); the official code keeps
+    270: it drops the contact forces cfrc_ext, whose many all-zero dims make a flow's density degenerate, and the world
+    body's cinert and cvel and the free joint's actuator forces, which are zero by construction."""
+    if features == "all":
+        return None
+    if env_id.startswith("Humanoid") and obs_dim == 376:
+        return torch.cat([torch.arange(0, 45), torch.arange(55, 185), torch.arange(191, 269), torch.arange(275, 292)])
+    if env_id.startswith("Ant") and obs_dim == 111:
+        return torch.arange(27)  # Ant with contact forces: the first 27, the default Ant-v4's whole observation
+    return None
+
+
+def flow_input(mode, obs, actions, next_obs, obs_dims=None):
+    """The variable the flows model: (s, a), s, or (s, s') (the paper's three regimes), of the observation dims obs_dims
+    (flow_observation_dims; None: all)."""
+    if obs_dims is not None:
+        obs, next_obs = obs[:, obs_dims], None if next_obs is None else next_obs[:, obs_dims]
     if mode == "sa":
         return torch.cat([obs, actions], -1)
     return obs if mode == "s" else torch.cat([obs, next_obs], -1)
@@ -369,7 +390,7 @@ def density_loss(model, expert_batch, agent_batch, variant, scale, bound, flow_r
     return loss, stats
 
 
-def update_density(model, optimizer, expert_data, rb, args, bf16=False):
+def update_density(model, optimizer, expert_data, rb, args, bf16=False, obs_dims=None):
     """Alg. 1 density step: args.density_updates gradient steps, each on args.density_batch smoothed expert demos and as
     many smoothed replay transitions (samples of d_pi); returns the last loss and its stats. bf16 autocasts the flows'
     hidden matmuls; log-determinants, log-probabilities and losses stay float32."""
@@ -377,7 +398,7 @@ def update_density(model, optimizer, expert_data, rb, args, bf16=False):
     for _ in range(args.density_updates):
         expert_batch = expert_data[torch.randint(0, len(expert_data), (args.density_batch,), device=expert_data.device)]
         agent_obs, agent_actions, agent_next_obs, _ = rb.sample(args.density_batch)
-        agent_batch = flow_input(args.mode, agent_obs, agent_actions, agent_next_obs)
+        agent_batch = flow_input(args.mode, agent_obs, agent_actions, agent_next_obs, obs_dims)
         with torch.autocast(expert_data.device.type, dtype=torch.bfloat16, enabled=bf16):
             loss, stats = density_loss(
                 model,
@@ -396,11 +417,12 @@ def update_density(model, optimizer, expert_data, rb, args, bf16=False):
 
 
 @torch.no_grad()
-def replay_reward(model, obs, actions, next_obs, args, shift, bf16=False):
+def replay_reward(model, obs, actions, next_obs, args, shift, bf16=False, obs_dims=None):
     """Alg. 1 policy step: r = -x of a replay minibatch by the current flows (recomputed, never stored, so that the whole
     buffer always carries the reward of the latest density step)."""
     with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=bf16):
-        x = cfil_x(model, flow_input(args.mode, obs, actions, next_obs), args.variant, args.squash_scale, args.squash_bound)
+        z = flow_input(args.mode, obs, actions, next_obs, obs_dims)
+        x = cfil_x(model, z, args.variant, args.squash_scale, args.squash_bound)
     return cfil_reward(x, shift)
 
 
@@ -1001,8 +1023,15 @@ if __name__ == "__main__":
     demo_tensors = {
         key: torch.as_tensor(value, dtype=torch.float32, device=device).reshape(len(value), -1) for key, value in demos.items()
     }
+    flow_obs_dims = flow_observation_dims(args.env_id, obs_dim, args.flow_features)
+    if flow_obs_dims is not None:
+        flow_obs_dims = flow_obs_dims.to(device)
     expert_data = flow_input(
-        args.mode, demo_tensors["observations"], demo_tensors.get("actions"), demo_tensors.get("next_observations")
+        args.mode,
+        demo_tensors["observations"],
+        demo_tensors.get("actions"),
+        demo_tensors.get("next_observations"),
+        flow_obs_dims,
     )
     reward_model = (
         CoupledFlow(
@@ -1147,7 +1176,7 @@ if __name__ == "__main__":
 
         if global_step % args.density_update_every == 0:
             # Alg. 1: a few gradient steps on the flows, expert demos vs the whole replay buffer
-            loss, density_stats = update_density(reward_model, density_optimizer, expert_data, rb, args, bf16)
+            loss, density_stats = update_density(reward_model, density_optimizer, expert_data, rb, args, bf16, flow_obs_dims)
             exit_if_non_finite(
                 [loss],
                 f"error: non-finite density loss at step {global_step} ({float(loss)}); lower --density-lr or raise --smooth.",
@@ -1156,7 +1185,9 @@ if __name__ == "__main__":
 
         if global_step > args.learning_starts:
             batch_obs, batch_actions, batch_next_obs, batch_terminations = rb.sample(args.batch_size)
-            rewards = replay_reward(reward_model, batch_obs, batch_actions, batch_next_obs, args, reward_shift, bf16)
+            rewards = replay_reward(
+                reward_model, batch_obs, batch_actions, batch_next_obs, args, reward_shift, bf16, flow_obs_dims
+            )
             stats = sac_update(
                 (batch_obs, batch_actions, rewards, batch_next_obs, batch_terminations),
                 actor,

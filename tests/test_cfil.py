@@ -562,3 +562,56 @@ def test_cfil_imitates_pendulum_from_one_trajectory(workdir):
     assert rows[0]["normalized_score"] < 0.3, rows
     assert max(row["normalized_score"] for row in rows) >= 0.8 and rows[-1]["normalized_score"] >= 0.5, rows
     assert read_summary(run_dir)["best_normalized_score"] >= 0.8
+
+
+def test_flow_features_keep_the_official_270_humanoid_dims():
+    """--flow-features auto on Humanoid-v4: the dims the official code drops (rewarder.py) are the contact forces and
+    those zero by construction (world body's cinert and cvel, the free joint's actuator forces); s and s' alike."""
+    env = gym.make("Humanoid-v4")
+    observations = [env.reset(seed=0)[0]]
+    for _ in range(60):
+        observations.append(env.step(env.action_space.sample())[0])
+    observations = torch.as_tensor(np.array(observations), dtype=torch.float32)
+    dims = cfil.flow_observation_dims("Humanoid-v4", 376, "auto")
+    assert len(dims) == len(set(dims.tolist())) == 270
+    dropped = sorted(set(range(376)) - set(dims.tolist()))
+    by_construction = [*range(45, 55), *range(185, 191), *range(269, 275)]
+    assert dropped == by_construction + list(range(292, 376))
+    assert (observations[:, by_construction] == 0).all()
+    assert (observations[:, 292:] != 0).any()  # the contact forces do move: they are dropped as the official code does
+    z = cfil.flow_input("ss", observations[:-1], None, observations[1:], dims)
+    assert z.shape == (60, 540) and torch.equal(z[:, 270:], observations[1:, dims])
+    assert torch.equal(cfil.flow_input("sa", observations, observations[:, :17], None, dims)[:, :270], observations[:, dims])
+    assert cfil.flow_observation_dims("Humanoid-v4", 376, "all") is None
+    assert (
+        cfil.flow_observation_dims("Hopper-v4", 11, "auto") is None
+        and cfil.flow_observation_dims("Ant-v4", 27, "auto") is None
+    )
+    assert cfil.flow_observation_dims("Ant-v4", 111, "auto").tolist() == list(range(27))
+
+
+@pytest.mark.parametrize("features, flow_dim", [("auto", 270 + 17), ("all", 376 + 17)])
+def test_flow_features_reach_the_flows_of_a_humanoid_run(workdir, features, flow_dim):
+    """A Humanoid-v4 run on a demos-only folder: the flows are built on, trained on and reward the dims chosen."""
+    rng = np.random.default_rng(0)
+    folder = workdir / "humanoid"
+    folder.mkdir()
+    observations = rng.normal(size=(400, 376)).astype(np.float32)
+    np.savez_compressed(
+        folder / "demos.npz",
+        observations=observations,
+        actions=rng.uniform(-0.4, 0.4, size=(400, 17)).astype(np.float32),
+        rewards=np.ones(400, dtype=np.float32),
+        next_observations=np.roll(observations, -1, 0),
+        terminations=np.zeros(400, dtype=bool),
+        truncations=np.zeros(400, dtype=bool),
+        episode_starts=np.array([0, 200]),
+    )
+    (folder / "expert.json").write_text(
+        '{"observation_shape": [376], "action_shape": [17], "expert_return_mean": 5000, "random_return_mean": 100}'
+    )
+    tiny = [arg if arg != "Pendulum-v1" else "Humanoid-v4" for arg in TINY]
+    run_script("cfil.py", *tiny, "--expert-path", folder, "--flow-features", features, cwd=workdir)
+    assert read_summary(run_dirs(workdir)[0])["args"]["flow_features"] == features
+    checkpoint = torch.load(next(workdir.glob("checkpoints/*/checkpoint.pt")), weights_only=False)
+    assert checkpoint["reward_model"]["expert_flow.layers.0.hidden.0.weight"].shape[1] == flow_dim
