@@ -587,13 +587,13 @@ if __name__ == "__main__":
         progress.total = max(progress.total, global_step)
         progress.update(num_steps)
         stats = {
-            "losses/policy_loss": loss,
+            "losses/policy_loss": loss.detach(),
             "charts/episodic_return": (rewards * valid).sum(0).mean(),
             "charts/episodic_length": num_steps / args.num_episodes,
             "charts/SPS": global_step / (time.time() - start_time),
         }
         if args.baseline:
-            stats["losses/value_loss"] = v_loss
+            stats["losses/value_loss"] = v_loss.detach()
         if args.track and args.num_episodes > 1:
             stats["charts/grad_variance"] = grad_variance
         log_metrics(args.track, stats, global_step)
