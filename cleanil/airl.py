@@ -25,12 +25,17 @@ entropy bonus of its own. The paper's continuous-control runs instead add an ent
 restricts g to g(s), the disentangled reward of Sec. 5-6; the default g(s, a) is the paper's choice for its imitation
 benchmarks (Sec. 7.3: "an unrestricted state-action reward function"). g and h are ReLU nets of 32 units, h with two
 hidden layers (App. D.1); g has two as well, as in the released code (justinjfu/inverse_rl), where App. D.1 says
-linear (`--reward-hidden-layers 0`). gamma in f is the policy's discount; h(s') is 0 after a termination (the absorbing
-state's value) and kept after a time-limit truncation. g sees a continuous action as the policy sampled it, rescaled
-so that the bounds map to [-1, 1] but not clipped: f and pi(a|s) in D are functions of the same a. As in gail.py:
-gamma 0.995, lambda 0.97, max KL 0.01, observations standardised with the expert demos' mean and std for every
-network, discrete actions one-hot, and gymnasium's next-step autoreset step masked out of every loss and not counted
-as an environment step.
+linear (`--reward-hidden-layers 0`). gamma in f is the policy's discount; h(s') is kept after a time-limit
+truncation. After a termination the paper's f sets h(s') = 0, the value of an absorbing state with reward 0; since
+f - log pi is negative wherever D sees the agent, that makes ending an episode early pay (Hopper falls on purpose).
+By default (`--absorbing-state`, off with `--no-absorbing-state`) the absorbing state s_a is learned instead, as DAC
+(Kostrikov et al. 2019, arXiv 1809.02925) does for off-policy AIL: s_a carries an indicator feature, D sees its
+self-transitions (s_a, 0, s_a), one per terminated episode, on both sides, a termination leads to h(s_a), and GAE
+bootstraps a termination with V(s_a) = f(s_a, 0, s_a) / (1 - gamma). g sees a continuous action as the policy
+sampled it, rescaled so that the bounds map to [-1, 1] but not clipped: f and pi(a|s) in D are functions of the same
+a. As in gail.py: gamma 0.995, lambda 0.97, max KL 0.01, observations standardised with the expert demos' mean and
+std for every network, discrete actions one-hot, and gymnasium's next-step autoreset step masked out of every loss
+and not counted as an environment step.
 """
 
 import json
@@ -147,6 +152,10 @@ class Args:
     disc_replay_iterations: int = 20
     """the agent samples of this many latest iterations are the discriminator's negatives (App. D.3: 20, so that the
     reward does not forget what it told earlier policies; 1: the current batch only)"""
+    absorbing_state: bool = True
+    """DAC's absorbing states (Kostrikov et al. 2019, arXiv 1809.02925): a termination leads to an absorbing state whose
+    reward D learns like any other's, instead of h(s') = 0 and no reward after it; without them, AIRL's reward (negative
+    wherever D sees the agent) makes an early termination pay on envs that end episodes on failure (Hopper)"""
     entropy_weight: float = 1.0
     """the weight w of -log pi(a|s) in the policy's reward f - w log pi(a|s): 1 is Alg. 1's log D - log(1 - D); the
     paper's continuous-control runs use an entropy regulariser of 0.1 (App. D.2). D's logit keeps f - log pi(a|s)"""
@@ -176,9 +185,52 @@ def reward_inputs(batch, action_space, state_only):
     return torch.cat([batch["observations"], actions], -1)
 
 
+def discriminator_inputs(samples, action_space, state_only, absorbing_state):
+    """The inputs of g, of h(s) and of h(s'), and the terminations that zero h(s') in f, added to a dict of transitions.
+    With DAC's absorbing states every input gains an indicator feature, 1 at the absorbing state s_a (whose other
+    features are 0): a terminated transition leads to s_a, so f keeps gamma h(s_a), and a row with samples["absorbing"]
+    = 1 is s_a's self-transition (s_a, 0, s_a) (`absorbing_transitions`). Without them, h(s') = 0 after a termination."""
+    inputs = reward_inputs(samples, action_space, state_only)
+    if not absorbing_state:
+        return {
+            **samples,
+            "reward_inputs": inputs,
+            "shaping_inputs": samples["observations"],
+            "next_shaping_inputs": samples["next_observations"],
+            "f_terminations": samples["terminations"],
+        }
+    absorbing = samples["absorbing"][:, None]
+    next_absorbing = torch.maximum(samples["terminations"][:, None], absorbing)
+    mark = lambda x, indicator: torch.cat([x * (1 - indicator), indicator], -1)
+    return {
+        **samples,
+        "reward_inputs": mark(inputs, absorbing),
+        "shaping_inputs": mark(samples["observations"], absorbing),
+        "next_shaping_inputs": mark(samples["next_observations"], next_absorbing),
+        "f_terminations": torch.zeros_like(samples["terminations"]),
+    }
+
+
+def absorbing_transitions(num, like):
+    """num self-transitions (s_a, 0, s_a) of the absorbing state, one per termination (DAC keeps them in the data as
+    ordinary transitions), shaped as the dict of transitions `like`, with absorbing = 1."""
+    rows = {key: value.new_zeros((num, *value.shape[1:])) for key, value in like.items()}
+    rows["absorbing"] = torch.ones(num, device=like["terminations"].device)
+    return rows
+
+
+def bootstrap_absorbing_state(next_values, terminations, absorbing_reward, gamma):
+    """GAE's next-state values and terminations with DAC's absorbing state: after a termination the agent stays in s_a
+    forever, earning the learned reward r_a of (s_a, 0, s_a) each step (log pi = 0 there), so a terminated step
+    bootstraps V(s_a) = r_a / (1 - gamma) instead of 0, and no step counts as terminated in `gae` any longer."""
+    next_values = torch.where(terminations.bool(), absorbing_reward / (1 - gamma), next_values)
+    return next_values, torch.zeros_like(terminations)
+
+
 def shaped_reward_f(g, h, h_next, terminations, gamma):
     """Eq. 4: f(s, a, s') = g(s, a) + gamma h(s') - h(s), on [B] tensors. After a termination s' is absorbing, with value
-    0, so h(s') = 0 there (h recovers V*, Thm C.1); a time-limit truncation is not a termination and keeps h(s')."""
+    0 unless its reward is learned (--absorbing-state), so h(s') = 0 there (h recovers V*, Thm C.1); a time-limit
+    truncation is not a termination and keeps h(s')."""
     return g + gamma * (1.0 - terminations) * h_next - h
 
 
@@ -213,8 +265,8 @@ def relu_mlp(in_dim, hidden_size, num_layers):
 
 
 class AirlDiscriminator(nn.Module):
-    """f_{theta,phi}(s, a, s') of Eq. 4 from the reward approximator g_theta, on `reward_inputs`, and the shaping term
-    h_phi, on s and s' (ReLU nets, App. D.1)."""
+    """f_{theta,phi}(s, a, s') of Eq. 4 from the reward approximator g_theta and the shaping term h_phi (ReLU nets,
+    App. D.1), on `discriminator_inputs`."""
 
     def __init__(self, reward_in_dim, obs_dim, hidden_size, reward_layers, shaping_layers):
         super().__init__()
@@ -222,17 +274,19 @@ class AirlDiscriminator(nn.Module):
         self.h = relu_mlp(obs_dim, hidden_size, shaping_layers)
 
     def forward(self, samples, gamma):
-        """f [B] of a dict of reward_inputs, observations, next_observations (standardised) and terminations [B]."""
+        """f [B] of a dict of `discriminator_inputs`."""
         g = self.g(samples["reward_inputs"]).squeeze(-1)
-        h, h_next = self.h(samples["observations"]).squeeze(-1), self.h(samples["next_observations"]).squeeze(-1)
-        return shaped_reward_f(g, h, h_next, samples["terminations"], gamma)
+        h, h_next = self.h(samples["shaping_inputs"]).squeeze(-1), self.h(samples["next_shaping_inputs"]).squeeze(-1)
+        return shaped_reward_f(g, h, h_next, samples["f_terminations"], gamma)
 
 
 @torch.no_grad()
 def policy_log_prob(policy, samples):
     """log pi(a|s) of the stored actions under the policy as it is now, without gradient: the pi(a|s) that D's formula
-    takes as given (App. A: only f is trained), the same for expert and agent samples."""
-    return policy.distribution(policy(samples["observations"])).log_prob(samples["actions"])
+    takes as given (App. A: only f is trained), the same for expert and agent samples; 0 at the absorbing state, whose
+    single action the policy does not choose."""
+    log_pi = policy.distribution(policy(samples["observations"])).log_prob(samples["actions"])
+    return log_pi * (1 - samples["absorbing"]) if "absorbing" in samples else log_pi
 
 
 def pearson_correlation(x, y):
@@ -832,14 +886,24 @@ if __name__ == "__main__":
     for key in ("observations", "next_observations"):
         if key in expert:
             expert[key] = normalize(expert[key])
-    expert["reward_inputs"] = reward_inputs(expert, action_space, args.state_only)
+    expert["absorbing"] = torch.zeros(len(expert["observations"]), device=device)
+    if args.absorbing_state:
+        # one absorbing transition per terminated demo episode, kept whatever subsampling dropped (as DAC)
+        full_demos = load_demos(expert_dir, eval_env, args.num_expert_trajectories, 1, args.seed, ("terminations",))
+        absorbing_rows = absorbing_transitions(int(full_demos["terminations"].sum()), expert)
+        expert = {key: torch.cat([value, absorbing_rows[key]]) for key, value in expert.items()}
+    expert = discriminator_inputs(expert, action_space, args.state_only, args.absorbing_state)
 
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     policy = Policy(obs_dim, action_space, args.hidden_size).to(device)
     value_network = mlp(obs_dim, 1, args.hidden_size, out_std=1.0).to(device)
     value_optimizer = torch.optim.Adam(value_network.parameters(), lr=args.value_learning_rate)
     discriminator = AirlDiscriminator(
-        expert["reward_inputs"].shape[1], obs_dim, args.disc_hidden_size, args.reward_hidden_layers, args.shaping_hidden_layers
+        expert["reward_inputs"].shape[1],
+        expert["shaping_inputs"].shape[1],
+        args.disc_hidden_size,
+        args.reward_hidden_layers,
+        args.shaping_hidden_layers,
     ).to(device)
     disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.disc_learning_rate)
     if not discrete:
@@ -917,9 +981,19 @@ if __name__ == "__main__":
             "actions": b_actions[mask],
             "next_observations": b_next_obs[mask],
             "terminations": b_terminations[mask],
+            "absorbing": torch.zeros(int(mask.sum()), device=device),
         }
-        batch["reward_inputs"] = reward_inputs(batch, action_space, args.state_only)
-        replay.append(batch)
+        num_absorbing = int(batch["terminations"].sum()) if args.absorbing_state else 0
+        absorbing_rows = absorbing_transitions(num_absorbing, batch)
+        replay.append(
+            discriminator_inputs(
+                {key: torch.cat([value, absorbing_rows[key]]) for key, value in batch.items()},
+                action_space,
+                args.state_only,
+                args.absorbing_state,
+            )
+        )
+        batch = discriminator_inputs(batch, action_space, args.state_only, args.absorbing_state)
         negatives = {key: torch.cat([old[key] for old in replay]) for key in batch}
 
         # Alg. 1 line 5: logistic regression, expert samples against the agent's of the latest iterations (App. D.3),
@@ -945,16 +1019,27 @@ if __name__ == "__main__":
             expert_logits = airl_logits(discriminator(expert, args.gamma), policy_log_prob(policy, expert))
             rewards = torch.zeros(shape, device=device)
             rewards[mask] = learned_reward(agent_logits, agent_log_pi, args.entropy_weight)
-            values = value_network(b_obs).squeeze(-1)
-            advantages = gae(
-                rewards, values, value_network(b_next_obs).squeeze(-1), b_terminations, b_dones, args.gamma, args.gae_lambda
-            )
+            values, next_values = value_network(b_obs).squeeze(-1), value_network(b_next_obs).squeeze(-1)
+            terminations = b_terminations
+            if args.absorbing_state:
+                absorbing_sample = discriminator_inputs(
+                    absorbing_transitions(1, absorbing_rows),
+                    action_space,
+                    args.state_only,
+                    args.absorbing_state,
+                )
+                absorbing_reward = learned_reward(discriminator(absorbing_sample, args.gamma), 0.0, args.entropy_weight)
+                next_values, terminations = bootstrap_absorbing_state(
+                    next_values, b_terminations, absorbing_reward, args.gamma
+                )
+            advantages = gae(rewards, values, next_values, terminations, b_dones, args.gamma, args.gae_lambda)
             returns = (advantages + values)[mask]
             advantages = advantages[mask]
             # standardised per batch, as the original code does: TRPO's step size is set by the KL bound anyway
             advantages = (advantages - advantages.mean()) / (advantages.std(correction=0) + 1e-8)
             if args.log_reward_correlation:
                 g_agent, g_expert = (discriminator.g(samples["reward_inputs"]).squeeze(-1) for samples in (batch, expert))
+                g_expert = g_expert[expert["absorbing"] == 0]  # the env has no reward for s_a
                 env_rewards = b_env_rewards[mask]
                 g_all, env_rewards_all = torch.cat([g_agent, g_expert]), torch.cat([env_rewards, expert_env_rewards])
                 correlations = {

@@ -413,7 +413,7 @@ def update_density(model, optimizer, expert_data, rb, args, bf16=False, obs_dims
         loss.backward()
         optimizer.step()
     model.eval()
-    return loss, stats
+    return loss.detach(), stats
 
 
 @torch.no_grad()

@@ -62,7 +62,8 @@ def test_discriminator_wiring_and_detached_log_pi():
     discrete = airl.reward_inputs({"observations": obs[:3], "actions": torch.tensor([2, 0, 1])}, gym.spaces.Discrete(3), False)
     torch.testing.assert_close(discrete, torch.cat([obs[:3], torch.eye(3)[[2, 0, 1]]], -1))
 
-    samples["reward_inputs"] = inputs
+    samples = airl.discriminator_inputs(samples, space, state_only=False, absorbing_state=False)
+    torch.testing.assert_close(samples["reward_inputs"], inputs)
     disc = airl.AirlDiscriminator(4, 3, hidden_size=8, reward_layers=2, shaping_layers=2)
     for p in disc.parameters():  # away from the near-zero output initialisation, so that every term counts
         torch.nn.init.normal_(p)
@@ -78,6 +79,65 @@ def test_discriminator_wiring_and_detached_log_pi():
     airl.discriminator_loss(logits[:2], logits[2:]).backward()
     assert all(p.grad is None for p in policy.parameters())  # D trains f alone: pi(a|s) is "filled in"
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in disc.parameters())
+
+
+def test_absorbing_state_inputs_f_and_log_pi():
+    """DAC's absorbing state: a terminated transition's s' is s_a = (0, ..., 0, 1) and keeps gamma h(s_a) in f; the
+    self-transition rows (s_a, 0, s_a) have every input at s_a, f = g(s_a, 0) + (gamma - 1) h(s_a) and log pi = 0."""
+    torch.manual_seed(0)
+    space = gym.spaces.Box(np.array([-2.0], dtype=np.float32), np.array([2.0], dtype=np.float32))
+    batch = {
+        "observations": torch.randn(4, 3),
+        "actions": torch.tensor([[1.0], [-4.0], [3.0], [0.5]]),
+        "next_observations": torch.randn(4, 3),
+        "terminations": torch.tensor([0.0, 1, 0, 1]),
+        "absorbing": torch.zeros(4),
+    }
+    rows = airl.absorbing_transitions(2, batch)
+    assert {key: value.shape[1:] for key, value in rows.items()} == {key: value.shape[1:] for key, value in batch.items()}
+    assert torch.equal(rows["absorbing"], torch.ones(2)) and all(
+        rows[key].abs().sum() == 0 for key in batch if key != "absorbing"
+    )
+    samples = airl.discriminator_inputs(
+        {key: torch.cat([value, rows[key]]) for key, value in batch.items()}, space, state_only=False, absorbing_state=True
+    )
+    s_a = torch.tensor([0.0, 0, 0, 1])
+    real = lambda x: torch.cat([x, torch.zeros(len(x), 1)], -1)
+    torch.testing.assert_close(samples["shaping_inputs"], torch.cat([real(batch["observations"]), s_a.expand(2, 4)]))
+    expected_next = torch.stack([real(batch["next_observations"])[0], s_a, real(batch["next_observations"])[2], s_a, s_a, s_a])
+    torch.testing.assert_close(samples["next_shaping_inputs"], expected_next)
+    reward_in = torch.cat([real(torch.cat([batch["observations"], batch["actions"] / 2], -1)), torch.eye(5)[-1:].expand(2, 5)])
+    torch.testing.assert_close(samples["reward_inputs"], reward_in)
+    assert samples["f_terminations"].sum() == 0  # h(s_a) is learned, not 0
+
+    disc = airl.AirlDiscriminator(5, 4, hidden_size=8, reward_layers=2, shaping_layers=2)
+    for p in disc.parameters():
+        torch.nn.init.normal_(p)
+    f = disc(samples, 0.9)
+    g, h = disc.g(reward_in).squeeze(-1), disc.h(samples["shaping_inputs"]).squeeze(-1)
+    h_a = disc.h(s_a[None]).squeeze()
+    torch.testing.assert_close(f[[1, 3]], g[[1, 3]] + 0.9 * h_a - h[[1, 3]])
+    torch.testing.assert_close(f[4:], g[4:] + (0.9 - 1) * h_a)
+    assert abs(h_a) > 0.1  # the checks above tell h(s_a) from 0
+
+    policy = airl.Policy(3, space, hidden_size=8)
+    log_pi = airl.policy_log_prob(policy, samples)
+    assert torch.equal(log_pi[4:], torch.zeros(2)) and (log_pi[:4] != 0).all()
+
+
+def test_a_termination_bootstraps_the_absorbing_state_value():
+    # one env, steps 0-2, terminated at step 1: GAE's delta there is r + gamma r_a / (1 - gamma) - V, not r - V
+    rewards, values, next_values = torch.tensor([[1.0], [2.0], [0.5]]), torch.tensor([[3.0], [4.0], [1.0]]), torch.ones(3, 1)
+    terminations = torch.tensor([[0.0], [1.0], [0.0]])
+    dones = terminations.clone()
+    gamma, r_a = 0.9, torch.tensor(-0.4)
+    bootstrapped, no_terminations = airl.bootstrap_absorbing_state(next_values, terminations, r_a, gamma)
+    torch.testing.assert_close(bootstrapped, torch.tensor([[1.0], [-4.0], [1.0]]))
+    assert no_terminations.sum() == 0
+    advantages = airl.gae(rewards, values, bootstrapped, no_terminations, dones, gamma, 1.0)
+    assert advantages[1, 0].item() == pytest.approx(2.0 + gamma * -4.0 - 4.0)
+    # the episode still ends there: step 0's sum does not reach into step 2's
+    assert advantages[0, 0].item() == pytest.approx(1.0 + gamma * 1.0 - 3.0 + gamma * advantages[1, 0].item())
 
 
 def soft_optimal_tabular_mdp(num_states=16, gamma=0.9, seed=1):
@@ -111,7 +171,7 @@ def test_state_only_airl_recovers_the_reward_and_value_of_a_tabular_mdp():
         "actions": a,
         "terminations": torch.zeros(len(s)),
     }
-    samples["reward_inputs"] = airl.reward_inputs(samples, gym.spaces.Discrete(num_actions), state_only=True)
+    samples = airl.discriminator_inputs(samples, gym.spaces.Discrete(num_actions), state_only=True, absorbing_state=False)
     log_pi = log_pi_e[s, a].float()
 
     torch.manual_seed(0)
@@ -208,6 +268,7 @@ SMOKE = {
         5,
     ],
     "continuous-video": ["--env-id", "Pendulum-v1", "--capture-video"],
+    "discrete-no-absorbing": ["--env-id", "CartPole-v1", "--no-absorbing-state"],
 }
 
 
@@ -230,6 +291,7 @@ def test_smoke(workdir, flags):
     assert args["reward_hidden_layers"] == (0 if "--reward-hidden-layers" in flags else 2)
     assert args["disc_replay_iterations"] == (1 if "--disc-replay-iterations" in flags else 20)
     assert args["entropy_weight"] == (0.1 if "--entropy-weight" in flags else 1.0)
+    assert args["absorbing_state"] == ("--no-absorbing-state" not in flags)
     correlation_csv = run_dir / "reward_correlation.csv"
     assert correlation_csv.exists() == ("--log-reward-correlation" in flags)
     if correlation_csv.exists():
