@@ -747,3 +747,26 @@ def test_report_keeps_settings_apart_and_diverged_runs_out(tmp_path, monkeypatch
     short = {line.get_label().split(" (")[0]: line for line in panels["environment steps 10000"].lines}
     assert short["dagger"].get_marker() == "o" and list(short["dagger"].get_xdata()) == [0]
     assert np.isfinite(short["cfil"].get_ydata()).all() and short["cfil"].get_ydata()[-1] == pytest.approx(0.6)
+
+
+def test_the_archived_runs_are_whole_and_unique(tmp_path):
+    """benchmark/runs/ is the record of the runs the README reports (runs/ does not outlive a session): every archived
+    run folder has a readable summary.json and eval.csv, no (setting, env, seed) is archived twice (the report would
+    keep whichever a checkout happened to touch last), and the report builds from the archive alone."""
+    archive = REPO / "benchmark" / "runs"
+    runs, skipped = report.load_runs(archive)
+    assert skipped == {"unfinished": 0, "replaced": 0, "unreadable": []}, skipped
+    assert len(runs) == len([path for path in archive.iterdir() if path.is_dir()]) > 0
+    for run in runs:
+        summary, curve = run["summary"], run["curve"]
+        # the summary's final numbers are its curve's last row, as every script writes them
+        assert summary["final_return"] == pytest.approx(curve["eval_return_mean"][-1]), run["dir"]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmark" / "report.py"), "--runs-dir", archive, "--output-dir", tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "results.md").read_text()
+    assert f"from {len(runs)} finished runs" in text and "| cfil | Ant-v4 | 1 |" in text, text
