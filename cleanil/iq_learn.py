@@ -23,8 +23,13 @@ critic's loss changes and nothing else. The map below names the paper's terms:
                         for V^pi(s') (Sec. 5: target networks help in continuous control), and with them the chi^2
                         penalty on the policy's rows too, which keeps Q bounded on the states only the policy visits
 Discrete action spaces run the soft Q-learning variant with a fixed temperature (`--soft-q-temperature`); Box ones run
-the SAC block of sac.py. A transition that ends in a true termination has V(s') = 0 in both terms; a time-limit
-truncation bootstraps.
+the SAC block of sac.py. A time-limit truncation bootstraps. A true termination leads (`--absorbing-state`, on by
+default where the chi^2 penalty covers the policy's rows: continuous actions) to DAC's absorbing state s_a (Kostrikov
+et al. 2019, arXiv 1809.02925; `transition_rows`, `absorbing_state_values`): s_a's value is one learned number,
+trained by the same objective on the self-transitions (s_a, 0, s_a) that follow each termination in both buffers.
+The paper's V(s') = 0 after a termination (`--absorbing-state off`) makes ending an episode worth 0, more than the
+negative implied rewards of the policy's own states, and so makes falling at once pay on Hopper (the bias LS-IQ,
+arXiv 2303.00599, points out in IQ-Learn).
 `--resume` continues from checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt (networks, optimisers, temperature,
 counters, RNG states, eval rows: a few MB); the agent's replay buffer is not saved, so a resumed run first refills it
 with `--refill-steps` steps of the current policy. `--bf16` (on where the hardware has it) runs the SAC networks'
@@ -102,6 +107,12 @@ class Args:
     demo_fraction: float = 0.5
     """share of each minibatch drawn from the demonstrations; the value-difference term averages over the whole batch
     (Sec. 5.1: half from the policy's buffer, half from the expert's)"""
+    absorbing_state: Literal["auto", "on", "off"] = "auto"
+    """"on": learn the value of the absorbing state a termination leads to (DAC, Kostrikov et al. 2019, arXiv
+    1809.02925) instead of the paper's V(s') = 0 there ("off"): the implied rewards of the policy's samples sit below 0,
+    so with V(s') = 0 an early termination pays (the bias LS-IQ, arXiv 2303.00599, points out), and on Hopper the policy
+    learns to fall at once. It needs the chi^2 penalty on the policy's rows (--chi2-samples mixture), which bounds the
+    value the policy's own terminations teach; "auto" (recorded as resolved): "on" with that penalty, else "off"."""
     soft_q_temperature: float = 2.0
     """discrete actions: the fixed temperature alpha of V*(s) = alpha log sum exp(Q / alpha) and pi_Q (1 in Eq. 9; the
     paper tunes this entropy regularization per task, Sec. 5)"""
@@ -183,6 +194,40 @@ def value_difference(value, next_value, gamma, terminations):
     return value - gamma * (1 - terminations) * next_value
 
 
+def transition_rows(obs, actions, next_obs, terminations, absorbing_state):
+    """Transitions as the buffers store them (numpy rows): observations gain an indicator feature, 1 only at DAC's
+    absorbing state s_a = (0, ..., 0, 1). With absorbing_state, a terminated transition's next state is s_a and one
+    self-transition (s_a, 0, s_a) follows each termination, stored as an ordinary transition; without, the indicator
+    stays 0 and a termination keeps V(s') = 0. A time-limit truncation is not a termination: its s' stays."""
+    terminations = np.asarray(terminations, dtype=np.float32)
+    real = lambda x: np.concatenate([x, np.zeros((len(x), 1), dtype=np.float32)], 1)
+    if not absorbing_state:
+        return real(obs), actions, real(next_obs), terminations
+    absorbing = np.eye(obs.shape[1] + 1, dtype=np.float32)[-1:]
+    num_absorbing = int(terminations.sum())
+    return (
+        np.concatenate([real(obs), np.repeat(absorbing, num_absorbing, 0)]),
+        np.concatenate([actions, np.zeros((num_absorbing, actions.shape[1]), dtype=np.float32)]),
+        np.concatenate(
+            [np.where(terminations[:, None] > 0, absorbing, real(next_obs)), np.repeat(absorbing, num_absorbing, 0)]
+        ),
+        np.concatenate([terminations, np.zeros(num_absorbing, dtype=np.float32)]),
+    )
+
+
+def absorbing_state_values(q_values, value, next_value, terminations, absorbing, absorbing_q):
+    """Q, V(s), V(s') and terminations with the absorbing state's learned value: s_a has a single action and no
+    entropy, so Q(s_a, .) = V(s_a) is one number, absorbing_q. A self-transition row (absorbing = 1) has Q = V(s) =
+    absorbing_q, and every row whose s' is s_a (a termination, or s_a's self-transition) has V(s') = absorbing_q held
+    fixed; no row counts as terminated any longer, so the implied reward at s_a is (1 - gamma) V(s_a) and a termination
+    is worth gamma V(s_a), not 0. V(s_a) learns from its self-transitions alone: as V(s'), the value-difference term
+    would push it up, its one self-transition per termination standing for the 1 / (1 - gamma) steps spent in s_a."""
+    absorbing, next_is_absorbing = absorbing.bool(), (terminations + absorbing).bool()
+    q_values, value = (torch.where(absorbing, absorbing_q, x) for x in (q_values, value))
+    next_value = torch.where(next_is_absorbing, absorbing_q.detach(), next_value)
+    return q_values, value, next_value, torch.zeros_like(terminations)
+
+
 def iq_loss(q_values, value, next_value, terminations, gamma, num_demo, chi2_alpha, chi2_on_policy):
     """-J of Eq. 9 / Eq. 10 for a batch whose first num_demo rows are the expert's and the rest the policy's:
         -E_expert[r] + psi(r) + E_{expert and policy}[V(s) - gamma V(s')],   r = Q(s, a) - gamma V(s') (Eq. 11)
@@ -213,17 +258,26 @@ class QNetwork(nn.Module):
         return self.network(obs)
 
 
-def soft_q_update(batch, num_demo, q_network, optimizer, args):
+def soft_q_update(batch, num_demo, q_network, optimizer, args, absorbing_q=None):
     """One step of Alg. 1 line 3 with V* (Eq. 9, Sec. 4.3) on a batch of expert then policy rows. The gradient of the
-    concave J* (Prop. 3.5) runs through V*(s') as well: no target network, which only the continuous variant uses."""
-    obs, actions, next_obs, terminations = batch
+    concave J* (Prop. 3.5) runs through V*(s') as well: no target network, which only the continuous variant uses.
+    With absorbing_q (--absorbing-state), the absorbing state's value (`absorbing_state_values`)."""
+    obs, actions, next_obs, terminations, absorbing = batch
     q_all = q_network(torch.cat([obs, next_obs]))  # [2 batch, actions]: Q(s, .) and Q(s', .) in one pass
     values = soft_value(q_all, args.soft_q_temperature)
-    q_values = q_all[: len(obs)].gather(1, actions.long()).squeeze(1)
-    loss, rewards = iq_loss(
-        q_values,
+    q_values, value, next_value = (
+        q_all[: len(obs)].gather(1, actions.long()).squeeze(1),
         values[: len(obs)],
         values[len(obs) :],
+    )
+    if absorbing_q is not None:
+        q_values, value, next_value, terminations = absorbing_state_values(
+            q_values, value, next_value, terminations, absorbing, absorbing_q
+        )
+    loss, rewards = iq_loss(
+        q_values,
+        value,
+        next_value,
         terminations,
         args.gamma,
         num_demo,
@@ -233,12 +287,15 @@ def soft_q_update(batch, num_demo, q_network, optimizer, args):
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return {
+    stats = {
         "losses/iq_loss": loss.detach(),
         "losses/q_values": q_values.detach().mean(),
         "losses/reward_expert": rewards[:num_demo].detach().mean(),
         "losses/reward_agent": rewards[num_demo:].detach().mean(),
     }
+    if absorbing_q is not None:
+        stats["losses/absorbing_value"] = absorbing_q.detach()
+    return stats
 
 
 # ------------------------------------------------------------------------------------ the SAC block (of sac.py)
@@ -332,16 +389,21 @@ class ReplayBuffer:
         return obs, actions, rewards.squeeze(-1), next_obs, terminations.squeeze(-1)
 
 
-def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma, num_demo, chi2_alpha, chi2_on_policy):
+def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma, num_demo, chi2_alpha, chi2_on_policy, absorbing_q=None):
     """-J of Eq. 10 per critic (iq_loss) with V^pi(s) = Q_k(s, a) - alpha log pi(a|s), a ~ pi(s), one sample, and V^pi(s')
-    from SAC's target (1812.05905 Eq. 5-6), min_k Q'_k(s', a') - alpha log pi(a'|s'), a' ~ pi(s'), held fixed."""
-    obs, actions, next_obs, terminations = batch
+    from SAC's target (1812.05905 Eq. 5-6), min_k Q'_k(s', a') - alpha log pi(a'|s'), a' ~ pi(s'), held fixed. With
+    absorbing_q (--absorbing-state), the absorbing state's value (`absorbing_state_values`)."""
+    obs, actions, next_obs, terminations, absorbing = batch
     with torch.no_grad():
         next_actions, next_log_pi = actor.get_action(next_obs)
         next_value = qf_target(next_obs, next_actions).min(0).values - alpha * next_log_pi
         policy_actions, log_pi = actor.get_action(obs)
     q_values = qf(obs, actions)  # [num_q, batch]
     value = qf(obs, policy_actions) - alpha * log_pi  # [num_q, batch]: the gradient reaches Q through V^pi(s) too
+    if absorbing_q is not None:
+        q_values, value, next_value, terminations = absorbing_state_values(
+            q_values, value, next_value, terminations, absorbing, absorbing_q
+        )
     loss, rewards = iq_loss(q_values, value, next_value, terminations, gamma, num_demo, chi2_alpha, chi2_on_policy)
     return loss, q_values, rewards
 
@@ -371,15 +433,25 @@ def sac_update(
     target_entropy,
     global_step,
     bf16=False,
+    absorbing_q=None,
 ):
     """One step of Alg. 1 on a batch of expert then policy rows: the critics by Eq. 10 every call (line 3), the actor
     (line 4, SAC's update towards pi_Q) and alpha policy_frequency times every policy_frequency calls, on the states of
-    both halves. bf16 autocasts the hidden layers' matmuls."""
+    both halves but the absorbing state (its action is fixed). bf16 autocasts the hidden layers' matmuls."""
     device_type = batch[0].device.type
     alpha = log_alpha.exp().detach()
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
         qf_loss, q_values, rewards = soft_q_loss(
-            qf, qf_target, actor, batch, alpha, args.gamma, num_demo, args.chi2_alpha, args.chi2_samples == "mixture"
+            qf,
+            qf_target,
+            actor,
+            batch,
+            alpha,
+            args.gamma,
+            num_demo,
+            args.chi2_alpha,
+            args.chi2_samples == "mixture",
+            absorbing_q,
         )
     q_optimizer.zero_grad(set_to_none=True)
     qf_loss.backward()
@@ -390,12 +462,14 @@ def sac_update(
         "losses/reward_expert": rewards[0, :num_demo].detach().mean(),
         "losses/reward_agent": rewards[0, num_demo:].detach().mean(),
     }
+    if absorbing_q is not None:
+        stats["losses/absorbing_value"] = absorbing_q.detach()
 
     if global_step % args.policy_frequency == 0:
         qf.requires_grad_(False)  # the actor's gradient flows through Q's input only (as Spinning Up freezes Q here)
         for _ in range(args.policy_frequency):
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-                actor_loss, log_pi = policy_loss(actor, qf, batch[0], alpha)
+                actor_loss, log_pi = policy_loss(actor, qf, batch[0][batch[4] == 0], alpha)
             actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             actor_optimizer.step()
@@ -819,6 +893,14 @@ if __name__ == "__main__":
     bf16 = args.bf16 and not discrete and bf16_is_fast(device)
     if args.chi2_samples == "auto":
         args.chi2_samples = "expert" if discrete else "mixture"  # summary.json records what ran
+    if args.absorbing_state == "auto":
+        args.absorbing_state = "on" if args.chi2_samples == "mixture" else "off"
+    if args.absorbing_state == "on" and args.chi2_samples != "mixture":
+        sys.exit(
+            "error: --absorbing-state on needs --chi2-samples mixture: without a penalty on the policy's implied rewards "
+            "the absorbing state's value, taught by the policy's terminations alone, has no lower bound."
+        )
+    absorbing_state = args.absorbing_state == "on"
     eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     expert_info = load_expert_info(expert_dir, env, required=True)
     demos = load_demos(
@@ -846,16 +928,31 @@ if __name__ == "__main__":
             resume="allow",
         )
 
-    # rho_E: the demonstrations, on the training device once (obs, actions, next_obs, terminations)
-    demo_buffer = [
-        torch.as_tensor(demos[key], dtype=torch.float32, device=device).reshape(len(demos[key]), -1)
-        for key in ("observations", "actions", "next_observations")
-    ]
-    demo_buffer.append(torch.as_tensor(demos["terminations"], dtype=torch.float32, device=device))
-    rb = ReplayBuffer(obs_dim, action_dim, args.buffer_size, device)  # the policy's transitions (Sec. 5.1's replay buffer)
+    # rho_E: the demonstrations, on the training device once (obs and next_obs with the absorbing indicator, actions,
+    # terminations), with one self-transition of s_a per terminated demo episode (--absorbing-state), kept whatever
+    # subsampling dropped, as DAC does
+    demo_rows = transition_rows(
+        *(
+            demos[key].astype(np.float32).reshape(len(demos[key]), -1)
+            for key in ("observations", "actions", "next_observations")
+        ),
+        demos["terminations"],
+        absorbing_state,
+    )
+    if absorbing_state:
+        full_demos = load_demos(expert_dir, env, args.num_expert_trajectories, 1, args.seed, ("terminations",))
+        missing = int(full_demos["terminations"].sum() - demos["terminations"].sum())
+        absorbing = np.eye(obs_dim + 1, dtype=np.float32)[-1:]
+        extra = (absorbing, np.zeros((1, action_dim), dtype=np.float32), absorbing, np.zeros(1, dtype=np.float32))
+        demo_rows = [np.concatenate([rows, np.repeat(row, missing, 0)]) for rows, row in zip(demo_rows, extra)]
+    demo_buffer = [torch.as_tensor(rows, device=device) for rows in demo_rows]
+    rb = ReplayBuffer(obs_dim + 1, action_dim, args.buffer_size, device)  # the policy's transitions (Sec. 5.1's replay buffer)
+    # Q(s_a, .) = V(s_a) of the absorbing state, trained with the critics (--absorbing-state)
+    absorbing_q = torch.zeros((), device=device, requires_grad=True) if absorbing_state else None
+    absorbing_params = [absorbing_q] if absorbing_state else []
     if discrete:
         q_network = QNetwork(obs_dim, env.action_space.n, args.hidden_size).to(device)
-        q_optimizer = make_optimizer(q_network.parameters(), args.learning_rate, device)
+        q_optimizer = make_optimizer(list(q_network.parameters()) + absorbing_params, args.learning_rate, device)
         # the state a checkpoint holds, listed once (no replay buffer: --resume refills it)
         saved_state = {"q_network": q_network, "q_optimizer": q_optimizer}
     else:
@@ -863,7 +960,7 @@ if __name__ == "__main__":
         qf = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
         qf_target = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
         qf_target.load_state_dict(qf.state_dict())
-        q_optimizer = make_optimizer(qf.parameters(), args.q_lr, device)
+        q_optimizer = make_optimizer(list(qf.parameters()) + absorbing_params, args.q_lr, device)
         actor_optimizer = make_optimizer(actor.parameters(), args.policy_lr, device)
         target_entropy = -float(action_dim)
         log_alpha = torch.tensor(np.log(args.alpha), dtype=torch.float32, device=device, requires_grad=True)
@@ -877,6 +974,8 @@ if __name__ == "__main__":
             "alpha_optimizer": alpha_optimizer,
             "log_alpha": log_alpha,
         }
+    if absorbing_state:
+        saved_state["absorbing_q"] = absorbing_q
 
     start_step, wall_offset, refill_env_steps, eval_rows, commands = 0, 0.0, 0, [], []
     if checkpoint:
@@ -901,6 +1000,18 @@ if __name__ == "__main__":
             write_eval_row(run_dir, row)
         print(f"resumed {run_name} at step {start_step} from {checkpoint_dir}")
     commands.append(" ".join(["python"] + sys.argv))
+
+    def store_transition(obs, action, next_obs, terminated):
+        # IQ-Learn reads no reward (the stored 0 is never used); bootstrap through time-limit truncations, not terminations
+        rows = transition_rows(
+            obs.reshape(1, -1),
+            np.reshape(action, (1, -1)).astype(np.float32),
+            next_obs.reshape(1, -1),
+            [terminated],
+            absorbing_state,
+        )
+        for row_obs, row_action, row_next_obs, row_termination in zip(*rows):
+            rb.add(row_obs, row_action, 0.0, row_next_obs, row_termination)
 
     @torch.no_grad()
     def act_deterministic(obs):
@@ -969,7 +1080,7 @@ if __name__ == "__main__":
         ):
             action = act_exploring(obs, start_step)
             next_obs, _, terminated, truncated, info = env.step(action)
-            rb.add(obs, action, 0.0, next_obs, terminated)
+            store_transition(obs, action, next_obs, terminated)
             obs = next_obs if not (terminated or truncated) else env.reset()[0]
             refill_env_steps += 1
     hardware = hardware_info(device, bf16)
@@ -985,8 +1096,7 @@ if __name__ == "__main__":
     for global_step in range(start_step + 1, args.total_timesteps + 1):
         action = act_exploring(obs, global_step)
         next_obs, _, terminated, truncated, info = env.step(action)  # the env reward is only logged (episode statistics)
-        # IQ-Learn reads no reward (the stored 0 is never used); bootstrap through time-limit truncations, not terminations
-        rb.add(obs, action, 0.0, next_obs, terminated)
+        store_transition(obs, action, next_obs, terminated)
         obs = next_obs
         if terminated or truncated:
             log_metrics(
@@ -1001,9 +1111,13 @@ if __name__ == "__main__":
             agent_obs, agent_actions, _, agent_next_obs, agent_terminations = rb.sample(args.batch_size - num_demo)
             # Sec. 5.1: half expert, half policy samples (--demo-fraction), the expert's rows first
             agent_batch = (agent_obs, agent_actions, agent_next_obs, agent_terminations)
-            batch = [torch.cat([demo[demo_index], agent]) for demo, agent in zip(demo_buffer, agent_batch)]
+            obs_rows, actions, next_obs_rows, terminations = (
+                torch.cat([demo[demo_index], agent]) for demo, agent in zip(demo_buffer, agent_batch)
+            )
+            # the networks see the observation; its last feature marks s_a's self-transitions
+            batch = (obs_rows[:, :-1], actions, next_obs_rows[:, :-1], terminations, obs_rows[:, -1])
             if discrete:
-                stats = soft_q_update(batch, num_demo, q_network, q_optimizer, args)
+                stats = soft_q_update(batch, num_demo, q_network, q_optimizer, args, absorbing_q)
             else:
                 stats = sac_update(
                     batch,
@@ -1019,6 +1133,7 @@ if __name__ == "__main__":
                     target_entropy,
                     global_step,
                     bf16,
+                    absorbing_q,
                 )
             # checked where logged, not every update: the check waits on the GPU
             if global_step % args.log_frequency == 0:

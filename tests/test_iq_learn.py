@@ -114,7 +114,15 @@ def test_sac_critic_loss_reads_the_right_networks_and_samples():
     actor = types.SimpleNamespace(get_action=lambda o: (0.1 * o, -0.01 * o.squeeze(-1)))  # a = s / 10, log pi = -s / 100
     alpha, gamma, chi2_alpha = 0.2, 0.9, 0.5
     loss, q_values, rewards = iq_learn.soft_q_loss(
-        critics(1.0), critics(-1.0), actor, (obs, actions, next_obs, terminations), alpha, gamma, 1, chi2_alpha, True
+        critics(1.0),
+        critics(-1.0),
+        actor,
+        (obs, actions, next_obs, terminations, torch.zeros(3)),
+        alpha,
+        gamma,
+        1,
+        chi2_alpha,
+        True,
     )
     assert torch.allclose(q_values, critics(1.0)(obs, actions))
     value = critics(1.0)(obs, 0.1 * obs) + alpha * 0.01 * obs.squeeze(-1)
@@ -134,6 +142,7 @@ def test_soft_q_update_differentiates_minus_j_through_q_and_both_soft_values():
         torch.tensor([[0.0], [1.0], [1.0], [0.0], [1.0], [0.0]]),
         next_obs,
         torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 1.0]),
+        torch.zeros(6),
     )
     args = args_for(gamma=0.9, soft_q_temperature=0.5, chi2_alpha=0.5, chi2_samples="expert")
     q_network = iq_learn.QNetwork(3, 2, 16)
@@ -155,6 +164,69 @@ def test_soft_q_update_differentiates_minus_j_through_q_and_both_soft_values():
         assert torch.allclose(parameter.grad, grad, atol=1e-6)
 
 
+def test_transition_rows_lead_a_termination_to_the_absorbing_state():
+    obs, actions = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=np.float32), np.array([[0.5], [-0.5], [0.25]])
+    next_obs, terminations = obs + 10, np.array([0.0, 1.0, 0.0])
+    rows = iq_learn.transition_rows(obs, actions.astype(np.float32), next_obs, terminations, absorbing_state=True)
+    s_a = [0.0, 0.0, 1.0]
+    np.testing.assert_array_equal(rows[0], [[1, 2, 0], [3, 4, 0], [5, 6, 0], s_a])
+    np.testing.assert_array_equal(rows[1], [[0.5], [-0.5], [0.25], [0.0]])
+    np.testing.assert_array_equal(rows[2], [[11, 12, 0], s_a, [15, 16, 0], s_a])  # a termination leads to s_a
+    np.testing.assert_array_equal(rows[3], [0, 1, 0, 0])  # s_a's self-transition is no termination: its value is learned
+    # without: the indicator stays 0, nothing is added, and the termination keeps V(s') = 0
+    rows = iq_learn.transition_rows(obs, actions.astype(np.float32), next_obs, terminations, absorbing_state=False)
+    np.testing.assert_array_equal(rows[2], [[11, 12, 0], [13, 14, 0], [15, 16, 0]])
+    np.testing.assert_array_equal(rows[3], terminations)
+
+
+def test_a_termination_is_worth_the_learned_absorbing_value_not_zero():
+    """absorbing_state_values: s_a's self-transition rows take Q = V(s) = V(s') = V(s_a), a terminated row V(s') =
+    V(s_a); so -J's implied reward is (1 - gamma) V(s_a) at s_a and Q - gamma V(s_a) at a termination."""
+    q_values, value, next_value = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 1.5, 2.5]), torch.tensor([4.0, 5.0, 6.0])
+    terminations, absorbing = torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 1.0])
+    v_a = torch.tensor(-2.0, requires_grad=True)
+    q, v, v_next, no_terminations = iq_learn.absorbing_state_values(q_values, value, next_value, terminations, absorbing, v_a)
+    torch.testing.assert_close(q, torch.tensor([1.0, 2.0, -2.0]))
+    torch.testing.assert_close(v, torch.tensor([0.5, 1.5, -2.0]))
+    torch.testing.assert_close(v_next, torch.tensor([4.0, -2.0, -2.0]))
+    assert no_terminations.sum() == 0
+    rewards = iq_learn.implied_reward(q, v_next, 0.9, no_terminations)
+    torch.testing.assert_close(rewards, torch.tensor([1.0 - 3.6, 2.0 + 1.8, -2.0 * (1 - 0.9)]))
+    # V(s_a) is trained through the self-transition's Q and V(s), not through a held-fixed V(s')
+    loss, _ = iq_learn.iq_loss(q, v, v_next, no_terminations, 0.9, 1, 0.5, True)
+    loss.backward()
+    (grad,) = (v_a.grad,)
+    expected = (1 - 0.9 * 0) / 3 + 2 * rewards[2].item() / (3 * 4 * 0.5)  # d/dV_a of the mean V(s) term and the penalty
+    assert grad.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_absorbing_value_learns_that_ending_an_episode_is_worse_than_the_expert_s_states():
+    """soft_q_update with --absorbing-state on a chain where only the agent's episodes end (it steps off the left end;
+    the expert goes right and never terminates): V(s_a) settles below the expert's values, so no termination pays."""
+    torch.manual_seed(0)
+    eye = torch.eye(6)
+    demo = [(s, 2, s + 1, 0.0, 0.0) for s in range(5)]
+    agent = [(s, a, min(s + a - 1, 5), 0.0, 0.0) for s in range(1, 5) for a in range(3)] + [(0, 0, 0, 1.0, 0.0)]
+    agent += [(0, 0, 0, 0.0, 1.0)]  # the self-transition of s_a after the agent's termination (its obs unused)
+    rows = demo + agent
+    batch = (
+        eye[[row[0] for row in rows]],
+        torch.tensor([[float(row[1])] for row in rows]),
+        eye[[row[2] for row in rows]],
+        torch.tensor([row[3] for row in rows]),
+        torch.tensor([row[4] for row in rows]),
+    )
+    args = args_for(gamma=0.9, soft_q_temperature=1.0, chi2_alpha=0.5, chi2_samples="mixture")
+    q_network, v_a = iq_learn.QNetwork(6, 3, 64), torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.Adam(list(q_network.parameters()) + [v_a], lr=1e-3)
+    for _ in range(2000):
+        stats = iq_learn.soft_q_update(batch, len(demo), q_network, optimizer, args, v_a)
+    with torch.no_grad():
+        expert_values = iq_learn.soft_value(q_network(eye[:5]), 1.0)
+    assert stats["losses/absorbing_value"].item() == v_a.item() < expert_values.min().item(), (v_a, expert_values)
+    assert v_a.item() < 0
+
+
 def chain_batch(num_states=6):
     """A chain of states (one-hot), actions left / stay / right; the expert always goes right and its episode ends at
     the last state; the agent's samples take every action everywhere."""
@@ -165,7 +237,7 @@ def chain_batch(num_states=6):
     obs = eye[[row[0] for row in rows]]
     actions = torch.tensor([[float(row[1])] for row in rows])
     next_obs = eye[[row[2] for row in rows]]
-    return (obs, actions, next_obs, torch.tensor([row[3] for row in rows])), len(demo)
+    return (obs, actions, next_obs, torch.tensor([row[3] for row in rows]), torch.zeros(len(rows))), len(demo)
 
 
 def test_soft_q_learning_recovers_the_expert_policy_and_rewards_its_transitions():
@@ -202,7 +274,7 @@ def test_sac_imitates_the_demonstrated_action():
     agent_obs = demo_obs[torch.randint(0, num_demo, (num_agent,), generator=generator)]
     obs = torch.cat([demo_obs, agent_obs])
     actions = torch.cat([torch.full((num_demo, 1), 0.5), 2 * torch.rand(num_agent, 1, generator=generator) - 1])
-    batch = (obs, actions, obs.roll(1, 0), torch.ones(num_demo + num_agent))  # one-step episodes: V(s') = 0
+    batch = (obs, actions, obs.roll(1, 0), torch.ones(num_demo + num_agent), torch.zeros(num_demo + num_agent))  # V(s') = 0
     args = args_for(
         gamma=0.9,
         policy_frequency=2,
@@ -282,8 +354,10 @@ def test_the_sac_block_is_sac_py_s():
             "0.75",
             "--track",
         ],
+        ["--env-id", "Hopper-v4"],  # random Hopper episodes end within ~20 steps: s_a in the agent buffer
+        ["--env-id", "Hopper-v4", "--absorbing-state", "off"],
     ],
-    ids=["discrete", "discrete-all-flags", "continuous", "continuous-all-flags"],
+    ids=["discrete", "discrete-all-flags", "continuous", "continuous-all-flags", "terminations", "terminations-off"],
 )
 def test_smoke(tmp_path, flags):
     run_script("iq_learn.py", *flags, *TINY, cwd=tmp_path)
@@ -306,6 +380,11 @@ def test_smoke(tmp_path, flags):
     default_samples = "expert" if "CartPole-v1" in flags else "mixture"
     assert summary["args"]["chi2_samples"] == (
         flags[flags.index("--chi2-samples") + 1] if "--chi2-samples" in flags else default_samples
+    )
+    # "auto" learns the absorbing state's value where the penalty covers the policy's rows
+    default_absorbing = "on" if summary["args"]["chi2_samples"] == "mixture" else "off"
+    assert summary["args"]["absorbing_state"] == (
+        flags[flags.index("--absorbing-state") + 1] if "--absorbing-state" in flags else default_absorbing
     )
     if "--track" in flags:
         assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
@@ -347,6 +426,10 @@ def test_bad_input_is_a_clean_error(tmp_path):
     assert_clean_error(
         run_script("iq_learn.py", "--env-id", "CartPole-v1", "--soft-q-temperature", "-1", cwd=tmp_path, check=False),
         "--soft-q-temperature must be positive",
+    )
+    assert_clean_error(
+        run_script("iq_learn.py", "--env-id", "CartPole-v1", "--absorbing-state", "on", cwd=tmp_path, check=False),
+        "--absorbing-state on needs --chi2-samples mixture",
     )
     assert_clean_error(
         run_script("iq_learn.py", "--env-id", "Pendulum-v1", "--num-expert-trajectories", "1000", cwd=tmp_path, check=False),
