@@ -947,9 +947,11 @@ if __name__ == "__main__":
         demo_rows = [np.concatenate([rows, np.repeat(row, missing, 0)]) for rows, row in zip(demo_rows, extra)]
     demo_buffer = [torch.as_tensor(rows, device=device) for rows in demo_rows]
     rb = ReplayBuffer(obs_dim + 1, action_dim, args.buffer_size, device)  # the policy's transitions (Sec. 5.1's replay buffer)
-    # Q(s_a, .) = V(s_a) of the absorbing state, trained with the critics (--absorbing-state)
-    absorbing_q = torch.zeros((), device=device, requires_grad=True) if absorbing_state else None
-    absorbing_params = [absorbing_q] if absorbing_state else []
+    # the absorbing state's reward r_a, trained with the critics (--absorbing-state): V(s_a) = r_a / (1 - gamma). Adam
+    # moves a parameter by about its learning rate a step, so V(s_a) itself would need ~1 / ((1 - gamma) lr) updates to
+    # reach its scale, where r_a needs ~1 / lr
+    absorbing_reward = torch.zeros((), device=device, requires_grad=True) if absorbing_state else None
+    absorbing_params = [absorbing_reward] if absorbing_state else []
     if discrete:
         q_network = QNetwork(obs_dim, env.action_space.n, args.hidden_size).to(device)
         q_optimizer = make_optimizer(list(q_network.parameters()) + absorbing_params, args.learning_rate, device)
@@ -975,7 +977,7 @@ if __name__ == "__main__":
             "log_alpha": log_alpha,
         }
     if absorbing_state:
-        saved_state["absorbing_q"] = absorbing_q
+        saved_state["absorbing_reward"] = absorbing_reward
 
     start_step, wall_offset, refill_env_steps, eval_rows, commands = 0, 0.0, 0, [], []
     if checkpoint:
@@ -1000,6 +1002,9 @@ if __name__ == "__main__":
             write_eval_row(run_dir, row)
         print(f"resumed {run_name} at step {start_step} from {checkpoint_dir}")
     commands.append(" ".join(["python"] + sys.argv))
+
+    def absorbing_value():
+        return absorbing_reward / (1 - args.gamma) if absorbing_state else None
 
     def store_transition(obs, action, next_obs, terminated):
         # IQ-Learn reads no reward (the stored 0 is never used); bootstrap through time-limit truncations, not terminations
@@ -1117,7 +1122,7 @@ if __name__ == "__main__":
             # the networks see the observation; its last feature marks s_a's self-transitions
             batch = (obs_rows[:, :-1], actions, next_obs_rows[:, :-1], terminations, obs_rows[:, -1])
             if discrete:
-                stats = soft_q_update(batch, num_demo, q_network, q_optimizer, args, absorbing_q)
+                stats = soft_q_update(batch, num_demo, q_network, q_optimizer, args, absorbing_value())
             else:
                 stats = sac_update(
                     batch,
@@ -1133,7 +1138,7 @@ if __name__ == "__main__":
                     target_entropy,
                     global_step,
                     bf16,
-                    absorbing_q,
+                    absorbing_value(),
                 )
             # checked where logged, not every update: the check waits on the GPU
             if global_step % args.log_frequency == 0:
