@@ -21,7 +21,8 @@ def test_expert_folder_schema_and_bar(env_id):
     assert info["expert_return_mean"] >= EXPERT_BARS[env_id], (env_id, info["expert_return_mean"])
     assert demos["observations"].nbytes + demos["next_observations"].nbytes < 200e6
     size = sum(path.stat().st_size for path in (EXPERTS / env_id).iterdir())
-    assert size < 8e6, f"{env_id} folder is {size / 1e6:.1f} MB"
+    # Humanoid's 10 episodes (the fewest demos an expert ships) of 376-dim observations, float16, take 11 MB
+    assert size < (12e6 if env_id.startswith("Humanoid") else 8e6), f"{env_id} folder is {size / 1e6:.1f} MB"
 
 
 @pytest.mark.parametrize("env_id", SHIPPED)
@@ -33,7 +34,10 @@ def test_expert_policy_reproduces_demos_and_return(env_id):
     if info["action_space"] == "discrete":
         assert (actions == demos["actions"][:2000]).mean() > 0.99
     else:
-        np.testing.assert_allclose(actions, demos["actions"][:2000], atol=1e-4)
+        # float16 demo observations (Humanoid's) are the recorded ones rounded to 11 significant bits: replayed on them
+        # the policy's actions move by up to 2e-3 (of Humanoid's +-0.4 range), where float32 ones reproduce them to 1e-4
+        atol = 5e-3 if demos["observations"].dtype == np.float16 else 1e-4
+        np.testing.assert_allclose(actions, demos["actions"][:2000], atol=atol)
     # a few fresh episodes land within the recorded spread of the expert return
     env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id))
     returns = []
