@@ -639,6 +639,18 @@ def write_run(runs_dir, exp_name, env_id, seed, returns, scores, stamp=170000000
         )
 
 
+def run_report(runs_dir, output_dir):
+    """benchmark/report.py on runs_dir, which must succeed; its results.md."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmark" / "report.py"), "--runs-dir", runs_dir, "--output-dir", output_dir],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return (Path(output_dir) / "results.md").read_text()
+
+
 def test_report_statistics_duplicates_and_return_fallback(tmp_path):
     runs = tmp_path / "runs"
     finals = {"EnvA-v0": [0.0, 0.5, 0.6, 1.0], "EnvB-v0": [0.2, 0.3, 0.9, 2.0]}
@@ -652,14 +664,7 @@ def test_report_statistics_duplicates_and_return_fallback(tmp_path):
     for seed in (1, 2):  # an env without expert.json: NaN scores
         write_run(runs, "other", "EnvC-v0", seed, [1.0, 10.0 * seed], [nan, nan])
     out = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmark" / "report.py"), "--runs-dir", runs, "--output-dir", out],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    text = (out / "results.md").read_text()
+    text = run_report(runs, out)
     a = np.array(finals["EnvA-v0"])
     assert (
         f"| algo | EnvA-v0 | 1, 2, 3, 4 | 100 | {a.mean():.3f} ± {a.std():.3f} | {100 * a.mean():.1f} ± {100 * a.std():.1f} "
@@ -761,12 +766,5 @@ def test_the_archived_runs_are_whole_and_unique(tmp_path):
         summary, curve = run["summary"], run["curve"]
         # the summary's final numbers are its curve's last row, as every script writes them
         assert summary["final_return"] == pytest.approx(curve["eval_return_mean"][-1]), run["dir"]
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmark" / "report.py"), "--runs-dir", archive, "--output-dir", tmp_path],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    text = (tmp_path / "results.md").read_text()
+    text = run_report(archive, tmp_path)
     assert f"from {len(runs)} finished runs" in text and "| cfil | Ant-v4 | 1 |" in text, text
