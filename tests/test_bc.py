@@ -41,6 +41,34 @@ def test_bc_loss_on_toy_batch():
     assert bc.bc_loss(policy, torch.randn(3, 3), actions).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_beta_nll_weights_each_dim_by_its_held_sigma():
+    torch.manual_seed(0)
+    policy = bc.Policy(
+        "gaussian", torch.zeros(3), torch.ones(3), 2, hidden_size=8, action_scale=[2.0, 1.0], action_bias=[1.0, 0.0]
+    )
+    obs, actions = torch.randn(5, 3), torch.rand(5, 2) * 2 - 1
+    # beta = 0 is plain maximum likelihood
+    assert bc.bc_loss(policy, obs, actions, 0.0).item() == pytest.approx(-policy.log_prob(obs, actions).mean().item())
+    mean, log_std = policy(obs)
+    scaled = (actions - policy.action_bias) / policy.action_scale
+    for beta in (0.5, 1.0):
+        weights = (2 * beta * log_std).exp()
+        per_dim = -0.5 * ((scaled - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+        expected = -(weights * per_dim).sum(-1).mean()
+        assert bc.bc_loss(policy, obs, actions, beta).item() == pytest.approx(expected.item(), rel=1e-5)
+    # beta = 1: the mean's gradient is the squared error's, whatever sigma is (the weight is held fixed); a zeroed last
+    # layer makes mu and sigma its bias, so d loss / d mu = mean_i (mu - a_i) (plain NLL: that over sigma^2)
+    with torch.no_grad():
+        policy.network[-1].weight.zero_()
+        policy.network[-1].bias.copy_(torch.tensor([0.3, -0.2, -1.0, 0.5]))
+    mu = policy(obs)[0][0].detach()
+    sigma = policy(obs)[1][0].detach().exp()
+    for beta, scale in ((1.0, 1.0), (0.0, sigma**-2)):
+        policy.zero_grad()
+        bc.bc_loss(policy, obs, actions, beta).backward()
+        torch.testing.assert_close(policy.network[-1].bias.grad[:2], (mu - scaled.mean(0)) * scale)
+
+
 def test_mixture_log_prob_is_a_normalised_mixture_density():
     torch.manual_seed(0)
     logits, means, log_stds = torch.randn(4, 3), torch.randn(4, 3, 2), 0.3 * torch.randn(4, 3, 2)
