@@ -767,4 +767,15 @@ def test_the_archived_runs_are_whole_and_unique(tmp_path):
         # the summary's final numbers are its curve's last row, as every script writes them
         assert summary["final_return"] == pytest.approx(curve["eval_return_mean"][-1]), run["dir"]
     text = run_report(archive, tmp_path)
-    assert f"from {len(runs)} finished runs" in text and "| cfil | Ant-v4 | 1 |" in text, text
+    # every archived (setting, env) is a row of the report, with the seeds archived for it
+    seeds = {}
+    for run in runs:
+        seeds.setdefault((run["summary"]["args"]["exp_name"], run["summary"]["args"]["env_id"]), []).append(
+            run["summary"]["args"]["seed"]
+        )
+    assert f"from {len(runs)} finished runs" in text, text
+    lines = text.splitlines()
+    for (exp_name, env_id), run_seeds in seeds.items():
+        setting, row = f"| {exp_name.split('@')[0]} ", f" | {env_id} | {', '.join(map(str, sorted(run_seeds)))} | "
+        assert any(line.startswith(setting) and row in line for line in lines), (setting, row)
+    assert "| cfil | Ant-v4 | 1, 2, 3 | 320000 |" in text, text
