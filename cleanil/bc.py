@@ -153,13 +153,17 @@ class Policy(nn.Module):
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
         return (mean, log_std) if self.head == "gaussian" else (logits, mean, log_std)
 
-    def log_prob(self, obs, actions):
-        """log pi(a|s) of expert actions (class indices, or raw continuous actions)."""
+    def log_prob(self, obs, actions, nll_beta=0.0):
+        """log pi(a|s) of expert actions (class indices, or raw continuous actions); for the Gaussian head with
+        nll_beta > 0, each dim weighted by stopgrad(sigma_d^(2 beta)), the beta-NLL's weights (see `bc_loss`)."""
         params = self(obs)
         if self.head == "categorical":
             return categorical_log_prob(*params, actions)
         actions = (actions - self.action_bias) / self.action_scale
-        return gaussian_log_prob(*params, actions) if self.head == "gaussian" else mixture_log_prob(*params, actions)
+        if self.head == "mixture":
+            return mixture_log_prob(*params, actions)
+        mean, log_std = params
+        return gaussian_log_prob(mean, log_std, actions, (2 * nll_beta * log_std).detach().exp())
 
     def deterministic_action(self, obs):
         """argmax; the Gaussian mean; the mean of the most probable mixture component (not the mixture mean, which
@@ -200,11 +204,7 @@ def bc_loss(policy, obs, actions, nll_beta=0.0):
     gradient (mu - a) / sigma^2 is largest where sigma is already small, so the fit settles on the easy states and
     leaves the mean wrong elsewhere (HalfCheetah-v4, 10 trajectories: train MSE of the mean 0.011 vs 0.0012 at beta
     0.5). beta = 1 gives the mean exactly the squared error's gradient."""
-    if policy.head != "gaussian" or nll_beta == 0:
-        return -policy.log_prob(obs, actions).mean()
-    mean, log_std = policy(obs)
-    actions = (actions - policy.action_bias) / policy.action_scale
-    return -gaussian_log_prob(mean, log_std, actions, (2 * nll_beta * log_std).detach().exp()).mean()
+    return -policy.log_prob(obs, actions, nll_beta).mean()
 
 
 # ----------------------------------------------------------------------------------------------------- evaluation
