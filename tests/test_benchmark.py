@@ -779,3 +779,23 @@ def test_the_archived_runs_are_whole_and_unique(tmp_path):
         setting, row = f"| {exp_name.split('@')[0]} ", f" | {env_id} | {', '.join(map(str, sorted(run_seeds)))} | "
         assert any(line.startswith(setting) and row in line for line in lines), (setting, row)
     assert "| cfil | Ant-v4 | 1, 2, 3 | 320000 |" in text, text
+
+
+def test_episode_terms_records_each_episode_of_an_unchanged_script(tmp_path):
+    """benchmark/episode_terms.py runs a script as is and writes one row per finished episode: the evaluation env's
+    rows (gail.py makes it first) carry the env's reward terms, which add up to the return the script evaluated."""
+    terms_file = tmp_path / "terms.jsonl"
+    command = [sys.executable, str(REPO / "benchmark" / "episode_terms.py"), "--terms-file", str(terms_file)]
+    command += [str(REPO / "cleanil" / "gail.py"), "--env-id", "Ant-v4", "--total-timesteps", "2048"]
+    command += ["--eval-frequency", "2048", "--eval-episodes", "2", "--num-envs", "2"]
+    result = subprocess.run(
+        command, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in terms_file.read_text().splitlines()]
+    evaluation = [row for row in rows if row["env"] == 1]
+    assert len(evaluation) == 4 and len(rows) > len(evaluation)
+    returns = [sum(value for key, value in row.items() if key.startswith("reward_")) for row in evaluation[-2:]]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert np.mean(returns) == pytest.approx(read_eval_csv(run_dir)[-1]["eval_return_mean"], rel=1e-6)
+    assert all(0 <= row["mean_abs_action"] <= 1 and row["length"] > 0 for row in rows)
