@@ -10,12 +10,15 @@ off the demonstrated states (reward 0 for ever), back onto them. The map below n
   sqil_loss                  Alg. 1, line 4: delta^2(D_demo, 1) + lambda_samp delta^2(D_samp, 0)
   balanced_batch             Alg. 1, the minibatch: half demonstrations (r = 1), half the agent's samples (r = 0)
   soft_q_policy              the soft-optimal policy pi(a|s) = exp((Q(s, a) - V(s)) / alpha) that acts (Sec. 2)
+  transition_rows,           `--absorbing-state`: a termination leads to DAC's absorbing state s_a (Kostrikov et al.
+  absorbing_state_values     2019, arXiv 1809.02925), whose value is learned like any other, reward 1 in the
+                             demonstrations' self-transitions of s_a and 0 in the agent's, not fixed at the paper's 0
   sac_update                 continuous actions: the same loss with SAC's soft value min_k Q'_k(s', a') - alpha log
                              pi(a'|s'), a' ~ pi, and SAC's actor and temperature (the paper's continuous-control
                              experiments run SAC in place of soft Q-learning, Sec. 4.3)
 Discrete action spaces run soft Q-learning with a fixed temperature (`--soft-q-temperature`, 1 in the paper); Box ones
-run the SAC block of sac.py. A transition that ends in a true termination bootstraps nothing (V = 0); a time-limit
-truncation bootstraps.
+run the SAC block of sac.py. A transition that ends in a true termination bootstraps nothing (V = 0), or with
+`--absorbing-state` the absorbing state's learned value; a time-limit truncation bootstraps.
 `--resume` continues from checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt (networks, optimisers, temperature,
 counters, RNG states, eval rows: a few MB); the agent's replay buffer is not saved, so a resumed run first refills it
 with `--refill-steps` steps of the current policy. `--bf16` (on where the hardware has it) runs the SAC networks'
@@ -34,7 +37,7 @@ import zipfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -85,6 +88,14 @@ class Args:
     """weight of the agent-sample term delta^2(D_samp, 0) against the demonstration term (Alg. 1; 1 in the paper)"""
     demo_fraction: float = 0.5
     """share of each minibatch drawn from the demonstrations (the paper's balanced batches: half)"""
+    absorbing_state: Literal["auto", "on", "off"] = "auto"
+    """"on": a termination leads to DAC's absorbing state (Kostrikov et al. 2019, arXiv 1809.02925), whose value is
+    learned from its self-transitions, reward 1 in the demonstrations and 0 in the agent's samples like every other
+    transition, instead of the paper's V(s') = 0 ("off"). Where the expert's episodes end by termination (Acrobot's and
+    MountainCar's goal), V = 0 there makes reaching the goal worth less than staying on any state SQIL's reward keeps
+    positive, and the imitating agent learns to stop short of the goal; "auto" (recorded as resolved): "on" where the
+    loaded demonstrations hold a termination, else "off" (there only the agent's terminations, reward 0, would teach
+    s_a, whose value would stay the paper's 0)"""
     soft_q_temperature: float = 1.0
     """discrete actions: the fixed temperature alpha of soft Q-learning, V(s) = alpha log sum exp(Q / alpha) (1 in the
     paper)"""
@@ -143,12 +154,48 @@ class Args:
 # ----------------------------------------------------------------------------------------------------------- SQIL
 def balanced_batch(demo_batch, agent_batch):
     """Alg. 1's minibatch: the demonstrations with reward 1, the agent's samples with reward 0, demonstrations first.
-    Each batch is (obs, actions, next_obs, terminations); returns SAC's (obs, actions, rewards, next_obs, terminations)."""
-    joined = [torch.cat([demo, agent]) for demo, agent in zip(demo_batch, agent_batch)]
+    Each batch is (obs, actions, next_obs, terminations) as `transition_rows` stores them, observations with the
+    absorbing indicator last; returns (obs, actions, rewards, next_obs, terminations, absorbing) with the indicator split
+    off the observations the networks see (absorbing = 1 on s_a's self-transitions)."""
+    obs, actions, next_obs, terminations = (torch.cat([demo, agent]) for demo, agent in zip(demo_batch, agent_batch))
     rewards = torch.cat(
-        [torch.ones(len(demo_batch[0]), device=joined[0].device), torch.zeros(len(agent_batch[0]), device=joined[0].device)]
+        [torch.ones(len(demo_batch[0]), device=obs.device), torch.zeros(len(agent_batch[0]), device=obs.device)]
     )
-    return joined[0], joined[1], rewards, joined[2], joined[3]
+    return obs[:, :-1], actions, rewards, next_obs[:, :-1], terminations, obs[:, -1]
+
+
+def transition_rows(obs, actions, next_obs, terminations, absorbing_state):
+    """Transitions as the buffers store them (numpy rows): observations gain an indicator feature, 1 only at DAC's
+    absorbing state s_a = (0, ..., 0, 1). With absorbing_state, a terminated transition's next state is s_a and one
+    self-transition (s_a, 0, s_a) follows each termination, stored as an ordinary transition; without, the indicator
+    stays 0 and a termination keeps V(s') = 0. A time-limit truncation is not a termination: its s' stays."""
+    terminations = np.asarray(terminations, dtype=np.float32)
+    real = lambda x: np.concatenate([x, np.zeros((len(x), 1), dtype=np.float32)], 1)
+    if not absorbing_state:
+        return real(obs), actions, real(next_obs), terminations
+    absorbing = np.eye(obs.shape[1] + 1, dtype=np.float32)[-1:]
+    num_absorbing = int(terminations.sum())
+    return (
+        np.concatenate([real(obs), np.repeat(absorbing, num_absorbing, 0)]),
+        np.concatenate([actions, np.zeros((num_absorbing, actions.shape[1]), dtype=np.float32)]),
+        np.concatenate(
+            [np.where(terminations[:, None] > 0, absorbing, real(next_obs)), np.repeat(absorbing, num_absorbing, 0)]
+        ),
+        np.concatenate([terminations, np.zeros(num_absorbing, dtype=np.float32)]),
+    )
+
+
+def absorbing_state_values(q_values, next_value, terminations, absorbing, absorbing_q):
+    """Q, V(s') and terminations with the absorbing state's learned value: s_a has a single action and no entropy, so
+    Q(s_a, .) = V(s_a) is one number, absorbing_q. A self-transition row (absorbing = 1) has Q = absorbing_q, and every
+    row whose s' is s_a (a termination, or s_a's self-transition) has V(s') = absorbing_q held fixed; no row counts as
+    terminated any longer. Its self-transitions give s_a reward 1 from the demonstrations and 0 from the agent, so with
+    balanced batches V(s_a) settles at the demonstrations' share of s_a's rows times 1 / (1 - gamma): a goal the expert
+    ends at is worth about what imitating it is, and a termination only the agent reaches stays worth 0."""
+    absorbing, next_is_absorbing = absorbing.bool(), (terminations + absorbing).bool()
+    q_values = torch.where(absorbing, absorbing_q, q_values)
+    next_value = torch.where(next_is_absorbing, absorbing_q.detach(), next_value)
+    return q_values, next_value, torch.zeros_like(terminations)
 
 
 def soft_value(q_values, temperature):
@@ -191,24 +238,30 @@ class QNetwork(nn.Module):
         return self.network(obs)
 
 
-def soft_q_update(batch, num_demo, q_network, target_network, optimizer, args):
-    """One soft Q-learning step on a balanced batch (Alg. 1 with the soft value of Sec. 2), then Polyak targets."""
-    obs, actions, rewards, next_obs, terminations = batch
+def soft_q_update(batch, num_demo, q_network, target_network, optimizer, args, absorbing_q=None):
+    """One soft Q-learning step on a balanced batch (Alg. 1 with the soft value of Sec. 2), then Polyak targets. With
+    absorbing_q (--absorbing-state), the absorbing state's value (`absorbing_state_values`)."""
+    obs, actions, rewards, next_obs, terminations, absorbing = batch
     with torch.no_grad():
         next_value = soft_value(target_network(next_obs), args.soft_q_temperature)
     q_values = q_network(obs).gather(1, actions.long()).squeeze(1)
+    if absorbing_q is not None:
+        q_values, next_value, terminations = absorbing_state_values(q_values, next_value, terminations, absorbing, absorbing_q)
     loss = sqil_loss(soft_bellman_error(q_values, rewards, args.gamma, terminations, next_value), num_demo, args.lambda_samp)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     with torch.no_grad():
         torch._foreach_lerp_(list(target_network.parameters()), list(q_network.parameters()), args.tau)
-    return {
+    stats = {
         "losses/qf_loss": loss.detach(),
         "losses/qf1_values": q_values.detach().mean(),
         "losses/q_demo": q_values[:num_demo].detach().mean(),
         "losses/q_agent": q_values[num_demo:].detach().mean(),
     }
+    if absorbing_q is not None:
+        stats["losses/absorbing_value"] = absorbing_q.detach()
+    return stats
 
 
 # ------------------------------------------------------------------------------------ the SAC block (of sac.py)
@@ -302,14 +355,17 @@ class ReplayBuffer:
         return obs, actions, rewards.squeeze(-1), next_obs, terminations.squeeze(-1)
 
 
-def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma, num_demo, lambda_samp):
+def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma, num_demo, lambda_samp, absorbing_q=None):
     """Eq. 1 with SAC's soft value (1812.05905 Eq. 5-6), V(s') = min_k Q'_k(s', a') - alpha log pi(a'|s'), a' ~ pi(s'),
-    the squared errors weighted as Alg. 1 does (sqil_loss)."""
-    obs, actions, rewards, next_obs, terminations = batch
+    the squared errors weighted as Alg. 1 does (sqil_loss). With absorbing_q (--absorbing-state), the absorbing state's
+    value (`absorbing_state_values`)."""
+    obs, actions, rewards, next_obs, terminations, absorbing = batch
     with torch.no_grad():
         next_actions, next_log_pi = actor.get_action(next_obs)
         next_value = qf_target(next_obs, next_actions).min(0).values - alpha * next_log_pi
     q_values = qf(obs, actions)  # [num_q, batch]
+    if absorbing_q is not None:
+        q_values, next_value, terminations = absorbing_state_values(q_values, next_value, terminations, absorbing, absorbing_q)
     return sqil_loss(soft_bellman_error(q_values, rewards, gamma, terminations, next_value), num_demo, lambda_samp), q_values
 
 
@@ -338,13 +394,17 @@ def sac_update(
     target_entropy,
     global_step,
     bf16=False,
+    absorbing_q=None,
 ):
     """One SAC step on a balanced batch: critics every call, actor and alpha policy_frequency times every
-    policy_frequency calls, on the states of both halves. bf16 autocasts the hidden layers' matmuls."""
+    policy_frequency calls, on the states of both halves but the absorbing state (its action is fixed). bf16 autocasts
+    the hidden layers' matmuls."""
     device_type = batch[0].device.type
     alpha = log_alpha.exp().detach()
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        qf_loss, q_values = soft_q_loss(qf, qf_target, actor, batch, alpha, args.gamma, num_demo, args.lambda_samp)
+        qf_loss, q_values = soft_q_loss(
+            qf, qf_target, actor, batch, alpha, args.gamma, num_demo, args.lambda_samp, absorbing_q
+        )
     q_optimizer.zero_grad(set_to_none=True)
     qf_loss.backward()
     q_optimizer.step()
@@ -354,12 +414,14 @@ def sac_update(
         "losses/q_demo": q_values[0, :num_demo].detach().mean(),
         "losses/q_agent": q_values[0, num_demo:].detach().mean(),
     }
+    if absorbing_q is not None:
+        stats["losses/absorbing_value"] = absorbing_q.detach()
 
     if global_step % args.policy_frequency == 0:
         qf.requires_grad_(False)  # the actor's gradient flows through Q's input only (as Spinning Up freezes Q here)
         for _ in range(args.policy_frequency):
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-                actor_loss, log_pi = policy_loss(actor, qf, batch[0], alpha)
+                actor_loss, log_pi = policy_loss(actor, qf, batch[0][batch[5] == 0], alpha)
             actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             actor_optimizer.step()
@@ -807,18 +869,39 @@ if __name__ == "__main__":
             resume="allow",
         )
 
-    # D_demo: the demonstrations, on the training device once (obs, actions, next_obs, terminations); reward 1 is implied
-    demo_buffer = [
-        torch.as_tensor(demos[key], dtype=torch.float32, device=device).reshape(len(demos[key]), -1)
-        for key in ("observations", "actions", "next_observations")
-    ]
-    demo_buffer.append(torch.as_tensor(demos["terminations"], dtype=torch.float32, device=device))
-    rb = ReplayBuffer(obs_dim, action_dim, args.buffer_size, device)  # D_samp: the agent's transitions, reward 0
+    # whether the expert's episodes end by termination, whatever subsampling kept
+    full_terminations = load_demos(expert_dir, env, args.num_expert_trajectories, 1, args.seed, ("terminations",))
+    if args.absorbing_state == "auto":
+        args.absorbing_state = "on" if full_terminations["terminations"].any() else "off"  # summary.json records it
+    absorbing_state = args.absorbing_state == "on"
+    # D_demo: the demonstrations, on the training device once (obs and next_obs with the absorbing indicator, actions,
+    # terminations; reward 1 is implied), with one self-transition of s_a per terminated demo episode
+    # (--absorbing-state), kept whatever subsampling dropped, as DAC does
+    demo_rows = transition_rows(
+        *(
+            demos[key].astype(np.float32).reshape(len(demos[key]), -1)
+            for key in ("observations", "actions", "next_observations")
+        ),
+        demos["terminations"],
+        absorbing_state,
+    )
+    if absorbing_state:
+        missing = int(full_terminations["terminations"].sum() - demos["terminations"].sum())
+        absorbing = np.eye(obs_dim + 1, dtype=np.float32)[-1:]
+        extra = (absorbing, np.zeros((1, action_dim), dtype=np.float32), absorbing, np.zeros(1, dtype=np.float32))
+        demo_rows = [np.concatenate([rows, np.repeat(row, missing, 0)]) for rows, row in zip(demo_rows, extra)]
+    demo_buffer = [torch.as_tensor(rows, device=device) for rows in demo_rows]
+    rb = ReplayBuffer(obs_dim + 1, action_dim, args.buffer_size, device)  # D_samp: the agent's transitions, reward 0
+    # the absorbing state's reward r_a, trained with the critics (--absorbing-state): V(s_a) = r_a / (1 - gamma). Adam
+    # moves a parameter by about its learning rate a step, so V(s_a) itself would need ~1 / ((1 - gamma) lr) updates to
+    # reach its scale, where r_a needs ~1 / lr
+    absorbing_reward = torch.zeros((), device=device, requires_grad=True) if absorbing_state else None
+    absorbing_params = [absorbing_reward] if absorbing_state else []
     if discrete:
         q_network = QNetwork(obs_dim, env.action_space.n, args.hidden_size).to(device)
         target_network = QNetwork(obs_dim, env.action_space.n, args.hidden_size).to(device)
         target_network.load_state_dict(q_network.state_dict())
-        q_optimizer = make_optimizer(q_network.parameters(), args.learning_rate, device)
+        q_optimizer = make_optimizer(list(q_network.parameters()) + absorbing_params, args.learning_rate, device)
         # the state a checkpoint holds, listed once (no replay buffer: --resume refills it)
         saved_state = {"q_network": q_network, "target_network": target_network, "q_optimizer": q_optimizer}
     else:
@@ -826,7 +909,7 @@ if __name__ == "__main__":
         qf = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
         qf_target = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
         qf_target.load_state_dict(qf.state_dict())
-        q_optimizer = make_optimizer(qf.parameters(), args.q_lr, device)
+        q_optimizer = make_optimizer(list(qf.parameters()) + absorbing_params, args.q_lr, device)
         actor_optimizer = make_optimizer(actor.parameters(), args.policy_lr, device)
         target_entropy = -float(action_dim)
         log_alpha = torch.tensor(np.log(args.alpha), dtype=torch.float32, device=device, requires_grad=True)
@@ -840,6 +923,8 @@ if __name__ == "__main__":
             "alpha_optimizer": alpha_optimizer,
             "log_alpha": log_alpha,
         }
+    if absorbing_state:
+        saved_state["absorbing_reward"] = absorbing_reward
 
     start_step, wall_offset, refill_env_steps, eval_rows, commands = 0, 0.0, 0, [], []
     if checkpoint:
@@ -864,6 +949,21 @@ if __name__ == "__main__":
             write_eval_row(run_dir, row)
         print(f"resumed {run_name} at step {start_step} from {checkpoint_dir}")
     commands.append(" ".join(["python"] + sys.argv))
+
+    def absorbing_value():
+        return absorbing_reward / (1 - args.gamma) if absorbing_state else None
+
+    def store_transition(obs, action, next_obs, terminated):
+        # r = 0 for every agent transition (SQIL); bootstrap through time-limit truncations, not terminations
+        rows = transition_rows(
+            obs.reshape(1, -1),
+            np.reshape(action, (1, -1)).astype(np.float32),
+            next_obs.reshape(1, -1),
+            [terminated],
+            absorbing_state,
+        )
+        for row_obs, row_action, row_next_obs, row_termination in zip(*rows):
+            rb.add(row_obs, row_action, 0.0, row_next_obs, row_termination)
 
     @torch.no_grad()
     def act_deterministic(obs):
@@ -932,7 +1032,7 @@ if __name__ == "__main__":
         ):
             action = act_exploring(obs, start_step)
             next_obs, _, terminated, truncated, info = env.step(action)
-            rb.add(obs, action, 0.0, next_obs, terminated)
+            store_transition(obs, action, next_obs, terminated)
             obs = next_obs if not (terminated or truncated) else env.reset()[0]
             refill_env_steps += 1
     hardware = hardware_info(device, bf16)
@@ -948,8 +1048,7 @@ if __name__ == "__main__":
     for global_step in range(start_step + 1, args.total_timesteps + 1):
         action = act_exploring(obs, global_step)
         next_obs, _, terminated, truncated, info = env.step(action)  # the env reward is only logged (episode statistics)
-        # r = 0 for every agent transition (SQIL); bootstrap through time-limit truncations, not terminations
-        rb.add(obs, action, 0.0, next_obs, terminated)
+        store_transition(obs, action, next_obs, terminated)
         obs = next_obs
         if terminated or truncated:
             log_metrics(
@@ -966,7 +1065,7 @@ if __name__ == "__main__":
                 [tensor[demo_index] for tensor in demo_buffer], (agent_obs, agent_actions, agent_next_obs, agent_terminations)
             )
             if discrete:
-                stats = soft_q_update(batch, num_demo, q_network, target_network, q_optimizer, args)
+                stats = soft_q_update(batch, num_demo, q_network, target_network, q_optimizer, args, absorbing_value())
             else:
                 stats = sac_update(
                     batch,
@@ -982,6 +1081,7 @@ if __name__ == "__main__":
                     target_entropy,
                     global_step,
                     bf16,
+                    absorbing_value(),
                 )
             # checked where logged, not every update: the check waits on the GPU
             if global_step % args.log_frequency == 0:

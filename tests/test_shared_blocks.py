@@ -36,6 +36,7 @@ SHARED = [
     "exit_if_non_finite",
     "checkpoint_state",
     "load_checkpoint_state",
+    "transition_rows",
 ]
 # what load_expert_info calls, so a script that copies it must copy these too (a demos-only folder reaches them)
 EXPERT_INFO_HELPERS = [
@@ -96,6 +97,7 @@ INFRASTRUCTURE = set(SHARED) - {
     "SoftQEnsemble",
     "ExpertPolicy",
     "rollout_episodes",
+    "transition_rows",
 }
 INFRASTRUCTURE |= {"package_versions", "write_eval_row", "hardware_info", "write_summary", "exit_on_stop_signals"}
 

@@ -1,6 +1,7 @@
 """sqil.py: the balanced batch's rewards (1 for demonstrations, 0 for the agent's samples), the soft value and the soft
 Bellman error of Eq. 1, Alg. 1's weighting of the two halves, the soft-optimal policy, soft Q-learning and SAC driving
-Q towards 1 / (1 - gamma) on demonstrated pairs and 0 elsewhere, every flag end to end on a discrete and a continuous
+Q towards 1 / (1 - gamma) on demonstrated pairs and 0 elsewhere, the absorbing state that keeps a goal the expert
+ends at worth reaching, every flag end to end on a discrete and a continuous
 env, resuming from a compact checkpoint, bad input, the SAC block shared with sac.py, and imitating from one demo."""
 
 import inspect
@@ -34,13 +35,22 @@ def args_for(**overrides):
     return types.SimpleNamespace(**{**vars(sqil.Args()), **overrides})
 
 
+def with_indicator(obs, absorbing=0.0):
+    """Observations as the buffers store them: the absorbing-state indicator appended."""
+    return torch.cat([obs, torch.full((len(obs), 1), absorbing)], 1)
+
+
 def test_balanced_batch_rewards_demonstrations_one_and_samples_zero():
-    demo = (torch.full((3, 2), 7.0), torch.full((3, 1), 1.0), torch.full((3, 2), 8.0), torch.zeros(3))
-    agent = (torch.full((5, 2), -7.0), torch.full((5, 1), 0.0), torch.full((5, 2), -8.0), torch.ones(5))
-    obs, actions, rewards, next_obs, terminations = sqil.balanced_batch(demo, agent)
+    demo = (with_indicator(torch.full((3, 2), 7.0)), torch.full((3, 1), 1.0), with_indicator(torch.full((3, 2), 8.0)))
+    agent_obs = torch.cat([with_indicator(torch.full((4, 2), -7.0)), with_indicator(torch.zeros(1, 2), 1.0)])
+    agent = (agent_obs, torch.full((5, 1), 0.0), with_indicator(torch.full((5, 2), -8.0)))
+    batch = sqil.balanced_batch((*demo, torch.zeros(3)), (*agent, torch.ones(5)))
+    obs, actions, rewards, next_obs, terminations, absorbing = batch
     assert rewards.tolist() == [1.0] * 3 + [0.0] * 5  # the demonstrations first, each half keeps its own rows
-    assert (obs[:3] == 7).all() and (obs[3:] == -7).all() and (next_obs[:3] == 8).all() and (next_obs[3:] == -8).all()
+    assert obs.shape == next_obs.shape == (8, 2)  # the networks never see the indicator
+    assert (obs[:3] == 7).all() and (obs[3:7] == -7).all() and (next_obs[:3] == 8).all() and (next_obs[3:] == -8).all()
     assert actions.squeeze(1).tolist() == [1.0] * 3 + [0.0] * 5 and terminations.tolist() == [0.0] * 3 + [1.0] * 5
+    assert absorbing.tolist() == [0.0] * 7 + [1.0]
 
 
 def test_soft_value_is_the_log_sum_exp_and_tends_to_the_max():
@@ -83,11 +93,16 @@ def fixed_batch(obs_dim, num_demo, num_agent, demo_action, agent_action, termina
     generator = torch.Generator().manual_seed(seed)
     demo_obs = torch.cat([torch.ones(num_demo, 1), 0.1 * torch.randn(num_demo, obs_dim - 1, generator=generator)], 1)
     agent_obs = torch.cat([-torch.ones(num_agent, 1), 0.1 * torch.randn(num_agent, obs_dim - 1, generator=generator)], 1)
-    demo = (demo_obs, torch.full((num_demo, 1), demo_action), demo_obs.roll(1, 0), torch.full((num_demo,), float(terminal)))
+    demo = (
+        with_indicator(demo_obs),
+        torch.full((num_demo, 1), demo_action),
+        with_indicator(demo_obs.roll(1, 0)),
+        torch.full((num_demo,), float(terminal)),
+    )
     agent = (
-        agent_obs,
+        with_indicator(agent_obs),
         torch.full((num_agent, 1), agent_action),
-        agent_obs.roll(1, 0),
+        with_indicator(agent_obs.roll(1, 0)),
         torch.full((num_agent,), float(terminal)),
     )
     return sqil.balanced_batch(demo, agent)
@@ -106,6 +121,48 @@ def test_soft_q_learning_reaches_the_sqil_fixed_point():
         stats = sqil.soft_q_update(batch, 16, q_network, target_network, optimizer, args)
     assert stats["losses/q_demo"].item() == pytest.approx(2.0, abs=0.1)
     assert stats["losses/q_agent"].item() == pytest.approx(0.0, abs=0.1)
+
+
+def test_a_termination_is_worth_the_learned_absorbing_value_not_zero():
+    """absorbing_state_values: s_a's self-transition rows take Q = V(s') = V(s_a), a terminated row V(s') = V(s_a),
+    and no row stays terminated; the target's V(s_a) is held fixed, Q's is trained. Leading axes (twin critics) too."""
+    q_values, next_value = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), torch.tensor([10.0, 20.0, 30.0])
+    terminations, absorbing = torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 1.0])
+    v_a = torch.tensor(7.0, requires_grad=True)
+    q, v_next, no_terminations = sqil.absorbing_state_values(q_values, next_value, terminations, absorbing, v_a)
+    assert q.tolist() == [[1.0, 2.0, 7.0], [4.0, 5.0, 7.0]] and v_next.tolist() == [10.0, 7.0, 7.0]
+    assert no_terminations.tolist() == [0.0, 0.0, 0.0]
+    (q.sum() + v_next.sum()).backward()
+    assert v_a.grad.item() == 2.0  # through the two critics' Q(s_a) only, never through the target
+
+
+@pytest.mark.parametrize("absorbing_state", [False, True])
+def test_the_absorbing_state_keeps_the_expert_s_goal_worth_reaching(absorbing_state):
+    """One state, two actions: the expert takes "finish" (terminates, as at Acrobot's goal), the agent "stay" (back to
+    the same state). With the paper's V = 0 after a termination, Q(finish) -> 1 while Q(stay) -> gamma V(s), which
+    SQIL's reward keeps above it: the agent learns never to finish. With the absorbing state, whose self-transitions
+    carry the demonstrations' reward 1, Q(finish) -> 1 + gamma / (1 - gamma) = 1 / (1 - gamma) > Q(stay)."""
+    torch.manual_seed(0)
+    gamma = 0.9
+    args = args_for(gamma=gamma, soft_q_temperature=1.0, tau=0.05, lambda_samp=1.0)
+    state = np.array([[1.0, 0.0]], dtype=np.float32)
+    demo = sqil.transition_rows(state, np.zeros((1, 1), np.float32), state, [1.0], absorbing_state)
+    agent = sqil.transition_rows(state, np.ones((1, 1), np.float32), state, [0.0], absorbing_state)
+    demo, agent = ([torch.as_tensor(rows).repeat_interleave(8, 0) for rows in half] for half in (demo, agent))
+    batch = sqil.balanced_batch(demo, agent)
+    q_network, target_network = sqil.QNetwork(2, 2, 64), sqil.QNetwork(2, 2, 64)
+    target_network.load_state_dict(q_network.state_dict())
+    absorbing_reward = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.Adam(list(q_network.parameters()) + [absorbing_reward], lr=3e-3)
+    for _ in range(3000):
+        absorbing_q = absorbing_reward / (1 - gamma) if absorbing_state else None
+        sqil.soft_q_update(batch, len(demo[0]), q_network, target_network, optimizer, args, absorbing_q)
+    q_finish, q_stay = q_network(torch.as_tensor(state))[0].tolist()
+    if absorbing_state:
+        assert absorbing_reward.item() / (1 - gamma) == pytest.approx(1 / (1 - gamma), rel=0.05)
+        assert q_finish == pytest.approx(1 / (1 - gamma), rel=0.05) and q_finish > q_stay + 0.5, (q_finish, q_stay)
+    else:
+        assert q_finish == pytest.approx(1.0, abs=0.1) and q_stay > q_finish + 0.5, (q_finish, q_stay)
 
 
 def test_sac_critics_learn_reward_one_on_demonstrations_and_zero_on_samples():
@@ -168,8 +225,19 @@ def test_the_sac_block_is_sac_py_s():
         ],
         ["--env-id", "Pendulum-v1"],
         ["--env-id", "Pendulum-v1", "--autotune", "--no-bf16", "--lambda-samp", "2", "--demo-fraction", "0.75", "--track"],
+        ["--env-id", "Acrobot-v1", "--subsample-frequency", "20"],
+        ["--env-id", "MountainCar-v0", "--absorbing-state", "off"],
+        ["--env-id", "Hopper-v4", "--absorbing-state", "on"],
     ],
-    ids=["discrete", "discrete-all-flags", "continuous", "continuous-all-flags"],
+    ids=[
+        "discrete",
+        "discrete-all-flags",
+        "continuous",
+        "continuous-all-flags",
+        "discrete-absorbing-auto",
+        "discrete-no-absorbing",
+        "continuous-absorbing",
+    ],
 )
 def test_smoke(tmp_path, flags):
     run_script("sqil.py", *flags, *TINY, cwd=tmp_path)
@@ -188,14 +256,18 @@ def test_smoke(tmp_path, flags):
             assert summary["args"][key] == pytest.approx(float(flags[flags.index(flag) + 1]))
     if "--track" in flags:
         assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
+    # "auto" resolves to "on" where the loaded demonstrations end by termination (Acrobot's goal), else "off"
+    resolved = "on" if "Acrobot-v1" in flags else "off"
+    assert summary["args"]["absorbing_state"] == (
+        flags[flags.index("--absorbing-state") + 1] if "--absorbing-state" in flags else resolved
+    )
+    discrete = any(env_id in flags for env_id in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0"))
     assert summary["precision"] == (
-        "fp32"
-        if "CartPole-v1" in flags or "--no-bf16" in flags or not sac.bf16_is_fast(torch.device("cpu"))
-        else "bf16-autocast"
+        "fp32" if discrete or "--no-bf16" in flags or not sac.bf16_is_fast(torch.device("cpu")) else "bf16-autocast"
     )
 
 
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1", "Acrobot-v1"])
 def test_resume_continues_from_a_compact_checkpoint(tmp_path, env_id):
     flags = ["--env-id", env_id, *TINY[2:], "--checkpoint-frequency", "300", "--refill-steps", "100"]  # TINY less its budget
     path = tmp_path / "checkpoints" / f"{env_id}__sqil__1" / "checkpoint.pt"
@@ -212,6 +284,8 @@ def test_resume_continues_from_a_compact_checkpoint(tmp_path, env_id):
     assert last["global_step"] == 450 and len(last["commands"]) == 2
     optimizer = last["q_optimizer"]["state"][0]["step"]
     assert float(optimizer) == 450 - 100  # one update per step after learning_starts, continued (not restarted)
+    # Acrobot's demonstrations end by termination: the absorbing state's learned value is part of the checkpoint
+    assert ("absorbing_reward" in last) == (env_id == "Acrobot-v1")
 
 
 def test_bad_input_is_a_clean_error(tmp_path):
