@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, read_eval_csv, read_summary
+from conftest import REPO, read_eval_csv, read_summary, run_script
 
 BENCHMARK = REPO / "benchmark.sh"
 sys.path.insert(0, str(REPO / "benchmark"))
@@ -799,3 +799,21 @@ def test_episode_terms_records_each_episode_of_an_unchanged_script(tmp_path):
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert np.mean(returns) == pytest.approx(read_eval_csv(run_dir)[-1]["eval_return_mean"], rel=1e-6)
     assert all(0 <= row["mean_abs_action"] <= 1 and row["length"] > 0 for row in rows)
+
+
+def test_cfil_reward_probe_scores_the_demos_and_the_policy_s_states(tmp_path):
+    """benchmark/cfil_reward_probe.py on a short cfil.py run's checkpoint: both sets are scored, and every reward lies in
+    cfil.py's range [0, 2 * squash bound] (shifted, squashed)."""
+    flags = ["--env-id", "Pendulum-v1", "--total-timesteps", "300", "--learning-starts", "100", "--density-update-every"]
+    flags += ["100", "--density-batch", "32", "--eval-frequency", "300", "--eval-episodes", "1", "--batch-size", "32"]
+    run_script("cfil.py", *flags, "--checkpoint-frequency", "300", cwd=tmp_path)
+    (checkpoint,) = (tmp_path / "checkpoints").glob("*/checkpoint.pt")
+    command = [sys.executable, str(REPO / "benchmark" / "cfil_reward_probe.py"), str(checkpoint), "--steps", "300"]
+    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("step 300, expert demo 1:") and lines[1].startswith("step 300, policy's states:")
+    for line in lines[:2]:
+        values = dict(pair.split(" ") for pair in line.split(": ", 1)[1].split(", "))
+        assert 0.0 <= float(values["min"]) <= float(values["reward"]) <= float(values["max"]) <= 12.0, line
+    assert "entropy term -alpha log pi" in lines[2]
