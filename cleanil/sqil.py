@@ -98,7 +98,8 @@ class Args:
     s_a, whose value would stay the paper's 0)"""
     soft_q_temperature: float = 1.0
     """discrete actions: the fixed temperature alpha of soft Q-learning, V(s) = alpha log sum exp(Q / alpha) (1 in the
-    paper)"""
+    paper); its entropy bonus, up to alpha log |A| per step, competes with the 0/1 reward: on Acrobot (log 3 = 1.1 > 1)
+    the agent at alpha = 1 values lingering over reaching the goal, at 0.1 it does not (README, classic control)"""
     learning_rate: float = 1e-3
     """discrete actions: the learning rate of the Q-network"""
 
