@@ -228,10 +228,12 @@ def test_bad_input(workdir):
 
 @pytest.mark.learning
 @pytest.mark.parametrize("precision", ["--no-bf16", "--bf16"])
-@pytest.mark.parametrize("env_id, steps, bar", [("Pendulum-v1", 6000, -400), ("InvertedPendulum-v4", 20000, 950)])
+@pytest.mark.parametrize("env_id, steps, bar", [("Pendulum-v1", 6000, -400), ("InvertedPendulum-v4", 16000, 950)])
 def test_bf16_learns_as_fp32(env_id, steps, bar, precision, workdir):
     """Seeded paired runs (seed 1), float32 and --bf16, each must reach the bar: mixed precision must not cost return.
-    (Measured here: InvertedPendulum-v4 reached 1000 at 15,000 steps in float32 and at 10,000 with bf16.)"""
+    (Measured, InvertedPendulum-v4 evaluated every 1,000 steps on the EPYC machine: 1000 from 14,000 steps to 20,000 in
+    float32, from 10,000 with bf16; every 5,000 on the AMX machine: 1000 at 15,000 and 20,000 in float32, from 10,000
+    with bf16. Hence 16,000 steps, evaluated at 8, 12 and 16k.)"""
     run_script(
         "sac.py",
         "--env-id",
