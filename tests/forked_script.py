@@ -35,9 +35,11 @@ def _run_as_main(script, args, cwd, env, stdout_path, stderr_path):
         runpy.run_path(script, run_name="__main__")
     except SystemExit as exit_request:  # sys.exit(...): None -> 0, an int -> itself, anything else printed -> 1
         code = exit_request.code
-        status = 0 if code is None else code if isinstance(code, int) else 1
-        if not isinstance(code, (int, type(None))):
+        if code is None or isinstance(code, int):
+            status = code or 0
+        else:
             print(code, file=sys.stderr)
+            status = 1
     except BaseException:  # as the interpreter does: the traceback on stderr, status 1
         traceback.print_exc()
         status = 1
