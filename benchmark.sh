@@ -10,7 +10,7 @@
 # (docs/DESIGN.md). So runs with other arguments (another sweep, a direct run) are never taken for this sweep's. A
 # combination with a summary.json there is finished and skipped, so re-running the same command resumes an
 # interrupted sweep; an unfinished one whose script has --resume and left
-# checkpoints/<env_id>__<exp_name>__<seed>/checkpoint.pt continues from that checkpoint (--resume) in its own run
+# checkpoints/<env_id>__<exp_name>__<seed>.pt continues from that checkpoint (--resume) in its own run
 # folder instead of starting again.
 set -uo pipefail
 
@@ -25,8 +25,8 @@ usage: ./benchmark.sh --algos "ALGO ..." --env-ids "ENV ..." [--seeds N] [option
 Runs every (algorithm, env id, seed 1..N) combination; ALGO is a script name in cleanil/ (sac, dqn, bc, gail, ...).
 The runs are named <algo>[_<tag>]@<args-id> (exp_name), args-id = 8 hex digits of the SHA-256 of the extra args:
 a combination with a finished run of the same arguments (WORKDIR/runs/<env-id>__<exp-name>__<seed>__*/summary.json)
-is skipped; an unfinished one continues from WORKDIR/checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt with
---resume when its script has --resume (sac, dqn, cfil, nail, ...) and left one, so re-running a killed sweep loses
+is skipped; an unfinished one continues from WORKDIR/checkpoints/<env-id>__<exp-name>__<seed>.pt with
+--resume when its script has --resume (sac, cfil, nail, sqil, iq_learn) and left one, so re-running a killed sweep loses
 little work. Other arguments are another exp_name: they never skip, resume or mix with these runs.
 
 sweep options:
@@ -163,7 +163,7 @@ for extra in ${EXTRA[@]+"${EXTRA[@]}"}; do
         --exp-name | --exp-name=* | --seed | --seed=* | --env-id | --env-id=*)
             die "benchmark.sh sets ${extra%%=*} itself; drop it from the extra args (use --tag to name a variant, --seeds and --env-ids for the rest)." ;;
         --resume | --checkpoint-dir | --checkpoint-dir=*)
-            die "benchmark.sh passes --resume itself where WORKDIR/checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt exists; drop ${extra%%=*} from the extra args (use --workdir to move the checkpoints)." ;;
+            die "benchmark.sh passes --resume itself where WORKDIR/checkpoints/<env-id>__<exp-name>__<seed>.pt exists; drop ${extra%%=*} from the extra args (use --workdir to move the checkpoints)." ;;
     esac
 done
 absolute() { if [[ "$1" == /* ]]; then echo "${1%/}"; else echo "$PWD/${1%/}"; fi; }
@@ -222,7 +222,7 @@ finished_run() { # the first finished run dir of combination $1, if any
     [[ -n "$matches" ]] && dirname "$matches"
 }
 supports_resume() { grep -qE '^[[:space:]]+resume:' "$REPO/cleanil/${COMBO_ALGO[$1]}.py"; } # an Args field `resume`
-checkpoint_file() { echo "$WORKDIR/checkpoints/$(run_prefix "$1")/checkpoint.pt"; } # the scripts' default checkpoint_dir
+checkpoint_file() { echo "$WORKDIR/checkpoints/$(run_prefix "$1").pt"; } # the scripts' default --checkpoint-dir
 resumable() { supports_resume "$1" && [[ -f "$(checkpoint_file "$1")" ]]; } # an interrupted run that can continue
 build_command() { # sets CMD to the command line of combination $1, with --resume when resumable (not given "noresume")
     CMD=("$PYTHON_BIN" "$REPO/cleanil/${COMBO_ALGO[$1]}.py" --env-id "${COMBO_ENV[$1]}" --seed "${COMBO_SEED[$1]}"
@@ -243,6 +243,18 @@ for ((i = 0; i < ${#COMBO_ALGO[@]}; i++)); do
 done
 TOTAL=${#COMBO_ALGO[@]}
 echo "${#COMBO_ALGO[@]} combinations: ${#PENDING[@]} to run, ${#SKIPPED[@]} already finished (workdir $WORKDIR)" >&2
+
+# The sweep's machine and versions, once per sweep (the scripts' summary.json keep only device, precision, commit):
+# WORKDIR/runs/sweeps/<time>.json, read by benchmark/report.py. For --slurm it is the submitting machine's view.
+record_sweep() {
+    local file
+    file="$WORKDIR/runs/sweeps/$(date -u +%Y%m%dT%H%M%SZ)__$ARGS_ID.json"
+    mkdir -p "$(dirname "$file")" || die "cannot create $(dirname "$file")."
+    SWEEP_ALGOS="$ALGOS" SWEEP_ENVS="$ENV_IDS" SWEEP_SEEDS="$SEEDS" SWEEP_THREADS="$THREADS" SWEEP_WORKERS="$WORKERS" \
+        SWEEP_SLURM="$SLURM" SWEEP_EXTRA="$(quoted ${EXTRA[@]+"${EXTRA[@]}"})" SWEEP_ARGS_ID="$ARGS_ID" REPO="$REPO" \
+        "$PYTHON_BIN" "$REPO/benchmark/sweep_record.py" >"$file" || die "could not record the sweep's versions with $PYTHON_BIN."
+    echo "sweep recorded in ${file#"$WORKDIR"/}" >&2
+}
 
 # ----------------------------------------------------------------------------------------------------------- slurm
 render_sbatch() {
@@ -302,6 +314,7 @@ if ((SLURM)); then
         exit 0
     fi
     command -v sbatch >/dev/null || die "sbatch not found; submit from a Slurm login node, or look at the script with --dry-run --slurm."
+    record_sweep
     script_file="$LOG_DIR/sbatch-$(date +%Y%m%d-%H%M%S).sh"
     echo "$script" >"$script_file"
     if [[ -n "$PYTHON_CHOSEN" ]]; then
@@ -328,6 +341,7 @@ if ((${#PENDING[@]} == 0)); then
     echo "nothing to run: all $TOTAL combinations have finished runs." >&2
     exit 0
 fi
+record_sweep
 echo "running ${#PENDING[@]} runs on $WORKERS workers, OMP_NUM_THREADS=$THREADS each; logs in $LOG_DIR" >&2
 
 declare -A RUNNING=() STARTED=() # pid -> combination index, pid -> start time

@@ -2,28 +2,28 @@
 
 SAC (Haarnoja, Zhou, Abbeel, Levine 2018, arXiv 1801.01290; Haarnoja et al. 2018b, arXiv 1812.05905) maximises
 return plus policy entropy. Twin soft Q-functions with Polyak-averaged targets are regressed on the soft Bellman
-target (1812.05905 Eq. 5-6, clipped double-Q as in TD3); a tanh-squashed Gaussian actor is trained by the
-reparameterised objective alpha log pi(a|s) - min Q(s, a) (Eq. 7, with the tanh change of variables of Appendix C,
-Eq. 21); the temperature alpha is tuned so the policy entropy tracks -|A| (Eq. 18). Follows
-cleanrl/sac_continuous_action.py (delayed, repeated actor updates; q_lr 1e-3, policy_lr 3e-4).
+target (1812.05905 Eq. 5-6, clipped double-Q as in TD3): `soft_q_loss`; a tanh-squashed Gaussian actor is trained by
+the reparameterised objective alpha log pi(a|s) - min Q(s, a) (Eq. 7, with the tanh change of variables of Appendix C,
+Eq. 21): `policy_loss`, `Actor.get_action`; the temperature alpha is tuned so the policy entropy tracks -|A| (Eq. 18):
+`alpha_loss`. `sac_update` is one step of all three. Follows cleanrl/sac_continuous_action.py (delayed, repeated
+actor updates; q_lr 1e-3, policy_lr 3e-4).
 
-`--save-expert` writes experts/<env-id>/ (expert.json, demos.npz, policy.pt; see README "Expert artefacts").
-`--resume` continues from checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt (networks, optimisers, temperature,
-counters, RNG states, eval rows, best snapshot: a few MB), so that a long run spans several sessions; the replay
-buffer is not saved, so a resumed run first refills it with `--refill-steps` steps of the current policy.
-`--bf16` (on where the hardware has it) runs the hidden layers' matmuls in bfloat16 (mixed precision).
+At the end the run folder gets policy.pt (the deterministic policy as a plain MLP) and policy.json (its spec and how it
+was trained); `python cleanil/demos.py --from-policy runs/<run>` turns them into an expert folder. A long run is
+checkpointed every --checkpoint-minutes and when stopped by SIGINT/SIGTERM; `--resume` continues it (the replay buffer
+is not saved: `--refill-steps` steps of the current policy refill it). `--bf16` (on where the hardware has it) runs
+the hidden layers' matmuls in bfloat16 (mixed precision).
 """
 
 import json
 import os
-import platform
 import random
-import shlex
+import shutil
 import signal
+import subprocess
 import sys
 import time
-import zipfile
-import zlib
+from copy import deepcopy
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -64,10 +64,11 @@ class Args:
     eval_episodes: int = 10
     """number of episodes per evaluation"""
     log_frequency: int = 1000
-    """the training statistics (losses, SPS) go to the log every this many steps"""
+    """the training statistics (losses, SPS) go to wandb every this many steps"""
     expert_path: Optional[str] = None
-    """folder of the expert artefacts (default: experts/<env-id>/ next to cleanil/); read for the normalized score,
-    written by --save-expert"""
+    """folder whose expert.json normalizes the score (default: experts/<env-id>/ next to cleanil/; none: NaN)"""
+    snapshot: Literal["best", "final"] = "best"
+    """which actor policy.pt holds: `best` (highest eval return seen, as expert checkpoints are usually picked) or `final`"""
 
     # SAC (cleanrl/sac_continuous_action.py defaults)
     buffer_size: int = 1_000_000
@@ -98,38 +99,18 @@ class Args:
     """lower bound of the actor's log standard deviation"""
     log_std_max: float = 2.0
     """upper bound of the actor's log standard deviation"""
-
     bf16: bool = True
-    """autocast the hidden layers' matmuls to bfloat16 where the hardware computes it natively (CUDA with bf16, CPUs
-    with AMX or AVX512-BF16; ignored elsewhere); master weights, optimiser states, targets, log-probs, losses stay float32"""
+    """autocast the hidden layers' matmuls to bfloat16 where the hardware has it (CUDA, CPUs with AMX or AVX512-BF16)"""
 
-    # checkpoints and expert artefacts
-    checkpoint_frequency: int = 50_000
-    """save a resumable checkpoint every this many environment steps (0: never)"""
+    # checkpoints
     checkpoint_minutes: float = 30.0
-    """also save it every this many minutes of wall time (0: never), and always when stopped by SIGINT/SIGTERM"""
-    checkpoint_dir: Optional[str] = None
-    """checkpoint folder (default: checkpoints/<env-id>__<exp-name>__<seed>/, git-ignored; long runs use a tracked
-    folder such as long_runs/, see README)"""
+    """save a checkpoint every this many minutes (0: only when stopped), and when stopped by SIGINT/SIGTERM"""
+    checkpoint_dir: str = "checkpoints"
+    """folder of the checkpoint file <env-id>__<exp-name>__<seed>.pt (deleted when the run finishes)"""
     resume: bool = False
-    """continue from the checkpoint in checkpoint_dir"""
+    """continue the interrupted run from its checkpoint"""
     refill_steps: int = 50_000
-    """on --resume, environment steps of the current policy that refill the replay buffer (checkpoints leave it out)
-    before updates continue; not counted in global_step, recorded as refill_env_steps"""
-    save_expert: bool = False
-    """at the end, write expert.json, demos.npz and policy.pt to expert_path"""
-    overwrite: bool = False
-    """allow --save-expert to replace an existing expert folder"""
-    expert_eval_episodes: int = 50
-    """deterministic episodes that measure the expert return (and random-policy episodes) for expert.json"""
-    num_demo_episodes: int = 25
-    """deterministic expert episodes stored in demos.npz"""
-    float16_observations: bool = False
-    """store demos.npz's observations and next_observations as float16 (half the size: Humanoid's 376-dim observations;
-    the scripts cast them back to float32 on load)"""
-    expert_snapshot: Literal["best", "final"] = "best"
-    """which actor --save-expert ships: `best` (highest eval return seen, as expert checkpoints are usually picked) or
-    `final`"""
+    """on --resume, steps of the current policy that refill the replay buffer (not in global_step: refill_env_steps)"""
 
 
 # ------------------------------------------------------------------------------------------------------------ SAC
@@ -190,15 +171,6 @@ class Actor(nn.Module):
     def deterministic_action(self, obs):
         return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
 
-    def mean_mlp(self):
-        """obs -> pre-tanh mean as a plain nn.Sequential (the shipped policy.pt, loadable without this class)."""
-        action_dim = self.fc_head.out_features // 2
-        fc_mean = nn.Linear(self.fc_head.in_features, action_dim)
-        with torch.no_grad():
-            fc_mean.weight.copy_(self.fc_head.weight[:action_dim])
-            fc_mean.bias.copy_(self.fc_head.bias[:action_dim])
-        return nn.Sequential(self.fc1, nn.ReLU(), self.fc2, nn.ReLU(), fc_mean.to(self.fc1.weight.device))
-
 
 class ReplayBuffer:
     """Transitions as rows [obs, action, reward, next_obs, termination] of one preallocated tensor on the training
@@ -244,29 +216,17 @@ def alpha_loss(log_alpha, log_pi, target_entropy):
     return (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
 
 
-def sac_update(
-    batch,
-    actor,
-    qf,
-    qf_target,
-    log_alpha,
-    q_optimizer,
-    actor_optimizer,
-    alpha_optimizer,
-    args,
-    target_entropy,
-    global_step,
-    bf16=False,
-):
-    """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls.
+def sac_update(batch, actor, qf, qf_target, log_alpha, optimizers, args, global_step, bf16=False):
+    """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls, target
+    critics every target_network_frequency calls. optimizers: {"q", "actor", "alpha"}. The entropy target is -|A|.
     bf16 autocasts the hidden layers' matmuls; weights, optimiser states, targets, log-probs and losses stay float32."""
-    device_type = batch[0].device.type
+    device_type, target_entropy = batch[0].device.type, -float(batch[1].shape[-1])
     alpha = log_alpha.exp().detach()
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
         qf_loss, q_values = soft_q_loss(qf, qf_target, actor, batch, alpha, args.gamma)
-    q_optimizer.zero_grad(set_to_none=True)
+    optimizers["q"].zero_grad(set_to_none=True)
     qf_loss.backward()
-    q_optimizer.step()
+    optimizers["q"].step()
     stats = {"losses/qf_loss": qf_loss.detach(), "losses/qf1_values": q_values[0].detach().mean()}
 
     if global_step % args.policy_frequency == 0:
@@ -274,19 +234,17 @@ def sac_update(
         for _ in range(args.policy_frequency):
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
                 actor_loss, log_pi = policy_loss(actor, qf, batch[0], alpha)
-            actor_optimizer.zero_grad(set_to_none=True)
+            optimizers["actor"].zero_grad(set_to_none=True)
             actor_loss.backward()
-            actor_optimizer.step()
+            optimizers["actor"].step()
             if args.autotune:
                 loss = alpha_loss(log_alpha, log_pi, target_entropy)
-                alpha_optimizer.zero_grad(set_to_none=True)
+                optimizers["alpha"].zero_grad(set_to_none=True)
                 loss.backward()
-                alpha_optimizer.step()
+                optimizers["alpha"].step()
                 alpha = log_alpha.exp().detach()
         qf.requires_grad_(True)
-        stats.update(
-            {"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha, "charts/entropy": -log_pi.detach().mean()}
-        )
+        stats |= {"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha, "charts/entropy": -log_pi.detach().mean()}
 
     if global_step % args.target_network_frequency == 0:
         with torch.no_grad():
@@ -313,7 +271,51 @@ def make_optimizer(params, lr, device):
         return torch.optim.Adam(params, lr=lr, foreach=device.type == "cuda")
 
 
-# ----------------------------------------------------------------------------------------------------- evaluation
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path, state, **progress):
+    """state: name -> module, optimizer or tensor, listed once in main; progress: the run's counters. Saved with the RNG
+    states to a temporary file, then renamed: a kill while saving never leaves half a checkpoint. No replay buffer."""
+    state = {name: item.detach().cpu() if torch.is_tensor(item) else item.state_dict() for name, item in state.items()}
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    rng = [random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda_rng]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state": state, "rng": rng, "progress": progress}, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+def load_checkpoint(path, state):
+    """The inverse of save_checkpoint: every item of state takes back its saved values in place; returns the progress."""
+    checkpoint = torch.load(path, weights_only=False)
+    try:
+        for name, item in state.items():
+            if torch.is_tensor(item):
+                item.data.copy_(checkpoint["state"][name])
+            else:
+                item.load_state_dict(checkpoint["state"][name])
+    except (KeyError, RuntimeError, ValueError) as error:  # other networks or optimisers than the checkpoint's
+        error = " ".join(str(error).split())[:200]
+        sys.exit(f"error: {path} does not fit these arguments ({error}); resume with those of the interrupted run.")
+    python_rng, numpy_rng, torch_rng, cuda_rng = checkpoint["rng"]
+    random.setstate(python_rng)
+    np.random.set_state(numpy_rng)
+    torch.set_rng_state(torch_rng)
+    torch.cuda.set_rng_state_all(cuda_rng)
+    return checkpoint["progress"]
+
+
+# ---------------------------------------------------- shared plumbing (identical in every script; tests/test_shared_blocks.py)
+def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+    try:
+        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+    except gym.error.Error as error:
+        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
+    if capture_video:  # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes)
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.action_space.seed(seed)
+    return env
+
+
 def evaluate(act, env, num_episodes, seed):
     """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
     returns = []
@@ -327,406 +329,58 @@ def evaluate(act, env, num_episodes, seed):
     return np.array(returns, dtype=np.float64)
 
 
-# ------------------------------------------------------------------------------- expert artefacts (--save-expert)
-def rollout_episodes(act, env, num_episodes, seed):
-    """Whole episodes of act as the demos.npz arrays of DESIGN.md (first axis = transition)."""
-    keys = ("observations", "actions", "rewards", "next_observations", "terminations", "truncations")
-    data, episode_starts, returns = {key: [] for key in keys}, [], []
-    obs, _ = env.reset(seed=seed)
-    episode_starts.append(0)
-    while len(returns) < num_episodes:
-        action = act(obs[None])[0]
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        for key, value in zip(keys, (obs, action, reward, next_obs, terminated, truncated)):
-            data[key].append(value)
-        obs = next_obs
-        if terminated or truncated:
-            returns.append(info["episode"]["r"])
-            obs, _ = env.reset()
-            if len(returns) < num_episodes:
-                episode_starts.append(len(data["observations"]))
-    demos = {key: np.array(value) for key, value in data.items()}
-    demos["observations"], demos["next_observations"] = (
-        demos["observations"].astype(np.float32),
-        demos["next_observations"].astype(np.float32),
-    )
-    demos["episode_starts"] = np.array(episode_starts, dtype=np.int64)
-    return demos, np.array(returns)
-
-
-def expert_weakness(expert_return, random_return, best_eval_return, reward_threshold, fraction=0.8):
-    """Why a policy about to ship as an expert looks weak (None if it does not): it is barely above random, it returns
-    less than `fraction` of the best evaluation's gain over random, or a quarter of the gain the env's registered
-    reward threshold ("solved") asks for."""
-    gain, best_gain = expert_return - random_return, best_eval_return - random_return
-    if gain < 0.05 * abs(random_return) + 1:
-        return f"returns {expert_return:.1f}, barely above a random policy's {random_return:.1f}"
-    if gain < fraction * best_gain:
-        return (
-            f"returns {expert_return:.1f}, below {fraction:.0%} of the best evaluation's {best_eval_return:.1f} (random "
-            f"{random_return:.1f})"
-        )
-    if reward_threshold is not None and gain < 0.25 * (reward_threshold - random_return):
-        return (
-            f"returns {expert_return:.1f}, far below the env's registered reward threshold {reward_threshold:g} (random "
-            f"{random_return:.1f})"
-        )
-    return None
-
-
-def save_expert(expert_dir, args, actor, env_id, device, training, overwrite):
-    """expert.json + demos.npz + policy.pt: a plain MLP obs -> tanh(mean) (rebuilt from the json alone)."""
-    expert_dir = Path(expert_dir)
-    if expert_dir.exists() and any(expert_dir.iterdir()) and not overwrite:
-        sys.exit(f"error: {expert_dir} already exists; pass --overwrite to replace it.")
-    expert_dir.mkdir(parents=True, exist_ok=True)
-    env = make_env(env_id, args.seed + 20_000)
-
-    @torch.no_grad()
-    def act(obs):
-        return actor.deterministic_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-
-    expert_returns = evaluate(act, env, args.expert_eval_episodes, args.seed + 20_000)
-    random_returns = evaluate(lambda obs: env.action_space.sample()[None], env, args.expert_eval_episodes, args.seed + 30_000)
-    weak = expert_weakness(
-        expert_returns.mean(), random_returns.mean(), training["best_eval_return"], env.spec.reward_threshold
-    )
-    if weak:
-        print(f"warning: the saved expert {weak}; train longer (--total-timesteps) before imitating it.", file=sys.stderr)
-    demos, demo_returns = rollout_episodes(act, env, args.num_demo_episodes, args.seed + 40_000)
-    if args.float16_observations:
-        demos["observations"], demos["next_observations"] = (
-            demos["observations"].astype(np.float16),
-            demos["next_observations"].astype(np.float16),
-        )
-    np.savez_compressed(expert_dir / "demos.npz", **demos)
-    policy = actor.mean_mlp()
-    torch.save({key: value.cpu() for key, value in policy.state_dict().items()}, expert_dir / "policy.pt")
-    info = {
-        "env_id": env_id,
-        "algorithm": "sac",
-        "training_steps": training["global_step"],
-        "snapshot_step": training["snapshot_step"],
-        "training_wall_time_s": round(training["wall_time"], 1),
-        "refill_env_steps": training["refill_env_steps"],
-        "seed": args.seed,
-        "command": training["commands"],
-        "versions": package_versions(),
-        "expert_return_mean": float(expert_returns.mean()),
-        "expert_return_std": float(expert_returns.std()),
-        "expert_episodes": len(expert_returns),
-        "random_return_mean": float(random_returns.mean()),
-        "random_return_std": float(random_returns.std()),
-        "random_episodes": len(random_returns),
-        "observation_shape": list(env.observation_space.shape),
-        "action_shape": list(env.action_space.shape),
-        "action_space": "box",
-        "policy": {
-            "file": "policy.pt",
-            "layers": [int(policy[0].in_features), args.hidden_size, args.hidden_size, int(policy[-1].out_features)],
-            "activation": "relu",
-            "output": "tanh",
-            "action_scale": actor.action_scale.cpu().tolist(),
-            "action_bias": actor.action_bias.cpu().tolist(),
-        },
-        "demos": {
-            "file": "demos.npz",
-            "episodes": len(demo_returns),
-            "transitions": len(demos["rewards"]),
-            "return_mean": float(demo_returns.mean()),
-            "policy": "deterministic",
-            "observation_dtype": str(demos["observations"].dtype),
-        },
-        "training": "SAC on the environment reward; "
-        + json.dumps({k: v for k, v in asdict(args).items() if k not in ("track", "wandb_entity")}),
-    }
-    (expert_dir / "expert.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(
-        f"expert saved to {expert_dir}: return {expert_returns.mean():.1f} +/- {expert_returns.std():.1f} "
-        f"(random {random_returns.mean():.1f}), {len(demo_returns)} demo episodes"
-    )
-
-
-# ----------------------------------------- shared infrastructure (identical in every script; tests/test_shared_blocks.py)
-def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
-    try:
-        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
-    except gym.error.Error as error:
-        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
-    if capture_video:
-        try:
-            env.reset(seed=seed)
-            env.render()
-        except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(
-                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
-            )
-        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
-        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
-    env = gym.wrappers.RecordEpisodeStatistics(env)
-    env.action_space.seed(seed)
-    return env
-
-
-# a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
-# from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
-RANDOM_RETURN_EPISODES = 50
-
-
-RANDOM_RETURN_SEED = 30_000
-
-
-def load_expert_info(expert_dir, env, required):
-    """expert.json as a dict, checked against the env; None if absent and not required. A demos-only folder needs just
-    observation_shape and action_shape (README, "Your own demonstrations"): without env_id it is the env's, without
-    expert_return_mean the demos' mean return, without random_return_mean a uniformly random policy's, measured on
-    every run and never written back by a run (`cleanil/demos.py --complete` stores it)."""
-    info_path = Path(expert_dir) / "expert.json"
-    if not info_path.exists():
-        if required:
-            sys.exit(f"error: no expert at {info_path}; {missing_expert_hint(env.spec.id, expert_dir)}")
-        return None
-    command = expert_command(env.spec.id, expert_dir)
-    try:
-        info = json.loads(info_path.read_text())
-        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
-        returns = {key: float(info[key]) for key in ("expert_return_mean", "random_return_mean") if key in info}
-    except (ValueError, KeyError, TypeError) as error:
-        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(
-            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
-        )
-    if "expert_return_mean" not in returns:
-        returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(
-            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-            f"{num_episodes} episodes, stands in for it.",
-            file=sys.stderr,
-        )
-    if "random_return_mean" not in returns:
-        returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(
-            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
-            file=sys.stderr,
-        )
-    expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
-    if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(
-            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-            f"`{command} --overwrite`."
-        )
-    return {"env_id": env.spec.id, **info, **returns}
-
-
-def demos_mean_return(expert_dir, command):
-    """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
-    path = Path(expert_dir) / "demos.npz"
-    if not path.exists():
-        sys.exit(
-            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
-        )
-    try:
-        with np.load(path) as data:
-            rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
-        if len(starts) == 0 or starts[0] != 0 or (np.diff(starts) <= 0).any() or starts[-1] >= len(rewards):
-            raise ValueError(f"episode_starts {starts[:5]}... are not increasing indices from 0 below {len(rewards)}")
-        returns = np.add.reduceat(rewards, starts)
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    return float(returns.mean()), len(returns)
-
-
-def random_policy_returns(env_id):
-    """Returns of a uniformly random policy in RANDOM_RETURN_EPISODES episodes, on an env of its own (the run's envs and
-    their random streams stay untouched), with a progress bar: the random return of a folder whose expert.json has none."""
-    env = make_env(env_id, RANDOM_RETURN_SEED)
-    returns = []
-    for episode in tqdm(range(RANDOM_RETURN_EPISODES), desc=f"{env_id}: random_return_mean", file=sys.stderr, mininterval=2.0):
-        env.reset(seed=RANDOM_RETURN_SEED if episode == 0 else None)
-        done = False
-        while not done:
-            _, _, terminated, truncated, info = env.step(env.action_space.sample())
-            done = terminated or truncated
-        returns.append(info["episode"]["r"])
-    env.close()
-    return np.array(returns, dtype=np.float64)
-
-
-def expert_command(env_id, expert_dir=None):
-    """The command that creates expert_dir: the env's trainer for the default experts/<env-id>/ (no --expert-path
-    needed), cleanil/demos.py for a folder of one's own (your demonstrations, converted or recorded from a policy)."""
-    command = demos_command(env_id, expert_dir)
-    if "--expert-path" in command:
-        return f"{command} --from-<minari|d4rl|sb3|npz|policy> <source>"
-    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
-    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
-
-
-def demos_command(env_id, expert_dir=None):
-    """cleanil/demos.py writing expert_dir (the default experts/<env-id>/ needs no --expert-path), before its source flag."""
-    command = f"python cleanil/demos.py --env-id {env_id}"
-    if expert_dir is not None and Path(expert_dir).resolve() != Path(__file__).resolve().parent.parent / "experts" / env_id:
-        command += f" --expert-path {shlex.quote(str(expert_dir))}"
-    return command
-
-
-SHIPPED_EXPERTS = (
-    "CartPole-v1",
-    "Acrobot-v1",
-    "MountainCar-v0",
-    "Pendulum-v1",
-    "InvertedPendulum-v4",
-    "Hopper-v4",
-    "HalfCheetah-v4",
-    "Walker2d-v4",
-    "Ant-v4",
-    "Humanoid-v4",
-)
-
-
-def missing_expert_hint(env_id, expert_dir=None):
-    """What a missing expert costs: the shipped ones come with the repository, a folder of one's own (--expert-path) is
-    built by cleanil/demos.py, and any other env's default folder needs a training run."""
-    command = expert_command(env_id, expert_dir)
-    if "demos.py" in command:
-        shipped = (
-            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
-        )
-        return (
-            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
-        )
-    if env_id in SHIPPED_EXPERTS:
-        return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
-    if "dqn.py" in command:
-        return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (
-        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
-    )
-
-
-def normalized_score(episode_return, expert_info):
-    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
-    if expert_info is None:
+def normalized_score(episode_return, info):
+    """(R - R_random) / (R_expert - R_random) with expert.json's returns (DESIGN.md); NaN without an expert."""
+    if info is None:
         return float("nan")
-    random_return = expert_info["random_return_mean"]
-    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
-
-
-def package_versions():
-    import importlib.metadata as metadata
-
-    return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
-
-
-def log_metrics(track, metrics, step):
-    """The one place a script reports metrics: to wandb under --track (wandb.init ran in main), else nowhere."""
-    if track:
-        import wandb
-
-        wandb.log({key: float(value) for key, value in metrics.items()}, step=step)
-
-
-def exit_if_non_finite(values, message):
-    """Stop with one sentence (DESIGN.md, "Bad input") once a loss is NaN or infinite: past it, the NaN reaches every
-    weight and the run only wastes its budget."""
-    if not all(torch.isfinite(value) for value in values):
-        sys.exit(message)
-
-
-def checkpoint_state(saved):
-    """What a checkpoint stores of each object in `saved`: a module's or optimizer's state_dict, a bare tensor's CPU
-    copy (log alpha), each under its key, so save and load walk the same listing."""
-    return {
-        key: value.detach().cpu() if isinstance(value, torch.Tensor) else value.state_dict() for key, value in saved.items()
-    }
-
-
-def load_checkpoint_state(saved, checkpoint):
-    """The inverse of checkpoint_state: every object in `saved` takes back its state from `checkpoint`, in place."""
-    for key, value in saved.items():
-        if isinstance(value, torch.Tensor):
-            with torch.no_grad():
-                value.copy_(checkpoint[key])
-        else:
-            value.load_state_dict(checkpoint[key])
+    return (episode_return - info["random_return_mean"]) / (info["expert_return_mean"] - info["random_return_mean"])
 
 
 def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
-    new = not path.exists()
+    header = "" if path.exists() else ",".join(row) + "\n"
     with open(path, "a") as f:
-        if new:
-            f.write(",".join(row) + "\n")
-        f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+        f.write(
+            header + ",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n"
+        )
 
 
-def hardware_info(device, bf16=False):
-    """The device, its name, the thread count and the precision of a run, for summary.json."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {
-        "device": str(device),
-        "device_name": name,
-        "threads": torch.get_num_threads(),
-        "precision": "bf16-autocast" if bf16 else "fp32",
-    }
-
-
-def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
-    """summary.json: args, final and best scores, wall time, mean SPS, versions, and the device/threads/precision used."""
+def write_summary(run_dir, args, eval_rows, wall_time, sps, device, precision, **extra):
+    """summary.json: args, final and best scores, wall time, mean SPS, device, precision, the code's git commit, extra."""
     scores = [row["normalized_score"] for row in eval_rows]
+    git = ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"]
+    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip() if shutil.which("git") else ""
     summary = {
         "args": asdict(args),
-        **(hardware or {}),
+        "device": str(device),
+        "precision": precision,
+        "commit": commit or None,
         "final_return": eval_rows[-1]["eval_return_mean"],
         "final_normalized_score": scores[-1],
         "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
         "total_wall_time_s": wall_time,
         "mean_sps": sps,
-        "versions": package_versions(),
+        **extra,
     }
-    # strict JSON has no NaN (a score without expert.json): null instead, which every JSON parser reads
-    summary = json.loads(json.dumps(summary), parse_constant=lambda constant: None)
-    path = Path(run_dir) / "summary.json"
-    path.with_suffix(".json.tmp").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    os.replace(path.with_suffix(".json.tmp"), path)  # atomic: a run stopped while writing never leaves half a file
+    summary = json.loads(json.dumps(summary), parse_constant=lambda constant: None)  # strict JSON: NaN -> null
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in (
-        "total_timesteps",
-        "eval_frequency",
-        "eval_episodes",
-        "log_frequency",
-        "batch_size",
-        "buffer_size",
-        "policy_frequency",
-        "target_network_frequency",
-        "hidden_size",
-        "expert_eval_episodes",
-        "num_demo_episodes",
-    ):
+    positive = ("total_timesteps", "eval_frequency", "eval_episodes", "log_frequency", "batch_size", "buffer_size")
+    for name in (*positive, "policy_frequency", "target_network_frequency", "hidden_size"):
         if getattr(args, name) <= 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
-    expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
-    checkpoint_dir = Path(args.checkpoint_dir or f"checkpoints/{args.env_id}__{args.exp_name}__{args.seed}")
-    checkpoint = None
-    if args.resume:
-        if not (checkpoint_dir / "checkpoint.pt").exists():
-            sys.exit(
-                f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume."
-            )
-        checkpoint = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=False)
+    if args.total_timesteps <= args.learning_starts:
+        sys.exit(f"error: --total-timesteps {args.total_timesteps} must exceed --learning-starts {args.learning_starts}.")
+    checkpoint_path = Path(args.checkpoint_dir) / f"{args.env_id}__{args.exp_name}__{args.seed}.pt"
+    if args.resume and not checkpoint_path.exists():
+        sys.exit(f"error: --resume found no checkpoint at {checkpoint_path}; start the run without --resume.")
+    if not args.resume and checkpoint_path.exists():
+        fix = "continue it with --resume, or delete it to start over"
+        sys.exit(f"error: {checkpoint_path} holds an interrupted run's checkpoint; {fix}.")
 
     # seeding
     random.seed(args.seed)
@@ -735,77 +389,46 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     bf16 = args.bf16 and bf16_is_fast(device)
+    precision = "bf16-autocast" if bf16 else "fp32"
 
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     env = make_env(args.env_id, args.seed)
     if not isinstance(env.action_space, gym.spaces.Box):
         sys.exit(f"error: sac.py needs continuous (Box) actions but {args.env_id} has {env.action_space}; use cleanil/dqn.py.")
-    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
-    expert_info = load_expert_info(expert_dir, env, required=False)
+    expert_json = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id) / "expert.json"
+    expert_info = json.loads(expert_json.read_text()) if expert_json.exists() else None
     obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
-    run_dir = Path("runs") / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            config=vars(args),
-            name=run_name,
-            save_code=True,
-            id=run_name,
-            resume="allow",
-        )
 
     actor = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)
     qf = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
     qf_target = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
     qf_target.load_state_dict(qf.state_dict())
-    q_optimizer = make_optimizer(qf.parameters(), args.q_lr, device)
-    actor_optimizer = make_optimizer(actor.parameters(), args.policy_lr, device)
-    target_entropy = -float(action_dim)
     log_alpha = torch.tensor(np.log(args.alpha), dtype=torch.float32, device=device, requires_grad=True)
-    alpha_optimizer = make_optimizer([log_alpha], args.q_lr, device)
-    rb = ReplayBuffer(obs_dim, action_dim, args.buffer_size, device)
-    # the state a checkpoint holds, listed once (no replay buffer: --resume refills it)
-    saved_state = {
-        "actor": actor,
-        "qf": qf,
-        "qf_target": qf_target,
-        "q_optimizer": q_optimizer,
-        "actor_optimizer": actor_optimizer,
-        "alpha_optimizer": alpha_optimizer,
-        "log_alpha": log_alpha,
+    optimizers = {
+        "q": make_optimizer(qf.parameters(), args.q_lr, device),
+        "actor": make_optimizer(actor.parameters(), args.policy_lr, device),
+        "alpha": make_optimizer([log_alpha], args.q_lr, device),
     }
+    best_actor = deepcopy(actor)  # the actor of the best evaluation so far (--snapshot best)
+    rb = ReplayBuffer(obs_dim, action_dim, args.buffer_size, device)
+    # what a checkpoint holds, listed once (no replay buffer: --resume refills it)
+    state = {"actor": actor, "qf": qf, "qf_target": qf_target, "log_alpha": log_alpha, "best_actor": best_actor}
+    state.update({f"{name}_optimizer": optimizer for name, optimizer in optimizers.items()})
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    progress = {"global_step": 0, "run_name": run_name, "eval_rows": [], "wall_time": 0.0, "refill_env_steps": 0}
+    if args.resume:
+        progress = load_checkpoint(checkpoint_path, state)
+    run_name, start_step, wall_offset, eval_rows = (progress[k] for k in ("run_name", "global_step", "wall_time", "eval_rows"))
+    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
+    run_dir = Path("runs") / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval.csv").unlink(missing_ok=True)  # a killed run may have evaluated past its checkpoint's rows
+    for row in eval_rows:
+        write_eval_row(run_dir, row)
+    if args.track:
+        import wandb
 
-    start_step, wall_offset, refill_env_steps, eval_rows, commands, best_actor = 0, 0.0, 0, [], [], {}
-    if checkpoint:
-        try:
-            load_checkpoint_state(saved_state, checkpoint)
-        except (KeyError, RuntimeError, ValueError) as error:
-            sys.exit(
-                f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments "
-                f"({' '.join(str(error).split())[:240]}); "
-                f"resume with the arguments of the run that wrote it, or start without --resume."
-            )
-        start_step, wall_offset, refill_env_steps, eval_rows, commands, best_actor = (
-            checkpoint[k] for k in ("global_step", "wall_time", "refill_env_steps", "eval_rows", "commands", "best_actor")
-        )
-        random.setstate(checkpoint["python_rng"])
-        np.random.set_state(checkpoint["numpy_rng"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        # a killed run may have evaluated past its checkpoint: those steps run again, so eval.csv restarts from the
-        # checkpoint's rows
-        (run_dir / "eval.csv").unlink(missing_ok=True)
-        for row in eval_rows:
-            write_eval_row(run_dir, row)
-        print(f"resumed {run_name} at step {start_step} from {checkpoint_dir}")
-    commands.append(" ".join(["python"] + sys.argv))
-
-    @torch.no_grad()
-    def act_deterministic(obs):
-        return actor.deterministic_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        run = {"project": args.wandb_project_name, "entity": args.wandb_entity, "name": run_name, "id": run_name}
+        wandb.init(**run, config=vars(args), save_code=True, resume="allow")  # a resumed run continues its wandb run
 
     @torch.no_grad()
     def act_exploring(obs, global_step):
@@ -813,75 +436,51 @@ if __name__ == "__main__":
             return env.action_space.sample()
         return actor.get_action(torch.as_tensor(obs[None], dtype=torch.float32, device=device))[0][0].cpu().numpy()
 
+    @torch.no_grad()
+    def act_deterministic(obs):
+        return actor.deterministic_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+
     def run_evaluation(global_step):
+        if not all(torch.isfinite(value) for value in stats.values()):
+            sys.exit(f"error: non-finite SAC loss before step {global_step}; lower --q-lr or --policy-lr.")
         returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
-        wall_time = wall_offset + time.time() - start_time
         row = {
             "global_step": global_step,
             "eval_return_mean": float(returns.mean()),
             "eval_return_std": float(returns.std()),
             "normalized_score": normalized_score(float(returns.mean()), expert_info),
-            "wall_time": wall_time,
+            "wall_time": wall_offset + time.time() - start_time,
             "sps": (global_step - start_step) / max(time.time() - start_time, 1e-9),
         }
         if not eval_rows or row["eval_return_mean"] > max(r["eval_return_mean"] for r in eval_rows):
-            best_actor.update(step=global_step, state={k: v.clone() for k, v in actor.state_dict().items()})
+            best_actor.load_state_dict(actor.state_dict())
         eval_rows.append(row)
         write_eval_row(run_dir, row)
-        log_metrics(
-            args.track, {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, global_step
-        )
-        progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
-
-    def save_checkpoint(global_step):
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = checkpoint_state(saved_state)
-        state.update(
-            global_step=global_step,
-            run_name=run_name,
-            eval_rows=eval_rows,
-            refill_env_steps=refill_env_steps,
-            commands=commands,
-            best_actor=best_actor,
-            wall_time=wall_offset + time.time() - start_time,
-            python_rng=random.getstate(),
-            numpy_rng=np.random.get_state(),
-            torch_rng=torch.get_rng_state(),
-            args=asdict(args),
-        )
-        torch.save(state, checkpoint_dir / "checkpoint.pt.tmp")
-        os.replace(checkpoint_dir / "checkpoint.pt.tmp", checkpoint_dir / "checkpoint.pt")  # atomic: a kill never corrupts it
+        if args.track:
+            wandb.log(
+                {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, step=global_step
+            )
+        progress_bar.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     # SIGINT (Ctrl-C) and SIGTERM (a session's end, a cluster's preemption) finish the step, checkpoint, and exit
     stop_signals = []
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, lambda signum, frame: stop_signals.append(signum))
 
-    start_time = time.time()
+    start_time = saved_time = time.time()
     obs, _ = env.reset(seed=args.seed + start_step)
-    if checkpoint:
-        # the buffer was left out of the checkpoint: refill it with the current policy before updates continue
-        for _ in tqdm(
-            range(min(args.refill_steps, args.buffer_size)),
-            desc="refilling the replay buffer",
-            file=sys.stderr,
-            mininterval=2.0,
-        ):
+    if args.resume:  # the checkpoint left the replay buffer out: refill it with the current policy
+        for _ in tqdm(range(args.refill_steps), desc="refilling the replay buffer", file=sys.stderr, mininterval=2.0):
             action = act_exploring(obs, start_step)
             next_obs, reward, terminated, truncated, info = env.step(action)
             rb.add(obs, action, reward, next_obs, terminated)
             obs = next_obs if not (terminated or truncated) else env.reset()[0]
-            refill_env_steps += 1
-    hardware = hardware_info(device, bf16)
-    print(
-        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
-        f"{hardware['precision']}",
-        file=sys.stderr,
-    )
-    progress = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
+            progress["refill_env_steps"] += 1
+    print(f"{run_name}: {device}, {precision}", file=sys.stderr)
+    progress_bar = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
+    stats = {}
     if start_step == 0:
         run_evaluation(0)
-    last_checkpoint_time = time.time()
     for global_step in range(start_step + 1, args.total_timesteps + 1):
         action = act_exploring(obs, global_step)
         next_obs, reward, terminated, truncated, info = env.step(action)
@@ -889,83 +488,58 @@ if __name__ == "__main__":
         rb.add(obs, action, reward, next_obs, terminated)
         obs = next_obs
         if terminated or truncated:
-            log_metrics(
-                args.track,
-                {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
-                global_step,
-            )
+            if args.track:
+                episode = {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]}
+                wandb.log(episode, step=global_step)
             obs, _ = env.reset()
 
         if global_step > args.learning_starts:
-            stats = sac_update(
-                rb.sample(args.batch_size),
-                actor,
-                qf,
-                qf_target,
-                log_alpha,
-                q_optimizer,
-                actor_optimizer,
-                alpha_optimizer,
-                args,
-                target_entropy,
-                global_step,
-                bf16,
-            )
-            # checked where logged, not every update: the check waits on the GPU
-            if global_step % args.log_frequency == 0:
-                exit_if_non_finite(
-                    stats.values(),
-                    f"error: non-finite SAC loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
-                    f"lower --q-lr or --policy-lr.",
-                )
+            batch = rb.sample(args.batch_size)
+            stats = sac_update(batch, actor, qf, qf_target, log_alpha, optimizers, args, global_step, bf16)
+            if args.track and global_step % args.log_frequency == 0:
                 sps = (global_step - start_step) / (time.time() - start_time)
-                log_metrics(args.track, {**stats, "charts/SPS": sps}, global_step)
-        progress.update(1)
+                wandb.log({**{key: float(value) for key, value in stats.items()}, "charts/SPS": sps}, step=global_step)
+        progress_bar.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             run_evaluation(global_step)
-        if (
-            (args.checkpoint_frequency and global_step % args.checkpoint_frequency == 0)
-            or global_step == args.total_timesteps
-            or stop_signals
-            or (args.checkpoint_minutes and time.time() - last_checkpoint_time > 60 * args.checkpoint_minutes)
-        ):
-            save_checkpoint(global_step)
-            last_checkpoint_time = time.time()
+        if stop_signals or (args.checkpoint_minutes and time.time() - saved_time > 60 * args.checkpoint_minutes):
+            progress.update(global_step=global_step, wall_time=wall_offset + time.time() - start_time)
+            save_checkpoint(checkpoint_path, state, **progress)
+            saved_time = time.time()
         if stop_signals:
-            progress.close()
-            print(
-                f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}: evaluations so far in "
-                f"{run_dir / 'eval.csv'}, "
-                f"checkpoint in {checkpoint_dir}; continue with the same command plus --resume.",
-                file=sys.stderr,
-            )
+            progress_bar.close()
+            print(f"stopped at step {global_step}: continue from {checkpoint_path} with --resume.", file=sys.stderr)
             sys.exit(128 + stop_signals[0])
-    progress.close()
+    progress_bar.close()
 
-    wall_time = wall_offset + time.time() - start_time
+    wall_time, refill_env_steps = wall_offset + time.time() - start_time, progress["refill_env_steps"]
     mean_sps = (args.total_timesteps - start_step) / max(time.time() - start_time, 1e-9)
-    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, {**hardware, "refill_env_steps": refill_env_steps})
+    # policy.pt: obs -> pre-tanh mean of the chosen actor as a plain nn.Sequential; `demos.py --from-policy` reads it
+    snapshot = best_actor if args.snapshot == "best" else actor
+    head = nn.Linear(args.hidden_size, action_dim)  # the mean half of the actor's head
+    head.load_state_dict({key: value[:action_dim] for key, value in snapshot.fc_head.state_dict().items()})
+    policy = nn.Sequential(snapshot.fc1, nn.ReLU(), snapshot.fc2, nn.ReLU(), head)
+    torch.save({key: value.cpu() for key, value in policy.state_dict().items()}, run_dir / "policy.pt")
+    spec = {"file": "policy.pt", "layers": [obs_dim, args.hidden_size, args.hidden_size, action_dim], "activation": "relu"}
+    spec.update(output="tanh", action_scale=actor.action_scale.tolist(), action_bias=actor.action_bias.tolist())
+    best = max(eval_rows, key=lambda row: row["eval_return_mean"])  # the first best, whose actor best_actor holds
+    policy_info = {
+        "env_id": args.env_id,
+        "algorithm": "sac",
+        "snapshot": args.snapshot,
+        "snapshot_step": best["global_step"] if args.snapshot == "best" else args.total_timesteps,
+        "training_steps": args.total_timesteps,
+        "training_wall_time_s": round(wall_time, 1),
+        "refill_env_steps": refill_env_steps,
+        "seed": args.seed,
+        "command": " ".join(["python", *sys.argv]),
+        "best_eval_return": best["eval_return_mean"],
+        "policy": spec,
+    }
+    (run_dir / "policy.json").write_text(json.dumps(policy_info, indent=2) + "\n")
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, device, precision, refill_env_steps=refill_env_steps)
+    checkpoint_path.unlink(missing_ok=True)  # finished: nothing left to resume
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
-    if args.save_expert:
-        if args.expert_snapshot == "best":
-            actor.load_state_dict(best_actor["state"])
-        snapshot_step = best_actor["step"] if args.expert_snapshot == "best" else args.total_timesteps
-        save_expert(
-            expert_dir,
-            args,
-            actor,
-            args.env_id,
-            device,
-            {
-                "global_step": args.total_timesteps,
-                "snapshot_step": snapshot_step,
-                "wall_time": wall_time,
-                "commands": commands,
-                "refill_env_steps": refill_env_steps,
-                "best_eval_return": max(row["eval_return_mean"] for row in eval_rows),
-            },
-            args.overwrite,
-        )
     env.close()
     eval_env.close()
     if args.track:

@@ -1,6 +1,7 @@
 """bc.py: the likelihoods and the BC loss on toy tensors, a mixture head that fits what a Gaussian cannot, demo
 loading and subsampling, every flag path end to end, bad input, and learning from the shipped demos."""
 
+import json
 import math
 
 import bc
@@ -9,30 +10,23 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
+from conftest import EXPERTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
 
 
 def test_bc_loss_on_toy_batch():
     # zeroed last layer: the head outputs its bias whatever the observation, so the NLL is known in closed form
-    policy = bc.Policy("categorical", torch.zeros(3), torch.ones(3), 2, hidden_size=8)
+    policy = bc.Policy("categorical", torch.zeros(3), torch.ones(3), gym.spaces.Discrete(2), hidden_size=8)
     with torch.no_grad():
         policy.network[-1].weight.zero_()
         policy.network[-1].bias.copy_(torch.log(torch.tensor([0.2, 0.8])))
     loss = bc.bc_loss(policy, torch.randn(3, 3), torch.tensor([0, 1, 1]))
     assert loss.item() == pytest.approx(-(math.log(0.2) + 2 * math.log(0.8)) / 3, rel=1e-5)
 
-    # Gaussian on actions rescaled by action_scale 2 and bias 1; a raw log_std of 0 maps to the middle of [min, max]
-    policy = bc.Policy(
-        "gaussian",
-        torch.zeros(3),
-        torch.ones(3),
-        1,
-        hidden_size=8,
-        action_scale=[2.0],
-        action_bias=[1.0],
-        log_std_min=-5.0,
-        log_std_max=2.0,
-    )
+    # Gaussian on actions in [-1, 3], rescaled by action_scale 2 and bias 1; a raw log_std of 0 maps to the middle of
+    # [min, max]
+    box = gym.spaces.Box(-1.0, 3.0, (1,))
+    policy = bc.Policy("gaussian", torch.zeros(3), torch.ones(3), box, hidden_size=8, log_std_range=(-5.0, 2.0))
+    assert policy.action_scale.tolist() == [2.0] and policy.action_bias.tolist() == [1.0]
     with torch.no_grad():
         policy.network[-1].weight.zero_()
         policy.network[-1].bias.copy_(torch.tensor([0.5, 0.0]))
@@ -43,9 +37,8 @@ def test_bc_loss_on_toy_batch():
 
 def test_beta_nll_weights_each_dim_by_its_held_sigma():
     torch.manual_seed(0)
-    policy = bc.Policy(
-        "gaussian", torch.zeros(3), torch.ones(3), 2, hidden_size=8, action_scale=[2.0, 1.0], action_bias=[1.0, 0.0]
-    )
+    box = gym.spaces.Box(np.array([-1.0, -1.0]), np.array([3.0, 1.0]))  # action_scale [2, 1], action_bias [1, 0]
+    policy = bc.Policy("gaussian", torch.zeros(3), torch.ones(3), box, hidden_size=8)
     obs, actions = torch.randn(5, 3), torch.rand(5, 2) * 2 - 1
     mean, log_std = policy(obs)
     scaled = (actions - policy.action_bias) / policy.action_scale
@@ -90,9 +83,8 @@ def test_mixture_head_fits_a_bimodal_expert_that_a_gaussian_cannot():
     obs, actions, held_out = torch.zeros(2048, 1), sample(2048), sample(2048)
     held_out_ll = {}
     for head in ("gaussian", "mixture"):
-        policy = bc.Policy(
-            head, torch.zeros(1), torch.ones(1), 1, hidden_size=32, num_components=5 if head == "mixture" else 1
-        )
+        box = gym.spaces.Box(-1.0, 1.0, (1,))
+        policy = bc.Policy(head, torch.zeros(1), torch.ones(1), box, hidden_size=32, num_components=5)
         optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
         for _ in range(1500):
             index = torch.randint(0, len(obs), (256,))
@@ -111,10 +103,12 @@ def test_mixture_head_fits_a_bimodal_expert_that_a_gaussian_cannot():
     assert held_out_ll["mixture"] > held_out_ll["gaussian"] + 1.0, held_out_ll
 
 
-def write_demos(expert_dir, episode_lengths, obs_dim=4):
-    """A fake demos.npz whose observation rows hold their own transition index (to check which rows were kept)."""
+def write_expert(expert_dir, episode_lengths, obs_dim=4, env_id="CartPole-v1"):
+    """A fake expert folder whose observation rows hold their own transition index (to check which rows were kept)."""
     n = sum(episode_lengths)
     expert_dir.mkdir(parents=True, exist_ok=True)
+    info = {"env_id": env_id, "expert_return_mean": 500.0, "random_return_mean": 20.0}
+    (expert_dir / "expert.json").write_text(json.dumps(info))
     np.savez_compressed(
         expert_dir / "demos.npz",
         observations=np.repeat(np.arange(n, dtype=np.float32)[:, None], obs_dim, 1),
@@ -127,10 +121,11 @@ def write_demos(expert_dir, episode_lengths, obs_dim=4):
     )
 
 
-def test_load_demos_takes_first_trajectories_and_subsamples_each_from_a_random_offset(tmp_path):
-    write_demos(tmp_path, [10, 7, 5, 9])
+def test_load_expert_takes_first_trajectories_and_subsamples_each_from_a_random_offset(tmp_path):
+    write_expert(tmp_path, [10, 7, 5, 9])
     env = gym.make("CartPole-v1")
-    demos = bc.load_demos(tmp_path, env, num_trajectories=3, subsample_frequency=3, seed=0, keys=("observations",))
+    info, demos = bc.load_expert(tmp_path, env, num_trajectories=3, subsample_frequency=3, seed=0, keys=("observations",))
+    assert info["expert_return_mean"] == 500.0 and bc.normalized_score(260.0, info) == 0.5
     assert set(demos) == {"observations"}  # only the requested keys are read
     kept = demos["observations"][:, 0].astype(int)
     for start, end in ((0, 10), (10, 17), (17, 22)):
@@ -138,19 +133,29 @@ def test_load_demos_takes_first_trajectories_and_subsamples_each_from_a_random_o
         assert rows[0] - start < 3 and (np.diff(rows) == 3).all() and end - rows[-1] <= 3, rows
     assert kept.max() < 22  # the fourth trajectory was not asked for
     offsets = {
-        tuple(bc.load_demos(tmp_path, env, 3, 3, seed, ("observations",))["observations"][:, 0] % 3) for seed in range(10)
+        tuple(bc.load_expert(tmp_path, env, 3, 3, seed, ("observations",))[1]["observations"][:, 0] % 3) for seed in range(10)
     }
     assert len(offsets) > 1  # the offset is random, drawn per seed
-    full = bc.load_demos(tmp_path, env, 4, 1, 0, ("observations", "actions"))
+    _, full = bc.load_expert(tmp_path, env, 4, 1, 0, ("observations", "actions"))
     assert len(full["observations"]) == len(full["actions"]) == 31
 
 
-def test_load_demos_rejects_demos_that_do_not_match_the_env(tmp_path):
-    write_demos(tmp_path, [5, 5], obs_dim=3)
+def test_load_expert_rejects_demos_that_do_not_match_the_env(tmp_path):
+    write_expert(tmp_path / "narrow", [5, 5], obs_dim=3)
     with pytest.raises(SystemExit) as error:
-        bc.load_demos(tmp_path, gym.make("CartPole-v1"), 2, 1, 0, ("observations", "actions"))
+        bc.load_expert(tmp_path / "narrow", gym.make("CartPole-v1"), 2, 1, 0, ("observations", "actions"))
     message = str(error.value.code)
-    assert "holds observations of shape (3,)" in message and "demos.py --env-id CartPole-v1" in message, message
+    assert "its observations are not finite or not of shape (N, *(4,))" in message, message
+    assert f"python cleanil/demos.py --check {tmp_path / 'narrow'}" in message, message
+    # another env id with the same shapes: refused, unless any_env says to use it anyway
+    write_expert(tmp_path / "v0", [5, 5], env_id="CartPole-v0")
+    with pytest.raises(SystemExit) as error:
+        bc.load_expert(tmp_path / "v0", gym.make("CartPole-v1"), 2, 1, 0, ("observations",))
+    assert "recorded on CartPole-v0, not CartPole-v1" in str(error.value.code)
+    assert (
+        len(bc.load_expert(tmp_path / "v0", gym.make("CartPole-v1"), 2, 1, 0, ("observations",), True)[1]["observations"])
+        == 10
+    )
 
 
 SMOKE = {
@@ -159,6 +164,7 @@ SMOKE = {
     "gaussian-subsample": ["--env-id", "Pendulum-v1", "--policy", "gaussian", "--subsample-frequency", "4"],
     "mixture": ["--env-id", "Pendulum-v1", "--policy", "mixture", "--num-components", "3"],
     "mixture-track-video": ["--env-id", "InvertedPendulum-v4", "--policy", "mixture", "--track", "--capture-video"],
+    "any-env": ["--env-id", "CartPole-v0", "--expert-path", str(EXPERTS / "CartPole-v1"), "--any-env"],
 }
 
 
@@ -186,6 +192,7 @@ def test_smoke(workdir, flags):
     assert all(np.isfinite(list(row.values())).all() for row in rows), rows
     summary = read_summary(run_dir)
     assert np.isfinite([summary["final_return"], summary["final_normalized_score"], summary["mean_sps"]]).all(), summary
+    assert summary["precision"] == "fp32" and summary["device"] == "cpu", summary
     subsample = int(flags[flags.index("--subsample-frequency") + 1]) if "--subsample-frequency" in flags else 1
     assert summary["args"]["subsample_frequency"] == subsample
     if "--track" in flags:
@@ -196,17 +203,32 @@ def test_smoke(workdir, flags):
 
 def test_more_trajectories_than_shipped_is_one_clear_sentence(workdir):
     result = run_script("bc.py", "--env-id", "CartPole-v1", "--num-expert-trajectories", 100_000, cwd=workdir, check=False)
-    assert_clean_error(result, "--num-expert-trajectories 100000 asks for more trajectories than the", "demos.npz")
+    assert_clean_error(result, "--num-expert-trajectories 100000 is not between 1 and its", "demos.py --check")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (workdir / "runs").exists()
 
 
-def test_missing_expert_names_the_command_that_creates_it(workdir):
+def test_missing_expert_names_the_command_that_checks_it(workdir):
     result = run_script("bc.py", "--env-id", "Acrobot-v1", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
-    # a folder of one's own is built from one's demonstrations, not by a trainer (README, "Your own demonstrations")
     assert_clean_error(
-        result, "no expert at", f"python cleanil/demos.py --env-id Acrobot-v1 --expert-path {workdir / 'nowhere'} --from-"
+        result,
+        f"error: {workdir / 'nowhere'} is not a usable expert folder",
+        f"python cleanil/demos.py --check {workdir / 'nowhere'}",
     )
+    assert not (workdir / "runs").exists()
+
+
+def test_an_expert_of_another_env_needs_any_env(workdir):
+    flags = ["--env-id", "CartPole-v0", "--expert-path", EXPERTS / "CartPole-v1"]
+    result = run_script("bc.py", *flags, cwd=workdir, check=False)
+    assert_clean_error(result, "recorded on CartPole-v1, not CartPole-v0 (--any-env uses it anyway)")
+    assert not (workdir / "runs").exists()
+
+
+def test_a_diverging_loss_ends_the_run_with_one_error_line(workdir):
+    flags = ["--learning-rate", "1e30", "--total-timesteps", 20, "--eval-frequency", 10, "--eval-episodes", 1]
+    result = run_script("bc.py", "--env-id", "Pendulum-v1", *flags, cwd=workdir, check=False)
+    assert_clean_error(result, "error: non-finite BC loss at step 10; lower --learning-rate.")
 
 
 @pytest.mark.learning

@@ -31,8 +31,6 @@ TINY = [
     "150",
     "--eval-episodes",
     "2",
-    "--checkpoint-frequency",
-    "0",
 ]
 
 
@@ -97,6 +95,12 @@ def test_sweep_report_and_resume(tmp_path):
             assert all(np.isfinite(row["normalized_score"]) and np.isfinite(row["eval_return_mean"]) for row in rows)
             log = tmp_path / "benchmark" / "logs" / f"{exp_name}__CartPole-v1__{seed}.log"
             assert "final return" in log.read_text()
+    # the machine and versions are recorded once per sweep, not in every summary.json
+    records = [json.loads(path.read_text()) for path in sorted((tmp_path / "runs" / "sweeps").glob("*.json"))]
+    assert len(records) == 2 and {record["args_id"] for record in records} == {name.split("@")[1] for name in exp_names.values()}
+    for record in records:
+        assert record["versions"]["torch"] and record["cpu"]["model"] and record["algos"] == ["dqn"] and record["seeds"] == 2
+    assert "versions" not in summary and {"device", "precision", "commit"} <= set(summary)
 
     # aggregation: a row per algorithm with mean +/- std over seeds, the IQM, a learning-curve plot; the report goes to
     # runs/report/ by default, never over a committed benchmark/results.md
@@ -403,8 +407,6 @@ def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path):
         "32",
         "--flow-hidden-size",
         "32",
-        "--checkpoint-frequency",
-        "0",
         "--refill-steps",
         "100",
         "--total-timesteps",
@@ -460,13 +462,13 @@ def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path):
     assert sweep.returncode == 130 and "interrupted: stopping 1 running run(s)" in stderr, stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert not (run_dir / "summary.json").exists()
-    assert (tmp_path / "checkpoints" / f"Pendulum-v1__{cfil}__1" / "checkpoint.pt").exists()
+    assert (tmp_path / "checkpoints" / f"Pendulum-v1__{cfil}__1.pt").exists()
 
     result = bench(*command[2:], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "1 combinations: 1 to run, 0 already finished" in result.stderr
     assert (
-        f"start  [1/1] cfil Pendulum-v1 seed 1 -> {log} (resume from checkpoints/Pendulum-v1__{cfil}__1/checkpoint.pt)"
+        f"start  [1/1] cfil Pendulum-v1 seed 1 -> {log} (resume from checkpoints/Pendulum-v1__{cfil}__1.pt)"
         in result.stderr
     )
     assert finished_runs(tmp_path, f"Pendulum-v1__{cfil}__1") == [run_dir]  # the same run folder, finished now
@@ -491,8 +493,8 @@ def test_resume_is_passed_only_where_the_script_has_it_and_left_a_checkpoint(tmp
         f"Pendulum-v1__nail@{sweep}__2",
         "Pendulum-v1__cfil__2",
     ):
-        (tmp_path / "checkpoints" / prefix).mkdir(parents=True)
-        (tmp_path / "checkpoints" / prefix / "checkpoint.pt").write_bytes(b"")
+        (tmp_path / "checkpoints").mkdir(exist_ok=True)
+        (tmp_path / "checkpoints" / f"{prefix}.pt").write_bytes(b"")
     finished = tmp_path / "runs" / f"Pendulum-v1__nail@{sweep}__2__1700000000"  # finished: skipped, its checkpoint or not
     finished.mkdir(parents=True)
     (finished / "summary.json").write_text("{}")
@@ -543,8 +545,7 @@ def test_resume_is_passed_only_where_the_script_has_it_and_left_a_checkpoint(tmp
 
     assert task_arguments(0, f"cfil@{sweep}__Pendulum-v1__1.log").rstrip().endswith("--total-timesteps 1000 --resume")
     assert "--resume" not in task_arguments(1, f"cfil@{sweep}__Pendulum-v1__2.log")
-    (tmp_path / "checkpoints" / f"Pendulum-v1__cfil@{sweep}__2").mkdir()
-    (tmp_path / "checkpoints" / f"Pendulum-v1__cfil@{sweep}__2" / "checkpoint.pt").write_bytes(b"")
+    (tmp_path / "checkpoints" / f"Pendulum-v1__cfil@{sweep}__2.pt").write_bytes(b"")
     assert task_arguments(1, f"cfil@{sweep}__Pendulum-v1__2.log").rstrip().endswith("--total-timesteps 1000 --resume")
     assert "--resume" not in task_arguments(3, f"bc@{sweep}__Pendulum-v1__1.log")  # bc has no --resume, checkpoint or not
 

@@ -1,4 +1,4 @@
-"""dagger.py: beta schedule, expert loader and losses on toy tensors; smoke runs of every flag path; learning runs on
+"""dagger.py: beta schedule, expert policy loader and losses on toy tensors; smoke runs of every flag path; learning runs on
 CartPole-v1 and Pendulum-v1 with the shipped experts; bad input."""
 
 import json
@@ -71,16 +71,17 @@ def test_expert_loader_reproduces_demo_actions(env_id):
 def test_bc_loss_is_the_negative_log_likelihood():
     torch.manual_seed(0)
     obs = torch.randn(32, 3)
-    categorical = dagger.CategoricalPolicy(3, 4, 16, np.zeros(3), np.ones(3))
+    categorical = dagger.Policy(np.zeros(3), np.ones(3), gym.spaces.Discrete(4), 16)
     labels = torch.randint(0, 4, (32,))
-    cross_entropy = F.cross_entropy(categorical.logits(obs), labels)
+    cross_entropy = F.cross_entropy(categorical.mlp(obs), labels)
     assert dagger.bc_loss(categorical, obs, labels).item() == pytest.approx(cross_entropy.item(), rel=1e-6)
+    assert torch.equal(categorical.deterministic_action(obs), categorical.mlp(obs).argmax(-1))
 
-    gaussian = dagger.GaussianPolicy(3, 2, 16, np.ones(3), 2 * np.ones(3), -np.ones(2), np.ones(2))
+    gaussian = dagger.Policy(np.ones(3), 2 * np.ones(3), gym.spaces.Box(-1.0, 1.0, (2,)), 16)
     with torch.no_grad():
         gaussian.log_std.copy_(torch.tensor([-1.0, 0.5]))
     targets = torch.rand(32, 2) * 2 - 1
-    mean, std = gaussian.mean((obs - 1) / 2), torch.tensor([-1.0, 0.5]).exp()
+    mean, std = gaussian.mlp((obs - 1) / 2), torch.tensor([-1.0, 0.5]).exp()
     nll = (0.5 * ((targets - mean) / std) ** 2 + std.log() + 0.5 * math.log(2 * math.pi)).sum(-1).mean()
     assert dagger.bc_loss(gaussian, obs, targets).item() == pytest.approx(nll.item(), rel=1e-5)
     # deterministic action = the mean, clipped to the action box
@@ -91,7 +92,7 @@ def test_train_policy_fits_the_expert_labels():
     torch.manual_seed(0)
     obs = torch.randn(512, 2)
     labels = (obs[:, 0] > obs[:, 1]).long()
-    policy = dagger.CategoricalPolicy(2, 2, 32, np.zeros(2), np.ones(2))
+    policy = dagger.Policy(np.zeros(2), np.ones(2), gym.spaces.Discrete(2), 32)
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
     dagger.train_policy(policy, optimizer, obs, labels, epochs=30, batch_size=64)
     assert dagger.expert_agreement(policy.deterministic_action(obs), labels, None) > 0.97
@@ -104,12 +105,12 @@ def test_expert_agreement():
     assert dagger.expert_agreement(learner, expert, torch.tensor([0.1, 0.1])).item() == pytest.approx(2 / 3)
 
 
-def test_load_demos_subsamples_each_episode_from_a_random_offset():
+def test_load_expert_subsamples_each_episode_from_a_random_offset():
     env = gym.make("Pendulum-v1")
     with np.load(EXPERTS / "Pendulum-v1" / "demos.npz") as demos:
         all_observations, starts = demos["observations"], demos["episode_starts"]
     lengths = demo_episode_lengths("Pendulum-v1")
-    loaded = dagger.load_demos(EXPERTS / "Pendulum-v1", env, 3, 7, seed=0, keys=("observations",))
+    _, loaded = dagger.load_expert(EXPERTS / "Pendulum-v1", env, 3, 7, seed=0, keys=("observations",))
     assert set(loaded) == {"observations"}  # only the requested keys are read
     assert sum(lengths[:3] // 7) <= len(loaded["observations"]) <= sum(-(-lengths[:3] // 7))
     rows = {row.tobytes(): index for index, row in enumerate(all_observations)}
@@ -264,32 +265,25 @@ def test_dagger_learns_pendulum(tmp_path):
     assert rows[-1]["normalized_score"] >= 0.9, result.stdout
 
 
-def test_missing_policy_file_is_one_clear_sentence(tmp_path):
+@pytest.mark.parametrize("damage", ["no-policy-file", "no-policy-spec"])
+def test_an_expert_folder_without_its_policy_is_one_clear_sentence(damage, tmp_path):
     expert_copy = tmp_path / "expert"
     shutil.copytree(EXPERTS / "CartPole-v1", expert_copy)
-    (expert_copy / "policy.pt").unlink()
+    if damage == "no-policy-file":
+        (expert_copy / "policy.pt").unlink()
+    else:
+        info = json.loads((expert_copy / "expert.json").read_text())
+        (expert_copy / "expert.json").write_text(json.dumps({key: value for key, value in info.items() if key != "policy"}))
     result = run_script("dagger.py", "--env-id", "CartPole-v1", "--expert-path", expert_copy, cwd=tmp_path, check=False)
-    assert_clean_error(
-        result,
-        f"no expert policy at {expert_copy / 'policy.pt'}",
-        f"`python cleanil/demos.py --env-id CartPole-v1 --expert-path {expert_copy} "
-        f"--from-<minari|d4rl|sb3|npz|policy> <source> --overwrite`",
-    )
+    assert_clean_error(result, f"error: {expert_copy} has no expert policy", "`python cleanil/demos.py --from-policy`")
     assert result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"], ids=["discrete", "continuous"])
-def test_missing_experts_folder_names_the_command(env_id, tmp_path):
-    result = run_script(
-        "dagger.py", "--env-id", env_id, "--expert-path", tmp_path / "experts" / env_id, cwd=tmp_path, check=False
-    )
-    assert_clean_error(
-        result,
-        "no expert at",
-        f"cleanil ships one at experts/{env_id} (drop --expert-path to use it)",
-        f"`python cleanil/demos.py --env-id {env_id} --expert-path {tmp_path / 'experts' / env_id} --from-",
-    )
+def test_missing_experts_folder_names_the_command_that_checks_it(tmp_path):
+    folder = tmp_path / "experts" / "CartPole-v1"
+    result = run_script("dagger.py", "--env-id", "CartPole-v1", "--expert-path", folder, cwd=tmp_path, check=False)
+    assert_clean_error(result, f"error: {folder} is not a usable expert folder", f"python cleanil/demos.py --check {folder}")
     assert not (tmp_path / "runs").exists()
 
 
@@ -298,8 +292,8 @@ def test_missing_experts_folder_names_the_command(env_id, tmp_path):
     [
         (["--rounds", 0], "--rounds must be positive"),
         (["--total-timesteps", 250, "--steps-per-round", 100], "not a positive multiple of --steps-per-round"),
-        (["--num-expert-trajectories", 10_000], "--num-expert-trajectories 10000 asks for more trajectories than"),
-        (["--env-id", "Acrobot-v1", "--expert-path", EXPERTS / "CartPole-v1"], "but Acrobot-v1 has"),
+        (["--num-expert-trajectories", 10_000], "--num-expert-trajectories 10000 is not between 1 and its"),
+        (["--env-id", "Acrobot-v1", "--expert-path", EXPERTS / "CartPole-v1"], "recorded on CartPole-v1, not Acrobot-v1"),
         (["--env-id", "NoSuchEnv-v0"], "unknown environment id"),
     ],
     ids=["zero-rounds", "timesteps-not-a-multiple", "too-many-trajectories", "expert-of-another-env", "unknown-env"],

@@ -1,6 +1,11 @@
-"""sac.py: the math of its losses on toy tensors, its update rate, and its outputs, resume and expert artefacts."""
+"""sac.py: the math of its losses on toy tensors, the wiring of its update, its outputs (policy.pt + policy.json) and
+its checkpoint rules (save on SIGTERM, refuse to overwrite, resume with a refilled buffer, delete when finished)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import gymnasium as gym
@@ -8,8 +13,9 @@ import numpy as np
 import pytest
 import sac
 import torch
+import torch.nn as nn
 
-from conftest import assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script, validate_expert_folder
+from conftest import SCRIPTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
 
 TINY = [
     "--env-id",
@@ -73,6 +79,64 @@ def test_soft_q_loss_target_and_alpha_loss_direction():
     assert log_alpha.grad < 0
 
 
+def make_sac():
+    torch.manual_seed(0)
+    actor, qf, qf_target = make_actor(), sac.SoftQEnsemble(3, 1, 16), sac.SoftQEnsemble(3, 1, 16)
+    qf_target.load_state_dict(qf.state_dict())
+    log_alpha = torch.zeros((), requires_grad=True)
+    optimizers = {
+        "q": sac.make_optimizer(qf.parameters(), 1e-3, torch.device("cpu")),
+        "actor": sac.make_optimizer(actor.parameters(), 3e-4, torch.device("cpu")),
+        "alpha": sac.make_optimizer([log_alpha], 1e-3, torch.device("cpu")),
+    }
+    batch = [torch.randn(8, 3), torch.rand(8, 1) * 4 - 2, torch.randn(8), torch.randn(8, 3), torch.zeros(8)]
+    return batch, actor, qf, qf_target, log_alpha, optimizers
+
+
+def snapshot(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def test_sac_update_reads_its_rates_from_args():
+    batch, actor, qf, qf_target, log_alpha, optimizers = make_sac()
+    args = sac.Args(policy_frequency=2, target_network_frequency=1, tau=0.5)
+    actor_before, qf_before, target_before = snapshot(actor), snapshot(qf), snapshot(qf_target)
+    # an odd step: critics and targets move, the actor and alpha wait for the delayed update
+    stats = sac.sac_update(batch, actor, qf, qf_target, log_alpha, optimizers, args, global_step=1)
+    assert set(stats) == {"losses/qf_loss", "losses/qf1_values"}
+    assert all(torch.equal(a, b) for a, b in zip(actor_before, snapshot(actor))) and log_alpha.item() == 0
+    assert not any(torch.equal(a, b) for a, b in zip(qf_before, snapshot(qf)))
+    # Polyak averaging toward the updated critics with tau = 0.5
+    for old, new, online in zip(target_before, snapshot(qf_target), snapshot(qf)):
+        torch.testing.assert_close(new, 0.5 * old + 0.5 * online)
+    # an even step: the actor and alpha (autotuned, entropy target -|A| = -1) move too
+    stats = sac.sac_update(batch, actor, qf, qf_target, log_alpha, optimizers, args, global_step=2)
+    assert {"losses/actor_loss", "losses/alpha", "charts/entropy"} <= set(stats) and log_alpha.item() != 0
+    assert not any(torch.equal(a, b) for a, b in zip(actor_before, snapshot(actor)))
+    # --no-autotune keeps alpha; target_network_frequency 2 skips the target update on an odd step
+    frozen = sac.Args(autotune=False, target_network_frequency=2)
+    alpha, target_before = log_alpha.item(), snapshot(qf_target)
+    sac.sac_update(batch, actor, qf, qf_target, log_alpha, optimizers, frozen, global_step=3)
+    assert all(torch.equal(a, b) for a, b in zip(target_before, snapshot(qf_target)))
+    sac.sac_update(batch, actor, qf, qf_target, log_alpha, optimizers, frozen, global_step=4)
+    assert log_alpha.item() == alpha
+
+
+def test_the_critic_target_bootstraps_from_the_target_network():
+    batch, actor, qf, qf_target, *_ = make_sac()
+    with torch.no_grad():
+        for p in qf_target.parameters():
+            p.add_(1.0)  # a target that differs from the online critics
+    torch.manual_seed(3)
+    loss_target, _ = sac.soft_q_loss(qf, qf_target, actor, batch, alpha=0.2, gamma=0.99)
+    torch.manual_seed(3)
+    loss_online, _ = sac.soft_q_loss(qf, qf, actor, batch, alpha=0.2, gamma=0.99)
+    assert not torch.allclose(loss_target, loss_online)
+    # alpha enters the target as the entropy bonus: with alpha 0 the loss changes
+    torch.manual_seed(3)
+    assert not torch.allclose(sac.soft_q_loss(qf, qf_target, actor, batch, alpha=0.0, gamma=0.99)[0], loss_target)
+
+
 @pytest.mark.benchmark
 @pytest.mark.parametrize("env_id", ["Hopper-v4", "Humanoid-v4"])
 def test_sac_update_rate(env_id, capsys):
@@ -89,20 +153,22 @@ def test_sac_update_rate(env_id, capsys):
             actor = sac.Actor(env, 256, -5.0, 2.0)
             qf, qf_target = sac.SoftQEnsemble(obs_dim, action_dim, 256), sac.SoftQEnsemble(obs_dim, action_dim, 256)
             log_alpha = torch.zeros((), requires_grad=True)
-            optimizers = [
-                sac.make_optimizer(p, lr, torch.device("cpu"))
-                for p, lr in ((qf.parameters(), 1e-3), (actor.parameters(), 3e-4), ([log_alpha], 1e-3))
-            ]
+            optimizers = {
+                name: sac.make_optimizer(params, lr, torch.device("cpu"))
+                for name, params, lr in (
+                    ("q", qf.parameters(), 1e-3),
+                    ("actor", actor.parameters(), 3e-4),
+                    ("alpha", [log_alpha], 1e-3),
+                )
+            }
             rb = sac.ReplayBuffer(obs_dim, action_dim, 10_000, "cpu")
             for _ in range(1000):
                 rb.add(np.random.randn(obs_dim), np.random.rand(action_dim) * 2 - 1, 1.0, np.random.randn(obs_dim), False)
             for step in range(20):
-                sac.sac_update(rb.sample(256), actor, qf, qf_target, log_alpha, *optimizers, sac.Args(), -3.0, step, bf16)
+                sac.sac_update(rb.sample(256), actor, qf, qf_target, log_alpha, optimizers, sac.Args(), step, bf16)
             start, n = time.process_time(), 200
             for step in range(n):
-                stats = sac.sac_update(
-                    rb.sample(256), actor, qf, qf_target, log_alpha, *optimizers, sac.Args(), -3.0, step, bf16
-                )
+                stats = sac.sac_update(rb.sample(256), actor, qf, qf_target, log_alpha, optimizers, sac.Args(), step, bf16)
             rates["bf16" if bf16 else "fp32"] = n / (time.process_time() - start)
             assert all(torch.isfinite(value) for value in stats.values())
     finally:
@@ -115,8 +181,27 @@ def test_sac_update_rate(env_id, capsys):
     assert rates.get("bf16", rates["fp32"]) >= rates["fp32"]
 
 
-def test_smoke_track_resume_and_outputs(workdir):
-    run_script("sac.py", *TINY, "--total-timesteps", "600", "--checkpoint-frequency", "300", "--track", cwd=workdir)
+def load_policy(run_dir):
+    """policy.json's spec rebuilt as demos.py's ExpertPolicy does, without importing sac: obs -> action (np)."""
+    info = json.loads((run_dir / "policy.json").read_text())
+    spec, layers = info["policy"], []
+    for fan_in, fan_out in zip(spec["layers"][:-1], spec["layers"][1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    mlp = nn.Sequential(*layers[:-1])
+    mlp.load_state_dict(torch.load(run_dir / spec["file"], weights_only=True))
+
+    @torch.no_grad()
+    def act(obs):
+        mean = mlp(torch.as_tensor(obs, dtype=torch.float32))
+        return (torch.tanh(mean) * torch.tensor(spec["action_scale"]) + torch.tensor(spec["action_bias"])).numpy()
+
+    return info, act
+
+
+def test_smoke_track_outputs_and_policy(workdir):
+    checkpoints = workdir / "checkpoints"
+    # a checkpoint nearly every step: the finished run must still leave none behind
+    run_script("sac.py", *TINY, "--total-timesteps", "600", "--checkpoint-minutes", "1e-6", "--track", cwd=workdir)
     (run_dir,) = run_dirs(workdir)
     rows = read_eval_csv(run_dir)
     assert [row["global_step"] for row in rows] == [0, 200, 400, 600]
@@ -125,105 +210,100 @@ def test_smoke_track_resume_and_outputs(workdir):
     assert all(np.isfinite(row["normalized_score"]) and row["normalized_score"] < 0.5 for row in rows)
     summary = read_summary(run_dir)
     assert summary["mean_sps"] > 0 and summary["final_return"] == pytest.approx(rows[-1]["eval_return_mean"])
+    assert summary["precision"] == ("bf16-autocast" if sac.bf16_is_fast(torch.device("cpu")) else "fp32")
+    assert summary["refill_env_steps"] == 0
     assert list((workdir / "wandb").glob("offline-run-*")), "--track wrote no offline wandb run"
+    assert not list(checkpoints.glob("*")), "a finished run keeps its checkpoint"
 
-    checkpoint = torch.load(workdir / "checkpoints/Pendulum-v1__sac__1/checkpoint.pt", weights_only=False)
-    assert checkpoint["global_step"] == 600 and "rb" not in checkpoint and checkpoint["refill_env_steps"] == 0
-    run_script(
-        "sac.py",
-        *TINY,
-        "--total-timesteps",
-        "1000",
-        "--checkpoint-frequency",
-        "300",
-        "--resume",
-        "--refill-steps",
-        "150",
-        cwd=workdir,
+    # policy.pt + policy.json: the best evaluation's actor as a plain MLP that replays that evaluation's return
+    info, act = load_policy(run_dir)
+    best = max(rows, key=lambda row: row["eval_return_mean"])
+    assert info["env_id"] == "Pendulum-v1" and info["algorithm"] == "sac" and info["snapshot"] == "best"
+    assert info["snapshot_step"] == best["global_step"] and info["best_eval_return"] == pytest.approx(best["eval_return_mean"])
+    assert info["training_steps"] == 600 and info["refill_env_steps"] == 0 and info["seed"] == 1
+    assert "cleanil/sac.py" in info["command"] and info["training_wall_time_s"] > 0
+    spec = info["policy"]
+    assert spec["layers"] == [3, 32, 32, 1] and spec["activation"] == "relu" and spec["output"] == "tanh"
+    assert spec["action_scale"] == [2.0] and spec["action_bias"] == [0.0]
+    returns = sac.evaluate(act, sac.make_env("Pendulum-v1", 10_001), 2, 10_001)
+    assert returns.mean() == pytest.approx(best["eval_return_mean"], rel=1e-4)
+
+    # --snapshot final: the last actor, which replays the last evaluation
+    run_script("sac.py", *TINY, "--total-timesteps", "400", "--snapshot", "final", "--seed", "2", cwd=workdir)
+    run_dir = next(path for path in run_dirs(workdir) if "__2__" in path.name)
+    info, act = load_policy(run_dir)
+    assert info["snapshot"] == "final" and info["snapshot_step"] == 400
+    returns = sac.evaluate(act, sac.make_env("Pendulum-v1", 10_002), 2, 10_002)
+    assert returns.mean() == pytest.approx(read_eval_csv(run_dir)[-1]["eval_return_mean"], rel=1e-4)
+
+
+def start_and_stop(flags, cwd, rows, stop_signal=signal.SIGTERM):
+    """sac.py flags in its own process, stopped by stop_signal once eval.csv holds `rows` rows: (exit status, stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    command = [sys.executable, str(SCRIPTS / "sac.py"), *map(str, flags)]
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (paths := list(cwd.glob("runs/*/eval.csv"))) or len(paths[0].read_text().splitlines()) <= rows:
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.time() < deadline, "the run never wrote its evaluations"
+            time.sleep(0.2)
+        process.send_signal(stop_signal)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, stderr
+
+
+def test_checkpoint_rules(workdir):
+    """Saved when stopped (exit 128 + signal); a fresh run refuses to overwrite it; --resume refills the buffer, counts
+    refill_env_steps and rewinds eval.csv to the checkpoint; a finished run deletes it; nothing to resume is an error."""
+    flags = [*TINY, "--checkpoint-dir", "ckpt"]
+    path = workdir / "ckpt" / "Pendulum-v1__sac__1.pt"
+    assert_clean_error(run_script("sac.py", *flags, "--resume", cwd=workdir, check=False), "no checkpoint", str(path.name))
+    code, stderr = start_and_stop([*flags, "--total-timesteps", "1000000"], workdir, rows=2)
+    assert code == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr[-3000:]
+    assert "--resume" in stderr.splitlines()[-1], stderr[-500:]
+    checkpoint = torch.load(path, weights_only=False)
+    progress = checkpoint["progress"]
+    assert set(progress) == {"global_step", "run_name", "eval_rows", "wall_time", "refill_env_steps"}
+    step, (run_dir,) = progress["global_step"], run_dirs(workdir)
+    assert step >= 200 and progress["run_name"] == run_dir.name and progress["refill_env_steps"] == 0
+    assert [row["global_step"] for row in progress["eval_rows"]] == list(range(0, step + 1, 200))
+    assert path.stat().st_size < 200_000  # networks, optimisers and counters: no replay buffer
+
+    # a fresh run refuses to start over the interrupted one, and creates nothing
+    refused = run_script("sac.py", *flags, "--total-timesteps", "600", cwd=workdir, check=False)
+    assert_clean_error(refused, "holds an interrupted run's checkpoint", "--resume")
+    assert run_dirs(workdir) == [run_dir]
+    # other networks than the checkpoint's: one line, no traceback
+    assert_clean_error(
+        run_script("sac.py", *TINY[:-1], "64", "--checkpoint-dir", "ckpt", "--resume", cwd=workdir, check=False),
+        "does not fit",
     )
-    assert run_dirs(workdir) == [run_dir]  # the resumed run keeps its folder and appends to eval.csv
-    assert [row["global_step"] for row in read_eval_csv(run_dir)] == [0, 200, 400, 600, 800, 1000]
-    checkpoint_path = workdir / "checkpoints/Pendulum-v1__sac__1/checkpoint.pt"
-    checkpoint = torch.load(checkpoint_path, weights_only=False)
-    assert checkpoint["global_step"] == 1000 and len(checkpoint["commands"]) == 2 and checkpoint["refill_env_steps"] == 150
-    # compact: networks, optimisers and counters, no replay buffer
-    assert checkpoint_path.stat().st_size < 200_000
-    assert read_summary(run_dir)["refill_env_steps"] == 150
 
-    # a run killed after evaluating past its last checkpoint: --resume rewinds eval.csv instead of duplicating rows
+    # a killed run may have evaluated past its checkpoint: --resume rewinds eval.csv instead of duplicating rows
     with open(run_dir / "eval.csv", "a") as eval_csv:
-        eval_csv.write("1200,-1,0,nan,1,1\n")
-    run_script("sac.py", *TINY, "--total-timesteps", "1200", "--checkpoint-frequency", "300", "--resume", cwd=workdir)
-    assert [row["global_step"] for row in read_eval_csv(run_dir)] == [0, 200, 400, 600, 800, 1000, 1200]
-    mismatched = run_script("sac.py", *TINY, "--hidden-size", "64", "--resume", cwd=workdir, check=False)
-    assert_clean_error(mismatched, "does not fit these arguments")
-
-
-def test_save_expert_writes_the_schema_and_refuses_to_overwrite(workdir):
-    expert = workdir / "experts" / "Pendulum-v1"
-    flags = [
-        *TINY,
-        "--total-timesteps",
-        "300",
-        "--save-expert",
-        "--expert-path",
-        expert,
-        "--expert-eval-episodes",
-        "50",
-        "--num-demo-episodes",
-        "2",
-    ]
-    result = run_script("sac.py", *flags, cwd=workdir)
-    # 300 steps cannot make an expert: saved anyway (as asked), with one line saying why it looks weak
-    assert result.stderr.count("warning: the saved expert") == 1, result.stderr[-2000:]
-    info, demos = validate_expert_folder(expert, min_demo_episodes=2, trained=False)
-    assert info["algorithm"] == "sac" and info["training_steps"] == 300 and demos["actions"].shape[1:] == (1,)
-    assert info["policy"]["output"] == "tanh" and info["policy"]["action_scale"] == [2.0]
-    assert_clean_error(run_script("sac.py", *flags, cwd=workdir, check=False), "already exists", "--overwrite")
-    assert demos["observations"].dtype == np.float32 and info["demos"]["observation_dtype"] == "float32"
-
-    # --float16-observations (Humanoid's demos): half the bytes, and an imitation script reads them back as float32
-    run_script("sac.py", *flags, "--overwrite", "--float16-observations", cwd=workdir)
-    info, half = validate_expert_folder(expert, min_demo_episodes=2, trained=False)
-    assert half["observations"].dtype == half["next_observations"].dtype == np.float16
-    assert info["demos"]["observation_dtype"] == "float16"
-    import bc
-
-    env = gym.make("Pendulum-v1")
-    loaded = bc.load_demos(expert, env, 2, 1, 0, ("observations", "next_observations"))
-    assert loaded["observations"].dtype == np.float32
-    np.testing.assert_allclose(loaded["observations"], half["observations"].astype(np.float32))
-
-
-def test_expert_weakness_names_why():
-    assert sac.expert_weakness(3300.0, 16.0, 3400.0, 3800.0) is None  # a Hopper expert a bit under "solved" ships
-    assert "barely above" in sac.expert_weakness(-1190.0, -1200.0, -1100.0, None)
-    assert "below 80%" in sac.expert_weakness(1000.0, 0.0, 2000.0, None)
-    assert "reward threshold" in sac.expert_weakness(37.0, 2.0, 40.0, 3800.0)  # the 300-step "expert" on Hopper
-
-
-def test_missing_expert_hint_names_the_cost():
-    assert "ships" in sac.missing_expert_hint("Ant-v4") and "git checkout -- experts/Ant-v4" in sac.missing_expert_hint(
-        "Ant-v4"
-    )
-    hint = sac.missing_expert_hint("Swimmer-v4")
-    assert "sac.py --env-id Swimmer-v4 --save-expert" in hint and "hours" in hint and "--total-timesteps" in hint
-    assert "dqn.py" in sac.missing_expert_hint("MountainCar-v0") or "ships" in sac.missing_expert_hint("MountainCar-v0")
+        eval_csv.write(f"{step + 200},-1,0,nan,1,1\n")
+    total = step + 400
+    run_script("sac.py", *flags, "--total-timesteps", total, "--resume", "--refill-steps", "150", cwd=workdir)
+    assert run_dirs(workdir) == [run_dir]  # the resumed run keeps its folder
+    expected = sorted(set(range(0, total + 1, 200)) | {total})
+    assert [row["global_step"] for row in read_eval_csv(run_dir)] == expected
+    assert read_summary(run_dir)["refill_env_steps"] == 150
+    assert json.loads((run_dir / "policy.json").read_text())["refill_env_steps"] == 150
+    assert not path.exists(), "a finished run keeps its checkpoint"
+    assert_clean_error(run_script("sac.py", *flags, "--resume", cwd=workdir, check=False), "no checkpoint")
 
 
 def test_bad_input(workdir):
     assert_clean_error(run_script("sac.py", "--env-id", "NoSuchEnv-v0", cwd=workdir, check=False), "unknown environment id")
     assert_clean_error(run_script("sac.py", "--env-id", "CartPole-v1", cwd=workdir, check=False), "continuous", "dqn.py")
-    assert_clean_error(run_script("sac.py", *TINY, "--resume", cwd=workdir, check=False), "no checkpoint")
-    wrong = workdir / "wrong"
-    wrong.mkdir()
-    (wrong / "expert.json").write_text(
-        json.dumps({"observation_shape": [4], "action_shape": [], "expert_return_mean": 500, "random_return_mean": 20})
-    )
-    result = run_script("sac.py", *TINY, "--expert-path", wrong, cwd=workdir, check=False)
-    assert_clean_error(result, "observations (4,)", f"cleanil/demos.py --env-id Pendulum-v1 --expert-path {wrong} --from-")
-    (wrong / "expert.json").write_text("{not json")
-    assert_clean_error(run_script("sac.py", *TINY, "--expert-path", wrong, cwd=workdir, check=False), "malformed")
+    assert_clean_error(run_script("sac.py", *TINY, "--batch-size", "0", cwd=workdir, check=False), "--batch-size")
+    too_short = run_script("sac.py", *TINY, "--total-timesteps", "100", cwd=workdir, check=False)
+    assert_clean_error(too_short, "--total-timesteps 100 must exceed --learning-starts 100")
+    assert not (workdir / "runs").exists()
 
 
 @pytest.mark.learning
@@ -258,9 +338,10 @@ def test_bf16_learns_as_fp32(env_id, steps, bar, precision, workdir):
 
 @pytest.mark.learning
 def test_resume_without_buffer_still_learns(workdir):
-    """Pendulum-v1 stopped at 3,000 steps and resumed (buffer refilled, not restored) still reaches the bar at 6,000."""
+    """Pendulum-v1 stopped after 3,000 steps and resumed (buffer refilled, not restored) still reaches the bar at 6,000."""
     flags = ["--env-id", "Pendulum-v1", "--learning-starts", "1000", "--eval-frequency", "1500", "--eval-episodes", "5"]
-    run_script("sac.py", *flags, "--total-timesteps", "3000", cwd=workdir)
+    code, stderr = start_and_stop([*flags, "--total-timesteps", "6000"], workdir, rows=3)
+    assert code == 128 + signal.SIGTERM, stderr[-3000:]
     run_script("sac.py", *flags, "--total-timesteps", "6000", "--resume", "--refill-steps", "1000", cwd=workdir)
     (run_dir,) = run_dirs(workdir)
     rows = read_eval_csv(run_dir)
