@@ -1,49 +1,32 @@
 """AIRL: Adversarial Inverse Reinforcement Learning, a discriminator built from a reward and a shaping term, and TRPO.
 
-AIRL (Fu, Luo, Levine 2018, arXiv 1710.11248) trains a discriminator of the form
-D(s, a, s') = exp f(s, a, s') / (exp f(s, a, s') + pi(a|s)), f(s, a, s') = g(s, a) + gamma h(s') - h(s) (Sec. 6, Eq. 4),
-to tell expert transitions from the policy's, and trains the policy on log D - log(1 - D). At the equilibrium pi = pi_E,
-D = 1/2 and f = log pi_E(a|s), the expert's soft advantage (App. A.4); with a state-only g(s) and deterministic dynamics
-this pins g to the true state-only reward and h to the optimal soft value V*, each up to a constant (Thm C.1): a reward
-disentangled from the dynamics (Sec. 5, Thm 5.1). Map from Alg. 1 to this file:
+AIRL (Fu, Luo, Levine 2018, arXiv 1710.11248) trains a discriminator D(s, a, s') = exp f / (exp f + pi(a|s)) with
+f(s, a, s') = g(s, a) + gamma h(s') - h(s) (Sec. 6, Eq. 4) to tell expert transitions from the policy's, and trains the
+policy on log D - log(1 - D) = f - log pi(a|s): entropy-regularised RL on the reward f (App. A.3). At the equilibrium
+pi = pi_E, f = log pi_E(a|s); with a state-only g(s) (`--state-only`) and deterministic dynamics, g recovers the true
+reward and h the soft value V*, each up to a constant (Thm C.1): a reward disentangled from the dynamics (Sec. 5).
+Map from Alg. 1 to this file:
   line 4 "Collect trajectories by executing pi"  --num-envs gymnasium vector envs, --num-steps steps each per iteration
-  line 5 "Train D via logistic regression"       `shaped_reward_f` (Eq. 4) inside `AirlDiscriminator`, `airl_logits`
-                                                 (the logit of D is f - log pi(a|s), with log pi(a|s) of the stored
-                                                 action under the current policy, detached: `policy_log_prob`, for
-                                                 expert and agent samples alike) and `discriminator_loss`, Adam on
-                                                 minibatches of the agent's samples of the last --disc-replay-iterations
-                                                 iterations (App. D.3) paired with equally many expert samples
-  line 6 "r <- log D - log(1 - D)"               `learned_reward` = f - log pi(a|s) from the updated discriminator
-                                                 (f - w log pi(a|s) with --entropy-weight w)
-  line 7 "Update pi w.r.t. r"                    gail.py's TRPO block: advantages by `gae` (GAE, Schulman et al. 2016,
-                                                 arXiv 1506.02438) with a separately trained value function
-                                                 (`value_loss`), then `trpo_step` (Schulman et al. 2015, arXiv 1502.05477)
-Reward convention: the policy maximises the discounted sum of f - log pi(a|s), which is entropy-regularised RL on the
-reward f with entropy weight 1 (App. A.3), the maximum causal entropy objective the method derives from; TRPO adds no
-entropy bonus of its own. The paper's continuous-control runs instead add an entropy regulariser of 0.1 to all methods
-(App. D.2): `--entropy-weight 0.1` rewards f - 0.1 log pi(a|s), while D's logit keeps f - log pi(a|s). `--state-only`
-restricts g to g(s), the disentangled reward of Sec. 5-6; the default g(s, a) is the paper's choice for its imitation
-benchmarks (Sec. 7.3: "an unrestricted state-action reward function"). g and h are ReLU nets of 32 units, h with two
-hidden layers (App. D.1); g has two as well, as in the released code (justinjfu/inverse_rl), where App. D.1 says
-linear (`--reward-hidden-layers 0`). gamma in f is the policy's discount; h(s') is kept after a time-limit
-truncation. After a termination the paper's f sets h(s') = 0, the value of an absorbing state with reward 0; since
-f - log pi is negative wherever D sees the agent, that makes ending an episode early pay (Hopper falls on purpose).
-By default (`--absorbing-state`, off with `--no-absorbing-state`) the absorbing state s_a is learned instead, as DAC
-(Kostrikov et al. 2019, arXiv 1809.02925) does for off-policy AIL: s_a carries an indicator feature, D sees its
-self-transitions (s_a, 0, s_a), one per terminated episode, on both sides, a termination leads to h(s_a), and GAE
-bootstraps a termination with V(s_a) = f(s_a, 0, s_a) / (1 - gamma). g sees a continuous action as the policy
-sampled it, rescaled so that the bounds map to [-1, 1] but not clipped: f and pi(a|s) in D are functions of the same
-a. As in gail.py: gamma 0.995, lambda 0.97, max KL 0.01, observations standardised with the expert demos' mean and
-std for every network, discrete actions one-hot, and gymnasium's next-step autoreset step masked out of every loss
-and not counted as an environment step.
+  line 5 "Train D via logistic regression"       `update_discriminator`: `shaped_reward_f` in `AirlDiscriminator`,
+                                                 `airl_logits` with `policy_log_prob` (detached), `discriminator_loss`,
+                                                 against the agent's samples of --disc-replay-iterations (App. D.3)
+  line 6 "r <- log D - log(1 - D)"               `learned_reward` (f - w log pi(a|s) with --entropy-weight w)
+  line 7 "Update pi w.r.t. r"                    gail.py's TRPO block: `gae`, `value_loss`, `trpo_step`
+After a termination the paper's f sets h(s') = 0, an absorbing state of reward 0; since f - log pi is negative wherever
+D sees the agent, ending an episode early then pays (Hopper falls on purpose). By default (`--absorbing-state`) the
+absorbing state s_a is learned instead, as DAC does (Kostrikov et al. 2019, arXiv 1809.02925): see
+`discriminator_inputs` and `bootstrap_absorbing_state`. g and h are ReLU nets of 32 units with two hidden layers
+(App. D.1; g as in the released code, justinjfu/inverse_rl, where App. D.1 says linear: `--reward-hidden-layers 0`).
+gamma in f is the policy's discount. As in gail.py: gamma 0.995, lambda 0.97, max KL 0.01, observations standardised
+with the expert demos' mean and std, discrete actions one-hot, and gymnasium's next-step autoreset step masked out.
 """
 
 import json
 import os
-import platform
 import random
 import shlex
-import signal
+import shutil
+import subprocess
 import sys
 import time
 import zipfile
@@ -86,8 +69,7 @@ class Args:
     env_id: str = "CartPole-v1"
     """the id of the environment"""
     total_timesteps: int = 300_000
-    """budget of environment steps: floor(total / (num_envs * num_steps)) iterations run, so the transitions collected
-    (autoreset steps left out) never exceed it"""
+    """budget of environment steps: total // (num_envs * num_steps) iterations run (autoreset steps are not counted)"""
     eval_frequency: int = 20_000
     """evaluate the deterministic policy every this many environment steps"""
     eval_episodes: int = 10
@@ -98,6 +80,8 @@ class Args:
     """number of expert demo episodes to imitate (the first ones of demos.npz)"""
     subsample_frequency: int = 1
     """keep every k-th expert transition, with a random offset per trajectory"""
+    any_env: bool = False
+    """use an expert folder recorded on another env id (e.g. Hopper-v4 demos for Hopper-v5) when its shapes fit"""
 
     # policy optimisation: TRPO with GAE
     num_envs: int = 8
@@ -135,8 +119,7 @@ class Args:
 
     # discriminator: f(s, a, s') = g(s, a) + gamma h(s') - h(s), logit f - log pi(a|s)
     state_only: bool = False
-    """learn a state-only reward g(s), disentangled from the dynamics (Sec. 5-6); default g(s, a), as the paper's
-    imitation benchmarks (Sec. 7.3)"""
+    """learn a state-only reward g(s), disentangled from the dynamics (Sec. 5-6); default g(s, a), as in Sec. 7.3"""
     reward_hidden_layers: int = 2
     """ReLU hidden layers of the reward approximator g (the released code's 2; App. D.1's linear g is 0)"""
     shaping_hidden_layers: int = 2
@@ -150,37 +133,27 @@ class Args:
     disc_num_minibatches: int = 32
     """minibatches per discriminator epoch, each paired with as many expert samples (drawn with replacement)"""
     disc_replay_iterations: int = 20
-    """the agent samples of this many latest iterations are the discriminator's negatives (App. D.3: 20, so that the
-    reward does not forget what it told earlier policies; 1: the current batch only)"""
+    """the agent samples of this many latest iterations are D's negatives (App. D.3: 20; 1: the current batch only)"""
     absorbing_state: bool = True
-    """DAC's absorbing states (Kostrikov et al. 2019, arXiv 1809.02925): a termination leads to an absorbing state whose
-    reward D learns like any other's, instead of h(s') = 0 and no reward after it; without them, AIRL's reward (negative
-    wherever D sees the agent) makes an early termination pay on envs that end episodes on failure (Hopper)"""
+    """DAC's absorbing state: a termination leads to s_a, whose reward D learns, instead of h(s') = 0 and no reward after"""
     entropy_weight: float = 1.0
-    """the weight w of -log pi(a|s) in the policy's reward f - w log pi(a|s): 1 is Alg. 1's log D - log(1 - D); the
-    paper's continuous-control runs use an entropy regulariser of 0.1 (App. D.2). D's logit keeps f - log pi(a|s)"""
+    """w in the policy's reward f - w log pi(a|s): 1 is Alg. 1's log D - log(1 - D), 0.1 the paper's MuJoCo runs' (App. D.2)"""
     log_reward_correlation: bool = False
-    """write runs/<run>/reward_correlation.csv, one row per iteration: the Pearson correlation of g, and of the policy's
-    reward f - log pi, with the env's own reward on the agent's batch, on the expert demos and on both (a check of the
-    recovered reward, which reads the demos' rewards; training never sees the env's reward)"""
+    """write runs/<run>/reward_correlation.csv: per iteration, the correlations of g and of the reward with the env's own"""
 
 
 # ----------------------------------------------------------------------------------------------------------- AIRL
 def reward_inputs(batch, action_space, state_only):
-    """The input of g: the standardised s alone (g(s), --state-only), or s next to a one-hot discrete a, or a continuous a
-    rescaled so that the action bounds map to [-1, 1]. Unlike gail.py's, not clipped: pi(a|s) in D is the density of the
-    policy's raw sample, and clipping would hide from f the out-of-bounds samples that the reward's -log pi(a|s) pays
-    for (the policy's std then grows without check)."""
+    """The input of g: the standardised s alone (--state-only), or s next to a one-hot discrete a, or a continuous a
+    rescaled so that the bounds map to [-1, 1], not clipped (unlike gail.py's): pi(a|s) in D is the density of the raw
+    sample, and clipping would hide from f the out-of-bounds samples that the reward's -log pi(a|s) pays for."""
     if state_only:
         return batch["observations"]
     actions = batch["actions"]
     if isinstance(action_space, gym.spaces.Discrete):
         actions = F.one_hot(actions.long(), int(action_space.n)).float()
     else:
-        low, high = (
-            torch.as_tensor(bound, dtype=torch.float32, device=actions.device)
-            for bound in (action_space.low, action_space.high)
-        )
+        low, high = actions.new_tensor(action_space.low), actions.new_tensor(action_space.high)
         actions = (2 * actions - (high + low)) / (high - low)
     return torch.cat([batch["observations"], actions], -1)
 
@@ -190,30 +163,21 @@ def discriminator_inputs(samples, action_space, state_only, absorbing_state):
     With DAC's absorbing states every input gains an indicator feature, 1 at the absorbing state s_a (whose other
     features are 0): a terminated transition leads to s_a, so f keeps gamma h(s_a), and a row with samples["absorbing"]
     = 1 is s_a's self-transition (s_a, 0, s_a) (`absorbing_transitions`). Without them, h(s') = 0 after a termination."""
-    inputs = reward_inputs(samples, action_space, state_only)
-    if not absorbing_state:
-        return {
-            **samples,
-            "reward_inputs": inputs,
-            "shaping_inputs": samples["observations"],
-            "next_shaping_inputs": samples["next_observations"],
-            "f_terminations": samples["terminations"],
-        }
-    absorbing = samples["absorbing"][:, None]
+    absorbing = samples.get("absorbing", torch.zeros_like(samples["terminations"]))[:, None]
     next_absorbing = torch.maximum(samples["terminations"][:, None], absorbing)
-    mark = lambda x, indicator: torch.cat([x * (1 - indicator), indicator], -1)
+    mark = (lambda x, indicator: torch.cat([x * (1 - indicator), indicator], -1)) if absorbing_state else (lambda x, _: x)
     return {
         **samples,
-        "reward_inputs": mark(inputs, absorbing),
+        "reward_inputs": mark(reward_inputs(samples, action_space, state_only), absorbing),
         "shaping_inputs": mark(samples["observations"], absorbing),
         "next_shaping_inputs": mark(samples["next_observations"], next_absorbing),
-        "f_terminations": torch.zeros_like(samples["terminations"]),
+        "f_terminations": torch.zeros_like(samples["terminations"]) if absorbing_state else samples["terminations"],
     }
 
 
 def absorbing_transitions(num, like):
-    """num self-transitions (s_a, 0, s_a) of the absorbing state, one per termination (DAC keeps them in the data as
-    ordinary transitions), shaped as the dict of transitions `like`, with absorbing = 1."""
+    """num self-transitions (s_a, 0, s_a) of the absorbing state, one per termination (DAC keeps them as ordinary
+    transitions), shaped as the dict of transitions `like`, with absorbing = 1."""
     rows = {key: value.new_zeros((num, *value.shape[1:])) for key, value in like.items()}
     rows["absorbing"] = torch.ones(num, device=like["terminations"].device)
     return rows
@@ -228,9 +192,8 @@ def bootstrap_absorbing_state(next_values, terminations, absorbing_reward, gamma
 
 
 def shaped_reward_f(g, h, h_next, terminations, gamma):
-    """Eq. 4: f(s, a, s') = g(s, a) + gamma h(s') - h(s), on [B] tensors. After a termination s' is absorbing, with value
-    0 unless its reward is learned (--absorbing-state), so h(s') = 0 there (h recovers V*, Thm C.1); a time-limit
-    truncation is not a termination and keeps h(s')."""
+    """Eq. 4: f(s, a, s') = g(s, a) + gamma h(s') - h(s), on [B] tensors; h(s') = 0 after a termination (an absorbing
+    state of value 0, unless --absorbing-state learns it), not after a time-limit truncation."""
     return g + gamma * (1.0 - terminations) * h_next - h
 
 
@@ -260,21 +223,18 @@ def relu_mlp(in_dim, hidden_size, num_layers):
     for _ in range(num_layers):
         layers += [layer_init(nn.Linear(width, hidden_size)), nn.ReLU()]
         width = hidden_size
-    # a small output layer: f starts near 0, so D starts near pi(a|s)'s verdict alone
-    return nn.Sequential(*layers, layer_init(nn.Linear(width, 1), std=0.01))
+    return nn.Sequential(*layers, layer_init(nn.Linear(width, 1), std=0.01))  # f starts near 0: D near pi(a|s)'s verdict
 
 
 class AirlDiscriminator(nn.Module):
-    """f_{theta,phi}(s, a, s') of Eq. 4 from the reward approximator g_theta and the shaping term h_phi (ReLU nets,
-    App. D.1), on `discriminator_inputs`."""
+    """f_{theta,phi}(s, a, s') of Eq. 4 from the reward approximator g_theta and the shaping term h_phi (App. D.1)."""
 
     def __init__(self, reward_in_dim, obs_dim, hidden_size, reward_layers, shaping_layers):
         super().__init__()
         self.g = relu_mlp(reward_in_dim, hidden_size, reward_layers)
         self.h = relu_mlp(obs_dim, hidden_size, shaping_layers)
 
-    def forward(self, samples, gamma):
-        """f [B] of a dict of `discriminator_inputs`."""
+    def forward(self, samples, gamma):  # f [B] of a dict of `discriminator_inputs`
         g = self.g(samples["reward_inputs"]).squeeze(-1)
         h, h_next = self.h(samples["shaping_inputs"]).squeeze(-1), self.h(samples["next_shaping_inputs"]).squeeze(-1)
         return shaped_reward_f(g, h, h_next, samples["f_terminations"], gamma)
@@ -282,11 +242,30 @@ class AirlDiscriminator(nn.Module):
 
 @torch.no_grad()
 def policy_log_prob(policy, samples):
-    """log pi(a|s) of the stored actions under the policy as it is now, without gradient: the pi(a|s) that D's formula
-    takes as given (App. A: only f is trained), the same for expert and agent samples; 0 at the absorbing state, whose
-    single action the policy does not choose."""
+    """log pi(a|s) of the stored actions under the policy as it is now, without gradient (App. A: D trains f only), for
+    expert and agent samples alike; 0 at the absorbing state, whose single action the policy does not choose."""
     log_pi = policy.distribution(policy(samples["observations"])).log_prob(samples["actions"])
     return log_pi * (1 - samples["absorbing"]) if "absorbing" in samples else log_pi
+
+
+def update_discriminator(discriminator, optimizer, policy, expert, negatives, num_samples, args):
+    """Alg. 1 line 5, logistic regression: --disc-epochs passes, each over num_samples negatives drawn without replacement
+    from the replayed agent samples (App. D.3) in --disc-num-minibatches minibatches, each against as many expert samples
+    drawn with replacement; both sides' log pi(a|s) from the policy as it is now. Returns the last loss."""
+    device = expert["observations"].device
+    for _ in range(args.disc_epochs):
+        draw = torch.randperm(len(negatives["observations"]), device=device)[:num_samples]
+        for index in draw.chunk(args.disc_num_minibatches):
+            expert_index = torch.randint(len(expert["observations"]), (len(index),), device=device)
+            expert_batch = {key: value[expert_index] for key, value in expert.items()}
+            agent_batch = {key: value[index] for key, value in negatives.items()}
+            expert_logits = airl_logits(discriminator(expert_batch, args.gamma), policy_log_prob(policy, expert_batch))
+            agent_logits = airl_logits(discriminator(agent_batch, args.gamma), policy_log_prob(policy, agent_batch))
+            loss = discriminator_loss(expert_logits, agent_logits)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return loss.detach()
 
 
 def pearson_correlation(x, y):
@@ -295,20 +274,31 @@ def pearson_correlation(x, y):
     return float((x @ y) / (x.norm() * y.norm()))
 
 
+@torch.no_grad()
+def reward_correlations(g, agent, expert, agent_env_rewards, expert_env_rewards, agent_rewards):
+    """--log-reward-correlation: the Pearson correlation with the env's reward of g on the agent's samples, on the expert
+    demos (without s_a, which has no env reward) and on both, and of the policy's reward on the agent's samples."""
+    g_agent, g_expert = (g(samples["reward_inputs"]).squeeze(-1) for samples in (agent, expert))
+    g_expert = g_expert[expert["absorbing"] == 0]
+    return {
+        "g_agent": pearson_correlation(g_agent, agent_env_rewards),
+        "g_expert": pearson_correlation(g_expert, expert_env_rewards),
+        "g_all": pearson_correlation(torch.cat([g_agent, g_expert]), torch.cat([agent_env_rewards, expert_env_rewards])),
+        "reward_agent": pearson_correlation(agent_rewards, agent_env_rewards),
+    }
+
+
 def write_reward_correlation_row(run_dir, row):
     """Append one iteration's correlations to reward_correlation.csv (--log-reward-correlation), flushed at once."""
     path = Path(run_dir) / "reward_correlation.csv"
-    new = not path.exists()
+    header = "" if path.exists() else ",".join(row) + "\n"
     with open(path, "a") as f:
-        if new:
-            f.write(",".join(row) + "\n")
-        f.write(",".join(f"{value:.6g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+        f.write(header + ",".join(f"{value:.6g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
 
 
 # ------------------------------------------------------------------------------------ the TRPO block (of gail.py)
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
-    """Orthogonal initialisation, as cleanrl/ppo.py; std 0.01 on a policy's last layer gives a near-uniform initial
-    policy, as the original code's zero-initialised output layers do."""
+    """Orthogonal initialisation, as cleanrl/ppo.py (std 0.01 on a last layer: a near-uniform initial policy)."""
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
@@ -402,27 +392,13 @@ def fisher_vector_product(policy, obs, vector, damping):
     return torch.cat([product.reshape(-1) for product in products]) + damping * vector
 
 
-def trpo_step(
-    policy,
-    obs,
-    actions,
-    advantages,
-    max_kl,
-    damping,
-    cg_iterations,
-    backtrack_iterations,
-    backtrack_coef,
-    accept_ratio,
-    fisher_subsample=1,
-):
+def trpo_step(policy, obs, actions, advantages, args):
     """One TRPO update of the policy in place (Schulman et al. 2015, Eq. 14 and Appendix C): maximise the surrogate
-    L(theta) = mean[pi_theta(a|s) / pi_old(a|s) A] subject to mean KL(pi_old || pi_theta) <= max_kl. The natural
-    gradient direction s = F^-1 g comes from `conjugate_gradient`; the full step beta s with beta = sqrt(2 max_kl /
-    s^T F s) reaches the KL bound under the quadratic model; the backtracking line search then shrinks it until the
-    measured KL is <= max_kl and the surrogate improves by at least accept_ratio of its linear prediction. If no step
-    passes, the policy is left unchanged. F is estimated on every fisher_subsample-th state only (an average over
-    states, cheap to estimate well); KL and surrogate are measured on the whole batch. Returns the measured KL, the
-    surrogate's improvement and the number of backtracks."""
+    L(theta) = mean[pi_theta(a|s) / pi_old(a|s) A] subject to mean KL(pi_old || pi_theta) <= --max-kl. The natural
+    gradient direction s = F^-1 g comes from `conjugate_gradient`, F estimated on every --fisher-subsample-th state;
+    the full step beta s, beta = sqrt(2 max_kl / s^T F s), reaches the KL bound under the quadratic model, and the line
+    search shrinks it until the batch's KL is <= max_kl and the surrogate improves by at least --accept-ratio of its
+    linear prediction (else the policy is left unchanged). Returns the KL, the improvement and the backtracks."""
     params = list(policy.parameters())
     with torch.no_grad():
         old_params = policy(obs)
@@ -435,28 +411,38 @@ def trpo_step(
 
     surrogate, _ = surrogate_and_kl()
     grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(surrogate, params)])
-    fisher_obs = obs[::fisher_subsample]
-    direction = conjugate_gradient(lambda v: fisher_vector_product(policy, fisher_obs, v, damping), grad, cg_iterations)
-    full_step = direction * torch.sqrt(
-        2 * max_kl / (direction @ fisher_vector_product(policy, fisher_obs, direction, damping) + 1e-8)
-    )
+    fvp = lambda v: fisher_vector_product(policy, obs[:: args.fisher_subsample], v, args.cg_damping)
+    direction = conjugate_gradient(fvp, grad, args.cg_iterations)
+    full_step = direction * torch.sqrt(2 * args.max_kl / (direction @ fvp(direction) + 1e-8))
     expected_improvement = grad @ full_step
     theta_old = nn.utils.parameters_to_vector(params).detach().clone()
     with torch.no_grad():
-        for backtracks in range(backtrack_iterations):
-            fraction = backtrack_coef**backtracks
+        for backtracks in range(args.backtrack_iterations):
+            fraction = args.backtrack_coef**backtracks
             nn.utils.vector_to_parameters(theta_old + fraction * full_step, params)
             new_surrogate, kl = surrogate_and_kl()
             improvement = new_surrogate - surrogate.detach()
             # expected_improvement = g^T F^-1 g beta > 0, so an accepted step always improves the surrogate
-            if kl <= max_kl and improvement > accept_ratio * fraction * expected_improvement:
+            if kl <= args.max_kl and improvement > args.accept_ratio * fraction * expected_improvement:
                 return {"kl": kl, "surrogate_improvement": improvement, "backtracks": torch.tensor(float(backtracks))}
         nn.utils.vector_to_parameters(theta_old, params)
     zero = torch.zeros((), device=grad.device)
-    return {"kl": zero, "surrogate_improvement": zero, "backtracks": torch.tensor(float(backtrack_iterations))}
+    return {"kl": zero, "surrogate_improvement": zero, "backtracks": torch.tensor(float(args.backtrack_iterations))}
 
 
-# ----------------------------------------------------------------------------------------------------- evaluation
+# ---------------------------------------------------- shared plumbing (identical in every script; tests/test_shared_blocks.py)
+def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+    try:
+        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+    except gym.error.Error as error:
+        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
+    if capture_video:  # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes)
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.action_space.seed(seed)
+    return env
+
+
 def evaluate(act, env, num_episodes, seed):
     """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
     returns = []
@@ -470,345 +456,91 @@ def evaluate(act, env, num_episodes, seed):
     return np.array(returns, dtype=np.float64)
 
 
-# ----------------------------------------- shared infrastructure (identical in every script; tests/test_shared_blocks.py)
-def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+def load_expert(expert_dir, env, num_trajectories, subsample_frequency, seed, keys, any_env=False):
+    """(expert.json, demos): `keys` of the first num_trajectories episodes of demos.npz, every subsample_frequency-th
+    transition from a random offset per episode (GAIL's subsampled demos). Cheap checks; `demos.py --check` does the rest."""
     try:
-        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
-    except gym.error.Error as error:
-        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
-    if capture_video:
-        try:
-            env.reset(seed=seed)
-            env.render()
-        except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(
-                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
-            )
-        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
-        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
-    env = gym.wrappers.RecordEpisodeStatistics(env)
-    env.action_space.seed(seed)
-    return env
-
-
-# a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
-# from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
-RANDOM_RETURN_EPISODES = 50
-
-
-RANDOM_RETURN_SEED = 30_000
-
-
-def load_expert_info(expert_dir, env, required):
-    """expert.json as a dict, checked against the env; None if absent and not required. A demos-only folder needs just
-    observation_shape and action_shape (README, "Your own demonstrations"): without env_id it is the env's, without
-    expert_return_mean the demos' mean return, without random_return_mean a uniformly random policy's, measured on
-    every run and never written back by a run (`cleanil/demos.py --complete` stores it)."""
-    info_path = Path(expert_dir) / "expert.json"
-    if not info_path.exists():
-        if required:
-            sys.exit(f"error: no expert at {info_path}; {missing_expert_hint(env.spec.id, expert_dir)}")
-        return None
-    command = expert_command(env.spec.id, expert_dir)
-    try:
-        info = json.loads(info_path.read_text())
-        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
-        returns = {key: float(info[key]) for key in ("expert_return_mean", "random_return_mean") if key in info}
-    except (ValueError, KeyError, TypeError) as error:
-        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(
-            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
-        )
-    if "expert_return_mean" not in returns:
-        returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(
-            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-            f"{num_episodes} episodes, stands in for it.",
-            file=sys.stderr,
-        )
-    if "random_return_mean" not in returns:
-        returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(
-            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
-            file=sys.stderr,
-        )
-    expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
-    if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(
-            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-            f"`{command} --overwrite`."
-        )
-    return {"env_id": env.spec.id, **info, **returns}
-
-
-def demos_mean_return(expert_dir, command):
-    """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
-    path = Path(expert_dir) / "demos.npz"
-    if not path.exists():
-        sys.exit(
-            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
-        )
-    try:
-        with np.load(path) as data:
-            rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
-        if len(starts) == 0 or starts[0] != 0 or (np.diff(starts) <= 0).any() or starts[-1] >= len(rewards):
-            raise ValueError(f"episode_starts {starts[:5]}... are not increasing indices from 0 below {len(rewards)}")
-        returns = np.add.reduceat(rewards, starts)
+        info = json.loads((Path(expert_dir) / "expert.json").read_text())
+        if info["env_id"] != env.spec.id and not any_env:
+            raise ValueError(f"it was recorded on {info['env_id']}, not {env.spec.id} (--any-env uses it anyway)")
+        gap = info["expert_return_mean"] - info["random_return_mean"]
+        if not np.isfinite(gap) or gap == 0:
+            raise ValueError("its expert_return_mean and random_return_mean define no normalized score")
+        with np.load(Path(expert_dir) / "demos.npz") as data:
+            starts, demos = data["episode_starts"], {key: data[key] for key in keys}
+        obs_shape, space = env.observation_space.shape, env.action_space
+        shapes = {"observations": obs_shape, "next_observations": obs_shape, "actions": space.shape}
+        for key, value in demos.items():
+            if value.shape[1:] != shapes.get(key, ()) or not np.isfinite(value).all():
+                raise ValueError(f"its {key} are not finite or not of shape (N, *{shapes.get(key, ())})")
+        low, high = (space.low, space.high) if isinstance(space, gym.spaces.Box) else (0, space.n - 1)
+        if "actions" in demos and not ((low <= demos["actions"]) & (demos["actions"] <= high)).all():
+            raise ValueError(f"its actions leave the action space {space}")
+        if not 1 <= num_trajectories <= len(starts):
+            raise ValueError(f"--num-expert-trajectories {num_trajectories} is not between 1 and its {len(starts)} episodes")
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    return float(returns.mean()), len(returns)
-
-
-def random_policy_returns(env_id):
-    """Returns of a uniformly random policy in RANDOM_RETURN_EPISODES episodes, on an env of its own (the run's envs and
-    their random streams stay untouched), with a progress bar: the random return of a folder whose expert.json has none."""
-    env = make_env(env_id, RANDOM_RETURN_SEED)
-    returns = []
-    for episode in tqdm(range(RANDOM_RETURN_EPISODES), desc=f"{env_id}: random_return_mean", file=sys.stderr, mininterval=2.0):
-        env.reset(seed=RANDOM_RETURN_SEED if episode == 0 else None)
-        done = False
-        while not done:
-            _, _, terminated, truncated, info = env.step(env.action_space.sample())
-            done = terminated or truncated
-        returns.append(info["episode"]["r"])
-    env.close()
-    return np.array(returns, dtype=np.float64)
-
-
-def expert_command(env_id, expert_dir=None):
-    """The command that creates expert_dir: the env's trainer for the default experts/<env-id>/ (no --expert-path
-    needed), cleanil/demos.py for a folder of one's own (your demonstrations, converted or recorded from a policy)."""
-    command = demos_command(env_id, expert_dir)
-    if "--expert-path" in command:
-        return f"{command} --from-<minari|d4rl|sb3|npz|policy> <source>"
-    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
-    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
-
-
-def demos_command(env_id, expert_dir=None):
-    """cleanil/demos.py writing expert_dir (the default experts/<env-id>/ needs no --expert-path), before its source flag."""
-    command = f"python cleanil/demos.py --env-id {env_id}"
-    if expert_dir is not None and Path(expert_dir).resolve() != Path(__file__).resolve().parent.parent / "experts" / env_id:
-        command += f" --expert-path {shlex.quote(str(expert_dir))}"
-    return command
-
-
-SHIPPED_EXPERTS = (
-    "CartPole-v1",
-    "Acrobot-v1",
-    "MountainCar-v0",
-    "Pendulum-v1",
-    "InvertedPendulum-v4",
-    "Hopper-v4",
-    "HalfCheetah-v4",
-    "Walker2d-v4",
-    "Ant-v4",
-    "Humanoid-v4",
-)
-
-
-def missing_expert_hint(env_id, expert_dir=None):
-    """What a missing expert costs: the shipped ones come with the repository, a folder of one's own (--expert-path) is
-    built by cleanil/demos.py, and any other env's default folder needs a training run."""
-    command = expert_command(env_id, expert_dir)
-    if "demos.py" in command:
-        shipped = (
-            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
-        )
-        return (
-            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
-        )
-    if env_id in SHIPPED_EXPERTS:
-        return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
-    if "dqn.py" in command:
-        return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (
-        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
-    )
-
-
-def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
-    """The first num_trajectories demo episodes, every subsample_frequency-th transition from a random offset per
-    episode (as GAIL's subsampled demos, Ho & Ermon 2016); only `keys` are read from demos.npz, and float16 arrays
-    (a large env's demos stored small, DESIGN.md) come back as float32, the precision the networks compute in."""
-    path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id, expert_dir)
-    if not path.exists():
-        sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
-    if num_trajectories < 1 or subsample_frequency < 1:
-        sys.exit(
-            f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must "
-            f"be >= 1."
-        )
-    try:
-        with np.load(path) as data:
-            missing = [key for key in ("episode_starts", "rewards", *keys) if key not in data.files]
-            if missing:
-                sys.exit(
-                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
-                    f"this script reads; regenerate it with `{command} --overwrite`."
-                )
-            starts, length = data["episode_starts"], len(data["rewards"])
-            arrays = {key: data[key] for key in keys}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if (
-        starts.ndim != 1
-        or not np.issubdtype(starts.dtype, np.integer)
-        or len(starts) == 0
-        or starts[0] != 0
-        or (np.diff(starts) <= 0).any()
-        or starts[-1] >= length
-    ):
-        sys.exit(
-            f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
-            f"regenerate it with `{command} --overwrite`."
-        )
-    if num_trajectories > len(starts):
-        sys.exit(
-            f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
-            f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
-            f"--num-demo-episodes {num_trajectories} --overwrite`."
-        )
-    action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
-    expected = {
-        "observations": env.observation_space.shape,
-        "next_observations": env.observation_space.shape,
-        "actions": action_shape,
-    }
-    for key, shape in expected.items():
-        if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
-            sys.exit(
-                f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
-                f"regenerate it with `{command} --overwrite`."
-            )
+        check = f"python cleanil/demos.py --check {shlex.quote(str(expert_dir))}"
+        sys.exit(f"error: {expert_dir} is not a usable expert folder: {error}; `{check}` says what to fix.")
     rng = np.random.default_rng(seed)
-    episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
-    index = np.concatenate(
-        [episode[rng.integers(min(subsample_frequency, len(episode))) :: subsample_frequency] for episode in episodes]
-    )
-    demos = {key: value[index] for key, value in arrays.items()}
-    return {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
+    episodes = np.split(np.arange(len(demos[keys[0]])), starts[1:])[:num_trajectories]
+    index = np.concatenate([ep[rng.integers(min(subsample_frequency, len(ep))) :: subsample_frequency] for ep in episodes])
+    # float16 demos (a large env's, stored small) come back as the float32 the networks compute in
+    demos = {key: value[index] for key, value in demos.items()}
+    return info, {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
 
 
-def normalized_score(episode_return, expert_info):
-    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
-    if expert_info is None:
+def normalized_score(episode_return, info):
+    """(R - R_random) / (R_expert - R_random) with expert.json's returns (DESIGN.md); NaN without an expert."""
+    if info is None:
         return float("nan")
-    random_return = expert_info["random_return_mean"]
-    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
-
-
-def package_versions():
-    import importlib.metadata as metadata
-
-    return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
-
-
-def log_metrics(track, metrics, step):
-    """The one place a script reports metrics: to wandb under --track (wandb.init ran in main), else nowhere."""
-    if track:
-        import wandb
-
-        wandb.log({key: float(value) for key, value in metrics.items()}, step=step)
-
-
-def exit_if_non_finite(values, message):
-    """Stop with one sentence (DESIGN.md, "Bad input") once a loss is NaN or infinite: past it, the NaN reaches every
-    weight and the run only wastes its budget."""
-    if not all(torch.isfinite(value) for value in values):
-        sys.exit(message)
+    return (episode_return - info["random_return_mean"]) / (info["expert_return_mean"] - info["random_return_mean"])
 
 
 def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
-    new = not path.exists()
+    header = "" if path.exists() else ",".join(row) + "\n"
+    values = [f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()]
     with open(path, "a") as f:
-        if new:
-            f.write(",".join(row) + "\n")
-        f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+        f.write(header + ",".join(values) + "\n")
 
 
-def hardware_info(device, bf16=False):
-    """The device, its name, the thread count and the precision of a run, for summary.json."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {
-        "device": str(device),
-        "device_name": name,
-        "threads": torch.get_num_threads(),
-        "precision": "bf16-autocast" if bf16 else "fp32",
-    }
-
-
-def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
-    """summary.json: args, final and best scores, wall time, mean SPS, versions, and the device/threads/precision used."""
+def write_summary(run_dir, args, eval_rows, wall_time, sps, device, precision, **extra):
+    """summary.json: args, final and best scores, wall time, mean SPS, device, precision, the code's git commit, extra."""
     scores = [row["normalized_score"] for row in eval_rows]
+    git = ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"]
+    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip() if shutil.which("git") else ""
     summary = {
         "args": asdict(args),
-        **(hardware or {}),
+        "device": str(device),
+        "precision": precision,
+        "commit": commit or None,
         "final_return": eval_rows[-1]["eval_return_mean"],
         "final_normalized_score": scores[-1],
         "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
         "total_wall_time_s": wall_time,
         "mean_sps": sps,
-        "versions": package_versions(),
+        **extra,
     }
-    # strict JSON has no NaN (a score without expert.json): null instead, which every JSON parser reads
-    summary = json.loads(json.dumps(summary), parse_constant=lambda constant: None)
-    path = Path(run_dir) / "summary.json"
-    path.with_suffix(".json.tmp").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    os.replace(path.with_suffix(".json.tmp"), path)  # atomic: a run stopped while writing never leaves half a file
-
-
-def exit_on_stop_signals(run_dir):
-    """SIGINT (Ctrl-C) and SIGTERM (a session's end, a cluster's preemption) end a run that has no --resume at once, with
-    one line and exit status 128 + signal as a shell reports it; eval.csv gains whole rows only, so it stays readable."""
-
-    def stop(signum, frame):
-        tqdm.write(
-            f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
-            f"{Path(__file__).name} has no --resume, so rerun the command to start over.",
-            file=sys.stderr,
-        )
-        sys.exit(128 + signum)
-
-    for stop_signal in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop_signal, stop)
+    summary = json.loads(json.dumps(summary), parse_constant=lambda constant: None)  # strict JSON: NaN -> null
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in (
-        "total_timesteps",
-        "eval_frequency",
-        "eval_episodes",
-        "num_envs",
-        "num_steps",
-        "fisher_subsample",
-        "value_epochs",
-        "value_num_minibatches",
-        "disc_epochs",
-        "disc_num_minibatches",
-        "hidden_size",
-        "disc_hidden_size",
-        "disc_replay_iterations",
-    ):
+    budgets = ("total_timesteps", "eval_frequency", "eval_episodes", "num_expert_trajectories", "subsample_frequency")
+    sizes = ("num_envs", "num_steps", "fisher_subsample", "value_epochs", "value_num_minibatches", "hidden_size")
+    for name in (*budgets, *sizes, "disc_epochs", "disc_num_minibatches", "disc_hidden_size", "disc_replay_iterations"):
         if getattr(args, name) <= 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     if args.reward_hidden_layers < 0 or args.shaping_hidden_layers < 0:
-        sys.exit(
-            f"error: --reward-hidden-layers and --shaping-hidden-layers must be >= 0, got {args.reward_hidden_layers} "
-            f"and {args.shaping_hidden_layers}."
-        )
+        sys.exit("error: --reward-hidden-layers and --shaping-hidden-layers must be >= 0.")
+    if args.num_steps < 2 or args.max_kl <= 0:
+        # with 2 steps or more every env contributes a transition: only the step after an episode's end carries none
+        sys.exit(f"error: --num-steps must be >= 2 and --max-kl > 0, got {args.num_steps} and {args.max_kl}.")
+    if args.total_timesteps < args.num_envs * args.num_steps:
+        one = f"one iteration of --num-envs {args.num_envs} x --num-steps {args.num_steps}"
+        sys.exit(f"error: --total-timesteps {args.total_timesteps} is less than {one}; pass more, or lower either.")
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = Path("runs") / run_name
@@ -819,39 +551,15 @@ if __name__ == "__main__":
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    precision = "fp32"
 
     eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
     if not isinstance(eval_env.action_space, (gym.spaces.Discrete, gym.spaces.Box)):
-        sys.exit(
-            f"error: {Path(__file__).name} supports Discrete and Box actions, but {args.env_id} has {eval_env.action_space}; "
-            f"pick another env."
-        )
-    if args.num_steps < 2 or args.max_kl <= 0:
-        # with 2 steps or more every env contributes a transition: only the step after an episode's end carries none
-        sys.exit(f"error: --num-steps must be >= 2 and --max-kl > 0, got {args.num_steps} and {args.max_kl}.")
-    if args.total_timesteps < args.num_envs * args.num_steps:
-        sys.exit(
-            f"error: --total-timesteps {args.total_timesteps} is less than one iteration of --num-envs {args.num_envs} x "
-            f"--num-steps {args.num_steps} = {args.num_envs * args.num_steps} steps; pass at least that, or lower either."
-        )
-    expert_info = load_expert_info(expert_dir, eval_env, required=True)
-    demo_keys = DEMO_KEYS + (("rewards",) if args.log_reward_correlation else ())
-    demos = load_demos(expert_dir, eval_env, args.num_expert_trajectories, args.subsample_frequency, args.seed, demo_keys)
-    discrete = isinstance(eval_env.action_space, gym.spaces.Discrete)
-    for key, value in demos.items():
-        valid = (
-            np.isin(value, np.arange(eval_env.action_space.n))
-            if key == "actions" and discrete
-            else np.isin(value, (0, 1))
-            if key == "terminations"
-            else np.isfinite(value)
-        )
-        if not valid.all():
-            sys.exit(
-                f"error: {expert_dir / 'demos.npz'} holds invalid {key} (non-finite, discrete actions outside the action "
-                f"space, or terminations other than 0/1); regenerate it with "
-                f"`{expert_command(args.env_id, expert_dir)} --overwrite`."
-            )
+        sys.exit(f"error: {Path(__file__).name} needs Discrete or Box actions; {args.env_id} has {eval_env.action_space}.")
+    keys = DEMO_KEYS + (("rewards",) if args.log_reward_correlation else ())
+    info, demos = load_expert(
+        expert_dir, eval_env, args.num_expert_trajectories, args.subsample_frequency, args.seed, keys, args.any_env
+    )
     # next-step autoreset (gymnasium 1.x): the step() after an env's episode ends only resets it (action ignored,
     # reward 0, no transition); the step that ended the episode already returned its true final observation
     envs = gym.vector.SyncVectorEnv(
@@ -859,62 +567,52 @@ if __name__ == "__main__":
         autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    exit_on_stop_signals(run_dir)
     if args.track:
         import wandb
 
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name, save_code=True)
 
     action_space = envs.single_action_space
-    expert = {
-        key: torch.as_tensor(value, dtype=torch.long if key == "actions" and discrete else torch.float32, device=device)
-        for key, value in demos.items()
-    }
-    expert_env_rewards = expert.pop("rewards", None)  # --log-reward-correlation only: never seen by training
-    if args.normalize_observations:
-        # +1e-3 keeps near-constant observation dims (e.g. a pole the expert holds still) from blowing up, as TD3+BC does
-        obs_mean, obs_std = expert["observations"].flatten(1).mean(0), expert["observations"].flatten(1).std(0) + 1e-3
-    else:
-        obs_mean, obs_std = (
-            torch.zeros_like(expert["observations"][0]).flatten(),
-            torch.ones_like(expert["observations"][0]).flatten(),
-        )
+    discrete = isinstance(action_space, gym.spaces.Discrete)
+    dtypes = {"actions": torch.long if discrete else torch.float32}
+    expert = {key: torch.as_tensor(value, dtype=dtypes.get(key, torch.float32), device=device) for key, value in demos.items()}
+    expert_rewards = expert.pop("rewards", None)  # the env's, for --log-reward-correlation only: training never sees them
+    flat_obs = expert["observations"].flatten(1)
+    # +1e-3 keeps near-constant observation dims (e.g. a pole the expert holds still) from blowing up, as TD3+BC does
+    obs_mean, obs_std = (flat_obs.mean(0), flat_obs.std(0) + 1e-3) if args.normalize_observations else (0.0, 1.0)
 
     def normalize(obs):
         return (torch.as_tensor(obs, dtype=torch.float32, device=device).flatten(1) - obs_mean) / obs_std
 
-    for key in ("observations", "next_observations"):
-        if key in expert:
-            expert[key] = normalize(expert[key])
+    expert = {key: normalize(value) if "observations" in key else value for key, value in expert.items()}
     expert["absorbing"] = torch.zeros(len(expert["observations"]), device=device)
+    airl_inputs = lambda samples: discriminator_inputs(samples, action_space, args.state_only, args.absorbing_state)
+    absorbing_sample = airl_inputs(absorbing_transitions(1, expert))  # (s_a, 0, s_a), whose reward bootstraps a termination
     if args.absorbing_state:
         # one absorbing transition per terminated demo episode, kept whatever subsampling dropped (as DAC)
-        full_demos = load_demos(expert_dir, eval_env, args.num_expert_trajectories, 1, args.seed, ("terminations",))
-        absorbing_rows = absorbing_transitions(int(full_demos["terminations"].sum()), expert)
-        expert = {key: torch.cat([value, absorbing_rows[key]]) for key, value in expert.items()}
-    expert = discriminator_inputs(expert, action_space, args.state_only, args.absorbing_state)
+        _, episodes = load_expert(
+            expert_dir, eval_env, args.num_expert_trajectories, 1, args.seed, ("terminations",), args.any_env
+        )
+        rows = absorbing_transitions(int(episodes["terminations"].sum()), expert)
+        expert = {key: torch.cat([value, rows[key]]) for key, value in expert.items()}
+    expert = airl_inputs(expert)
 
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     policy = Policy(obs_dim, action_space, args.hidden_size).to(device)
     value_network = mlp(obs_dim, 1, args.hidden_size, out_std=1.0).to(device)
     value_optimizer = torch.optim.Adam(value_network.parameters(), lr=args.value_learning_rate)
-    discriminator = AirlDiscriminator(
-        expert["reward_inputs"].shape[1],
-        expert["shaping_inputs"].shape[1],
-        args.disc_hidden_size,
-        args.reward_hidden_layers,
-        args.shaping_hidden_layers,
-    ).to(device)
+    disc_layers = (args.disc_hidden_size, args.reward_hidden_layers, args.shaping_hidden_layers)
+    discriminator = AirlDiscriminator(expert["reward_inputs"].shape[1], expert["shaping_inputs"].shape[1], *disc_layers).to(
+        device
+    )
     disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.disc_learning_rate)
-    if not discrete:
-        low, high = action_space.low, action_space.high
-    eval_rows = []
+    low, high = (None, None) if discrete else (action_space.low, action_space.high)
     replay = deque(maxlen=args.disc_replay_iterations)  # App. D.3: the agent samples of the latest iterations
+    eval_rows, correlations = [], {}
 
     # rollout storage, [num_steps, num_envs, ...] on the training device
     shape = (args.num_steps, args.num_envs)
-    b_obs = torch.zeros(*shape, obs_dim, device=device)
-    b_next_obs = torch.zeros(*shape, obs_dim, device=device)
+    b_obs, b_next_obs = torch.zeros(*shape, obs_dim, device=device), torch.zeros(*shape, obs_dim, device=device)
     b_actions = torch.zeros(shape + action_space.shape, dtype=torch.long if discrete else torch.float32, device=device)
     b_terminations, b_dones, b_valid, b_env_rewards = (torch.zeros(shape, device=device) for _ in range(4))
 
@@ -930,24 +628,18 @@ if __name__ == "__main__":
             "global_step": global_step,
             "eval_return_mean": float(returns.mean()),
             "eval_return_std": float(returns.std()),
-            "normalized_score": normalized_score(float(returns.mean()), expert_info),
+            "normalized_score": normalized_score(float(returns.mean()), info),
             "wall_time": wall_time,
             "sps": global_step / max(wall_time, 1e-9),
         }
         eval_rows.append(row)
         write_eval_row(run_dir, row)
-        log_metrics(
-            args.track, {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, global_step
-        )
+        if args.track:
+            wandb.log({"eval/return": returns.mean(), "eval/normalized_score": row["normalized_score"]}, step=global_step)
         progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
     start_time = time.time()
-    hardware = hardware_info(device)
-    print(
-        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
-        f"{hardware['precision']}",
-        file=sys.stderr,
-    )
+    print(f"{run_name}: {device}, {precision}", file=sys.stderr)
     progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
     run_evaluation(0)
     obs, _ = envs.reset(seed=args.seed)
@@ -963,105 +655,44 @@ if __name__ == "__main__":
                 action = policy.distribution(policy(obs_t)).sample()
             action_np = action.cpu().numpy()
             # the Gaussian's sample is clipped for the env only; TRPO's likelihood ratio and log pi in D stay the sample's
-            next_obs, env_reward, terminated, truncated, infos = envs.step(
+            next_obs, reward, terminated, truncated, infos = envs.step(
                 action_np if discrete else np.clip(action_np, low, high)
             )
             b_obs[step], b_next_obs[step], b_actions[step] = obs_t, normalize(next_obs), action
             b_terminations[step] = torch.as_tensor(terminated, dtype=torch.float32, device=device)
             b_dones[step] = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device)
             b_valid[step] = torch.as_tensor(valid, dtype=torch.float32, device=device)
-            b_env_rewards[step] = torch.as_tensor(env_reward, dtype=torch.float32, device=device)
+            b_env_rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
             if "episode" in infos:
                 episode_returns.extend(infos["episode"]["r"][infos["_episode"]])
             valid = ~(terminated | truncated)
             obs = next_obs
-        mask = b_valid.bool()
-        batch = {
-            "observations": b_obs[mask],
-            "actions": b_actions[mask],
-            "next_observations": b_next_obs[mask],
-            "terminations": b_terminations[mask],
-            "absorbing": torch.zeros(int(mask.sum()), device=device),
-        }
-        num_absorbing = int(batch["terminations"].sum()) if args.absorbing_state else 0
-        absorbing_rows = absorbing_transitions(num_absorbing, batch)
-        replay.append(
-            discriminator_inputs(
-                {key: torch.cat([value, absorbing_rows[key]]) for key, value in batch.items()},
-                action_space,
-                args.state_only,
-                args.absorbing_state,
-            )
-        )
-        batch = discriminator_inputs(batch, action_space, args.state_only, args.absorbing_state)
+        mask, steps = b_valid.bool(), int(b_valid.sum())
+        batch = {"observations": b_obs[mask], "actions": b_actions[mask], "next_observations": b_next_obs[mask]}
+        batch |= {"terminations": b_terminations[mask], "absorbing": torch.zeros(steps, device=device)}
+        rows = absorbing_transitions(int(batch["terminations"].sum()) if args.absorbing_state else 0, batch)
+        replay.append(airl_inputs({key: torch.cat([value, rows[key]]) for key, value in batch.items()}))
+        batch = airl_inputs(batch)
         negatives = {key: torch.cat([old[key] for old in replay]) for key in batch}
 
-        # Alg. 1 line 5: logistic regression, expert samples against the agent's of the latest iterations (App. D.3),
-        # each side's log pi(a|s) from the policy as it is now (the one that collected this batch)
-        for _ in range(args.disc_epochs):
-            # as many negatives per epoch as this iteration collected, drawn without replacement from the replayed ones
-            draw = torch.randperm(len(negatives["observations"]), device=device)[: len(batch["observations"])]
-            for index in draw.chunk(args.disc_num_minibatches):
-                expert_index = torch.randint(len(expert["observations"]), (len(index),), device=device)
-                expert_batch = {key: value[expert_index] for key, value in expert.items()}
-                agent_batch = {key: value[index] for key, value in negatives.items()}
-                expert_logits = airl_logits(discriminator(expert_batch, args.gamma), policy_log_prob(policy, expert_batch))
-                agent_logits = airl_logits(discriminator(agent_batch, args.gamma), policy_log_prob(policy, agent_batch))
-                disc_loss = discriminator_loss(expert_logits, agent_logits)
-                disc_optimizer.zero_grad(set_to_none=True)
-                disc_loss.backward()
-                disc_optimizer.step()
-
+        # Alg. 1 line 5: logistic regression, expert samples against the agent's of the latest iterations (App. D.3)
+        disc_loss = update_discriminator(discriminator, disc_optimizer, policy, expert, negatives, steps, args)
         # Alg. 1 lines 6-7: a TRPO step on r = log D - log(1 - D) = f - log pi of the updated discriminator, GAE advantages
         with torch.no_grad():
             agent_log_pi = policy_log_prob(policy, batch)
             agent_logits = airl_logits(discriminator(batch, args.gamma), agent_log_pi)
-            expert_logits = airl_logits(discriminator(expert, args.gamma), policy_log_prob(policy, expert))
             rewards = torch.zeros(shape, device=device)
             rewards[mask] = learned_reward(agent_logits, agent_log_pi, args.entropy_weight)
             values, next_values = value_network(b_obs).squeeze(-1), value_network(b_next_obs).squeeze(-1)
             terminations = b_terminations
             if args.absorbing_state:
-                absorbing_sample = discriminator_inputs(
-                    absorbing_transitions(1, absorbing_rows),
-                    action_space,
-                    args.state_only,
-                    args.absorbing_state,
-                )
                 absorbing_reward = learned_reward(discriminator(absorbing_sample, args.gamma), 0.0, args.entropy_weight)
-                next_values, terminations = bootstrap_absorbing_state(
-                    next_values, b_terminations, absorbing_reward, args.gamma
-                )
+                next_values, terminations = bootstrap_absorbing_state(next_values, terminations, absorbing_reward, args.gamma)
             advantages = gae(rewards, values, next_values, terminations, b_dones, args.gamma, args.gae_lambda)
-            returns = (advantages + values)[mask]
-            advantages = advantages[mask]
+            returns, advantages = (advantages + values)[mask], advantages[mask]
             # standardised per batch, as the original code does: TRPO's step size is set by the KL bound anyway
             advantages = (advantages - advantages.mean()) / (advantages.std(correction=0) + 1e-8)
-            if args.log_reward_correlation:
-                g_agent, g_expert = (discriminator.g(samples["reward_inputs"]).squeeze(-1) for samples in (batch, expert))
-                g_expert = g_expert[expert["absorbing"] == 0]  # the env has no reward for s_a
-                env_rewards = b_env_rewards[mask]
-                g_all, env_rewards_all = torch.cat([g_agent, g_expert]), torch.cat([env_rewards, expert_env_rewards])
-                correlations = {
-                    "g_agent": pearson_correlation(g_agent, env_rewards),
-                    "g_expert": pearson_correlation(g_expert, expert_env_rewards),
-                    "g_all": pearson_correlation(g_all, env_rewards_all),
-                    "reward_agent": pearson_correlation(rewards[mask], env_rewards),
-                }
-        stats = trpo_step(
-            policy,
-            batch["observations"],
-            batch["actions"],
-            advantages,
-            args.max_kl,
-            args.cg_damping,
-            args.cg_iterations,
-            args.backtrack_iterations,
-            args.backtrack_coef,
-            args.accept_ratio,
-            args.fisher_subsample,
-        )
-        stats = {f"charts/{key}": value for key, value in stats.items()}
+        stats = trpo_step(policy, batch["observations"], batch["actions"], advantages, args)
         for _ in range(args.value_epochs):
             for index in torch.randperm(len(returns), device=device).chunk(args.value_num_minibatches):
                 v_loss = value_loss(value_network(batch["observations"][index]).squeeze(-1), returns[index])
@@ -1069,52 +700,40 @@ if __name__ == "__main__":
                 v_loss.backward()
                 value_optimizer.step()
 
-        with torch.no_grad():
-            stats.update(
-                {
-                    "losses/discriminator_loss": disc_loss.detach(),
-                    "losses/value_loss": v_loss.detach(),
-                    "charts/disc_accuracy_expert": (expert_logits > 0).float().mean(),
-                    "charts/disc_accuracy_agent": (agent_logits < 0).float().mean(),
-                    "charts/learned_reward": rewards[mask].mean(),
-                    "charts/g_expert": discriminator.g(expert["reward_inputs"]).mean(),
-                    "charts/g_agent": discriminator.g(batch["reward_inputs"]).mean(),
-                    "charts/entropy": policy.distribution(policy(batch["observations"])).entropy().mean(),
-                }
+        global_step += steps
+        progress.update(steps)
+        if args.log_reward_correlation:
+            correlations = reward_correlations(
+                discriminator.g, batch, expert, b_env_rewards[mask], expert_rewards, rewards[mask]
             )
-        exit_if_non_finite(
-            stats.values(),
-            f"error: non-finite training statistics at iteration {iteration} "
-            f"({ {k: float(v) for k, v in stats.items()} }); "
-            f"lower --disc-learning-rate or --value-learning-rate.",
-        )
-        num_steps = int(mask.sum())
-        global_step += num_steps
-        progress.update(num_steps)
-        if args.log_reward_correlation:
             write_reward_correlation_row(run_dir, {"global_step": global_step, **correlations})
-        log = {**stats, "charts/SPS": global_step / (time.time() - start_time)}
-        if episode_returns:
-            log["charts/episodic_return"] = np.mean(episode_returns)
-        if args.log_reward_correlation:
-            log.update({f"charts/reward_correlation_{key}": value for key, value in correlations.items()})
-        log_metrics(args.track, log, global_step)
-        if (
-            global_step // args.eval_frequency > (global_step - num_steps) // args.eval_frequency
-            or iteration == num_iterations
-        ):
+        if args.track:  # TRPO's kl, surrogate_improvement and backtracks, D's accuracies, the reward, g, the losses
+            with torch.no_grad():
+                expert_logits = airl_logits(discriminator(expert, args.gamma), policy_log_prob(policy, expert))
+                stats["disc_accuracy_expert"] = (expert_logits > 0).float().mean()
+                stats["disc_accuracy_agent"] = (agent_logits < 0).float().mean()
+                stats["g_expert"], stats["g_agent"] = (discriminator.g(x["reward_inputs"]).mean() for x in (expert, batch))
+            stats |= {"learned_reward": rewards[mask].mean(), "SPS": global_step / (time.time() - start_time)}
+            stats |= {f"reward_correlation_{key}": value for key, value in correlations.items()}
+            losses = {"discriminator_loss": disc_loss, "value_loss": v_loss.detach()}
+            log = {f"charts/{key}": value for key, value in stats.items()} | {f"losses/{k}": v for k, v in losses.items()}
+            if episode_returns:
+                log["charts/episodic_return"] = np.mean(episode_returns)
+            wandb.log({key: float(value) for key, value in log.items()}, step=global_step)
+        if global_step // args.eval_frequency > (global_step - steps) // args.eval_frequency or iteration == num_iterations:
+            if not torch.isfinite(torch.stack([disc_loss, v_loss])).all():
+                sys.exit(f"error: a loss is not finite at iteration {iteration}; lower the learning rates.")
             run_evaluation(global_step)
     progress.total = global_step  # autoreset steps fell short of the budget: the bar ends at 100%
     progress.close()
 
     wall_time = time.time() - start_time
     mean_sps = global_step / max(wall_time, 1e-9)
-    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, hardware)
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, device, precision)
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
     if args.log_reward_correlation:
         print(
-            f"{run_name}: Pearson correlation of g with the env's reward on the expert demos and the last batch: "
-            f"{correlations['g_all']:.3f} (per iteration in {run_dir / 'reward_correlation.csv'})"
+            f"{run_name}: correlation of g with the env's reward on the demos and the last batch: {correlations['g_all']:.3f}"
         )
     envs.close()
     eval_env.close()

@@ -140,6 +140,34 @@ def test_a_termination_bootstraps_the_absorbing_state_value():
     assert advantages[0, 0].item() == pytest.approx(1.0 + gamma * 1.0 - 3.0 + gamma * advantages[1, 0].item())
 
 
+def test_update_discriminator_tells_expert_from_replayed_agent_samples():
+    """Alg. 1 line 5 on a toy batch: expert transitions around +2, agent ones around -2; the step draws num_samples of the
+    replayed negatives per epoch in disc_num_minibatches Adam steps, trains f alone (the policy gets no gradient) and
+    ends with D(expert) > 1/2 > D(agent) (a swap of the labels fails)."""
+    torch.manual_seed(0)
+    space = gym.spaces.Box(np.array([-2.0], dtype=np.float32), np.array([2.0], dtype=np.float32))
+    make = lambda n, shift: {
+        "observations": torch.randn(n, 3) + shift,
+        "actions": torch.randn(n, 1),
+        "next_observations": torch.randn(n, 3) + shift,
+        "terminations": torch.zeros(n),
+        "absorbing": torch.zeros(n),
+    }
+    expert = airl.discriminator_inputs(make(64, 2.0), space, state_only=False, absorbing_state=True)
+    negatives = airl.discriminator_inputs(make(200, -2.0), space, state_only=False, absorbing_state=True)
+    disc = airl.AirlDiscriminator(5, 4, hidden_size=16, reward_layers=2, shaping_layers=2)
+    optimizer = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    policy = airl.Policy(3, space, hidden_size=8)
+    args = airl.Args(disc_epochs=30, disc_num_minibatches=4, gamma=0.9)
+    loss = airl.update_discriminator(disc, optimizer, policy, expert, negatives, 40, args)
+    assert all(state["step"].item() == 30 * 4 for state in optimizer.state.values())
+    assert all(p.grad is None for p in policy.parameters()) and not loss.requires_grad
+    with torch.no_grad():
+        logits = [airl.airl_logits(disc(x, 0.9), airl.policy_log_prob(policy, x)) for x in (expert, negatives)]
+    assert (logits[0] > 0).float().mean() > 0.95 and (logits[1] < 0).float().mean() > 0.95, logits
+    assert loss.item() < 0.5 * math.log(2)
+
+
 def soft_optimal_tabular_mdp(num_states=16, gamma=0.9, seed=1):
     """A 4x4 torus with deterministic moves (stay, right, left, down, up) and a random state-only reward r(s); soft
     value iteration gives V*(s) = log sum_a exp Q*(s, a), Q*(s, a) = r(s) + gamma V*(T(s, a)), pi_E = exp(Q* - V*).
@@ -327,11 +355,9 @@ def test_logs_discriminator_accuracy_reward_and_kl(workdir, monkeypatch, env_id)
 
 def test_bad_input_is_one_clear_sentence(workdir):
     result = run_script("airl.py", "--env-id", "Acrobot-v1", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
-    assert_clean_error(
-        result, "no expert at", f"python cleanil/demos.py --env-id Acrobot-v1 --expert-path {workdir / 'nowhere'} --from-"
-    )
+    assert_clean_error(result, "is not a usable expert folder", f"python cleanil/demos.py --check {workdir / 'nowhere'}")
     result = run_script("airl.py", "--num-expert-trajectories", 100_000, cwd=workdir, check=False)
-    assert_clean_error(result, "--num-expert-trajectories 100000 asks for more trajectories than the")
+    assert_clean_error(result, "--num-expert-trajectories 100000 is not between 1 and its")
     result = run_script("airl.py", "--disc-replay-iterations", 0, cwd=workdir, check=False)
     assert_clean_error(result, "--disc-replay-iterations must be positive")
     result = run_script("airl.py", "--reward-hidden-layers", -1, cwd=workdir, check=False)
@@ -341,9 +367,9 @@ def test_bad_input_is_one_clear_sentence(workdir):
 @pytest.mark.parametrize(
     "key, value, fragment",
     [
-        ("terminations", 2, "holds invalid terminations"),
-        ("actions", np.nan, "holds invalid actions"),
-        ("next_observations", None, "has no next_observations"),
+        ("terminations", np.nan, "its terminations are not finite"),
+        ("actions", np.nan, "its actions are not finite"),
+        ("next_observations", None, "next_observations is not a file"),
     ],
 )
 def test_demos_with_invalid_or_missing_arrays_are_refused(workdir, key, value, fragment):
@@ -358,7 +384,7 @@ def test_demos_with_invalid_or_missing_arrays_are_refused(workdir, key, value, f
         demos[key] = np.full(demos[key].shape, value, dtype=np.float32)
     np.savez_compressed(expert_dir / "demos.npz", **demos)
     result = run_script("airl.py", "--expert-path", expert_dir, *COMMON, cwd=workdir, check=False)
-    assert_clean_error(result, fragment, f"demos.py --env-id CartPole-v1 --expert-path {expert_dir} --from-")
+    assert_clean_error(result, fragment, f"python cleanil/demos.py --check {expert_dir}")
     assert not (workdir / "runs").exists()
 
 

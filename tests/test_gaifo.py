@@ -17,25 +17,22 @@ from conftest import EXPERTS, assert_clean_error, read_eval_csv, read_summary, r
 
 SHARED = [
     "Args",
-    "make_env",
-    "load_expert_info",
-    "expert_command",
-    "load_demos",
-    "normalized_score",
-    "layer_init",
-    "mlp",
-    "Policy",
-    "Discriminator",
     "discriminator_loss",
     "gradient_penalty",
     "learned_reward",
+    "update_discriminator",
+    "layer_init",
+    "mlp",
+    "Policy",
     "gae",
     "value_loss",
     "conjugate_gradient",
     "fisher_vector_product",
     "trpo_step",
+    "make_env",
     "evaluate",
-    "package_versions",
+    "load_expert",
+    "normalized_score",
     "write_eval_row",
     "write_summary",
 ]
@@ -60,7 +57,7 @@ def test_trpo_step_keeps_its_kl_bound_and_improves_the_surrogate():
         actions = policy.distribution(policy(obs)).sample()
     advantages = torch.sign(obs[:, 1]) * actions[:, 1]
     old = copy.deepcopy(policy)
-    stats = gaifo.trpo_step(policy, obs, actions, advantages, 0.01, 0.1, 10, 10, 0.5, 0.1)
+    stats = gaifo.trpo_step(policy, obs, actions, advantages, gaifo.Args(max_kl=0.01, fisher_subsample=1))
     with torch.no_grad():
         old_dist, new_dist = old.distribution(old(obs)), policy.distribution(policy(obs))
         kl = torch.distributions.kl_divergence(old_dist, new_dist).mean()
@@ -163,9 +160,7 @@ def test_bad_input_is_one_clear_sentence(workdir):
     result = run_script(
         "gaifo.py", "--env-id", "MountainCar-v0", "--expert-path", workdir / "nowhere", cwd=workdir, check=False
     )
-    assert_clean_error(
-        result, "no expert at", f"python cleanil/demos.py --env-id MountainCar-v0 --expert-path {workdir / 'nowhere'} --from-"
-    )
+    assert_clean_error(result, "is not a usable expert folder", f"python cleanil/demos.py --check {workdir / 'nowhere'}")
     result = run_script("gaifo.py", "--env-id", "NoSuchEnv-v0", cwd=workdir, check=False)
     assert_clean_error(result, "unknown environment id 'NoSuchEnv-v0'")
 

@@ -1,6 +1,7 @@
 """gail.py: TRPO's pieces on toy problems (conjugate gradient, the Fisher-vector product, a step that keeps its KL
 bound and improves the surrogate), GAE under termination, truncation and next-step autoreset, the discriminator's
-loss, penalty, inputs and rewards, every flag path end to end, bad input, and learning CartPole-v1 from the shipped demos."""
+loss, penalty, inputs, rewards and update step, every flag path end to end, bad input, and learning CartPole-v1 from the
+shipped demos."""
 
 import copy
 import math
@@ -81,18 +82,8 @@ def test_trpo_step_keeps_its_kl_bound_and_improves_the_surrogate(space, max_kl):
     old = copy.deepcopy(policy)
     with torch.no_grad():
         old_dist, old_log_prob = old.distribution(old(obs)), old.distribution(old(obs)).log_prob(actions)
-    stats = gail.trpo_step(
-        policy,
-        obs,
-        actions,
-        advantages,
-        max_kl,
-        damping=0.1,
-        cg_iterations=10,
-        backtrack_iterations=10,
-        backtrack_coef=0.5,
-        accept_ratio=0.1,
-    )
+    args = gail.Args(max_kl=max_kl, cg_damping=0.1, cg_iterations=10, backtrack_iterations=10, fisher_subsample=1)
+    stats = gail.trpo_step(policy, obs, actions, advantages, args)
     with torch.no_grad():
         new_dist = policy.distribution(policy(obs))
         kl = torch.distributions.kl_divergence(old_dist, new_dist).mean()
@@ -110,7 +101,7 @@ def test_trpo_step_without_a_gradient_leaves_the_policy_unchanged():
     policy = gail.Policy(4, gym.spaces.Discrete(2), hidden_size=8)
     before = [p.detach().clone() for p in policy.parameters()]
     obs = torch.randn(64, 4)
-    stats = gail.trpo_step(policy, obs, torch.zeros(64, dtype=torch.long), torch.zeros(64), 0.01, 0.1, 10, 10, 0.5, 0.1)
+    stats = gail.trpo_step(policy, obs, torch.zeros(64, dtype=torch.long), torch.zeros(64), gail.Args(fisher_subsample=1))
     assert all(torch.equal(b, p) for b, p in zip(before, policy.parameters()))
     assert stats["kl"].item() == 0 and stats["backtracks"].item() == 10
 
@@ -186,6 +177,23 @@ def test_discriminator_loss_rewards_and_penalty():
     assert penalty.item() == pytest.approx((norm.item() - 1) ** 2, rel=1e-5)
     penalty.backward()
     torch.testing.assert_close(linear.weight.grad, (2 * (norm - 1) * linear.weight / norm).detach())
+
+
+@pytest.mark.parametrize("gp_coef", [0.0, 10.0])
+def test_update_discriminator_labels_expert_one_and_agent_zero(gp_coef):
+    """Expert inputs around +2, agent inputs around -2: D(expert) -> 1 and D(agent) -> 0 (a swap of the labels fails),
+    in disc_epochs x disc_num_minibatches Adam steps, each minibatch against as many expert inputs."""
+    torch.manual_seed(0)
+    expert_inputs, agent_inputs = torch.randn(64, 3) + 2, torch.randn(96, 3) - 2
+    discriminator = gail.mlp(3, 1, 16, out_std=0.01)
+    optimizer = torch.optim.Adam(discriminator.parameters(), lr=1e-2)
+    args = gail.Args(disc_epochs=25, disc_num_minibatches=4, gp_coef=gp_coef)
+    loss, penalty = gail.update_discriminator(discriminator, optimizer, expert_inputs, agent_inputs, args)
+    assert all(state["step"].item() == 25 * 4 for state in optimizer.state.values())
+    with torch.no_grad():
+        assert (discriminator(expert_inputs) > 0).all() and (discriminator(agent_inputs) < 0).all()
+    assert loss.item() < 0.5 * math.log(2) and not loss.requires_grad
+    assert (penalty.item() > 0) == (gp_coef > 0)
 
 
 def test_discriminator_sees_one_hot_or_rescaled_clipped_actions():
@@ -267,11 +275,11 @@ def test_smoke(workdir, flags):
 
 def test_bad_input_is_one_clear_sentence(workdir):
     result = run_script("gail.py", "--env-id", "Acrobot-v1", "--expert-path", workdir / "nowhere", cwd=workdir, check=False)
-    assert_clean_error(
-        result, "no expert at", f"python cleanil/demos.py --env-id Acrobot-v1 --expert-path {workdir / 'nowhere'} --from-"
-    )
+    assert_clean_error(result, "is not a usable expert folder", f"python cleanil/demos.py --check {workdir / 'nowhere'}")
     result = run_script("gail.py", "--num-expert-trajectories", 100_000, cwd=workdir, check=False)
-    assert_clean_error(result, "--num-expert-trajectories 100000 asks for more trajectories than the")
+    assert_clean_error(result, "--num-expert-trajectories 100000 is not between 1 and its")
+    result = run_script("gail.py", "--subsample-frequency", 0, cwd=workdir, check=False)
+    assert_clean_error(result, "--subsample-frequency must be positive")
     result = run_script("gail.py", "--num-envs", 0, cwd=workdir, check=False)
     assert_clean_error(result, "--num-envs must be positive")
 
@@ -286,7 +294,8 @@ def test_demos_with_invalid_actions_are_refused(workdir):
         expert_dir / "demos.npz", **{**demos, "actions": np.full(demos["actions"].shape, np.nan, dtype=np.float32)}
     )
     result = run_script("gail.py", "--expert-path", expert_dir, *COMMON, cwd=workdir, check=False)
-    assert_clean_error(result, "holds invalid actions", f"demos.py --env-id CartPole-v1 --expert-path {expert_dir} --from-")
+    assert_clean_error(result, "its actions are not finite", f"python cleanil/demos.py --check {expert_dir}")
+    assert not (workdir / "runs").exists()
 
 
 @pytest.mark.learning
