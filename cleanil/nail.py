@@ -1,72 +1,36 @@
-"""Non-Adversarial Imitation Learning: SAC on r = -log r~(s,a) + log pi~(a|s), in the Discriminator-Actor-Critic loop.
+"""NAIL: Non-Adversarial Imitation Learning, SAC on r_t = -log r~(s,a) + log pi~(a|s) in the Discriminator-Actor-Critic loop.
 
 NAIL (Arenz & Neumann 2020, "Non-Adversarial Imitation Learning and its Connections to Adversarial Methods", arXiv
-2008.03525) minimises the reverse KL(q_pi(s,a) || p(s,a)) between the agent's state-action distribution q and the
-expert's p by iterations t = 0, 1, ...: sample from the current policy pi~ = pi_t (its distribution q_t), estimate the
-density ratio r~ = q_t / p with a discriminator, then solve the maximum-entropy RL problem with the reward
-r_t(s,a) = -log r~(s,a) + log pi~(a|s). The paper's step-based reward r^lb_pi~(s,a) = log q(s,a)/p_pi~(s,a) + log pi~(a|s)
-is r_t with our letters swapped: the paper's q is the expert's and p_pi~ the agent's occupancy, both discounted
-((1-gamma) sum_t gamma^t). AIRL is an instance: its f = log D/(1-D) + log pi_t at the optimum is r_t.
-What an iteration guarantees. With an exact r~ and the KL(pi || pi~) term weighted by alpha, the RL step maximises
-  L_alpha(pi) = -E_q[log q_t(s,a)/p(s,a)] - alpha E_{q(s)} KL(pi(.|s) || pi~(.|s)),
-while -KL(q || p) = -E_q[log q_t/p] - KL(q(s) || q_t(s)) - E_{q(s)} KL(pi || pi~), and the joint convexity of KL with the
-chain rule over trajectories gives 0 <= KL(q(s) || q_t(s)) <= gamma/(1-gamma) E_{q(s)} KL(pi || pi~); so, with all three
-equal at pi = pi~,
-  L_{1/(1-gamma)}(pi) <= -KL(q || p) <= L_1(pi).
-The per-step weight alpha = 1 (the default: r_t itself) bounds -KL from above, not below. Its step is a
-KL(pi || pi~)-regularised move on the frozen log-ratio whose log pi~ cancels the entropy bonus near pi~ (no entropy
-drift), but a policy that scores above pi~ on L_1 can still be farther from the expert: a step can increase KL(q || p).
-The trajectory-level weight alpha = 1/(1-gamma) (`--alpha 100` at gamma 0.99) gives the lower bound: a policy that
-scores above pi~ on it has KL(q || p) no larger than pi~'s, a monotone improvement, at the price of far smaller steps.
-Both readings assume an exact ratio and discounted occupancies, where the discriminator here weighs its samples
-undiscounted (as DAC).
-How the log pi~ term enters SAC: r_t - alpha log pi = -log r~ - alpha (log pi - log pi~) at alpha = 1, so we train on
-the reward -log r~ and replace SAC's entropy bonus -alpha log pi(a|s) by the KL term -alpha (log pi(a|s) - log pi~(a|s))
-in the critic's target and the actor's loss. The soft Q-function of the paper's reward is ours plus log pi~(a|s), the
-actor's loss is the same and so is the optimum; but log pi~ is now only evaluated at actions of the current policy (one
-epoch from pi~), where a reward computed on replayed actions of long-gone policies would sit far in pi~'s tails (on
-Hopper-v4 that form collapsed after 10k steps: README, Results); and it is scored at the actor's own pre-tanh sample u,
-so the tanh change of variables, identical in log pi and log pi~, cancels exactly even where the actions saturate.
-Plain AIL (`--reward ail`: r = -log r~ with SAC's entropy) is the same loop without the reference term.
-Map to this file:
-  iteration t (--epoch-steps)  the reference pi~ is a frozen copy of the actor taken at the start of each epoch; it
-                               alone collects that epoch's transitions (the uniform policy in the warm-up epochs)
-  `Discriminator`              logit(s,a) -> log q_t(s,a)/p(s,a) (paper: log p_pi~/q), logistic regression: agent 1, expert 0
-  `discriminator_loss`         the binary cross-entropy, trained by `update_discriminator` at each epoch's end on that
-                               epoch's transitions (q_t) against the demos, --discriminator-updates-per-step minibatches
-                               per collected step; every sample weighs 1 (undiscounted, as DAC), where the paper's
-                               occupancies are gamma-discounted
-  `gradient_penalty`           as DAC (Kostrikov et al. 2019, arXiv 1809.02925): WGAN-GP (Gulrajani et al. 2017, arXiv
-                               1704.00028, Eq. 3) (||grad logit(x_hat)|| - 1)^2 on expert/agent interpolates
-  `add_absorbing_state`        DAC's absorbing states: a terminated transition leads to an absorbing state s_a (zeros plus an
-                               indicator feature) with a self-transition (s_a, 0, s_a) whose reward the discriminator
-                               learns like any other; every target bootstraps (none is zeroed), truncations keep their
-                               real next state; expert absorbing transitions (`expert_transitions`) are never subsampled
-                               and weigh 1/--subsample-frequency in the discriminator loss (as google-research/dac)
-  `log_ratio_reward`           r = -log r~, computed under no_grad on every SAC minibatch from the current
-                               discriminator (the replay buffer stores no reward)
-  `reference_log_prob`         log pi~(a|s) at the current policy's pre-tanh samples, in the critic target and actor
-                               loss; none in the absorbing state (a single action)
-  `soft_q_loss` ... `sac_update`  SAC (sac.py's block; Haarnoja et al. 2018, arXiv 1812.05905, Eq. 5-7, 18) with DAC's
-                               absorbing-state target (zero action, no entropy in s_a) and no actor update on s_a;
-                               --updates-per-step SAC updates per collected step at each epoch's end, on the whole buffer
-alpha, fixed at 1 by default, weighs the KL term (see above; --autotune tunes it for a target entropy instead, which
-leaves both bounds). log pi~ is clipped below at --reference-log-prob-min per action dimension, a guard of ours against a
-policy that strays far from a narrow pi~ within one epoch; on-policy log pi~ sits well above it.
-Discriminator (DAC): two tanh layers of 256, Adam 1e-3, batches of 100, gradient penalty 10.
-`--resume` continues from checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt (SAC networks and optimisers, the
-discriminator and its optimizer, the frozen reference pi~, the epoch counters, RNG states, eval rows: a few MB), so that
-a long run spans several sessions; the replay buffer is not saved, so a resumed run first refills it with
-`--refill-steps` steps of the epoch's policy pi~. `--bf16` (on where the hardware has it) runs the SAC networks' hidden
-layers' matmuls in bfloat16 (mixed precision).
+2008.03525) minimises the reverse KL(q || p) between the agent's state-action distribution q and the expert's p by
+iterations t = 0, 1, ...: sample from the current policy pi~ = pi_t (its distribution q_t), estimate the density ratio
+r~ = q_t / p with a discriminator, then solve the max-entropy RL problem with the reward r_t = -log r~ + log pi~ (the
+paper's r^lb with q and p swapped; AIRL's f at its optimum). With an exact r~ and the KL(pi || pi~) term weighted by
+alpha, the RL step maximises L_alpha(pi) = -E_q[log q_t(s,a)/p(s,a)] - alpha E_{q(s)} KL(pi(.|s) || pi~(.|s)), and
+  L_{1/(1-gamma)}(pi) <= -KL(q || p) <= L_1(pi),  all three equal at pi = pi~ (KL's chain rule over trajectories):
+alpha = 1 (the default: r_t) bounds -KL from above, alpha = 1/(1-gamma) (`--alpha 100`) from below, a monotone
+improvement in far smaller steps (both for discounted occupancies; the discriminator weighs its samples undiscounted).
+In SAC, r_t - alpha log pi = -log r~ - alpha (log pi - log pi~) at alpha = 1: the reward is -log r~ and this KL term takes
+the place of SAC's entropy bonus in the critic's target and the actor's loss (same optimum). So log pi~ is only evaluated
+at the current policy's own actions, never deep in its tails at replayed ones, and at the actor's pre-tanh sample u,
+where the tanh change of variables cancels exactly. `--reward ail` is plain AIL: r = -log r~ with SAC's entropy.
+
+Map to this file (DAC: Kostrikov et al. 2019, arXiv 1809.02925; SAC: Haarnoja et al. 2018, arXiv 1812.05905):
+  iteration t (--epoch-steps)  pi~, the actor frozen at the epoch's start (uniform in the warm-up), collects the epoch;
+                               at its end `update_discriminator` fits r~, then SAC updates run on r_t
+  `discriminator_network`      logit(s,a) -> log r~ = log q_t(s,a)/p(s,a), by `discriminator_loss` (agent 1, expert 0)
+  `gradient_penalty`           DAC's WGAN-GP term on the logit (Gulrajani et al. 2017, arXiv 1704.00028, Eq. 3)
+  `absorbing_rows`             DAC's absorbing state s_a after a termination (`expert_transitions`: in the demos too)
+  `log_ratio_reward`           r = -log r~ by the current discriminator; `reference_log_prob`: log pi~(a|s) at pi's u
+  `soft_q_loss`, `policy_loss` SAC Eq. 5-7 with the KL to pi~ in place of the entropy; in s_a a zero action, no entropy
 """
 
 import json
 import os
-import platform
 import random
 import shlex
+import shutil
 import signal
+import subprocess
 import sys
 import time
 import zipfile
@@ -116,14 +80,14 @@ class Args:
     """number of expert demo episodes to imitate (the first ones of demos.npz)"""
     subsample_frequency: int = 1
     """keep every k-th expert transition, with a random offset per trajectory (DAC's subsampled regime: 20)"""
+    any_env: bool = False
+    """use an expert folder recorded on another env id (e.g. Hopper-v4 demos for Hopper-v5) when its shapes fit"""
 
     # NAIL
     reward: Literal["nail", "ail"] = "nail"
-    """`nail`: r = -log r~(s,a) + log pi~(a|s) (as -log r~ with the KL to pi~ in place of SAC's entropy); `ail`:
-    r = -log r~(s,a) with SAC's entropy, the same loop without the reference term"""
+    """`nail`: r = -log r~(s,a) + log pi~(a|s); `ail`: r = -log r~(s,a) with SAC's entropy (no reference term)"""
     epoch_steps: int = 1_000
-    """environment steps per NAIL iteration, collected by the reference policy frozen at the epoch's start (DAC: one
-    rollout of up to 1000 steps between updates)"""
+    """environment steps per NAIL iteration, collected by the reference policy pi~ frozen at the epoch's start (DAC: 1000)"""
     discriminator_updates_per_step: float = 1.0
     """discriminator minibatches per environment step of the epoch, run at the epoch's end (DAC: one)"""
     discriminator_batch_size: int = 100
@@ -135,7 +99,7 @@ class Args:
     gradient_penalty: float = 10.0
     """coefficient of the WGAN-GP gradient penalty on the discriminator's logit (DAC: 10; 0: off)"""
     reference_log_prob_min: float = -10.0
-    """lower clip of log pi~(a|s) per action dimension in NAIL's KL term (a guard, see the docstring)"""
+    """lower clip of log pi~(a|s) per action dimension: a guard against a policy far from a narrow pi~ within one epoch"""
     updates_per_step: int = 1
     """SAC updates per environment step of the epoch, run at the epoch's end on the whole replay buffer"""
 
@@ -149,8 +113,7 @@ class Args:
     batch_size: int = 256
     """the batch size of samples from the replay memory"""
     learning_starts: int = 1_000
-    """environment steps with uniformly random actions before learning starts (DAC: 1000); the first update runs at
-    the end of the epoch that reaches it"""
+    """environment steps of the uniform policy before learning starts (DAC: 1000), at the end of the epoch reaching it"""
     policy_lr: float = 3e-4
     """the learning rate of the policy network optimizer"""
     q_lr: float = 1e-3
@@ -160,168 +123,108 @@ class Args:
     target_network_frequency: int = 1
     """the frequency of updates for the target networks"""
     alpha: float = 1.0
-    """weight of the KL(pi || pi~) term (of SAC's entropy under --reward ail): 1 is the paper's per-step reward r_t, an
-    upper bound on -KL(q || p); 1/(1-gamma) (100 at gamma 0.99) the trajectory-level lower bound: a policy that scores
-    above pi~ on it is no farther from the expert (see the docstring)"""
+    """weight of the KL(pi || pi~) term (of SAC's entropy under --reward ail): 1 is r_t, 1/(1-gamma) the lower bound"""
     autotune: bool = False
-    """automatic tuning of alpha for a target entropy (SAC Eq. 18; it leaves both of the docstring's bounds)"""
+    """automatic tuning of alpha for a target entropy (SAC Eq. 18; it leaves both bounds of the docstring)"""
     hidden_size: int = 256
     """width of the two hidden layers of actor and critics"""
     log_std_min: float = -5.0
     """lower bound of the actor's log standard deviation"""
     log_std_max: float = 2.0
     """upper bound of the actor's log standard deviation"""
-
     bf16: bool = True
-    """autocast the hidden layers' matmuls to bfloat16 where the hardware computes it natively (CUDA with bf16, CPUs
-    with AMX or AVX512-BF16; ignored elsewhere); master weights, optimiser states, targets, log-probs, losses stay float32"""
+    """autocast the hidden layers' matmuls to bfloat16 where the hardware has it (CUDA, CPUs with AMX or AVX512-BF16)"""
 
     # checkpoints
-    checkpoint_frequency: int = 50_000
-    """save a resumable checkpoint every this many environment steps (0: never)"""
     checkpoint_minutes: float = 30.0
-    """also save it every this many minutes of wall time (0: never), and always when stopped by SIGINT/SIGTERM"""
-    checkpoint_dir: Optional[str] = None
-    """checkpoint folder (default: checkpoints/<env-id>__<exp-name>__<seed>/, git-ignored; long runs use a tracked
-    folder such as long_runs/, see README)"""
+    """save a checkpoint every this many minutes (0: only when stopped), and when stopped by SIGINT/SIGTERM"""
+    checkpoint_dir: str = "checkpoints"
+    """folder of the checkpoint file <env-id>__<exp-name>__<seed>.pt (deleted when the run finishes)"""
     resume: bool = False
-    """continue from the checkpoint in checkpoint_dir"""
+    """continue the interrupted run from its checkpoint"""
     refill_steps: int = 50_000
-    """on --resume, environment steps of the epoch's policy pi~ that refill the replay buffer (checkpoints leave it out)
-    before updates continue; not counted in global_step, recorded as refill_env_steps"""
+    """on --resume, steps of the epoch's pi~ that refill the replay buffer (not in global_step: refill_env_steps)"""
 
 
 # ----------------------------------------------------------------------------------------------------------- NAIL
-class Discriminator(nn.Module):
-    """logit(s, a); trained by `discriminator_loss` (agent 1, expert 0) it estimates log q_t(s,a)/p(s,a) = log r~, the
-    negated log density ratio log q/p_pi~ of the paper's reward (its q is the expert, p_pi~ the agent)."""
-
-    def __init__(self, in_dim, hidden_size):
-        super().__init__()
-        self.network = nn.Sequential(
-            nn.Linear(in_dim, hidden_size),
-            nn.Tanh(),
-            nn.Linear(hidden_size, hidden_size),
-            nn.Tanh(),
-            nn.Linear(hidden_size, 1),
-        )
-
-    def forward(self, x):
-        return self.network(x).squeeze(-1)
+def discriminator_network(in_dim, hidden_size):
+    """logit(s, a) (DAC's: two tanh layers); trained by `discriminator_loss` it estimates log q_t(s,a)/p(s,a) = log r~."""
+    layers = [nn.Linear(in_dim, hidden_size), nn.Tanh(), nn.Linear(hidden_size, hidden_size), nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(hidden_size, 1), nn.Flatten(0))  # [batch]
 
 
-def add_absorbing_state(obs, actions, next_obs, terminations):
-    """DAC's absorbing states on a batch of transitions (numpy): observations gain an indicator feature (0: a real state); a
-    terminated transition's next state becomes the absorbing state s_a = (0, ..., 0, 1), and one self-transition
-    (s_a, 0, s_a) is appended per termination. Truncated transitions are not terminations: their next state stays."""
-    terminations = np.asarray(terminations, dtype=bool)
-    real = lambda x: np.concatenate([x, np.zeros((len(x), 1), dtype=np.float32)], 1)
-    absorbing = np.zeros((1, obs.shape[1] + 1), dtype=np.float32)
-    absorbing[0, -1] = 1
-    next_obs = np.where(terminations[:, None], absorbing, real(next_obs))
-    extra = int(terminations.sum())
-    return (
-        np.concatenate([real(obs), np.repeat(absorbing, extra, 0)]),
-        np.concatenate([actions, np.zeros((extra, actions.shape[1]), dtype=actions.dtype)]),
-        np.concatenate([next_obs, np.repeat(absorbing, extra, 0)]).astype(np.float32),
-    )
+def absorbing_rows(obs, action, next_obs, terminated):
+    """DAC's replay rows (s, a, s'), states with an absorbing indicator: a termination's s' is s_a = (0, ..., 0, 1), then
+    its self-transition (s_a, 0, s_a) follows; a truncation keeps its real s'."""
+    absorbing = np.eye(len(obs) + 1, dtype=np.float32)[-1]
+    first = (np.append(obs, 0), action, absorbing if terminated else np.append(next_obs, 0))
+    return [first, (absorbing, np.zeros_like(action), absorbing)] if terminated else [first]
 
 
-def expert_transitions(expert_dir, env, num_trajectories, subsample_frequency, seed):
-    """The demos' (s, a) pairs with DAC's absorbing states (numpy), and their weights in `discriminator_loss`. As DAC,
-    the absorbing states are added before subsampling and never dropped: one (s_a, 0) per terminated demo episode, even
-    where subsampling dropped its terminal transition, weighing 1/subsample_frequency where every other pair weighs 1
-    (the subsampled pairs stand for subsample_frequency transitions each, the absorbing ones for one)."""
-    demos = load_demos(
-        expert_dir,
-        env,
-        num_trajectories,
-        subsample_frequency,
-        seed,
-        ("observations", "actions", "next_observations", "terminations"),
-    )
-    num_terminated = int(load_demos(expert_dir, env, num_trajectories, 1, seed, ("terminations",))["terminations"].sum())
-    obs, actions, _ = add_absorbing_state(
-        demos["observations"], demos["actions"].astype(np.float32), demos["next_observations"], demos["terminations"]
-    )
-    missing = num_terminated - int(np.sum(demos["terminations"]))  # terminal transitions that subsampling dropped
-    obs = np.concatenate([obs, np.repeat(np.eye(obs.shape[1], dtype=np.float32)[-1:], missing, 0)])
-    actions = np.concatenate([actions, np.zeros((missing, actions.shape[1]), dtype=np.float32)])
+def expert_transitions(demos, num_terminated, subsample_frequency):
+    """The demos' (s, a) with the absorbing indicator, then one (s_a, 0) per terminated episode (never subsampled away),
+    and their weights in `discriminator_loss` (DAC): 1/subsample_frequency for s_a, 1 for a pair standing for that many."""
+    obs = np.pad(demos["observations"], ((0, num_terminated), (0, 1)))  # + the indicator feature, + the s_a rows
+    obs[len(demos["observations"]) :, -1] = 1
+    actions = np.pad(demos["actions"].astype(np.float32), ((0, num_terminated), (0, 0)))  # a = 0 in s_a
     return obs, actions, np.where(obs[:, -1] == 1, 1.0 / subsample_frequency, 1.0).astype(np.float32)
 
 
 def discriminator_inputs(obs, actions, action_scale, action_bias):
-    """(s with its absorbing indicator, a rescaled to [-1, 1] and clipped there as the env clips what it executes);
-    the absorbing state's action is 0."""
+    """(s with its absorbing indicator, a rescaled to [-1, 1] and clipped there as the env clips it; 0 in s_a)."""
     live = 1 - obs[:, -1:]
     return torch.cat([obs, ((actions - action_bias) / action_scale).clamp(-1, 1) * live], -1)
 
 
 def discriminator_loss(agent_logits, expert_logits, expert_weights=None):
-    """Logistic regression, agent (label 1) vs expert (label 0): -E_q[log sigma(l)] - E_p[w log(1 - sigma(l))], whose
-    optimum for balanced batches is l = log q_t/p. Expert absorbing rows weigh 1/subsample_frequency (DAC); all others
-    weigh 1, not the paper's (1-gamma) gamma^t of a discounted occupancy (O-NAIL weighs its expert steps so)."""
+    """Logistic regression, agent (label 1) vs expert (label 0): -E_q[log sigma(l)] - E_p[w log(1 - sigma(l))], optimal at
+    l = log q_t/p for balanced batches; w = 1 but in the demos' s_a, not the paper's discounted (1-gamma) gamma^t."""
     agent_term = F.binary_cross_entropy_with_logits(agent_logits, torch.ones_like(agent_logits))
     expert_term = F.binary_cross_entropy_with_logits(expert_logits, torch.zeros_like(expert_logits), weight=expert_weights)
     return agent_term + expert_term
 
 
 def gradient_penalty(discriminator, agent_inputs, expert_inputs):
-    """E[(||grad_x logit(x_hat)||_2 - 1)^2] at x_hat = eps x_expert + (1 - eps) x_agent, eps ~ U[0, 1] per pair
-    (WGAN-GP Eq. 3, as DAC puts it on its discriminator's logit): keeps the logit smooth between the two data sets."""
+    """E[(||grad_x logit(x_hat)||_2 - 1)^2] at x_hat = eps x_expert + (1 - eps) x_agent, eps ~ U[0, 1] (WGAN-GP Eq. 3)."""
     eps = torch.rand(len(expert_inputs), 1, device=expert_inputs.device)
     mixed = (eps * expert_inputs + (1 - eps) * agent_inputs).requires_grad_(True)
     (grad,) = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)
     return ((grad.norm(2, dim=-1) - 1) ** 2).mean()
 
 
-def update_discriminator(
-    discriminator, optimizer, rb, epoch_rows, expert_inputs, expert_weights, action_scale, action_bias, args
-):
-    """The end of iteration t: r~ = q_t/p by `discriminator_loss` (+ the gradient penalty), --discriminator-updates-per-step
-    minibatches per epoch step, the agent's from the epoch's `epoch_rows` last replay rows only (q_t: all collected by
-    pi~; older rows come from earlier policies), the expert's from the demos. Returns the last minibatch's statistics."""
+def update_discriminator(discriminator, optimizer, rb, epoch_rows, expert_inputs, expert_weights, scale, bias, args):
+    """Fit r~ = q_t/p at the end of iteration t: the agent's minibatches from the buffer's `epoch_rows` last rows (q_t)."""
     for _ in range(max(1, round(args.discriminator_updates_per_step * args.epoch_steps))):
         agent_obs, agent_actions, _ = rb.sample(args.discriminator_batch_size, recent=epoch_rows)
-        agent_inputs = discriminator_inputs(agent_obs, agent_actions, action_scale, action_bias)
+        agent_inputs = discriminator_inputs(agent_obs, agent_actions, scale, bias)
         index = torch.randint(0, len(expert_inputs), (args.discriminator_batch_size,), device=expert_inputs.device)
-        agent_logits, expert_logits = discriminator(agent_inputs), discriminator(expert_inputs[index])
+        expert_batch = expert_inputs[index]
+        agent_logits, expert_logits = discriminator(agent_inputs), discriminator(expert_batch)
         d_loss = discriminator_loss(agent_logits, expert_logits, expert_weights[index])
-        penalty = (
-            gradient_penalty(discriminator, agent_inputs, expert_inputs[index])
-            if args.gradient_penalty
-            else torch.zeros((), device=expert_inputs.device)
-        )
+        penalty = gradient_penalty(discriminator, agent_inputs, expert_batch) if args.gradient_penalty else torch.zeros(())
         optimizer.zero_grad(set_to_none=True)
         (d_loss + args.gradient_penalty * penalty).backward()
         optimizer.step()
-    accuracy = 0.5 * ((agent_logits > 0).float().mean() + (expert_logits < 0).float().mean())
-    return {
-        "losses/discriminator_loss": d_loss.detach(),
-        "losses/gradient_penalty": penalty.detach(),
-        "charts/discriminator_accuracy": accuracy,
-        "charts/agent_log_ratio": agent_logits.detach().mean(),
-        "charts/expert_log_ratio": expert_logits.detach().mean(),
-    }
+    stats = {"losses/discriminator_loss": d_loss, "losses/gradient_penalty": penalty}
+    stats |= {"charts/agent_log_ratio": agent_logits.mean(), "charts/expert_log_ratio": expert_logits.mean()}
+    stats["charts/discriminator_accuracy"] = 0.5 * ((agent_logits > 0).float().mean() + (expert_logits < 0).float().mean())
+    return {key: value.detach() for key, value in stats.items()}
 
 
 def reference_log_prob(actor, obs, u, log_prob_min):
-    """log pi~(a|s) under a tanh-Gaussian actor, at a = tanh(u) * scale + bias given by its pre-tanh value u (the
-    current policy's own sample), clipped below at log_prob_min per action dimension. Eq. 21 at u as in
-    `Actor.get_action`, so the tanh term is the very one of log pi(a|s) and cancels exactly in log pi - log pi~, value
-    and gradient: recovering u as atanh of the float32 action would cap |u| near 7.25 and cut the gradient there."""
+    """log pi~(a|s) at a = tanh(u) * scale + bias, u the current policy's pre-tanh sample, clipped below at log_prob_min per
+    dimension: Eq. 21 at u as in `Actor.get_action`, whose tanh term cancels exactly (atanh(a) would cap |u| near 7.25)."""
     mean, log_std = actor(obs)
     log_prob = -0.5 * ((u - mean) * torch.exp(-log_std)).square() - log_std - 2 * (np.log(2) - u - F.softplus(-2 * u))
     return (log_prob.sum(-1) - actor.log_prob_offset).clamp(min=log_prob_min * u.shape[-1])
 
 
 def log_ratio_reward(log_ratio):
-    """r(s, a) = -log r~(s, a) = log p(s,a)/q_t(s,a) (AIRL's / DAC's log D - log(1 - D)); NAIL's r_t without its log pi~
-    term, which enters the soft value as the KL to pi~ instead (see the docstring)."""
+    """r(s, a) = -log r~(s, a) = log p(s,a)/q_t(s,a) (AIRL's / DAC's log D - log(1 - D)): r_t less its log pi~ term."""
     return -log_ratio
 
 
-# --------------------------------------- the SAC block (of sac.py; NAIL's KL term in soft_q_loss and policy_loss)
+# -------------------------------------- the SAC block (of sac.py; NAIL's KL term and DAC's absorbing state)
 class SoftQEnsemble(nn.Module):
     """num_q independent critics Q_k(s, a), evaluated together: each layer is one batched matmul over the critics."""
 
@@ -368,8 +271,7 @@ class Actor(nn.Module):
         return mean, log_std
 
     def get_action(self, obs):
-        """a = tanh(u) * scale + bias with u = mean + std * eps, eps ~ N(0, I) (reparameterised); log pi(a|s) by Eq. 21;
-        and u itself, at which NAIL scores pi~ (`reference_log_prob`)."""
+        """a = tanh(u) * scale + bias with u = mean + std * eps, eps ~ N(0, I) (reparameterised); log pi(a|s) by Eq. 21; u."""
         mean, log_std = self(obs)
         eps = torch.randn_like(mean)
         u = mean + log_std.exp() * eps
@@ -380,21 +282,10 @@ class Actor(nn.Module):
     def deterministic_action(self, obs):
         return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
 
-    def mean_mlp(self):
-        """obs -> pre-tanh mean as a plain nn.Sequential (the shipped policy.pt, loadable without this class)."""
-        action_dim = self.fc_head.out_features // 2
-        fc_mean = nn.Linear(self.fc_head.in_features, action_dim)
-        with torch.no_grad():
-            fc_mean.weight.copy_(self.fc_head.weight[:action_dim])
-            fc_mean.bias.copy_(self.fc_head.bias[:action_dim])
-        return nn.Sequential(self.fc1, nn.ReLU(), self.fc2, nn.ReLU(), fc_mean.to(self.fc1.weight.device))
-
 
 class ReplayBuffer:
-    """Transitions as rows [obs, action, next_obs] of one preallocated tensor on the training device: a minibatch is one
-    index gather. Checkpoints leave it out (hundreds of MB); --resume refills it. Observations carry DAC's absorbing
-    indicator as their last feature; no rewards: NAIL's reward is a function of the current discriminator and reference
-    policy, recomputed on every sampled minibatch."""
+    """Transitions as rows [obs, action, next_obs] of one preallocated tensor on the training device, states with DAC's
+    absorbing indicator; no rewards: NAIL's are recomputed per minibatch. Checkpoints leave it out; --resume refills it."""
 
     def __init__(self, obs_dim, action_dim, size, device):
         self.widths = (obs_dim, action_dim, obs_dim)
@@ -407,29 +298,21 @@ class ReplayBuffer:
         self.pos = (self.pos + 1) % self.size
         self.full = self.full or self.pos == 0
 
-    def sample(self, batch_size, recent=None):
-        """Uniform over the buffer, or over its `recent` last rows (one epoch: samples of q_t only)."""
+    def sample(self, batch_size, recent=None):  # uniform over the buffer, or over its `recent` last rows
         filled = self.size if self.full else self.pos
-        if recent is None:
-            index = torch.randint(0, filled, (batch_size,), device=self.rows.device)
-        else:
-            index = (self.pos - 1 - torch.randint(0, min(recent, filled), (batch_size,), device=self.rows.device)) % self.size
-        return self.rows[index].split(self.widths, -1)
+        index = torch.randint(0, min(recent or filled, filled), (batch_size,), device=self.rows.device)
+        return self.rows[index if recent is None else (self.pos - 1 - index) % self.size].split(self.widths, -1)
 
 
 def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma, log_pi_reference):
-    """Eq. 5-6 with NAIL's reference and DAC's absorbing state: (Q_k(s,a) - [r + gamma (min_k Q'_k(s', a')
-    - alpha (log pi(a'|s') - log pi~(a'|s')))])^2, a' ~ pi(s') in a real s' (log pi~ = 0: plain SAC); a' = 0 and no
-    entropy or KL in s_a, whose value is bootstrapped like any other (no (1 - d)). log pi~ is only ever evaluated at
-    actions of the current policy (given by their pre-tanh samples u), never at the replay buffer's old ones."""
+    """Eq. 5-6 with the KL to pi~: (Q_k(s,a) - [r + gamma (min_k Q'_k(s', a') - alpha (log pi(a'|s') - log pi~(a'|s')))])^2,
+    a' ~ pi(s') given by its pre-tanh u (log pi~ = 0: SAC); DAC's s_a: a' = 0, no KL term, and no (1 - d) anywhere."""
     obs, actions, rewards, next_obs, next_absorbing = batch
     with torch.no_grad():
         next_actions, next_log_pi, next_u = actor.get_action(next_obs[:, :-1])
         live = 1 - next_absorbing
-        next_log_ratio_to_reference = next_log_pi - log_pi_reference(next_obs[:, :-1], next_u)
-        min_q_next = (
-            qf_target(next_obs, next_actions * live[:, None]).min(0).values - alpha * live * next_log_ratio_to_reference
-        )
+        next_log_ratio = next_log_pi - log_pi_reference(next_obs[:, :-1], next_u)  # log pi - log pi~ at a'
+        min_q_next = qf_target(next_obs, next_actions * live[:, None]).min(0).values - alpha * live * next_log_ratio
         q_target = rewards + gamma * min_q_next
     q_values = qf(obs, actions)
     # sum over the critics: each critic gets the full MSE gradient, as with separate losses
@@ -437,9 +320,8 @@ def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma, log_pi_reference):
 
 
 def policy_loss(actor, qf, obs, alpha, log_pi_reference):
-    """Eq. 7 with NAIL's reference: E_s E_{a~pi}[alpha (log pi(a|s) - log pi~(a|s)) - min_k Q_k(s, a)] through the
-    reparameterised a (pi~'s weights frozen), i.e. KL(pi || pi~) in place of SAC's negative entropy (log pi~ = 0: plain
-    SAC), over real states only (DAC: no actor update in the absorbing state, where the action is fixed)."""
+    """Eq. 7 with KL(pi || pi~) for the negative entropy: E_s E_{a~pi}[alpha (log pi(a|s) - log pi~(a|s)) - min_k Q_k(s, a)]
+    through the reparameterised a (log pi~ = 0: plain SAC), over real states only (in s_a the action is fixed)."""
     actions, log_pi, u = actor.get_action(obs[:, :-1])
     live = 1 - obs[:, -1]
     log_ratio_to_reference = log_pi - log_pi_reference(obs[:, :-1], u)
@@ -452,30 +334,16 @@ def alpha_loss(log_alpha, log_pi, target_entropy, live):
     return (-log_alpha.exp() * (log_pi.detach() + target_entropy) * live).sum() / live.sum().clamp(min=1)
 
 
-def sac_update(
-    batch,
-    actor,
-    qf,
-    qf_target,
-    log_alpha,
-    q_optimizer,
-    actor_optimizer,
-    alpha_optimizer,
-    args,
-    target_entropy,
-    global_step,
-    log_pi_reference,
-    bf16=False,
-):
-    """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls.
-    bf16 autocasts the hidden layers' matmuls; weights, optimiser states, targets, log-probs and losses stay float32."""
-    device_type = batch[0].device.type
+def sac_update(batch, actor, qf, qf_target, log_alpha, optimizers, args, global_step, log_pi_reference, bf16=False):
+    """sac.py's SAC step, with log_pi_reference (obs, u -> log pi~(a|s)) in soft_q_loss and policy_loss, and alpha's loss
+    over real states. optimizers: {"q", "actor", "alpha"}; the entropy target is -|A|; bf16 autocasts hidden layers."""
+    device_type, target_entropy = batch[0].device.type, -float(batch[1].shape[-1])
     alpha = log_alpha.exp().detach()
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
         qf_loss, q_values = soft_q_loss(qf, qf_target, actor, batch, alpha, args.gamma, log_pi_reference)
-    q_optimizer.zero_grad(set_to_none=True)
+    optimizers["q"].zero_grad(set_to_none=True)
     qf_loss.backward()
-    q_optimizer.step()
+    optimizers["q"].step()
     stats = {"losses/qf_loss": qf_loss.detach(), "losses/qf1_values": q_values[0].detach().mean()}
 
     if global_step % args.policy_frequency == 0:
@@ -483,24 +351,19 @@ def sac_update(
         for _ in range(args.policy_frequency):
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
                 actor_loss, log_pi, log_ratio_to_reference, live = policy_loss(actor, qf, batch[0], alpha, log_pi_reference)
-            actor_optimizer.zero_grad(set_to_none=True)
+            optimizers["actor"].zero_grad(set_to_none=True)
             actor_loss.backward()
-            actor_optimizer.step()
+            optimizers["actor"].step()
             if args.autotune:
                 loss = alpha_loss(log_alpha, log_pi, target_entropy, live)
-                alpha_optimizer.zero_grad(set_to_none=True)
+                optimizers["alpha"].zero_grad(set_to_none=True)
                 loss.backward()
-                alpha_optimizer.step()
+                optimizers["alpha"].step()
                 alpha = log_alpha.exp().detach()
         qf.requires_grad_(True)
-        stats.update(
-            {
-                "losses/actor_loss": actor_loss.detach(),
-                "losses/alpha": alpha,
-                "charts/entropy": -(log_pi.detach() * live).sum() / live.sum().clamp(min=1),
-                "charts/kl_to_reference": (log_ratio_to_reference.detach() * live).sum() / live.sum().clamp(min=1),
-            }
-        )
+        live_mean = lambda x: (x.detach() * live).sum() / live.sum().clamp(min=1)
+        stats |= {"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha, "charts/entropy": -live_mean(log_pi)}
+        stats["charts/kl_to_reference"] = live_mean(log_ratio_to_reference)
 
     if global_step % args.target_network_frequency == 0:
         with torch.no_grad():
@@ -527,7 +390,51 @@ def make_optimizer(params, lr, device):
         return torch.optim.Adam(params, lr=lr, foreach=device.type == "cuda")
 
 
-# ----------------------------------------------------------------------------------------------------- evaluation
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path, state, **progress):
+    """state: name -> module, optimizer or tensor, listed once in main; progress: the run's counters. Saved with the RNG
+    states to a temporary file, then renamed: a kill while saving never leaves half a checkpoint. No replay buffer."""
+    state = {name: item.detach().cpu() if torch.is_tensor(item) else item.state_dict() for name, item in state.items()}
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    rng = [random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda_rng]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state": state, "rng": rng, "progress": progress}, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+def load_checkpoint(path, state):
+    """The inverse of save_checkpoint: every item of state takes back its saved values in place; returns the progress."""
+    checkpoint = torch.load(path, weights_only=False)
+    try:
+        for name, item in state.items():
+            if torch.is_tensor(item):
+                item.data.copy_(checkpoint["state"][name])
+            else:
+                item.load_state_dict(checkpoint["state"][name])
+    except (KeyError, RuntimeError, ValueError) as error:  # other networks or optimisers than the checkpoint's
+        error = " ".join(str(error).split())[:200]
+        sys.exit(f"error: {path} does not fit these arguments ({error}); resume with those of the interrupted run.")
+    python_rng, numpy_rng, torch_rng, cuda_rng = checkpoint["rng"]
+    random.setstate(python_rng)
+    np.random.set_state(numpy_rng)
+    torch.set_rng_state(torch_rng)
+    torch.cuda.set_rng_state_all(cuda_rng)
+    return checkpoint["progress"]
+
+
+# ---------------------------------------------------- shared plumbing (identical in every script; tests/test_shared_blocks.py)
+def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+    try:
+        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+    except gym.error.Error as error:
+        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
+    if capture_video:  # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes)
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.action_space.seed(seed)
+    return env
+
+
 def evaluate(act, env, num_episodes, seed):
     """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
     returns = []
@@ -541,354 +448,95 @@ def evaluate(act, env, num_episodes, seed):
     return np.array(returns, dtype=np.float64)
 
 
-# ----------------------------------------- shared infrastructure (identical in every script; tests/test_shared_blocks.py)
-def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+def load_expert(expert_dir, env, num_trajectories, subsample_frequency, seed, keys, any_env=False):
+    """(expert.json, demos): `keys` of the first num_trajectories episodes of demos.npz, every subsample_frequency-th
+    transition from a random offset per episode (GAIL's subsampled demos). Cheap checks; `demos.py --check` does the rest."""
     try:
-        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
-    except gym.error.Error as error:
-        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
-    if capture_video:
-        try:
-            env.reset(seed=seed)
-            env.render()
-        except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(
-                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
-            )
-        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
-        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
-    env = gym.wrappers.RecordEpisodeStatistics(env)
-    env.action_space.seed(seed)
-    return env
-
-
-# a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
-# from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
-RANDOM_RETURN_EPISODES = 50
-
-
-RANDOM_RETURN_SEED = 30_000
-
-
-def load_expert_info(expert_dir, env, required):
-    """expert.json as a dict, checked against the env; None if absent and not required. A demos-only folder needs just
-    observation_shape and action_shape (README, "Your own demonstrations"): without env_id it is the env's, without
-    expert_return_mean the demos' mean return, without random_return_mean a uniformly random policy's, measured on
-    every run and never written back by a run (`cleanil/demos.py --complete` stores it)."""
-    info_path = Path(expert_dir) / "expert.json"
-    if not info_path.exists():
-        if required:
-            sys.exit(f"error: no expert at {info_path}; {missing_expert_hint(env.spec.id, expert_dir)}")
-        return None
-    command = expert_command(env.spec.id, expert_dir)
-    try:
-        info = json.loads(info_path.read_text())
-        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
-        returns = {key: float(info[key]) for key in ("expert_return_mean", "random_return_mean") if key in info}
-    except (ValueError, KeyError, TypeError) as error:
-        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(
-            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
-        )
-    if "expert_return_mean" not in returns:
-        returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(
-            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-            f"{num_episodes} episodes, stands in for it.",
-            file=sys.stderr,
-        )
-    if "random_return_mean" not in returns:
-        returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(
-            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
-            file=sys.stderr,
-        )
-    expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
-    if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(
-            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-            f"`{command} --overwrite`."
-        )
-    return {"env_id": env.spec.id, **info, **returns}
-
-
-def demos_mean_return(expert_dir, command):
-    """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
-    path = Path(expert_dir) / "demos.npz"
-    if not path.exists():
-        sys.exit(
-            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
-        )
-    try:
-        with np.load(path) as data:
-            rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
-        if len(starts) == 0 or starts[0] != 0 or (np.diff(starts) <= 0).any() or starts[-1] >= len(rewards):
-            raise ValueError(f"episode_starts {starts[:5]}... are not increasing indices from 0 below {len(rewards)}")
-        returns = np.add.reduceat(rewards, starts)
+        info = json.loads((Path(expert_dir) / "expert.json").read_text())
+        if info["env_id"] != env.spec.id and not any_env:
+            raise ValueError(f"it was recorded on {info['env_id']}, not {env.spec.id} (--any-env uses it anyway)")
+        gap = info["expert_return_mean"] - info["random_return_mean"]
+        if not np.isfinite(gap) or gap == 0:
+            raise ValueError("its expert_return_mean and random_return_mean define no normalized score")
+        with np.load(Path(expert_dir) / "demos.npz") as data:
+            starts, demos = data["episode_starts"], {key: data[key] for key in keys}
+        obs_shape, space = env.observation_space.shape, env.action_space
+        shapes = {"observations": obs_shape, "next_observations": obs_shape, "actions": space.shape}
+        for key, value in demos.items():
+            if value.shape[1:] != shapes.get(key, ()) or not np.isfinite(value).all():
+                raise ValueError(f"its {key} are not finite or not of shape (N, *{shapes.get(key, ())})")
+        low, high = (space.low, space.high) if isinstance(space, gym.spaces.Box) else (0, space.n - 1)
+        if "actions" in demos and not ((low <= demos["actions"]) & (demos["actions"] <= high)).all():
+            raise ValueError(f"its actions leave the action space {space}")
+        if not 1 <= num_trajectories <= len(starts):
+            raise ValueError(f"--num-expert-trajectories {num_trajectories} is not between 1 and its {len(starts)} episodes")
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    return float(returns.mean()), len(returns)
-
-
-def random_policy_returns(env_id):
-    """Returns of a uniformly random policy in RANDOM_RETURN_EPISODES episodes, on an env of its own (the run's envs and
-    their random streams stay untouched), with a progress bar: the random return of a folder whose expert.json has none."""
-    env = make_env(env_id, RANDOM_RETURN_SEED)
-    returns = []
-    for episode in tqdm(range(RANDOM_RETURN_EPISODES), desc=f"{env_id}: random_return_mean", file=sys.stderr, mininterval=2.0):
-        env.reset(seed=RANDOM_RETURN_SEED if episode == 0 else None)
-        done = False
-        while not done:
-            _, _, terminated, truncated, info = env.step(env.action_space.sample())
-            done = terminated or truncated
-        returns.append(info["episode"]["r"])
-    env.close()
-    return np.array(returns, dtype=np.float64)
-
-
-def expert_command(env_id, expert_dir=None):
-    """The command that creates expert_dir: the env's trainer for the default experts/<env-id>/ (no --expert-path
-    needed), cleanil/demos.py for a folder of one's own (your demonstrations, converted or recorded from a policy)."""
-    command = demos_command(env_id, expert_dir)
-    if "--expert-path" in command:
-        return f"{command} --from-<minari|d4rl|sb3|npz|policy> <source>"
-    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
-    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
-
-
-def demos_command(env_id, expert_dir=None):
-    """cleanil/demos.py writing expert_dir (the default experts/<env-id>/ needs no --expert-path), before its source flag."""
-    command = f"python cleanil/demos.py --env-id {env_id}"
-    if expert_dir is not None and Path(expert_dir).resolve() != Path(__file__).resolve().parent.parent / "experts" / env_id:
-        command += f" --expert-path {shlex.quote(str(expert_dir))}"
-    return command
-
-
-SHIPPED_EXPERTS = (
-    "CartPole-v1",
-    "Acrobot-v1",
-    "MountainCar-v0",
-    "Pendulum-v1",
-    "InvertedPendulum-v4",
-    "Hopper-v4",
-    "HalfCheetah-v4",
-    "Walker2d-v4",
-    "Ant-v4",
-    "Humanoid-v4",
-)
-
-
-def missing_expert_hint(env_id, expert_dir=None):
-    """What a missing expert costs: the shipped ones come with the repository, a folder of one's own (--expert-path) is
-    built by cleanil/demos.py, and any other env's default folder needs a training run."""
-    command = expert_command(env_id, expert_dir)
-    if "demos.py" in command:
-        shipped = (
-            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
-        )
-        return (
-            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
-        )
-    if env_id in SHIPPED_EXPERTS:
-        return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
-    if "dqn.py" in command:
-        return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (
-        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
-    )
-
-
-def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
-    """The first num_trajectories demo episodes, every subsample_frequency-th transition from a random offset per
-    episode (as GAIL's subsampled demos, Ho & Ermon 2016); only `keys` are read from demos.npz, and float16 arrays
-    (a large env's demos stored small, DESIGN.md) come back as float32, the precision the networks compute in."""
-    path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id, expert_dir)
-    if not path.exists():
-        sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
-    if num_trajectories < 1 or subsample_frequency < 1:
-        sys.exit(
-            f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must "
-            f"be >= 1."
-        )
-    try:
-        with np.load(path) as data:
-            missing = [key for key in ("episode_starts", "rewards", *keys) if key not in data.files]
-            if missing:
-                sys.exit(
-                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
-                    f"this script reads; regenerate it with `{command} --overwrite`."
-                )
-            starts, length = data["episode_starts"], len(data["rewards"])
-            arrays = {key: data[key] for key in keys}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if (
-        starts.ndim != 1
-        or not np.issubdtype(starts.dtype, np.integer)
-        or len(starts) == 0
-        or starts[0] != 0
-        or (np.diff(starts) <= 0).any()
-        or starts[-1] >= length
-    ):
-        sys.exit(
-            f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
-            f"regenerate it with `{command} --overwrite`."
-        )
-    if num_trajectories > len(starts):
-        sys.exit(
-            f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
-            f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
-            f"--num-demo-episodes {num_trajectories} --overwrite`."
-        )
-    action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
-    expected = {
-        "observations": env.observation_space.shape,
-        "next_observations": env.observation_space.shape,
-        "actions": action_shape,
-    }
-    for key, shape in expected.items():
-        if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
-            sys.exit(
-                f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
-                f"regenerate it with `{command} --overwrite`."
-            )
+        check = f"python cleanil/demos.py --check {shlex.quote(str(expert_dir))}"
+        sys.exit(f"error: {expert_dir} is not a usable expert folder: {error}; `{check}` says what to fix.")
     rng = np.random.default_rng(seed)
-    episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
-    index = np.concatenate(
-        [episode[rng.integers(min(subsample_frequency, len(episode))) :: subsample_frequency] for episode in episodes]
-    )
-    demos = {key: value[index] for key, value in arrays.items()}
-    return {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
+    episodes = np.split(np.arange(len(demos[keys[0]])), starts[1:])[:num_trajectories]
+    index = np.concatenate([ep[rng.integers(min(subsample_frequency, len(ep))) :: subsample_frequency] for ep in episodes])
+    # float16 demos (a large env's, stored small) come back as the float32 the networks compute in
+    demos = {key: value[index] for key, value in demos.items()}
+    return info, {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
 
 
-def normalized_score(episode_return, expert_info):
-    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
-    if expert_info is None:
+def normalized_score(episode_return, info):
+    """(R - R_random) / (R_expert - R_random) with expert.json's returns (DESIGN.md); NaN without an expert."""
+    if info is None:
         return float("nan")
-    random_return = expert_info["random_return_mean"]
-    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
-
-
-def package_versions():
-    import importlib.metadata as metadata
-
-    return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
-
-
-def log_metrics(track, metrics, step):
-    """The one place a script reports metrics: to wandb under --track (wandb.init ran in main), else nowhere."""
-    if track:
-        import wandb
-
-        wandb.log({key: float(value) for key, value in metrics.items()}, step=step)
-
-
-def exit_if_non_finite(values, message):
-    """Stop with one sentence (DESIGN.md, "Bad input") once a loss is NaN or infinite: past it, the NaN reaches every
-    weight and the run only wastes its budget."""
-    if not all(torch.isfinite(value) for value in values):
-        sys.exit(message)
-
-
-def checkpoint_state(saved):
-    """What a checkpoint stores of each object in `saved`: a module's or optimizer's state_dict, a bare tensor's CPU
-    copy (log alpha), each under its key, so save and load walk the same listing."""
-    return {
-        key: value.detach().cpu() if isinstance(value, torch.Tensor) else value.state_dict() for key, value in saved.items()
-    }
-
-
-def load_checkpoint_state(saved, checkpoint):
-    """The inverse of checkpoint_state: every object in `saved` takes back its state from `checkpoint`, in place."""
-    for key, value in saved.items():
-        if isinstance(value, torch.Tensor):
-            with torch.no_grad():
-                value.copy_(checkpoint[key])
-        else:
-            value.load_state_dict(checkpoint[key])
+    return (episode_return - info["random_return_mean"]) / (info["expert_return_mean"] - info["random_return_mean"])
 
 
 def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
-    new = not path.exists()
+    header = "" if path.exists() else ",".join(row) + "\n"
+    values = [f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()]
     with open(path, "a") as f:
-        if new:
-            f.write(",".join(row) + "\n")
-        f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+        f.write(header + ",".join(values) + "\n")
 
 
-def hardware_info(device, bf16=False):
-    """The device, its name, the thread count and the precision of a run, for summary.json."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {
-        "device": str(device),
-        "device_name": name,
-        "threads": torch.get_num_threads(),
-        "precision": "bf16-autocast" if bf16 else "fp32",
-    }
-
-
-def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
-    """summary.json: args, final and best scores, wall time, mean SPS, versions, and the device/threads/precision used."""
+def write_summary(run_dir, args, eval_rows, wall_time, sps, device, precision, **extra):
+    """summary.json: args, final and best scores, wall time, mean SPS, device, precision, the code's git commit, extra."""
     scores = [row["normalized_score"] for row in eval_rows]
+    git = ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"]
+    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip() if shutil.which("git") else ""
     summary = {
         "args": asdict(args),
-        **(hardware or {}),
+        "device": str(device),
+        "precision": precision,
+        "commit": commit or None,
         "final_return": eval_rows[-1]["eval_return_mean"],
         "final_normalized_score": scores[-1],
         "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
         "total_wall_time_s": wall_time,
         "mean_sps": sps,
-        "versions": package_versions(),
+        **extra,
     }
-    # strict JSON has no NaN (a score without expert.json): null instead, which every JSON parser reads
-    summary = json.loads(json.dumps(summary), parse_constant=lambda constant: None)
-    path = Path(run_dir) / "summary.json"
-    path.with_suffix(".json.tmp").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    os.replace(path.with_suffix(".json.tmp"), path)  # atomic: a run stopped while writing never leaves half a file
+    summary = json.loads(json.dumps(summary), parse_constant=lambda constant: None)  # strict JSON: NaN -> null
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in (
-        "total_timesteps",
-        "eval_frequency",
-        "eval_episodes",
-        "batch_size",
-        "buffer_size",
-        "epoch_steps",
-        "discriminator_batch_size",
-        "discriminator_hidden_size",
-        "hidden_size",
-        "updates_per_step",
-    ):
-        if getattr(args, name) <= 0:
-            sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
-    for name in ("discriminator_updates_per_step", "alpha"):
+    positive = ("total_timesteps", "eval_frequency", "eval_episodes", "num_expert_trajectories", "subsample_frequency")
+    positive += ("batch_size", "buffer_size", "hidden_size", "epoch_steps", "updates_per_step", "alpha")
+    for name in (*positive, "discriminator_updates_per_step", "discriminator_batch_size", "discriminator_hidden_size"):
         if not getattr(args, name) > 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
-    for name in ("gradient_penalty", "checkpoint_frequency", "checkpoint_minutes", "refill_steps"):
-        if not getattr(args, name) >= 0:
-            sys.exit(f"error: --{name.replace('_', '-')} must be non-negative, got {getattr(args, name)}.")
+    if not min(args.gradient_penalty, args.checkpoint_minutes, args.refill_steps) >= 0:
+        sys.exit("error: --gradient-penalty, --checkpoint-minutes and --refill-steps must be non-negative.")
+    if args.total_timesteps <= args.learning_starts:
+        sys.exit(f"error: --total-timesteps {args.total_timesteps} must exceed --learning-starts {args.learning_starts}.")
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
-    checkpoint_dir = Path(args.checkpoint_dir or f"checkpoints/{args.env_id}__{args.exp_name}__{args.seed}")
-    checkpoint = None
-    if args.resume:
-        if not (checkpoint_dir / "checkpoint.pt").exists():
-            sys.exit(
-                f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume."
-            )
-        checkpoint = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=False)
+    ckpt_path = Path(args.checkpoint_dir) / f"{args.env_id}__{args.exp_name}__{args.seed}.pt"
+    if args.resume and not ckpt_path.exists():
+        sys.exit(f"error: --resume found no checkpoint at {ckpt_path}; start the run without --resume.")
+    if not args.resume and ckpt_path.exists():
+        sys.exit(
+            f"error: {ckpt_path} holds an interrupted run's checkpoint; continue it with --resume, or delete it to start over."
+        )
 
     # seeding
     random.seed(args.seed)
@@ -897,279 +545,153 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     bf16 = args.bf16 and bf16_is_fast(device)
+    precision = "bf16-autocast" if bf16 else "fp32"
 
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     env = make_env(args.env_id, args.seed)
     if not isinstance(env.action_space, gym.spaces.Box):
-        sys.exit(
-            f"error: nail.py needs continuous (Box) actions (its RL algorithm is SAC) but {args.env_id} has "
-            f"{env.action_space}."
-        )
-    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
-    expert_info = load_expert_info(expert_dir, env, required=True)
-    expert_obs, expert_actions, expert_weights = expert_transitions(
-        expert_dir, env, args.num_expert_trajectories, args.subsample_frequency, args.seed
-    )
+        sys.exit(f"error: nail.py needs continuous (Box) actions (its RL is SAC), but {args.env_id} has {env.action_space}.")
     obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
-    run_dir = Path("runs") / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            config=vars(args),
-            name=run_name,
-            save_code=True,
-            id=run_name,
-            resume="allow",
-        )
-
     actor = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)
     # pi~, frozen per epoch: no gradient reaches its weights, only through the actions it scores
     reference = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device).requires_grad_(False)
-    qf = SoftQEnsemble(obs_dim + 1, action_dim, args.hidden_size).to(device)
+    qf = SoftQEnsemble(obs_dim + 1, action_dim, args.hidden_size).to(device)  # + 1: DAC's absorbing indicator
     qf_target = SoftQEnsemble(obs_dim + 1, action_dim, args.hidden_size).to(device)
     qf_target.load_state_dict(qf.state_dict())
-    q_optimizer = make_optimizer(qf.parameters(), args.q_lr, device)
-    actor_optimizer = make_optimizer(actor.parameters(), args.policy_lr, device)
-    target_entropy = -float(action_dim)
+    discriminator = discriminator_network(obs_dim + 1 + action_dim, args.discriminator_hidden_size).to(device)
     log_alpha = torch.tensor(np.log(args.alpha), dtype=torch.float32, device=device, requires_grad=True)
-    alpha_optimizer = make_optimizer([log_alpha], args.q_lr, device)
+    optimizers = {"q": make_optimizer(qf.parameters(), args.q_lr, device)}
+    optimizers["actor"] = make_optimizer(actor.parameters(), args.policy_lr, device)
+    optimizers["alpha"] = make_optimizer([log_alpha], args.q_lr, device)
+    optimizers["discriminator"] = make_optimizer(discriminator.parameters(), args.discriminator_lr, device)
     rb = ReplayBuffer(obs_dim + 1, action_dim, args.buffer_size, device)
-    discriminator = Discriminator(obs_dim + 1 + action_dim, args.discriminator_hidden_size).to(device)
-    discriminator_optimizer = make_optimizer(discriminator.parameters(), args.discriminator_lr, device)
-    # the state a checkpoint holds, listed once (no replay buffer: --resume refills it)
-    saved_state = {
-        "actor": actor,
-        "qf": qf,
-        "qf_target": qf_target,
-        "q_optimizer": q_optimizer,
-        "actor_optimizer": actor_optimizer,
-        "alpha_optimizer": alpha_optimizer,
-        "log_alpha": log_alpha,
-        "discriminator": discriminator,
-        "discriminator_optimizer": discriminator_optimizer,
-        "reference": reference,
-    }
-
+    # what a checkpoint holds, listed once (no replay buffer: --resume refills it)
+    state = {"actor": actor, "reference": reference, "qf": qf, "qf_target": qf_target, "log_alpha": log_alpha}
+    state |= {"discriminator": discriminator, **{f"{name}_optimizer": item for name, item in optimizers.items()}}
+    progress = {"global_step": 0, "run_name": None, "eval_rows": [], "wall_time": 0.0, "refill_env_steps": 0}
+    progress |= {"num_epochs": 0, "sac_steps": 0, "epoch_rows": 0}  # iteration t (0: uniform pi~), SAC steps, rows of q_t
+    if args.resume:
+        progress = load_checkpoint(ckpt_path, state)
+    start_step, eval_rows, wall_offset = progress["global_step"], progress["eval_rows"], progress["wall_time"]
+    num_epochs, sac_steps, epoch_rows = progress["num_epochs"], progress["sac_steps"], progress["epoch_rows"]
+    run_name = progress["run_name"] or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
+    n, keys = args.num_expert_trajectories, ("observations", "actions")
+    info, demos = load_expert(expert_dir, eval_env, n, args.subsample_frequency, args.seed, keys, args.any_env)
+    _, episodes = load_expert(expert_dir, eval_env, n, 1, args.seed, ("terminations",), args.any_env)
+    demos = expert_transitions(demos, int(episodes["terminations"].sum()), args.subsample_frequency)
+    expert_obs, expert_actions, expert_weights = (torch.as_tensor(x, device=device) for x in demos)
     scale, bias = actor.action_scale, actor.action_bias
-    expert_inputs = discriminator_inputs(
-        torch.as_tensor(expert_obs, device=device), torch.as_tensor(expert_actions, device=device), scale, bias
-    )
-    expert_weights = torch.as_tensor(expert_weights, device=device)
-    # the warm-up epochs' reference is the uniform policy: log pi~ = -sum log(high - low) everywhere
-    uniform_log_prob = -torch.log(2 * scale).sum()
-    # epoch_rows: replay rows (transitions and absorbing self-transitions) collected by the current pi~
-    reference_is_uniform, num_updates, num_epochs, epoch_rows = True, 0, 0, 0
+    expert_inputs = discriminator_inputs(expert_obs, expert_actions, scale, bias)
+    uniform_log_prob = -torch.log(2 * scale).sum()  # log pi~ of the warm-up's uniform policy: -sum log(high - low)
+    run_dir = Path("runs") / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval.csv").unlink(missing_ok=True)  # a killed run may have evaluated past its checkpoint
+    for row in eval_rows:
+        write_eval_row(run_dir, row)
+    if args.track:
+        import wandb
 
-    start_step, wall_offset, refill_env_steps, eval_rows, commands = 0, 0.0, 0, [], []
-    if checkpoint:
-        try:
-            load_checkpoint_state(saved_state, checkpoint)
-        except (KeyError, RuntimeError, ValueError) as error:
-            sys.exit(
-                f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments "
-                f"({' '.join(str(error).split())[:240]}); "
-                f"resume with the arguments of the run that wrote it, or start without --resume."
-            )
-        start_step, wall_offset, refill_env_steps, eval_rows, commands = (
-            checkpoint[k] for k in ("global_step", "wall_time", "refill_env_steps", "eval_rows", "commands")
-        )
-        reference_is_uniform, num_updates, num_epochs, epoch_rows = (
-            checkpoint[k] for k in ("reference_is_uniform", "num_updates", "num_epochs", "epoch_rows")
-        )
-        random.setstate(checkpoint["python_rng"])
-        np.random.set_state(checkpoint["numpy_rng"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        # a killed run may have evaluated past its checkpoint: those steps run again, so eval.csv restarts from the
-        # checkpoint's rows
-        (run_dir / "eval.csv").unlink(missing_ok=True)
-        for row in eval_rows:
-            write_eval_row(run_dir, row)
-        print(f"resumed {run_name} at step {start_step} from {checkpoint_dir}")
-    commands.append(" ".join(["python"] + sys.argv))
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name, save_code=True)
 
-    def minibatch_rewards(obs, actions):
-        """The reward of the current discriminator on a replay minibatch (no_grad: a fixed reward per epoch)."""
-        with torch.no_grad():
-            return log_ratio_reward(discriminator(discriminator_inputs(obs, actions, scale, bias)))
-
-    def log_pi_reference(obs, u):
-        """log pi~(a|s) at the current policy's actions, given by their pre-tanh samples u (NAIL's KL regulariser);
-        0 for plain AIL (SAC's entropy)."""
+    def log_pi_tilde(obs, u):
+        """log pi~(a|s) at the current policy's actions, given by their pre-tanh samples u; 0 for AIL (SAC's entropy)."""
         if args.reward == "ail":
             return torch.zeros((), device=device)
-        if reference_is_uniform:
+        if num_epochs == 0:
             return uniform_log_prob
         return reference_log_prob(reference, obs, u, args.reference_log_prob_min)
 
     @torch.no_grad()
-    def act_deterministic(obs):
-        return actor.deterministic_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-
-    @torch.no_grad()
-    def act_exploring(obs):
-        """The epoch's behaviour policy: pi~ (the uniform policy in the warm-up epochs)."""
-        if reference_is_uniform:
-            return env.action_space.sample()
-        return reference.get_action(torch.as_tensor(obs[None], dtype=torch.float32, device=device))[0][0].cpu().numpy()
+    def collect(obs):
+        """One step of the epoch's pi~ (uniform in the warm-up) into the buffer; DAC's absorbing state after a termination."""
+        obs_tensor = torch.as_tensor(obs[None], dtype=torch.float32, device=device)
+        action = env.action_space.sample() if num_epochs == 0 else reference.get_action(obs_tensor)[0][0].cpu().numpy()
+        next_obs, _, terminated, truncated, info = env.step(action)  # the env's reward is only logged
+        rows = absorbing_rows(obs, action, next_obs, terminated)
+        for row in rows:
+            rb.add(*row)
+        return next_obs, terminated or truncated, info, len(rows)
 
     def run_evaluation(global_step):
-        returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
-        wall_time = wall_offset + time.time() - start_time
-        row = {
-            "global_step": global_step,
-            "eval_return_mean": float(returns.mean()),
-            "eval_return_std": float(returns.std()),
-            "normalized_score": normalized_score(float(returns.mean()), expert_info),
-            "wall_time": wall_time,
-            "sps": (global_step - start_step) / max(time.time() - start_time, 1e-9),
-        }
+        act = lambda obs: actor.deterministic_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        with torch.no_grad():
+            returns = evaluate(act, eval_env, args.eval_episodes, args.seed + 10_000)
+        mean_return, elapsed = float(returns.mean()), time.time() - start_time
+        row = {"global_step": global_step, "eval_return_mean": mean_return, "eval_return_std": float(returns.std())}
+        row |= {"normalized_score": normalized_score(mean_return, info), "wall_time": wall_offset + elapsed}
+        row["sps"] = (global_step - start_step) / max(elapsed, 1e-9)
         eval_rows.append(row)
         write_eval_row(run_dir, row)
-        log_metrics(
-            args.track, {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, global_step
-        )
-        progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
+        if args.track:
+            wandb.log({"eval/return": returns.mean(), "eval/normalized_score": row["normalized_score"]}, step=global_step)
+        progress_bar.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
-    def save_checkpoint(global_step):
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = checkpoint_state(saved_state)
-        state.update(
-            global_step=global_step,
-            run_name=run_name,
-            eval_rows=eval_rows,
-            refill_env_steps=refill_env_steps,
-            commands=commands,
-            wall_time=wall_offset + time.time() - start_time,
-            python_rng=random.getstate(),
-            numpy_rng=np.random.get_state(),
-            torch_rng=torch.get_rng_state(),
-            args=asdict(args),
-            reference_is_uniform=reference_is_uniform,
-            num_updates=num_updates,
-            num_epochs=num_epochs,
-            epoch_rows=epoch_rows,
-        )
-        torch.save(state, checkpoint_dir / "checkpoint.pt.tmp")
-        os.replace(checkpoint_dir / "checkpoint.pt.tmp", checkpoint_dir / "checkpoint.pt")  # atomic: a kill never corrupts it
-
-    # SIGINT (Ctrl-C) and SIGTERM (a session's end, a cluster's preemption) finish the step, checkpoint, and exit
-    stop_signals = []
+    stop_signals = []  # SIGINT (Ctrl-C) and SIGTERM (a session's end, a preemption): finish the step, checkpoint, exit
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop_signal, lambda signum, frame: stop_signals.append(signum))
+        signal.signal(stop_signal, lambda signum, frame: stop_signals.append(signal.Signals(signum)))
 
-    start_time = time.time()
+    start_time = saved_time = time.time()
     obs, _ = env.reset(seed=args.seed + start_step)
-    if checkpoint:
-        # the buffer was left out of the checkpoint: refill it with the epoch's pi~ (= the actor: updates only run at an
-        # epoch's end) before updates continue; its last rows stand in for the epoch_rows the checkpoint counted, all of q_t
-        for _ in tqdm(
-            range(min(args.refill_steps, args.buffer_size)),
-            desc="refilling the replay buffer",
-            file=sys.stderr,
-            mininterval=2.0,
-        ):
-            action = act_exploring(obs)
-            next_obs, _, terminated, truncated, info = env.step(action)
-            for row in zip(*add_absorbing_state(obs[None], action[None].astype(np.float32), next_obs[None], [terminated])):
-                rb.add(*row)
-            obs = next_obs if not (terminated or truncated) else env.reset()[0]
-            refill_env_steps += 1
-    hardware = hardware_info(device, bf16)
-    print(
-        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
-        f"{hardware['precision']}",
-        file=sys.stderr,
-    )
-    progress = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
+    if args.resume:  # refill the buffer with the epoch's pi~ (the actor itself: updates only run at an epoch's end)
+        for _ in tqdm(range(min(args.refill_steps, args.buffer_size)), desc="refilling the replay buffer", file=sys.stderr):
+            obs, done, _, _ = collect(obs)
+            obs = env.reset()[0] if done else obs
+            progress["refill_env_steps"] += 1
+    print(f"{run_name}: {device}, {precision}", file=sys.stderr)
+    progress_bar = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
     if start_step == 0:
         run_evaluation(0)
-    last_checkpoint_time = time.time()
     for global_step in range(start_step + 1, args.total_timesteps + 1):
-        action = act_exploring(obs)
-        next_obs, _, terminated, truncated, info = env.step(action)  # the env reward is only logged (episode statistics)
-        for row in zip(*add_absorbing_state(obs[None], action[None].astype(np.float32), next_obs[None], [terminated])):
-            rb.add(*row)
-            epoch_rows += 1
-        obs = next_obs
-        if terminated or truncated:
-            log_metrics(
-                args.track,
-                {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
-                global_step,
-            )
+        obs, done, step_info, rows = collect(obs)
+        epoch_rows += rows
+        if done:
+            if args.track:
+                episode = step_info["episode"]
+                wandb.log({"charts/episodic_return": episode["r"], "charts/episodic_length": episode["l"]}, step=global_step)
             obs, _ = env.reset()
 
         if global_step % args.epoch_steps == 0 and global_step >= args.learning_starts:
             # end of iteration t: r~ = q_t/p from this epoch's transitions (all by pi~) against the demos ...
             stats = update_discriminator(
-                discriminator, discriminator_optimizer, rb, epoch_rows, expert_inputs, expert_weights, scale, bias, args
+                discriminator, optimizers["discriminator"], rb, epoch_rows, expert_inputs, expert_weights, scale, bias, args
             )
-            # ... then the max-ent RL step on r_t, SAC on the whole replay buffer with rewards of the frozen D and pi~
+            # ... then the max-ent RL step on r_t: SAC on the whole buffer, rewards of the frozen D and pi~
             for _ in range(args.epoch_steps * args.updates_per_step):
-                num_updates += 1
+                sac_steps += 1
                 batch_obs, batch_actions, batch_next_obs = rb.sample(args.batch_size)
-                rewards = minibatch_rewards(batch_obs, batch_actions)
+                with torch.no_grad():
+                    rewards = log_ratio_reward(discriminator(discriminator_inputs(batch_obs, batch_actions, scale, bias)))
                 batch = (batch_obs, batch_actions, rewards, batch_next_obs, batch_next_obs[:, -1])
-                stats.update(
-                    sac_update(
-                        batch,
-                        actor,
-                        qf,
-                        qf_target,
-                        log_alpha,
-                        q_optimizer,
-                        actor_optimizer,
-                        alpha_optimizer,
-                        args,
-                        target_entropy,
-                        num_updates,
-                        log_pi_reference,
-                        bf16,
-                    )
-                )
-            # iteration t + 1: pi~ <- pi, the auxiliary policy of the next bound (O-NAIL's update_reference)
-            reference.load_state_dict(actor.state_dict())
-            reference_is_uniform, num_epochs = False, num_epochs + 1
-            stats.update({"charts/reward_mean": rewards.mean(), "charts/epoch": torch.tensor(num_epochs)})
-            exit_if_non_finite(
-                stats.values(),
-                f"error: non-finite loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
-                f"lower --q-lr, --policy-lr or --discriminator-lr.",
-            )
-            sps = (global_step - start_step) / (time.time() - start_time)
-            log_metrics(args.track, {**stats, "charts/SPS": sps}, global_step)
+                stats |= sac_update(batch, actor, qf, qf_target, log_alpha, optimizers, args, sac_steps, log_pi_tilde, bf16)
+            reference.load_state_dict(actor.state_dict())  # iteration t + 1: pi~ <- pi
+            num_epochs += 1
+            stats |= {"charts/reward_mean": rewards.mean(), "charts/epoch": torch.tensor(num_epochs)}
+            if not all(torch.isfinite(value) for value in stats.values()):
+                sys.exit(f"error: non-finite loss at step {global_step}; lower --q-lr, --policy-lr or --discriminator-lr.")
+            if args.track:
+                sps = (global_step - start_step) / (time.time() - start_time)
+                wandb.log({**{key: float(value) for key, value in stats.items()}, "charts/SPS": sps}, step=global_step)
         if global_step % args.epoch_steps == 0:
             epoch_rows = 0
-        progress.update(1)
+        progress_bar.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             run_evaluation(global_step)
-        if (
-            (args.checkpoint_frequency and global_step % args.checkpoint_frequency == 0)
-            or global_step == args.total_timesteps
-            or stop_signals
-            or (args.checkpoint_minutes and time.time() - last_checkpoint_time > 60 * args.checkpoint_minutes)
-        ):
-            save_checkpoint(global_step)
-            last_checkpoint_time = time.time()
+        if stop_signals or (args.checkpoint_minutes and time.time() - saved_time > 60 * args.checkpoint_minutes):
+            progress |= {"global_step": global_step, "run_name": run_name, "wall_time": wall_offset + time.time() - start_time}
+            progress |= {"num_epochs": num_epochs, "sac_steps": sac_steps, "epoch_rows": epoch_rows}
+            save_checkpoint(ckpt_path, state, **progress)
+            saved_time = time.time()
         if stop_signals:
-            progress.close()
-            print(
-                f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}: evaluations so far in "
-                f"{run_dir / 'eval.csv'}, "
-                f"checkpoint in {checkpoint_dir}; continue with the same command plus --resume.",
-                file=sys.stderr,
-            )
+            progress_bar.close()
+            print(f"stopped by {stop_signals[0].name} at step {global_step}: continue with --resume.", file=sys.stderr)
             sys.exit(128 + stop_signals[0])
-    progress.close()
+    progress_bar.close()
 
     wall_time = wall_offset + time.time() - start_time
-    mean_sps = (args.total_timesteps - start_step) / max(time.time() - start_time, 1e-9)
-    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, {**hardware, "refill_env_steps": refill_env_steps})
-    print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
+    sps = (args.total_timesteps - start_step) / max(time.time() - start_time, 1e-9)
+    write_summary(run_dir, args, eval_rows, wall_time, sps, device, precision, refill_env_steps=progress["refill_env_steps"])
+    ckpt_path.unlink(missing_ok=True)  # finished: a --resume of this run has nothing to continue
+    print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {sps:.0f} steps/s, outputs in {run_dir}")
     env.close()
     eval_env.close()
     if args.track:
