@@ -11,20 +11,19 @@ reaches pi_omega and E only, as in the authors' code); the two losses are minimi
 pi_xi(a | s, z) turns z* into a real action, epsilon-greedily (`--exploration-epsilon` random actions). From each
 transition it observes it infers the latent that best explains it, z_t = argmin_z ||Delta_t - G(E(s_t), z)||
 (`infer_latent`), and trains pi_xi by cross-entropy to predict the action it took from (s_t, z_t) (`remap_loss`);
-E, G and pi_omega stay fixed, as in the authors' code. Expert actions are never read (`DEMO_KEYS`).
-Discrete actions only, as in the paper; K defaults to the number of real actions. Observations are standardised
-with the demos' mean and std, and Delta is measured per dimension in units of its standard deviation over the demos,
-so that no state dimension dominates the distances (the authors' code uses raw states). eval.csv's global_step counts
-environment steps of step 2; step 1 runs before step 0 (`--latent-gradient-steps`), and wall_time includes it.
-Evaluation is greedy: a = argmax_a pi_xi(a | s, argmax_z pi_omega(z|s)).
+E, G and pi_omega stay fixed, as in the authors' code. Discrete actions only, as in the paper; K defaults to the number
+of real actions. Observations are standardised with the demos' mean and std, and Delta is measured per dimension in
+units of its standard deviation over the demos, so that no state dimension dominates the distances (the authors' code
+uses raw states). eval.csv's global_step counts environment steps of step 2; step 1 runs before step 0, and wall_time
+includes it. Evaluation is greedy: a = argmax_a pi_xi(a | s, argmax_z pi_omega(z|s)).
 """
 
 import json
 import os
-import platform
 import random
 import shlex
-import signal
+import shutil
+import subprocess
 import sys
 import time
 import zipfile
@@ -41,8 +40,7 @@ import torch.nn.functional as F
 import tyro
 from tqdm import tqdm
 
-# the only expert arrays this script reads: never actions, which state-only imitation does not have
-DEMO_KEYS = ("observations", "next_observations")
+DEMO_KEYS = ("observations", "next_observations")  # what ILPO reads of demos.npz: never actions (state-only imitation)
 
 
 @dataclass
@@ -79,6 +77,8 @@ class Args:
     """number of expert demo episodes to imitate (the first ones of demos.npz)"""
     subsample_frequency: int = 1
     """keep every k-th expert transition, with a random offset per trajectory"""
+    any_env: bool = False
+    """use an expert folder recorded on another env id (e.g. Hopper-v4 demos for Hopper-v5) when its shapes fit"""
 
     # step 1: latent policy and latent forward model, offline on the demos
     num_latent_actions: Optional[int] = None
@@ -185,7 +185,19 @@ def remap_loss(remap_logits, actions):
     return F.cross_entropy(remap_logits, actions)
 
 
-# ----------------------------------------------------------------------------------------------------- evaluation
+# ---------------------------------------------------- shared plumbing (identical in every script; tests/test_shared_blocks.py)
+def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+    try:
+        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+    except gym.error.Error as error:
+        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
+    if capture_video:  # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes)
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.action_space.seed(seed)
+    return env
+
+
 def evaluate(act, env, num_episodes, seed):
     """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
     returns = []
@@ -199,334 +211,84 @@ def evaluate(act, env, num_episodes, seed):
     return np.array(returns, dtype=np.float64)
 
 
-# ----------------------------------------- shared infrastructure (identical in every script; tests/test_shared_blocks.py)
-def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+def load_expert(expert_dir, env, num_trajectories, subsample_frequency, seed, keys, any_env=False):
+    """(expert.json, demos): `keys` of the first num_trajectories episodes of demos.npz, every subsample_frequency-th
+    transition from a random offset per episode (GAIL's subsampled demos). Cheap checks; `demos.py --check` does the rest."""
     try:
-        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
-    except gym.error.Error as error:
-        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
-    if capture_video:
-        try:
-            env.reset(seed=seed)
-            env.render()
-        except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(
-                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
-            )
-        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
-        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
-    env = gym.wrappers.RecordEpisodeStatistics(env)
-    env.action_space.seed(seed)
-    return env
-
-
-# a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
-# from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
-RANDOM_RETURN_EPISODES = 50
-
-
-RANDOM_RETURN_SEED = 30_000
-
-
-def load_expert_info(expert_dir, env, required):
-    """expert.json as a dict, checked against the env; None if absent and not required. A demos-only folder needs just
-    observation_shape and action_shape (README, "Your own demonstrations"): without env_id it is the env's, without
-    expert_return_mean the demos' mean return, without random_return_mean a uniformly random policy's, measured on
-    every run and never written back by a run (`cleanil/demos.py --complete` stores it)."""
-    info_path = Path(expert_dir) / "expert.json"
-    if not info_path.exists():
-        if required:
-            sys.exit(f"error: no expert at {info_path}; {missing_expert_hint(env.spec.id, expert_dir)}")
-        return None
-    command = expert_command(env.spec.id, expert_dir)
-    try:
-        info = json.loads(info_path.read_text())
-        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
-        returns = {key: float(info[key]) for key in ("expert_return_mean", "random_return_mean") if key in info}
-    except (ValueError, KeyError, TypeError) as error:
-        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(
-            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
-        )
-    if "expert_return_mean" not in returns:
-        returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(
-            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-            f"{num_episodes} episodes, stands in for it.",
-            file=sys.stderr,
-        )
-    if "random_return_mean" not in returns:
-        returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(
-            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
-            file=sys.stderr,
-        )
-    expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
-    if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(
-            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-            f"`{command} --overwrite`."
-        )
-    return {"env_id": env.spec.id, **info, **returns}
-
-
-def demos_mean_return(expert_dir, command):
-    """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
-    path = Path(expert_dir) / "demos.npz"
-    if not path.exists():
-        sys.exit(
-            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
-        )
-    try:
-        with np.load(path) as data:
-            rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
-        if len(starts) == 0 or starts[0] != 0 or (np.diff(starts) <= 0).any() or starts[-1] >= len(rewards):
-            raise ValueError(f"episode_starts {starts[:5]}... are not increasing indices from 0 below {len(rewards)}")
-        returns = np.add.reduceat(rewards, starts)
+        info = json.loads((Path(expert_dir) / "expert.json").read_text())
+        if info["env_id"] != env.spec.id and not any_env:
+            raise ValueError(f"it was recorded on {info['env_id']}, not {env.spec.id} (--any-env uses it anyway)")
+        gap = info["expert_return_mean"] - info["random_return_mean"]
+        if not np.isfinite(gap) or gap == 0:
+            raise ValueError("its expert_return_mean and random_return_mean define no normalized score")
+        with np.load(Path(expert_dir) / "demos.npz") as data:
+            starts, demos = data["episode_starts"], {key: data[key] for key in keys}
+        obs_shape, space = env.observation_space.shape, env.action_space
+        shapes = {"observations": obs_shape, "next_observations": obs_shape, "actions": space.shape}
+        for key, value in demos.items():
+            if value.shape[1:] != shapes.get(key, ()) or not np.isfinite(value).all():
+                raise ValueError(f"its {key} are not finite or not of shape (N, *{shapes.get(key, ())})")
+        low, high = (space.low, space.high) if isinstance(space, gym.spaces.Box) else (0, space.n - 1)
+        if "actions" in demos and not ((low <= demos["actions"]) & (demos["actions"] <= high)).all():
+            raise ValueError(f"its actions leave the action space {space}")
+        if not 1 <= num_trajectories <= len(starts):
+            raise ValueError(f"--num-expert-trajectories {num_trajectories} is not between 1 and its {len(starts)} episodes")
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    return float(returns.mean()), len(returns)
-
-
-def random_policy_returns(env_id):
-    """Returns of a uniformly random policy in RANDOM_RETURN_EPISODES episodes, on an env of its own (the run's envs and
-    their random streams stay untouched), with a progress bar: the random return of a folder whose expert.json has none."""
-    env = make_env(env_id, RANDOM_RETURN_SEED)
-    returns = []
-    for episode in tqdm(range(RANDOM_RETURN_EPISODES), desc=f"{env_id}: random_return_mean", file=sys.stderr, mininterval=2.0):
-        env.reset(seed=RANDOM_RETURN_SEED if episode == 0 else None)
-        done = False
-        while not done:
-            _, _, terminated, truncated, info = env.step(env.action_space.sample())
-            done = terminated or truncated
-        returns.append(info["episode"]["r"])
-    env.close()
-    return np.array(returns, dtype=np.float64)
-
-
-def expert_command(env_id, expert_dir=None):
-    """The command that creates expert_dir: the env's trainer for the default experts/<env-id>/ (no --expert-path
-    needed), cleanil/demos.py for a folder of one's own (your demonstrations, converted or recorded from a policy)."""
-    command = demos_command(env_id, expert_dir)
-    if "--expert-path" in command:
-        return f"{command} --from-<minari|d4rl|sb3|npz|policy> <source>"
-    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
-    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
-
-
-def demos_command(env_id, expert_dir=None):
-    """cleanil/demos.py writing expert_dir (the default experts/<env-id>/ needs no --expert-path), before its source flag."""
-    command = f"python cleanil/demos.py --env-id {env_id}"
-    if expert_dir is not None and Path(expert_dir).resolve() != Path(__file__).resolve().parent.parent / "experts" / env_id:
-        command += f" --expert-path {shlex.quote(str(expert_dir))}"
-    return command
-
-
-SHIPPED_EXPERTS = (
-    "CartPole-v1",
-    "Acrobot-v1",
-    "MountainCar-v0",
-    "Pendulum-v1",
-    "InvertedPendulum-v4",
-    "Hopper-v4",
-    "HalfCheetah-v4",
-    "Walker2d-v4",
-    "Ant-v4",
-    "Humanoid-v4",
-)
-
-
-def missing_expert_hint(env_id, expert_dir=None):
-    """What a missing expert costs: the shipped ones come with the repository, a folder of one's own (--expert-path) is
-    built by cleanil/demos.py, and any other env's default folder needs a training run."""
-    command = expert_command(env_id, expert_dir)
-    if "demos.py" in command:
-        shipped = (
-            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
-        )
-        return (
-            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
-        )
-    if env_id in SHIPPED_EXPERTS:
-        return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
-    if "dqn.py" in command:
-        return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (
-        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
-    )
-
-
-def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
-    """The first num_trajectories demo episodes, every subsample_frequency-th transition from a random offset per
-    episode (as GAIL's subsampled demos, Ho & Ermon 2016); only `keys` are read from demos.npz, and float16 arrays
-    (a large env's demos stored small, DESIGN.md) come back as float32, the precision the networks compute in."""
-    path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id, expert_dir)
-    if not path.exists():
-        sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
-    if num_trajectories < 1 or subsample_frequency < 1:
-        sys.exit(
-            f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must "
-            f"be >= 1."
-        )
-    try:
-        with np.load(path) as data:
-            missing = [key for key in ("episode_starts", "rewards", *keys) if key not in data.files]
-            if missing:
-                sys.exit(
-                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
-                    f"this script reads; regenerate it with `{command} --overwrite`."
-                )
-            starts, length = data["episode_starts"], len(data["rewards"])
-            arrays = {key: data[key] for key in keys}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if (
-        starts.ndim != 1
-        or not np.issubdtype(starts.dtype, np.integer)
-        or len(starts) == 0
-        or starts[0] != 0
-        or (np.diff(starts) <= 0).any()
-        or starts[-1] >= length
-    ):
-        sys.exit(
-            f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
-            f"regenerate it with `{command} --overwrite`."
-        )
-    if num_trajectories > len(starts):
-        sys.exit(
-            f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
-            f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
-            f"--num-demo-episodes {num_trajectories} --overwrite`."
-        )
-    action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
-    expected = {
-        "observations": env.observation_space.shape,
-        "next_observations": env.observation_space.shape,
-        "actions": action_shape,
-    }
-    for key, shape in expected.items():
-        if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
-            sys.exit(
-                f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
-                f"regenerate it with `{command} --overwrite`."
-            )
+        check = f"python cleanil/demos.py --check {shlex.quote(str(expert_dir))}"
+        sys.exit(f"error: {expert_dir} is not a usable expert folder: {error}; `{check}` says what to fix.")
     rng = np.random.default_rng(seed)
-    episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
-    index = np.concatenate(
-        [episode[rng.integers(min(subsample_frequency, len(episode))) :: subsample_frequency] for episode in episodes]
-    )
-    demos = {key: value[index] for key, value in arrays.items()}
-    return {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
+    episodes = np.split(np.arange(len(demos[keys[0]])), starts[1:])[:num_trajectories]
+    index = np.concatenate([ep[rng.integers(min(subsample_frequency, len(ep))) :: subsample_frequency] for ep in episodes])
+    # float16 demos (a large env's, stored small) come back as the float32 the networks compute in
+    demos = {key: value[index] for key, value in demos.items()}
+    return info, {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
 
 
-def normalized_score(episode_return, expert_info):
-    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
-    if expert_info is None:
+def normalized_score(episode_return, info):
+    """(R - R_random) / (R_expert - R_random) with expert.json's returns (DESIGN.md); NaN without an expert."""
+    if info is None:
         return float("nan")
-    random_return = expert_info["random_return_mean"]
-    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
-
-
-def package_versions():
-    import importlib.metadata as metadata
-
-    return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
-
-
-def log_metrics(track, metrics, step):
-    """The one place a script reports metrics: to wandb under --track (wandb.init ran in main), else nowhere."""
-    if track:
-        import wandb
-
-        wandb.log({key: float(value) for key, value in metrics.items()}, step=step)
-
-
-def exit_if_non_finite(values, message):
-    """Stop with one sentence (DESIGN.md, "Bad input") once a loss is NaN or infinite: past it, the NaN reaches every
-    weight and the run only wastes its budget."""
-    if not all(torch.isfinite(value) for value in values):
-        sys.exit(message)
+    return (episode_return - info["random_return_mean"]) / (info["expert_return_mean"] - info["random_return_mean"])
 
 
 def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
-    new = not path.exists()
+    header = "" if path.exists() else ",".join(row) + "\n"
+    values = [f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()]
     with open(path, "a") as f:
-        if new:
-            f.write(",".join(row) + "\n")
-        f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+        f.write(header + ",".join(values) + "\n")
 
 
-def hardware_info(device, bf16=False):
-    """The device, its name, the thread count and the precision of a run, for summary.json."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {
-        "device": str(device),
-        "device_name": name,
-        "threads": torch.get_num_threads(),
-        "precision": "bf16-autocast" if bf16 else "fp32",
-    }
-
-
-def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
-    """summary.json: args, final and best scores, wall time, mean SPS, versions, and the device/threads/precision used."""
+def write_summary(run_dir, args, eval_rows, wall_time, sps, device, precision, **extra):
+    """summary.json: args, final and best scores, wall time, mean SPS, device, precision, the code's git commit, extra."""
     scores = [row["normalized_score"] for row in eval_rows]
+    git = ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"]
+    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip() if shutil.which("git") else ""
     summary = {
         "args": asdict(args),
-        **(hardware or {}),
+        "device": str(device),
+        "precision": precision,
+        "commit": commit or None,
         "final_return": eval_rows[-1]["eval_return_mean"],
         "final_normalized_score": scores[-1],
         "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
         "total_wall_time_s": wall_time,
         "mean_sps": sps,
-        "versions": package_versions(),
+        **extra,
     }
-    # strict JSON has no NaN (a score without expert.json): null instead, which every JSON parser reads
-    summary = json.loads(json.dumps(summary), parse_constant=lambda constant: None)
-    path = Path(run_dir) / "summary.json"
-    path.with_suffix(".json.tmp").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    os.replace(path.with_suffix(".json.tmp"), path)  # atomic: a run stopped while writing never leaves half a file
-
-
-def exit_on_stop_signals(run_dir):
-    """SIGINT (Ctrl-C) and SIGTERM (a session's end, a cluster's preemption) end a run that has no --resume at once, with
-    one line and exit status 128 + signal as a shell reports it; eval.csv gains whole rows only, so it stays readable."""
-
-    def stop(signum, frame):
-        tqdm.write(
-            f"stopped by {signal.Signals(signum).name}: evaluations so far in {Path(run_dir) / 'eval.csv'}; "
-            f"{Path(__file__).name} has no --resume, so rerun the command to start over.",
-            file=sys.stderr,
-        )
-        sys.exit(128 + signum)
-
-    for stop_signal in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop_signal, stop)
+    summary = json.loads(json.dumps(summary), parse_constant=lambda constant: None)  # strict JSON: NaN -> null
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in (
-        "total_timesteps",
-        "eval_frequency",
-        "eval_episodes",
-        "log_frequency",
-        "latent_batch_size",
-        "remap_batch_size",
-        "hidden_size",
-    ):
+    budgets = ("total_timesteps", "eval_frequency", "eval_episodes", "log_frequency", "latent_batch_size", "remap_batch_size")
+    for name in (*budgets, "hidden_size", "subsample_frequency"):
         if getattr(args, name) <= 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
+    if not 0 <= args.exploration_epsilon <= 1 or args.latent_gradient_steps < 0 or args.remap_updates_per_step < 0:
+        sys.exit("error: --exploration-epsilon must lie in [0, 1], --latent-gradient-steps and --remap-updates-per-step >= 0.")
     expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = Path("runs") / run_name
@@ -549,60 +311,31 @@ if __name__ == "__main__":
     num_latent_actions = num_actions if args.num_latent_actions is None else args.num_latent_actions
     if num_latent_actions < 1:
         sys.exit(f"error: --num-latent-actions must be positive, got {num_latent_actions}.")
-    if not 0 <= args.exploration_epsilon <= 1 or args.latent_gradient_steps < 0 or args.remap_updates_per_step < 0:
-        sys.exit(
-            f"error: ILPO needs 0 <= --exploration-epsilon <= 1, --latent-gradient-steps >= 0 and --remap-updates-per-step "
-            f">= 0, "
-            f"got {args.exploration_epsilon}, {args.latent_gradient_steps} and {args.remap_updates_per_step}."
-        )
-    expert_info = load_expert_info(expert_dir, env, required=True)
-    demos = load_demos(expert_dir, env, args.num_expert_trajectories, args.subsample_frequency, args.seed, DEMO_KEYS)
-    for key, value in demos.items():
-        if not np.isfinite(value).all():
-            sys.exit(
-                f"error: {expert_dir / 'demos.npz'} holds non-finite {key}; regenerate it with "
-                f"`{expert_command(args.env_id, expert_dir)} --overwrite`."
-            )
+    info, demos = load_expert(
+        expert_dir, eval_env, args.num_expert_trajectories, args.subsample_frequency, args.seed, DEMO_KEYS, args.any_env
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
-    exit_on_stop_signals(run_dir)
     if args.track:
         import wandb
 
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name, save_code=True)
 
-    obs_demo = torch.as_tensor(
-        demos["observations"].reshape(len(demos["observations"]), -1), dtype=torch.float32, device=device
-    )
-    next_obs_demo = torch.as_tensor(demos["next_observations"].reshape(len(obs_demo), -1), dtype=torch.float32, device=device)
+    to_tensor = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device).flatten(1)  # a batch of flat observations
+    obs_demo, next_obs_demo = to_tensor(demos["observations"]), to_tensor(demos["next_observations"])
     obs_dim = obs_demo.shape[1]
-    if args.normalize_observations:
-        # +1e-3 keeps constant dims (e.g. a pinned joint, or one the actions never change) from blowing up, as TD3+BC does
-        obs_mean, obs_std = obs_demo.mean(0), obs_demo.std(0) + 1e-3
-        delta_std = (next_obs_demo - obs_demo).std(0) + 1e-3
-    else:
-        obs_mean, obs_std, delta_std = (
-            torch.zeros(obs_dim, device=device),
-            torch.ones(obs_dim, device=device),
-            torch.ones(obs_dim, device=device),
-        )
-
-    def normalize(obs):
-        return (torch.as_tensor(obs, dtype=torch.float32, device=device).flatten(1) - obs_mean) / obs_std
-
-    def state_change(obs, next_obs):
-        """Delta = s' - s, per dimension in units of its std over the demos, from raw observations."""
-        return (
-            torch.as_tensor(next_obs, dtype=torch.float32, device=device).flatten(1)
-            - torch.as_tensor(obs, dtype=torch.float32, device=device).flatten(1)
-        ) / delta_std
+    # +1e-3 keeps constant dims (e.g. a pinned joint, or one the actions never change) from blowing up, as TD3+BC does
+    obs_mean, obs_std, delta_std = obs_demo.mean(0), obs_demo.std(0) + 1e-3, (next_obs_demo - obs_demo).std(0) + 1e-3
+    if not args.normalize_observations:
+        ones = torch.ones(obs_dim, device=device)
+        obs_mean, obs_std, delta_std = torch.zeros_like(ones), ones, ones
+    normalize = lambda obs: (to_tensor(obs) - obs_mean) / obs_std
+    state_change = lambda obs, next_obs: (to_tensor(next_obs) - to_tensor(obs)) / delta_std  # Delta in units of its demo std
 
     latent_model = LatentModel(obs_dim, num_latent_actions, args.hidden_size).to(device)
     latent_optimizer = torch.optim.Adam(latent_model.parameters(), lr=args.latent_learning_rate)
     remap = RemapNetwork(obs_dim, num_latent_actions, num_actions, args.hidden_size).to(device)
     remap_optimizer = torch.optim.Adam(remap.parameters(), lr=args.remap_learning_rate)
     s_demo, delta_demo = normalize(obs_demo), state_change(obs_demo, next_obs_demo)
-    eval_rows = []
-
     # the agent's transitions as step 2 trains on them: standardised s, the action taken, the latent inferred
     b_obs = torch.zeros(args.total_timesteps, obs_dim, device=device)
     b_actions = torch.zeros(args.total_timesteps, dtype=torch.long, device=device)
@@ -616,25 +349,18 @@ if __name__ == "__main__":
 
     def run_evaluation(global_step):
         returns = evaluate(act_greedy, eval_env, args.eval_episodes, args.seed + 10_000)
-        wall_time = time.time() - start_time
-        row = {
-            "global_step": global_step,
-            "eval_return_mean": float(returns.mean()),
-            "eval_return_std": float(returns.std()),
-            "normalized_score": normalized_score(float(returns.mean()), expert_info),
-            "wall_time": wall_time,
-            "sps": global_step / max(wall_time, 1e-9),
-        }
+        mean, wall_time = float(returns.mean()), time.time() - start_time
+        row = dict(global_step=global_step, eval_return_mean=mean, eval_return_std=float(returns.std()))
+        row.update(normalized_score=normalized_score(mean, info), wall_time=wall_time, sps=global_step / max(wall_time, 1e-9))
         eval_rows.append(row)
         write_eval_row(run_dir, row)
-        log_metrics(
-            args.track, {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, global_step
-        )
-        progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
+        if args.track:
+            wandb.log({"eval/return": mean, "eval/normalized_score": row["normalized_score"]}, step=global_step)
+        progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{mean:.1f}")
 
-    start_time = time.time()
+    start_time, eval_rows, precision = time.time(), [], "fp32"
     # step 1 (Sec. 4.1): latent forward model and latent policy, offline on the demonstrated transitions
-    for latent_step in range(1, args.latent_gradient_steps + 1):
+    for _ in range(args.latent_gradient_steps):
         index = torch.randint(0, len(s_demo), (args.latent_batch_size,), device=device)
         latent_logits, predictions = latent_model(s_demo[index])
         generator_loss = min_loss(predictions, delta_demo[index])
@@ -644,61 +370,41 @@ if __name__ == "__main__":
         latent_optimizer.step()
     with torch.no_grad():
         latent_logits, predictions = latent_model(s_demo)
-        generator_loss, policy_loss = min_loss(predictions, delta_demo), expected_loss(latent_logits, predictions, delta_demo)
+        generator_loss = min_loss(predictions, delta_demo).item()
+        policy_loss = expected_loss(latent_logits, predictions, delta_demo).item()
         # how the demonstrated transitions split among the latents, and how often the latent policy picks the latent
         # that explains the expert's transition (an imitation accuracy in latent space)
         demo_latents = infer_latent(predictions, delta_demo)
         latent_usage = torch.bincount(demo_latents, minlength=num_latent_actions).float() / len(demo_latents)
-        latent_policy_accuracy = (latent_logits.argmax(-1) == demo_latents).float().mean()
-    exit_if_non_finite(
-        [generator_loss, policy_loss],
-        f"error: non-finite step-1 loss (L_min {float(generator_loss)}, L_exp {float(policy_loss)}); lower "
-        f"--latent-learning-rate.",
-    )
+        latent_policy_accuracy = (latent_logits.argmax(-1) == demo_latents).float().mean().item()
+    if not np.isfinite([generator_loss, policy_loss]).all():
+        sys.exit(f"error: non-finite step-1 loss (L_min {generator_loss}, L_exp {policy_loss}); lower --latent-learning-rate.")
     tqdm.write(
-        f"step 1: {args.latent_gradient_steps} gradient steps, L_min {float(generator_loss):.4f}, L_exp "
-        f"{float(policy_loss):.4f}, "
+        f"step 1: {args.latent_gradient_steps} gradient steps, L_min {generator_loss:.4f}, L_exp {policy_loss:.4f}, "
         f"demo transitions per latent {[round(float(u), 3) for u in latent_usage]}, latent policy accuracy "
-        f"{float(latent_policy_accuracy):.3f}"
+        f"{latent_policy_accuracy:.3f}"
     )
-    log_metrics(
-        args.track,
-        {
-            "losses/min_loss": generator_loss,
-            "losses/expected_loss": policy_loss,
-            "charts/latent_policy_accuracy": latent_policy_accuracy,
-        },
-        0,
-    )
+    if args.track:
+        stats = {"losses/min_loss": generator_loss, "losses/expected_loss": policy_loss}
+        wandb.log({**stats, "charts/latent_policy_accuracy": latent_policy_accuracy}, step=0)
 
-    hardware = hardware_info(device)
-    print(
-        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
-        f"{hardware['precision']}",
-        file=sys.stderr,
-    )
+    print(f"{run_name}: {device}, {precision}", file=sys.stderr)
     progress = tqdm(total=args.total_timesteps, file=sys.stderr, desc=run_name, mininterval=2.0)
     run_evaluation(0)
     # step 2 (Sec. 4.2): remap latent actions to real ones by interaction
     obs, _ = env.reset(seed=args.seed)
     remap_loss_value, agreement = torch.zeros((), device=device), torch.zeros((), device=device)
     for global_step in range(1, args.total_timesteps + 1):
-        if random.random() < args.exploration_epsilon:
-            action = env.action_space.sample()
-        else:
-            action = act_greedy(obs[None])[0]
-        next_obs, _, terminated, truncated, info = env.step(action)
+        action = env.action_space.sample() if random.random() < args.exploration_epsilon else act_greedy(obs[None])[0]
+        next_obs, _, terminated, truncated, step_info = env.step(action)
         with torch.no_grad():
             s = normalize(obs[None])
             latent = infer_latent(latent_model(s)[1], state_change(obs[None], next_obs[None]))
         b_obs[global_step - 1], b_actions[global_step - 1], b_latents[global_step - 1] = s[0], int(action), latent[0]
         obs = next_obs
         if terminated or truncated:
-            log_metrics(
-                args.track,
-                {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
-                global_step,
-            )
+            if args.track:
+                wandb.log({"charts/episodic_return": step_info["episode"]["r"]}, step=global_step)
             obs, _ = env.reset()
 
         if global_step >= args.remap_batch_size:
@@ -712,26 +418,18 @@ if __name__ == "__main__":
                 remap_loss_value = loss.detach()
                 agreement = (logits.argmax(-1) == b_actions[index]).float().mean()
         progress.update(1)
-        if global_step % args.log_frequency == 0:
-            log_metrics(
-                args.track,
-                {
-                    "losses/remap_loss": remap_loss_value,
-                    "charts/remap_accuracy": agreement,
-                    "charts/SPS": global_step / (time.time() - start_time),
-                },
-                global_step,
-            )
+        if args.track and global_step % args.log_frequency == 0:
+            stats = {"losses/remap_loss": remap_loss_value.item(), "charts/remap_accuracy": agreement.item()}
+            wandb.log({**stats, "charts/SPS": global_step / (time.time() - start_time)}, step=global_step)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
-            exit_if_non_finite(
-                [remap_loss_value], f"error: non-finite remapping loss at step {global_step}; lower --remap-learning-rate."
-            )
+            if not torch.isfinite(remap_loss_value):
+                sys.exit(f"error: non-finite remapping loss at step {global_step}; lower --remap-learning-rate.")
             run_evaluation(global_step)
     progress.close()
 
     wall_time = time.time() - start_time
     mean_sps = args.total_timesteps / max(wall_time, 1e-9)
-    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, hardware)
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, device, precision)
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
     env.close()
     eval_env.close()
