@@ -1,14 +1,15 @@
 """pmi_il.py: the InfoNCE critic recovers a known PMI (cosine and dot-product scores), the cosine score's bound and
-scale invariance, the rewards, both top-1 accuracies (in batch, and among the states reachable by replaying each action),
-GAE and PPO losses on toy tensors, the blocks it shares with bc.py, every flag path end to end, expert actions never
-read, bad input, and learning CartPole-v1 (defaults) and Acrobot-v1 (the per-step cost) from state-only demos."""
+scale invariance, the rewards and which side (expert or agent) each negative comes from, both top-1 accuracies (in
+batch, and among the states reachable by replaying each action), GAE and PPO losses on toy tensors, every flag path end
+to end, expert actions never read, bad input, and learning CartPole-v1 (defaults) and Acrobot-v1 (the per-step cost)
+from state-only demos."""
 
 import inspect
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
-import bc
 import gymnasium as gym
 import numpy as np
 import pmi_il
@@ -17,23 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from conftest import EXPERTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
-
-SHARED_WITH_BC = [
-    "make_env",
-    "load_expert_info",
-    "expert_command",
-    "load_demos",
-    "normalized_score",
-    "evaluate",
-    "package_versions",
-    "write_eval_row",
-    "write_summary",
-]
-
-
-@pytest.mark.parametrize("name", SHARED_WITH_BC)
-def test_shared_blocks_are_bcs(name):
-    assert inspect.getsource(getattr(pmi_il, name)) == inspect.getsource(getattr(bc, name))
 
 
 def test_demos_are_read_without_actions():
@@ -117,6 +101,45 @@ def test_pmi_and_softmax_rewards():
         pmi_il.softmax_reward(positive, negative, 2.0), pmi_il.softmax_reward(positive / 2, negative / 2, 1.0)
     )
     assert (pmi_il.softmax_reward(positive, negative, 1e6) + np.log(10)).abs().max() < 1e-4
+
+
+class IdentityCritic:
+    """phi1 = phi2 = identity: log f(s, s') = s'^T s / tau, known in closed form."""
+
+    phi1 = phi2 = staticmethod(lambda x: x)
+
+
+def reward_args(**flags):
+    defaults = {"reward": "softmax", "negatives": "expert", "num_negatives": 4, "tau": 0.5, "temperature": 1.0}
+    return SimpleNamespace(**{**defaults, "reward_shift": False, **flags})
+
+
+def test_learned_reward_takes_each_negative_from_its_side():
+    """Every expert next state is u, every agent next state v (so which ones are drawn does not matter): the softmax
+    reward of each s' against K = 4 negatives is known for expert, agent and mixed negatives; swapping the sides, or
+    drawing the agent's negatives from the expert's, changes it."""
+    torch.manual_seed(0)
+    obs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    v, u = torch.tensor([0.5, 0.25]), torch.tensor([-1.0, 0.5])
+    next_obs, expert_next = v.expand(3, 2), u.expand(7, 2)
+    positive, expert_logit = obs @ v / 0.5, obs @ u / 0.5  # [3] each; the agent's negatives score as the positive
+    critic = IdentityCritic()
+
+    def expected(num_expert):
+        negatives = [expert_logit[:, None].expand(3, num_expert), positive[:, None].expand(3, 4 - num_expert)]
+        return positive - torch.logsumexp(torch.cat([positive[:, None], *negatives], 1), 1)
+
+    for negatives, num_expert in (("expert", 4), ("agent", 0), ("mixed", 2)):
+        reward = pmi_il.learned_reward(critic, obs, next_obs, expert_next, reward_args(negatives=negatives))
+        torch.testing.assert_close(reward, expected(num_expert))
+    assert not torch.allclose(expected(4), expected(0))  # the sides are told apart
+    torch.testing.assert_close(expected(0), torch.full((3,), -np.log(5)))  # s' no likelier than the agent's own
+    shifted = pmi_il.learned_reward(critic, obs, next_obs, expert_next, reward_args(reward_shift=True))
+    torch.testing.assert_close(shifted, expected(4) + np.log(5))
+    torch.testing.assert_close(pmi_il.learned_reward(critic, obs, next_obs, expert_next, reward_args(reward="pmi")), positive)
+    # a temperature divides every logit
+    hot = pmi_il.learned_reward(critic, obs, next_obs, expert_next, reward_args(temperature=2.0))
+    torch.testing.assert_close(hot, pmi_il.softmax_reward(positive / 2, expert_logit[:, None].expand(3, 4) / 2, 1.0))
 
 
 def test_cosine_score_is_bounded_by_one_over_tau_and_blind_to_the_embeddings_scale():
@@ -382,17 +405,17 @@ def test_bad_input_is_one_clear_sentence(workdir):
     result = run_script(
         "pmi_il.py", "--env-id", "MountainCar-v0", "--expert-path", workdir / "nowhere", cwd=workdir, check=False
     )
-    assert_clean_error(
-        result, "no expert at", f"python cleanil/demos.py --env-id MountainCar-v0 --expert-path {workdir / 'nowhere'} --from-"
-    )
+    assert_clean_error(result, f"{workdir / 'nowhere'} is not a usable expert folder", "python cleanil/demos.py --check")
     result = run_script("pmi_il.py", "--env-id", "NoSuchEnv-v0", cwd=workdir, check=False)
     assert_clean_error(result, "unknown environment id 'NoSuchEnv-v0'")
+    # the held-out episodes follow the training ones: 24 + 5 of the 25 shipped
     result = run_script(
         "pmi_il.py", "--num-expert-trajectories", 24, "--num-heldout-trajectories", 5, cwd=workdir, check=False
     )
-    assert_clean_error(result, "--num-heldout-trajectories 5 exceed the 25 episodes")
+    assert_clean_error(result, "--num-expert-trajectories 29 is not between 1 and its 25 episodes")
     result = run_script("pmi_il.py", "--num-expert-trajectories", 1, "--subsample-frequency", 20, cwd=workdir, check=False)
-    assert_clean_error(result, "--num-negatives 64 needs critic batches of more than 64", "25 expert transitions")
+    assert_clean_error(result, "--num-negatives 64 must be below the critic batch size, 25")
+    assert not (workdir / "runs").exists()
 
 
 @pytest.mark.learning

@@ -84,7 +84,7 @@ SMOKE = {
 
 @pytest.mark.parametrize("flags", SMOKE.values(), ids=SMOKE.keys())
 def test_smoke(workdir, flags):
-    run_script(
+    result = run_script(
         "reinforce.py",
         *flags,
         "--total-timesteps",
@@ -106,6 +106,9 @@ def test_smoke(workdir, flags):
         assert np.isfinite([value for key, value in row.items() if key != "normalized_score"]).all(), row
     summary = read_summary(run_dir)
     assert np.isfinite([summary["final_return"], summary["mean_sps"], summary["total_wall_time_s"]]).all(), summary
+    # the device line, said before the progress bar and recorded
+    assert result.stderr.index(f"{run_dir.name}: cpu, fp32") < result.stderr.index("it/s"), result.stderr
+    assert (summary["device"], summary["precision"]) == ("cpu", "fp32") and "commit" in summary, summary
     has_expert = "--expert-path" not in flags
     assert (summary["final_normalized_score"] is not None and np.isfinite(summary["final_normalized_score"])) == has_expert, (
         summary
