@@ -1,4 +1,5 @@
-"""Aggregate cleanil runs into benchmark/results.md and benchmark/plots/<env-id>.png (`./benchmark.sh report`).
+"""Aggregate cleanil runs into benchmark/results.md and benchmark/plots/<env-id>.png (`./benchmark.sh report`), and the
+README's headline table (`./benchmark.sh report --readme`).
 
 Reads only what every script writes (DESIGN.md, "Logging and outputs"): runs/<run_name>/summary.json for the final
 numbers and eval.csv for the learning curves. A run without summary.json (still running, killed, crashed) is left
@@ -9,17 +10,31 @@ arguments); a row is labelled by the name without `@<args-id>` where that is una
 arguments that tell the variants apart. If one variant's (env_id, seed) finished more than once, the latest run counts.
 A run whose last evaluation is NaN (it diverged) stays out of the means and curves, and the report counts it.
 
-Statistics: mean +/- std over seeds (population std, ddof=0); the IQM of an algorithm is the interquartile mean of
-all its per-run final normalized scores pooled over envs (the 25% trimmed mean of Agarwal et al. 2021,
-arXiv 2108.13264, = scipy.stats.trim_mean(x, 0.25)). Envs without expert.json have NaN normalized scores: they
-are left out of the IQM and their plots show returns instead, which results.md says.
+Every row names its seeds, its budget in environment steps (--total-timesteps plus the steps a resumed run took to
+refill its replay buffer, summary.json's refill_env_steps; bc learns from gradient steps only: 0 env steps) and the
+code commit(s) of its runs: summary.json's "commit" (the HEAD the script ran at), or, for an archived run written
+before scripts recorded it, the short hash of the commit that added its folder to git ("archived in <hash>": the code
+ran at or before it). A row whose runs come from different commits lists them with their seeds.
+
+Statistics: per run, the final normalized score (last evaluation), the best evaluation and the mean of the last 20%
+of its evaluations (the last ceil(n/5) of n rows of eval.csv), so a run that peaked and collapsed shows; per row,
+mean +/- sample std over seeds (ddof=1) with n (n=1: no spread). The IQM is the interquartile mean of the per-run
+scores pooled over envs x seeds (the 25% trimmed mean of Agarwal et al. 2021, arXiv 2108.13264, as rliable computes
+it: scipy.stats.trim_mean(x, 0.25)). Envs without expert.json have NaN normalized scores: they are left out of the
+IQM and their plots show returns instead, which results.md says.
+
+The headline table (HEADLINE_ROWS: CFIL on the five MuJoCo envs, BC and GAIL for reference) is a section of
+results.md and, built from the archive benchmark/runs, the block of README.md between README_START and README_END;
+tests/test_benchmark.py checks that the README's block is what this code makes of the archive.
 """
 
 import argparse
 import csv
 import json
 import math
+import subprocess
 import sys
+import textwrap
 import time
 import warnings
 from collections import defaultdict
@@ -52,12 +67,53 @@ BOOKKEEPING_ARGS = {
 # scripts whose eval.csv global_step counts gradient steps, not environment steps (they never step the env to learn)
 GRADIENT_STEP_SCRIPTS = {"bc"}
 
+# The headline table (README.md's results block, and the top of results.md): one row per method, each cell the runs of
+# one exp_name (without `@<args-id>`) on one env. A cell entry (exp_name, {arg: value}, note) takes other runs than the
+# row's exp_name, or picks one setting where an exp_name has several (the report stops rather than average two), and
+# its note says which. An env without such runs shows "-".
+HEADLINE_ENVS = ("Hopper-v4", "HalfCheetah-v4", "Walker2d-v4", "Ant-v4", "Humanoid-v4")
+HEADLINE_ROWS = (
+    {
+        "method": "CFIL",
+        "exp_name": "cfil",
+        "cells": {
+            "Humanoid-v4": (
+                "cfil_allfeat",
+                {"total_timesteps": 320000},
+                "Humanoid-v4: `cfil_allfeat`, CFIL with `--flow-features all`, the only archived CFIL run on Humanoid "
+                "at the full budget",
+            ),
+        },
+    },
+    {"method": "BC (beta-NLL)", "exp_name": "bc_bnll_n1", "cells": {}},
+    {"method": "GAIL", "exp_name": "gail", "cells": {}},
+)
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
 
 def interquartile_mean(values):
-    """Mean of the middle 50%: drop floor(n/4) values at each end of the sorted scores (scipy's trim_mean)."""
+    """Mean of the middle 50%: drop floor(n/4) values at each end of the sorted scores (scipy's trim_mean, rliable's
+    IQM)."""
     values = np.sort(np.asarray(values, dtype=np.float64))
-    cut = int(0.25 * len(values))
+    cut = len(values) // 4
     return float(values[cut : len(values) - cut].mean())
+
+
+def last_fifth_mean(values):
+    """Mean of the last 20% of a run's evaluations: its last ceil(n/5) of n (at least one)."""
+    values = np.asarray(values, dtype=np.float64)
+    count = -(-len(values) // 5)  # ceil(n / 5) in integers (0.2 * 15 is 3.0000000000000004 in floats)
+    return float(values[len(values) - count :].mean())
+
+
+def run_scores(run):
+    """A run's normalized scores: final (summary.json's, None without expert.json), best and last-20% mean of
+    eval.csv."""
+    scores = run["curve"]["normalized_score"]
+    final = run["summary"].get("final_normalized_score")
+    if not is_finite(final) or not np.isfinite(scores).any():
+        return {"final": None, "best": None, "last": None}
+    return {"final": float(final), "best": float(np.nanmax(scores)), "last": last_fifth_mean(scores)}
 
 
 def read_eval_csv(path):
@@ -99,7 +155,43 @@ def load_runs(runs_dir):
             if latest[key]["mtime"] > run["mtime"]:
                 continue
         latest[key] = run
-    return list(latest.values()), {"unfinished": unfinished, "replaced": replaced, "unreadable": unreadable}
+    runs = list(latest.values())
+    archived = archive_commits(runs_dir)
+    for run in runs:
+        commit = run["summary"].get("commit")
+        if isinstance(commit, str) and commit:
+            run["code"] = commit[:7]
+        elif run["dir"].resolve() in archived:
+            run["code"] = f"archived in {archived[run['dir'].resolve()]}"
+        else:
+            run["code"] = "commit unknown"
+    return runs, {"unfinished": unfinished, "replaced": replaced, "unreadable": unreadable}
+
+
+def archive_commits(runs_dir):
+    """{run folder (resolved): short hash of the oldest commit that added a file of it} for the run folders under
+    runs_dir that git tracks (`git log --diff-filter=A --format=%h -- <folder>`, one git call for all of them); {}
+    outside a git work tree or without git."""
+    runs_dir = Path(runs_dir).resolve()
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(runs_dir), *args], capture_output=True, text=True, timeout=120)
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode != 0:
+            return {}
+        top = Path(top.stdout.strip()).resolve()
+        log = git("log", "--diff-filter=A", "--no-renames", "--name-only", "--format=commit %h", "--", str(runs_dir))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    added, commit = {}, None
+    for line in log.stdout.splitlines():  # newest commit first: the oldest one that added a folder's file wins
+        if line.startswith("commit "):
+            commit = line.split()[1]
+        elif line.strip() and commit:
+            added[(top / line.strip()).parent] = commit
+    return added
 
 
 def setting_of(args):
@@ -152,9 +244,56 @@ def has_expert(run):
     return bool(np.isfinite(run["curve"]["normalized_score"]).any()) or not np.isfinite(run["curve"]["eval_return_mean"]).any()
 
 
-def mean_std(values, digits):
+def mean_std(values, digits, with_n=False):
+    """`mean ± sample std (n=N)` (ddof=1); one value has no spread: `mean (n=1)`."""
     values = np.asarray(values, dtype=np.float64)
-    return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}"
+    text = f"{values.mean():.{digits}f}"
+    if len(values) > 1:
+        text += f" ± {values.std(ddof=1):.{digits}f}"
+    return text + (f" (n={len(values)})" if with_n else "")
+
+
+def seeds_text(seeds):
+    seeds = sorted(seeds)
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
+def env_steps(run):
+    """(environment steps a run took to learn, its refill steps among them, its gradient steps if it takes none)."""
+    args, refill = run["summary"]["args"], int(run["summary"].get("refill_env_steps") or 0)
+    total = int(args.get("total_timesteps") or 0)
+    if script_of(run["exp_name"]) in GRADIENT_STEP_SCRIPTS:
+        return refill, refill, total
+    return total + refill, refill, None
+
+
+def budget_text(runs):
+    """The env steps of a row's runs, refill steps included: `320000`, `370000 (50000 refill)`, `0 (10000 gradient
+    steps)`, or per seed where they differ: `seed 1: 370000 (50000 refill); seeds 2, 3: 320000`."""
+    by_budget = defaultdict(list)
+    for run in runs:
+        by_budget[env_steps(run)].append(run["seed"])
+
+    def one(budget):
+        steps, refill, gradient = budget
+        extra = [f"{refill} refill"] if refill else []
+        extra += [f"{gradient} gradient steps"] if gradient is not None else []
+        return f"{steps}" + (f" ({', '.join(extra)})" if extra else "")
+
+    if len(by_budget) == 1:
+        return one(next(iter(by_budget)))
+    return "; ".join(f"{seeds_text(seeds)}: {one(budget)}" for budget, seeds in sorted(by_budget.items(), key=lambda x: min(x[1])))
+
+
+def code_text(runs):
+    """The commit(s) of a row's runs: one label, or `different commits: <label> (seeds ...); ...`."""
+    by_code = defaultdict(list)
+    for run in runs:
+        by_code[run["code"]].append(run["seed"])
+    if len(by_code) == 1:
+        return next(iter(by_code))
+    parts = sorted(by_code.items(), key=lambda item: min(item[1]))
+    return "different commits: " + "; ".join(f"{code} ({seeds_text(seeds)})" for code, seeds in parts)
 
 
 def format_duration(seconds):
@@ -170,7 +309,7 @@ def is_finite(value):
 
 
 def curve_band(curves, key):
-    """Mean and std over runs on a common step grid (the union of their eval steps, up to the shortest run); a run's NaN
+    """Mean and sample std over runs on a common step grid (the union of their eval steps, up to the shortest run); a run's NaN
     evaluations (it diverged) drop out of the mean where they occur."""
     last_step = min(curve["global_step"][-1] for curve in curves)
     grid = np.unique(np.concatenate([curve["global_step"] for curve in curves]))
@@ -178,7 +317,7 @@ def curve_band(curves, key):
     values = np.stack([np.interp(grid, curve["global_step"], curve[key]) for curve in curves])
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a step where every run is NaN stays NaN: no line there
-        return grid, np.nanmean(values, 0), np.nanstd(values, 0)
+        return grid, np.nanmean(values, 0), np.nanstd(values, 0, ddof=1)  # one run: NaN, no band
 
 
 def panels_of(curves_by_label):
@@ -233,10 +372,10 @@ def plot_env(env_id, runs_by_label, path):
         if normalized:
             ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8, label="expert")
             ax.axhline(0.0, color="gray", linestyle=":", linewidth=0.8, label="random")
-            ax.set_ylabel("normalized score (mean ± std over seeds)")
+            ax.set_ylabel("normalized score (mean ± sample std over seeds)")
             ax.set_title(env_id)
         else:
-            ax.set_ylabel("evaluation return (mean ± std over seeds)")
+            ax.set_ylabel("evaluation return (mean ± sample std over seeds)")
             ax.set_title(f"{env_id}: returns (normalized score n/a for {', '.join(missing)}: no expert.json)", fontsize=9)
         ax.set_xlabel(unit)
         ax.grid(alpha=0.3)
@@ -245,6 +384,159 @@ def plot_env(env_id, runs_by_label, path):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return missing, panels
+
+
+def headline_cells(runs):
+    """{(method, env_id): the runs of that cell, by seed} for HEADLINE_ROWS, and the cells that match runs of more than
+    one setting (problems: the report does not average two settings)."""
+    cells, problems = {}, []
+    for row in HEADLINE_ROWS:
+        for env_id in HEADLINE_ENVS:
+            exp_name, wanted, _ = row["cells"].get(env_id, (row["exp_name"], {}, None))
+            matching = [
+                run
+                for run in runs
+                if run["env_id"] == env_id
+                and base_name(run["exp_name"]) == exp_name
+                and all(run["summary"]["args"].get(key) == value for key, value in wanted.items())
+            ]
+            settings = {(run["exp_name"], run["setting"]) for run in matching}
+            if len(settings) > 1:
+                problems.append(
+                    f"headline cell {row['method']} on {env_id}: runs of {len(settings)} settings of {exp_name} match; "
+                    "name the arguments that pick one in HEADLINE_ROWS"
+                )
+            elif matching:
+                cells[row["method"], env_id] = sorted(matching, key=lambda run: run["seed"])
+    return cells, problems
+
+
+def demos_text(runs):
+    """The demonstrations a row learned from, from its runs' arguments: `1 trajectory`, `10 trajectories`, ..."""
+    texts = set()
+    for run in runs:
+        args = run["summary"]["args"]
+        count, every = args.get("num_expert_trajectories"), args.get("subsample_frequency") or 1
+        if count is None:
+            texts.add("?")
+            continue
+        text = f"{count} trajector{'y' if count == 1 else 'ies'}"
+        texts.add(text + (f", every {every}th transition" if every > 1 else ""))
+    return " / ".join(sorted(texts))
+
+
+def per_env_text(texts):
+    """{env_id: text} as one statement when every env has the same, else `env text; env text` ([...] around a text
+    that has its own `;`)."""
+    if len(set(texts.values())) == 1:
+        return f"{next(iter(texts.values()))} on every env"
+    return "; ".join(f"{env_id} [{text}]" if ";" in text else f"{env_id} {text}" for env_id, text in texts.items())
+
+
+def headline_lines(runs):
+    """The headline table (HEADLINE_ROWS x HEADLINE_ENVS, final / best / last-20% scores, IQM over env x seed), its
+    notes and one line per method with the seeds, env steps and commits of its cells; and the problems."""
+    cells, problems = headline_cells(runs)
+    marks, notes = {}, []
+    for row in HEADLINE_ROWS:
+        for env_id in HEADLINE_ENVS:
+            if env_id in row["cells"] and (row["method"], env_id) in cells:
+                marks[row["method"], env_id] = "¹²³⁴⁵⁶⁷⁸⁹"[len(notes)]
+                notes.append(f"{marks[row['method'], env_id]} {row['cells'][env_id][2]}.")
+    lines = [
+        f"| method | demos | score | {' | '.join(HEADLINE_ENVS)} | IQM (env × seed) |",
+        "|---" * (len(HEADLINE_ENVS) + 4) + "|",
+    ]
+    details = []
+    for row in HEADLINE_ROWS:
+        row_cells = {env_id: cells[row["method"], env_id] for env_id in HEADLINE_ENVS if (row["method"], env_id) in cells}
+        if not row_cells:
+            continue
+        scored = {
+            env_id: [run_scores(run) for run in group if not diverged(run)] for env_id, group in row_cells.items()
+        }
+        for index, (key, name) in enumerate((("final", "final"), ("best", "best"), ("last", "last 20%"))):
+            texts = []
+            for env_id in HEADLINE_ENVS:
+                values = [scores[key] for scores in scored.get(env_id, ()) if scores[key] is not None]
+                if env_id not in row_cells:
+                    texts.append("-")
+                    continue
+                text = mean_std(values, 3, with_n=True) if values else "n/a"
+                lost = len(row_cells[env_id]) - len(scored[env_id])
+                text += f" ({lost} diverged)" if lost else ""
+                texts.append(text + (f" {marks[row['method'], env_id]}" if (row["method"], env_id) in marks else ""))
+            pooled = [scores[key] for group in scored.values() for scores in group if scores[key] is not None]
+            iqm = f"{interquartile_mean(pooled):.3f} (n={len(pooled)})" if pooled else "n/a"
+            label = (row["method"], demos_text([run for group in row_cells.values() for run in group])) if not index else ("", "")
+            lines.append(f"| {label[0]} | {label[1]} | {name} | {' | '.join(texts)} | {iqm} |")
+        seeds = per_env_text({env_id: ", ".join(str(run["seed"]) for run in group) for env_id, group in row_cells.items()})
+        budgets = per_env_text({env_id: budget_text(group) for env_id, group in row_cells.items()})
+        codes = per_env_text({env_id: code_text(group) for env_id, group in row_cells.items()})
+        details.append(f"- {row['method']}: seeds {seeds}. Env steps: {budgets}. Code: {codes}.")
+    if len(lines) == 2:
+        return [], problems
+    intro = (
+        "Normalized score of each run (1 = the expert's mean return in `experts/<env-id>/expert.json`, 0 = a random "
+        "policy's): *final* = its last evaluation, *best* = its best evaluation, *last 20%* = the mean of its last "
+        "20% of evaluations, so a run that peaked and fell shows; each cell is the mean ± sample std (ddof=1) over "
+        "its n seeds. IQM = the interquartile mean of a method's runs pooled over env × seed (25% trimmed at each "
+        "end, as rliable computes it). Env steps include the steps a resumed run took to refill its replay buffer; "
+        "\"archived in <hash>\" is the commit that added a run to `benchmark/runs` (the code ran at or before it)."
+    )
+    notes = [line for note in notes for line in (wrap(note), "")]
+    return [wrap(intro), "", *lines, "", *notes, *(wrap(detail, "  ") for detail in details)], problems
+
+
+def wrap(text, indent=""):
+    """Prose at the README's 120 columns (a markdown paragraph or list item may span lines)."""
+    return textwrap.fill(text, width=120, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
+
+
+def readme_block(runs_dir):
+    """The text between README_START and README_END: the headline table of the runs in runs_dir (the archive), no
+    timestamp, so the README changes only when the archive does."""
+    runs, _ = load_runs(runs_dir)
+    lines, problems = headline_lines(runs)
+    if problems or not lines:
+        sys.exit(f"error: no headline table from {runs_dir}: {'; '.join(problems) or 'none of HEADLINE_ROWS runs there'}.")
+    return "\n".join(
+        [
+            "<!-- generated from benchmark/runs by `./benchmark.sh report --readme` (benchmark/report.py): edits here "
+            "are lost -->",
+            "",
+            *lines,
+            "",
+            wrap(
+                "Every row of the archive, with its arguments, seeds, env steps, commits, steps/s and learning curves: "
+                "[benchmark/results.md](benchmark/results.md)."
+            ),
+        ]
+    )
+
+
+def write_readme(path, block):
+    """Replace what lies between README_START and README_END in path (each on a line of its own) by block."""
+    text = Path(path).read_text()
+    lines = text.split("\n")
+    starts = [i for i, line in enumerate(lines) if line.strip() == README_START]
+    ends = [i for i, line in enumerate(lines) if line.strip() == README_END]
+    if len(starts) != 1 or len(ends) != 1 or starts[0] > ends[0]:
+        sys.exit(f"error: {path} needs one line `{README_START}` and, after it, one line `{README_END}`.")
+    new = "\n".join(lines[: starts[0] + 1] + block.rstrip("\n").split("\n") + lines[ends[0] :])
+    if new != text:
+        Path(path).write_text(new)
+    return new != text
+
+
+def readme_text_between_markers(text):
+    """The block of a README's text (without the marker lines), or None when it has no such block."""
+    lines = text.split("\n")
+    starts = [i for i, line in enumerate(lines) if line.strip() == README_START]
+    ends = [i for i, line in enumerate(lines) if line.strip() == README_END]
+    if len(starts) != 1 or len(ends) != 1 or starts[0] > ends[0]:
+        return None
+    return "\n".join(lines[starts[0] + 1 : ends[0]])
 
 
 def main():
@@ -260,7 +552,24 @@ def main():
         "--algos", default="", help='only these exp_names (with or without @<args-id>), e.g. "bc gail" (default: all)'
     )
     parser.add_argument("--env-ids", default="", help='only these env ids, e.g. "Hopper-v4 Ant-v4" (default: all)')
+    parser.add_argument(
+        "--readme",
+        nargs="?",
+        const=str(REPO / "README.md"),
+        default=None,
+        metavar="README",
+        help="instead of results.md: rewrite the block between the README's `<!-- results:start -->` and "
+        "`<!-- results:end -->` lines with the headline table of the archive, benchmark/runs (whatever --runs-dir "
+        "says: the README reports archived runs only); README defaults to the repo's README.md",
+    )
     args = parser.parse_args()
+
+    if args.readme is not None:
+        if args.algos or args.env_ids:
+            sys.exit("error: --readme takes the headline from every archived run; drop --algos and --env-ids.")
+        changed = write_readme(args.readme, readme_block(REPO / "benchmark" / "runs"))
+        print(f"{'rewrote' if changed else 'unchanged:'} the results block of {args.readme} (from benchmark/runs)")
+        return
 
     runs_dir, output_dir = Path(args.runs_dir), Path(args.output_dir)
     if not runs_dir.is_dir():
@@ -293,66 +602,81 @@ def main():
         "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `benchmark/report.py` from {len(runs)} finished runs in "
         f"`{runs_dir}`. Normalized score = (R - R_random) / (R_expert - R_random) with both constants from the env's "
-        "expert.json (1 = expert, 0 = random policy); final = the last evaluation of each run; mean ± std over seeds "
-        "(ddof=0). Steps/s and wall time are the per-run means from summary.json. Runs with different arguments are "
-        "different rows.",
+        "expert.json (1 = expert, 0 = random policy). Per run: final = its last evaluation, best = its best "
+        "evaluation, last 20% = the mean of its last 20% of evaluations (the last ceil(n/5) of n rows of eval.csv). "
+        "Spread: mean ± sample std over seeds (ddof=1), n = the number of seeds averaged (n=1: no spread). Env steps = "
+        "--total-timesteps plus the steps a resumed run took to refill its replay buffer (summary.json's "
+        "refill_env_steps; bc learns from gradient steps only: 0 env steps). Code: the commit a run recorded in "
+        "summary.json, or for an archived run that predates it \"archived in <hash>\", the commit that added its "
+        "folder to git (the code ran at or before it). Steps/s and wall time are the per-run means from "
+        "summary.json. Runs with different arguments are different rows.",
         "",
+    ]
+    headline, problems = headline_lines(runs)
+    if headline and not problems:
+        lines += ["## Headline", "", *headline, ""]
+
+    lines += [
         "## Final scores per algorithm and environment",
         "",
-        "| algorithm | environment | seeds | steps | final normalized score | final return | steps/s | wall time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| algorithm | environment | seeds | env steps | final normalized score | best | last 20% | final return | "
+        "steps/s | wall time | code |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     no_expert, diverged_runs = set(), []
     for (algo, env_id), group in groups.items():
         finished = [run for run in group if not diverged(run)]
         diverged_runs += [f"{algo} on {env_id} seed {run['seed']}" for run in group if diverged(run)]
-        summaries = [run["summary"] for run in finished]
-        finite = [score for score in (s.get("final_normalized_score") for s in summaries) if is_finite(score)]
+        scores = [run_scores(run) for run in finished]
+        finite = [score for score in scores if score["final"] is not None]
+        best_text = last_text = "n/a"
         if not all(has_expert(run) for run in group):
             no_expert.add(f"{algo} on {env_id}")
             score_text = "n/a (no expert.json)"
         elif not finite:
             score_text = "n/a (every seed diverged)"
         else:
-            score_text = mean_std(finite, 3) + (
+            score_text = mean_std([score["final"] for score in finite], 3, with_n=True) + (
                 "" if len(finite) == len(group) else f" ({len(finite)}/{len(group)} seeds; the rest diverged)"
             )
-        steps = sorted({s["args"].get("total_timesteps") for s in (run["summary"] for run in group)}, key=str)
-        return_text = mean_std([s["final_return"] for s in summaries], 1) if summaries else "NaN (diverged)"
+            best_text = mean_std([score["best"] for score in finite], 3)
+            last_text = mean_std([score["last"] for score in finite], 3)
+        return_text = mean_std([run["summary"]["final_return"] for run in finished], 1) if finished else "NaN (diverged)"
         lines.append(
-            f"| {algo} | {env_id} | {', '.join(str(run['seed']) for run in group)} | "
-            f"{'/'.join(str(step) for step in steps)} | {score_text} | {return_text} | "
+            f"| {algo} | {env_id} | {', '.join(str(run['seed']) for run in group)} | {budget_text(group)} | "
+            f"{score_text} | {best_text} | {last_text} | {return_text} | "
             f"{np.mean([run['summary']['mean_sps'] for run in group]):.0f} | "
-            f"{format_duration(np.mean([run['summary']['total_wall_time_s'] for run in group]))} |"
+            f"{format_duration(np.mean([run['summary']['total_wall_time_s'] for run in group]))} | {code_text(group)} |"
         )
 
     lines += [
         "",
         "## Aggregate over environments (IQM)",
         "",
-        "Interquartile mean of all per-run final normalized scores of an algorithm, pooled over its environments "
-        "(25% trimmed from each end; Agarwal et al. 2021). Environments without expert.json and diverged runs are "
-        "left out (listed in the notes).",
+        "Interquartile mean of an algorithm's per-run normalized scores (final, best, last 20%), pooled over its "
+        "environments and seeds (25% trimmed from each end; Agarwal et al. 2021, as rliable computes it). "
+        "Environments without expert.json and diverged runs are left out (listed in the notes).",
         "",
-        "| algorithm | IQM normalized score | runs | environments |",
-        "|---|---|---|---|",
+        "| algorithm | IQM final | IQM best | IQM last 20% | runs | environments |",
+        "|---|---|---|---|---|---|",
     ]
     for algo in algo_names:
         pooled = [
-            (run["summary"].get("final_normalized_score"), env_id)
+            (run_scores(run), env_id)
             for (name, env_id), group in groups.items()
             if name == algo
             for run in group
             if not diverged(run)
         ]
-        pooled = [(score, env_id) for score, env_id in pooled if is_finite(score)]
+        pooled = [(scores, env_id) for scores, env_id in pooled if scores["final"] is not None]
         if pooled:
             envs = sorted({env_id for _, env_id in pooled})
-            lines.append(
-                f"| {algo} | {interquartile_mean([score for score, _ in pooled]):.3f} | {len(pooled)} | {', '.join(envs)} |"
+            iqms = " | ".join(
+                f"{interquartile_mean([scores[key] for scores, _ in pooled]):.3f}" for key in ("final", "best", "last")
             )
+            lines.append(f"| {algo} | {iqms} | {len(pooled)} | {', '.join(envs)} |")
         else:
-            lines.append(f"| {algo} | n/a (no expert.json) | 0 | |")
+            lines.append(f"| {algo} | n/a (no expert.json) | n/a | n/a | 0 | |")
 
     plots_dir = output_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -360,8 +684,8 @@ def main():
         "",
         "## Learning curves",
         "",
-        "Evaluation after every `eval_frequency` steps; line = mean over seeds, band = ± 1 std. bc counts gradient "
-        "steps (its own panel); budgets more than 10x apart get separate panels.",
+        "Evaluation after every `eval_frequency` steps; line = mean over seeds, band = ± 1 sample std (none for one "
+        "seed). bc counts gradient steps (its own panel); budgets more than 10x apart get separate panels.",
         "",
     ]
     for env_id in env_names:
@@ -387,6 +711,7 @@ def main():
             f"no normalized score (no expert.json when they ran) for: {', '.join(sorted(no_expert))}; "
             "their rows show returns only, and the plots of their envs show returns."
         )
+    notes += [f"{problem}: the headline table is left out." for problem in problems]
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
 

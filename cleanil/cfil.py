@@ -1,49 +1,27 @@
-"""Coupled Flow Imitation Learning: SAC on the reward -x, x a log density ratio modelled by a coupled pair of flows.
+"""Coupled Flow Imitation Learning (CFIL): SAC on the reward -x, x a log density ratio modelled by two coupled flows.
 
-CFIL (Freund, Sarafian, Kraus, "A Coupled Flow Approach to Imitation Learning", ICML 2023, arXiv 2305.00303) matches
-the agent's state(-action) distribution d_pi to the expert's d_e by minimising the reverse KL(d_pi || d_e), whose
-negative is the expected return under the reward log d_e - log d_pi. It estimates that log ratio through the
-Donsker-Varadhan (DV) representation KL(P || Q) = sup_x E_P[x] - log E_Q[e^x], maximised at x* = log P/Q + const,
-parameterising x as the difference of two normalizing flows, x = log p_psi - log q_phi (the "coupled flow"): at the
-DV optimum p_psi / q_phi is the ratio d_pi / d_e, so r = -x = log d_e - log d_pi. Both flows are trained only through
-the DV loss (plus a maximum-likelihood regularizer), which couples them: neither alone need be a density of the data.
-Sign convention, checked against gfreund123/cfil (rewarder.py, CoupledFlow): flow1 = p_psi is the agent's flow (its
-regularizer is -E_agent log p_psi), flow2 = q_phi is the expert's (-E_expert log q_phi); x = log p_psi - log q_phi;
-loss = log mean_expert e^x - mean_agent x; reward -x, shifted by +a when squashed so that it is non-negative.
-The map below names Algorithm 1's steps and the paper's terms:
-  MADE, MAF                      the flows: masked autoregressive flows (Papamakarios et al. 2017, arXiv 1705.07057),
-                                 MADE blocks (Germain et al. 2015) with a Gaussian base; official: 1 block, 3 hidden
-                                 layers of 256, ReLU, sequential order, no batch norm, no input normalisation
-  squash                         the squashing sigma(x) = a tanh(x / b) of log p_psi - log q_phi (official b=15, a=6)
-  dv_loss                        Alg. 1 loss, the negated DV bound: log E_{d_e}[e^x] - E_{d_pi}[x]
-  flow_regularizer               Alg. 1 flow regularization, weight alpha: -E_{d_pi}[log p_psi] - E_{d_e}[log q_phi]
-  smooth                         Alg. 1 smoothing (akin to dequantization): z + beta z u, u ~ U(-1/2, 1/2) per dimension
-  cfil_reward, replay_reward     Alg. 1's policy step: SAC on r = -x, recomputed by the current flows (no_grad) on
-                                 every SAC minibatch; the replay buffer stores no reward
-  update_density, main loop      Alg. 1: every --density-update-every env steps, --density-updates minibatches of
-                                 --density-batch expert and replay transitions; one SAC update per env step
-Regimes: `--mode sa | s | ss` models (s, a), s or (s, s'); state-only modes never read the demos' actions.
-Ablations (`--variant`): `nosquash` (no sigma), `regularnet` (the same squashed DV estimator with an MLP x instead of
-two flows), `indflow` / `indflowns` (two flows trained independently by maximum likelihood, reward
-sigma(log q_phi - log p_psi) / log q_phi - log p_psi), `numerator` (r = log q_phi, the expert flow alone).
-SAC as in the official spinningup SAC (lr 1e-3, fixed alpha 0.2, batch 100, polyak 0.995, 2000 random steps, one
-update per env step; spinningup starts updating after 1000 steps in blocks of 50, here after the random steps).
-`--resume` continues from checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt (SAC networks and optimisers, the
-flows (or the regularnet MLP) and their optimizer, counters, RNG states, eval rows: a few MB), so that a long run spans
-several sessions; the replay buffer is not saved, so a resumed run first refills it with `--refill-steps` steps of the
-current policy, and eval.csv continues in the same run folder.
-`--bf16` (on where the hardware has it) runs the hidden layers' matmuls of the SAC networks and of the flows in
-bfloat16 (mixed precision); the flows' shifts, log-scales, log-determinants and log-densities, and every loss, stay
-float32.
+Freund, Sarafian, Kraus, "A Coupled Flow Approach to Imitation Learning", ICML 2023, arXiv 2305.00303. CFIL minimises
+KL(d_pi || d_e) between the agent's and the expert's state(-action) distributions (the negated return under the reward
+log d_e - log d_pi) through its Donsker-Varadhan (DV) representation sup_x E_{d_pi}[x] - log E_{d_e}[e^x], maximised at
+x* = log d_pi/d_e + const, with x = log p_psi - log q_phi: two normalizing flows, the agent's and the expert's, coupled.
+  MADE, MAF, CoupledFlow        the flows: masked autoregressive flows (Papamakarios et al. 2017, arXiv 1705.07057)
+  squash                        sigma(x) = a tanh(x / b) of x = log p_psi - log q_phi (official b=15, a=6)
+  dv_loss                       Alg. 1 loss, the negated DV bound: log E_{d_e}[e^x] - E_{d_pi}[x]
+  flow_regularizer              Alg. 1 flow regularization (weight alpha): -E_{d_pi}[log p_psi] - E_{d_e}[log q_phi]
+  smooth                        Alg. 1 smoothing (akin to dequantization): z + beta z u, u ~ U(-1/2, 1/2) per dimension
+  density_loss, update_density  Alg. 1 density step on expert demos and replay transitions (samples of d_pi)
+  replay_reward                 Alg. 1 policy step: SAC on r = -x (+a when squashed), by the current flows, per minibatch
+`--mode`: the paper's regimes, `--variant`: its ablations. SAC as the official code's (spinningup's: lr 1e-3, alpha 0.2).
 """
 
 import json
 import math
 import os
-import platform
 import random
 import shlex
+import shutil
 import signal
+import subprocess
 import sys
 import time
 import zipfile
@@ -88,20 +66,20 @@ class Args:
     eval_episodes: int = 10
     """number of episodes per evaluation"""
     log_frequency: int = 1000
-    """the training statistics (losses, SPS) go to the log every this many steps"""
+    """the training statistics (losses, SPS) go to wandb every this many steps"""
     expert_path: Optional[str] = None
     """folder of the expert artefacts (default: experts/<env-id>/ next to cleanil/)"""
     num_expert_trajectories: int = 1
     """number of expert demo episodes to imitate (the first ones of demos.npz; the paper uses a single one)"""
     subsample_frequency: int = 1
     """keep every k-th expert transition, with a random offset per trajectory (the paper's subsampled regime: 10-100)"""
-
+    any_env: bool = False
+    """use an expert folder recorded on another env id (e.g. Hopper-v4 demos for Hopper-v5) when its shapes fit"""
     # CFIL
     mode: Literal["sa", "s", "ss"] = "sa"
-    """what the flows model: state-action pairs, states only, or state-next-state pairs (the last two never read
-    the demos' actions)"""
+    """what the flows model: (s, a), s or (s, s') (the state-only modes never read the demos' actions)"""
     variant: Literal["cfil", "nosquash", "regularnet", "indflow", "indflowns", "numerator"] = "cfil"
-    """CFIL or one of the paper's ablations (see the module docstring)"""
+    """CFIL or an ablation: nosquash (no sigma), regularnet (an MLP x), indflow(ns) (two MLE flows), numerator (r = log q)"""
     density_lr: float = 1e-3
     """learning rate of the Adam optimizer of the flows (or of the regularnet MLP)"""
     density_update_every: int = 1_000
@@ -111,8 +89,7 @@ class Args:
     density_batch: int = 100
     """Alg. 1: expert and agent transitions per flow gradient step (each)"""
     smooth: float = 0.5
-    """smoothing beta: each flow input z becomes z + beta (z + 1e-3) u, u ~ U(-1/2, 1/2), when training the flows
-    (0: off)"""
+    """smoothing beta: each flow input z becomes z + beta (z + 1e-3) u, u ~ U(-1/2, 1/2), when training the flows (0: off)"""
     flow_reg: float = 1.0
     """weight alpha of the flow regularizer -E_agent log p_psi - E_expert log q_phi (0: off)"""
     squash_scale: float = 15.0
@@ -128,13 +105,9 @@ class Args:
     flow_hidden_layers: int = 3
     """hidden layers of each MADE (and of the regularnet MLP); official: an input layer plus n_hidden=2"""
     flow_batch_norm: bool = False
-    """a batch-norm flow layer after each MADE block (batch statistics when training, running ones for rewards; the
-    official code, whose paper runs leave it off, uses each batch's own statistics everywhere)"""
+    """a batch-norm flow layer after each MADE block (batch statistics in training, running ones for the rewards)"""
     flow_features: Literal["auto", "all"] = "auto"
-    """the observation dims the flows model: `auto` leaves out those the official code leaves out (rewarder.py), on
-    Humanoid (376 dims) the external contact forces and the dims that are zero by construction, 270 kept, and on an Ant
-    with contact forces (111 dims) all but the first 27; elsewhere, and with `all`, every dim"""
-
+    """observation dims the flows see: `auto` drops those the official code drops (Humanoid: 106 of 376), `all` none"""
     # SAC (official CFIL settings: spinningup SAC)
     buffer_size: int = 1_000_000
     """the replay memory buffer size"""
@@ -164,45 +137,33 @@ class Args:
     """lower bound of the actor's log standard deviation"""
     log_std_max: float = 2.0
     """upper bound of the actor's log standard deviation"""
-
     bf16: bool = True
-    """autocast the hidden layers' matmuls to bfloat16 where the hardware computes it natively (CUDA with bf16, CPUs
-    with AMX or AVX512-BF16; ignored elsewhere); master weights, optimiser states, targets, log-probs, losses stay float32"""
-
-    # checkpoints
-    checkpoint_frequency: int = 20_000
-    """save a resumable checkpoint every this many environment steps (0: never; default: five of the paper's epochs)"""
+    """autocast hidden-layer matmuls to bfloat16 where the hardware has it natively (CUDA, AMX, AVX512-BF16); losses fp32"""
+    # checkpoints (a default run takes hours on a CPU core)
     checkpoint_minutes: float = 30.0
-    """also save it every this many minutes of wall time (0: never), and always when stopped by SIGINT/SIGTERM"""
-    checkpoint_dir: Optional[str] = None
-    """checkpoint folder (default: checkpoints/<env-id>__<exp-name>__<seed>/, git-ignored; long runs use a tracked
-    folder such as long_runs/, see README)"""
+    """save a resumable checkpoint every this many minutes (0: never), and on SIGTERM/SIGINT, then exit 128 + signal"""
+    checkpoint_dir: str = "checkpoints"
+    """folder of the checkpoint file <env-id>__<exp-name>__<seed>.pt (deleted when the run finishes)"""
     resume: bool = False
-    """continue from the checkpoint in checkpoint_dir"""
+    """continue the interrupted run from its checkpoint (networks, flows, optimisers, RNG states; no replay buffer)"""
     refill_steps: int = 50_000
-    """on --resume, environment steps of the current policy that refill the replay buffer (checkpoints leave it out)
-    before updates continue; not counted in global_step, recorded as refill_env_steps"""
+    """on --resume, environment steps of the current policy that refill the replay buffer before updates continue"""
 
 
 # ----------------------------------------------------------------------------------------------------------- CFIL
 class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is zero outside a fixed 0/1 mask (MADE, Germain et al. 2015). The mask multiplies
-    the weight once, at initialisation, and its gradient at every backward pass, so no optimiser step moves a masked
-    entry (Adam's moments of a zero gradient stay zero, weight decay of a zero weight is zero) and the forward pass is
-    nn.Linear's: no mask product on each of the many reward minibatches."""
+    """nn.Linear with its weight zero outside a 0/1 mask (MADE): masked once, and so is every gradient (no masked forward)."""
 
     def __init__(self, in_features, out_features, mask):
         super().__init__(in_features, out_features)
         self.register_buffer("mask", mask.float(), persistent=False)  # rebuilt from the degrees, not checkpointed
-        with torch.no_grad():
-            self.weight.mul_(self.mask)
+        self.weight.data.mul_(self.mask)
         self.weight.register_hook(lambda grad: grad * self.mask)
 
 
 class MADE(nn.Module):
-    """One MAF block (Papamakarios et al. 2017, Eq. 4-5): u_i = (z_i - m_i(z_<i)) exp(-log_a_i(z_<i)), so du/dz is
-    triangular in the variable order `degrees` (degrees[i] = position of z_i) and log|det du/dz| = -sum_i log_a_i.
-    Masks: a hidden unit of degree k sees inputs of degree <= k, an output of degree d sees hidden units of degree < d."""
+    """One MAF block (Eq. 4-5): u_i = (z_i - m_i(z_<i)) exp(-log_a_i(z_<i)), log|det du/dz| = -sum_i log_a_i, autoregressive in
+    `degrees` (z_i's position): hidden units of degree k see inputs of degree <= k, outputs of degree d hidden units < d."""
 
     def __init__(self, dim, hidden_size, hidden_layers, degrees):
         super().__init__()
@@ -218,39 +179,33 @@ class MADE(nn.Module):
 
     def forward(self, z):
         hidden = self.hidden(z)  # bfloat16 under --bf16's autocast
-        # the output layer stays float32: the shift m and log-scale log_a enter u and log|det|, and so log p, directly
-        with torch.autocast(z.device.type, enabled=False):
+        with torch.autocast(z.device.type, enabled=False):  # the output layer stays float32: m and log_a enter log p directly
             m, log_a = self.output(hidden.to(z.dtype)).chunk(2, -1)
         return (z - m) * torch.exp(-log_a), -log_a.sum(-1)
 
 
 class FlowBatchNorm(nn.Module):
-    """Batch normalization as a flow layer (RealNVP, Dinh et al. 2017, as used in MAF): y = (z - mu) / sqrt(var + eps)
-    * exp(log_gamma) + beta with log|det| = sum(log_gamma - log(var + eps) / 2); running statistics in eval mode."""
+    """Batch norm as a flow layer (RealNVP, as in MAF): log|det| = sum(log_gamma - log(var + eps) / 2); eval: running stats."""
 
     def __init__(self, dim, momentum=0.1, eps=1e-5):
         super().__init__()
-        self.log_gamma = nn.Parameter(torch.zeros(dim))
-        self.beta = nn.Parameter(torch.zeros(dim))
+        self.log_gamma, self.beta = nn.Parameter(torch.zeros(dim)), nn.Parameter(torch.zeros(dim))
         self.register_buffer("running_mean", torch.zeros(dim))
         self.register_buffer("running_var", torch.ones(dim))
         self.momentum, self.eps = momentum, eps
 
     def forward(self, z):
+        mean, var = (z.mean(0), z.var(0, unbiased=False)) if self.training else (self.running_mean, self.running_var)
         if self.training:
-            mean, var = z.mean(0), z.var(0, unbiased=False)
             with torch.no_grad():
                 self.running_mean.lerp_(mean, self.momentum)
                 self.running_var.lerp_(var, self.momentum)
-        else:
-            mean, var = self.running_mean, self.running_var
         y = (z - mean) / torch.sqrt(var + self.eps) * self.log_gamma.exp() + self.beta
         return y, (self.log_gamma - 0.5 * torch.log(var + self.eps)).sum().expand(len(z))
 
 
 class MAF(nn.Module):
-    """Masked autoregressive flow: MADE blocks, the variable order reversed between consecutive blocks, optional
-    batch norm after each, and a standard Gaussian base: log p(z) = log N(f(z); 0, I) + log|det df/dz|."""
+    """MADE blocks (the order reversed between consecutive ones), optional batch norm, a N(0, I) base: log p(z) below."""
 
     def __init__(self, dim, blocks, hidden_size, hidden_layers, batch_norm):
         super().__init__()
@@ -262,32 +217,27 @@ class MAF(nn.Module):
                 layers.append(FlowBatchNorm(dim))
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, z):
-        """u = f(z) and log|det df/dz|."""
+    def forward(self, z):  # u = f(z) and log|det df/dz|
         log_det = torch.zeros(len(z), device=z.device, dtype=z.dtype)
         for layer in self.layers:
             z, layer_log_det = layer(z)
             log_det = log_det + layer_log_det
         return z, log_det
 
-    def log_prob(self, z):
+    def log_prob(self, z):  # log N(f(z); 0, I) + log|det df/dz|
         u, log_det = self(z)
         return -0.5 * (u**2).sum(-1) - 0.5 * u.shape[-1] * math.log(2 * math.pi) + log_det
 
 
 class CoupledFlow(nn.Module):
-    """The log-ratio model of each --variant: the agent flow p_psi and the expert flow q_phi (cfil, nosquash, indflow,
-    indflowns), q_phi alone (numerator), or an MLP in place of log p_psi - log q_phi (regularnet)."""
+    """The agent's flow p_psi and the expert's q_phi; q_phi alone for numerator, an MLP x for regularnet."""
 
     def __init__(self, dim, variant, blocks, hidden_size, hidden_layers, batch_norm):
         super().__init__()
         self.variant = variant
         if variant == "regularnet":
             sizes = [dim] + [hidden_size] * hidden_layers
-            layers = [
-                module for fan_in, fan_out in zip(sizes[:-1], sizes[1:]) for module in (nn.Linear(fan_in, fan_out), nn.ReLU())
-            ]
-            self.net = nn.Sequential(*layers)
+            self.net = nn.Sequential(*[m for i, o in zip(sizes[:-1], sizes[1:]) for m in (nn.Linear(i, o), nn.ReLU())])
             self.head = nn.Linear(sizes[-1], 1)
             return
         self.expert_flow = MAF(dim, blocks, hidden_size, hidden_layers, batch_norm)  # q_phi
@@ -310,23 +260,18 @@ class CoupledFlow(nn.Module):
 SQUASHED_VARIANTS = ("cfil", "regularnet", "indflow")
 
 
-def flow_observation_dims(env_id, obs_dim, features):
-    """Indices of the observation dims the flows see (--flow-features), or None for all. Humanoid's 376 are qpos[2:] and
-    qvel (45), cinert (14 bodies x 10), cvel (14 x 6), qfrc_actuator (23) and cfrc_ext (14 x 6); the official code keeps
-    270: it drops the contact forces cfrc_ext, whose many all-zero dims make a flow's density degenerate, and the world
-    body's cinert and cvel and the free joint's actuator forces, which are zero by construction."""
-    if features == "all":
-        return None
-    if env_id.startswith("Humanoid") and obs_dim == 376:
-        return torch.cat([torch.arange(0, 45), torch.arange(55, 185), torch.arange(191, 269), torch.arange(275, 292)])
-    if env_id.startswith("Ant") and obs_dim == 111:
-        return torch.arange(27)  # Ant with contact forces: the first 27, the default Ant-v4's whole observation
+def flow_observation_dims(env_id, obs_dim, features, device=None):
+    """The observation dims the flows see (--flow-features; None: all). Of Humanoid's 376 the official code keeps 270: no
+    contact forces (their many all-zero dims make a density degenerate), nor the dims that are zero by construction."""
+    if features == "auto" and env_id.startswith("Humanoid") and obs_dim == 376:
+        return torch.cat([torch.arange(*span) for span in ((0, 45), (55, 185), (191, 269), (275, 292))]).to(device)
+    if features == "auto" and env_id.startswith("Ant") and obs_dim == 111:
+        return torch.arange(27, device=device)  # Ant with contact forces: the first 27, Ant-v4's default observation
     return None
 
 
 def flow_input(mode, obs, actions, next_obs, obs_dims=None):
-    """The variable the flows model: (s, a), s, or (s, s') (the paper's three regimes), of the observation dims obs_dims
-    (flow_observation_dims; None: all)."""
+    """The variable the flows model: (s, a), s or (s, s') (the paper's regimes) of dims obs_dims; not normalised (official)."""
     if obs_dims is not None:
         obs, next_obs = obs[:, obs_dims], None if next_obs is None else next_obs[:, obs_dims]
     if mode == "sa":
@@ -335,26 +280,22 @@ def flow_input(mode, obs, actions, next_obs, obs_dims=None):
 
 
 def squash(x, scale, bound):
-    """Squashing sigma(x) = a tanh(x / b): bounds the log ratio, and so the reward, where the flows are
-    evaluated far from their data (one expert trajectory leaves most of the space without density)."""
+    """sigma(x) = a tanh(x / b): bounds the reward where the flows are evaluated far from their data (one demo is sparse)."""
     return bound * torch.tanh(x / scale)
 
 
 def smooth(z, beta):
-    """Alg. 1 smoothing z + beta z u, u ~ U(-1/2, 1/2) per dimension (noise proportional to each value, like
-    dequantization); the official +1e-3 keeps exactly-zero dimensions from staying point masses."""
+    """Alg. 1 smoothing z + beta z u, u ~ U(-1/2, 1/2); the official +1e-3 keeps zero dims from staying point masses."""
     return z + beta * (z + 1e-3) * (torch.rand_like(z) - 0.5)
 
 
 def dv_loss(x_expert, x_agent):
-    """Alg. 1 loss, the negated Donsker-Varadhan bound of KL(d_pi || d_e): log E_{d_e}[e^x] - E_{d_pi}[x]; its
-    minimiser is x = log d_pi / d_e + const, and -dv_loss estimates the KL. logsumexp keeps e^x from overflowing."""
+    """Alg. 1 loss, the negated DV bound log E_{d_e}[e^x] - E_{d_pi}[x] (minimiser: x = log d_pi / d_e + const; -loss ~ KL)."""
     return torch.logsumexp(x_expert, 0) - math.log(len(x_expert)) - x_agent.mean()
 
 
 def flow_regularizer(log_p_agent, log_q_expert):
-    """Alg. 1 flow regularization -E_{d_pi}[log p_psi] - E_{d_e}[log q_phi]: each flow also does maximum likelihood on
-    its own data, so that both stay densities of something sensible (alone, it is the indflow ablation's loss)."""
+    """Alg. 1 flow regularization -E_{d_pi}[log p_psi] - E_{d_e}[log q_phi]: each flow's likelihood of its own data."""
     return -log_p_agent.mean() - log_q_expert.mean()
 
 
@@ -362,11 +303,6 @@ def cfil_x(model, z, variant, scale, bound):
     """x of Alg. 1: sigma(log p_psi - log q_phi), unsquashed for nosquash / indflowns / numerator."""
     x = model(z)[0]
     return squash(x, scale, bound) if variant in SQUASHED_VARIANTS else x
-
-
-def cfil_reward(x, shift):
-    """r = -x ~ log d_e - log d_pi, shifted by a (for a squashed x) so that the reward is non-negative."""
-    return shift - x
 
 
 def density_loss(model, expert_batch, agent_batch, variant, scale, bound, flow_reg):
@@ -391,42 +327,31 @@ def density_loss(model, expert_batch, agent_batch, variant, scale, bound, flow_r
 
 
 def update_density(model, optimizer, expert_data, rb, args, bf16=False, obs_dims=None):
-    """Alg. 1 density step: args.density_updates gradient steps, each on args.density_batch smoothed expert demos and as
-    many smoothed replay transitions (samples of d_pi); returns the last loss and its stats. bf16 autocasts the flows'
-    hidden matmuls; log-determinants, log-probabilities and losses stay float32."""
+    """Alg. 1 density step: --density-updates steps on smoothed demos and replay transitions (d_pi); the last one's stats."""
     model.train()
     for _ in range(args.density_updates):
         expert_batch = expert_data[torch.randint(0, len(expert_data), (args.density_batch,), device=expert_data.device)]
-        agent_obs, agent_actions, agent_next_obs, _ = rb.sample(args.density_batch)
+        agent_obs, agent_actions, _, agent_next_obs, _ = rb.sample(args.density_batch)
         agent_batch = flow_input(args.mode, agent_obs, agent_actions, agent_next_obs, obs_dims)
         with torch.autocast(expert_data.device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, stats = density_loss(
-                model,
-                smooth(expert_batch, args.smooth),
-                smooth(agent_batch, args.smooth),
-                args.variant,
-                args.squash_scale,
-                args.squash_bound,
-                args.flow_reg,
-            )
+            expert, agent = smooth(expert_batch, args.smooth), smooth(agent_batch, args.smooth)
+            loss, stats = density_loss(model, expert, agent, args.variant, args.squash_scale, args.squash_bound, args.flow_reg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     model.eval()
-    return loss.detach(), stats
+    return {**stats, "losses/density_loss": loss.detach()}
 
 
 @torch.no_grad()
 def replay_reward(model, obs, actions, next_obs, args, shift, bf16=False, obs_dims=None):
-    """Alg. 1 policy step: r = -x of a replay minibatch by the current flows (recomputed, never stored, so that the whole
-    buffer always carries the reward of the latest density step)."""
+    """Alg. 1 policy step: r = -x ~ log d_e - log d_pi by the current flows, + shift (a for a squashed x, so r >= 0)."""
     with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=bf16):
         z = flow_input(args.mode, obs, actions, next_obs, obs_dims)
-        x = cfil_x(model, z, args.variant, args.squash_scale, args.squash_bound)
-    return cfil_reward(x, shift)
+        return shift - cfil_x(model, z, args.variant, args.squash_scale, args.squash_bound)
 
 
-# -------------------------------------------------------------------------------------- the SAC block (of sac.py)
+# ------------------------------------------------------------------------------------------------------------ SAC
 class SoftQEnsemble(nn.Module):
     """num_q independent critics Q_k(s, a), evaluated together: each layer is one batched matmul over the critics."""
 
@@ -484,36 +409,26 @@ class Actor(nn.Module):
     def deterministic_action(self, obs):
         return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
 
-    def mean_mlp(self):
-        """obs -> pre-tanh mean as a plain nn.Sequential (the shipped policy.pt, loadable without this class)."""
-        action_dim = self.fc_head.out_features // 2
-        fc_mean = nn.Linear(self.fc_head.in_features, action_dim)
-        with torch.no_grad():
-            fc_mean.weight.copy_(self.fc_head.weight[:action_dim])
-            fc_mean.bias.copy_(self.fc_head.bias[:action_dim])
-        return nn.Sequential(self.fc1, nn.ReLU(), self.fc2, nn.ReLU(), fc_mean.to(self.fc1.weight.device))
-
 
 class ReplayBuffer:
-    """Transitions as rows [obs, action, next_obs, termination] of one preallocated tensor on the training device: a
-    minibatch is one index gather. Checkpoints leave it out (hundreds of MB); --resume refills it. No rewards: CFIL's
-    reward is a function of the current flows, recomputed on every sampled minibatch."""
+    """Transitions as rows [obs, action, reward, next_obs, termination] of one preallocated tensor on the training
+    device: a minibatch is one index gather. Checkpoints leave it out (hundreds of MB); --resume refills it."""
 
     def __init__(self, obs_dim, action_dim, size, device):
-        self.widths = (obs_dim, action_dim, obs_dim, 1)
+        self.widths = (obs_dim, action_dim, 1, obs_dim, 1)
         self.rows = torch.zeros(size, sum(self.widths), device=device)
         self.size, self.pos, self.full = size, 0, False
 
-    def add(self, obs, action, next_obs, termination):
-        row = np.concatenate([np.ravel(obs), np.ravel(action), np.ravel(next_obs), [termination]])
+    def add(self, obs, action, reward, next_obs, termination):
+        row = np.concatenate([np.ravel(obs), np.ravel(action), [reward], np.ravel(next_obs), [termination]])
         self.rows[self.pos] = torch.from_numpy(row.astype(np.float32))
         self.pos = (self.pos + 1) % self.size
         self.full = self.full or self.pos == 0
 
     def sample(self, batch_size):
         index = torch.randint(0, self.size if self.full else self.pos, (batch_size,), device=self.rows.device)
-        obs, actions, next_obs, terminations = self.rows[index].split(self.widths, -1)
-        return obs, actions, next_obs, terminations.squeeze(-1)
+        obs, actions, rewards, next_obs, terminations = self.rows[index].split(self.widths, -1)
+        return obs, actions, rewards.squeeze(-1), next_obs, terminations.squeeze(-1)
 
 
 def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma):
@@ -539,29 +454,17 @@ def alpha_loss(log_alpha, log_pi, target_entropy):
     return (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
 
 
-def sac_update(
-    batch,
-    actor,
-    qf,
-    qf_target,
-    log_alpha,
-    q_optimizer,
-    actor_optimizer,
-    alpha_optimizer,
-    args,
-    target_entropy,
-    global_step,
-    bf16=False,
-):
-    """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls.
+def sac_update(batch, actor, qf, qf_target, log_alpha, optimizers, args, global_step, bf16=False):
+    """One SAC step: critics every call, actor and alpha policy_frequency times every policy_frequency calls, target
+    critics every target_network_frequency calls. optimizers: {"q", "actor", "alpha"}. The entropy target is -|A|.
     bf16 autocasts the hidden layers' matmuls; weights, optimiser states, targets, log-probs and losses stay float32."""
-    device_type = batch[0].device.type
+    device_type, target_entropy = batch[0].device.type, -float(batch[1].shape[-1])
     alpha = log_alpha.exp().detach()
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
         qf_loss, q_values = soft_q_loss(qf, qf_target, actor, batch, alpha, args.gamma)
-    q_optimizer.zero_grad(set_to_none=True)
+    optimizers["q"].zero_grad(set_to_none=True)
     qf_loss.backward()
-    q_optimizer.step()
+    optimizers["q"].step()
     stats = {"losses/qf_loss": qf_loss.detach(), "losses/qf1_values": q_values[0].detach().mean()}
 
     if global_step % args.policy_frequency == 0:
@@ -569,19 +472,17 @@ def sac_update(
         for _ in range(args.policy_frequency):
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
                 actor_loss, log_pi = policy_loss(actor, qf, batch[0], alpha)
-            actor_optimizer.zero_grad(set_to_none=True)
+            optimizers["actor"].zero_grad(set_to_none=True)
             actor_loss.backward()
-            actor_optimizer.step()
+            optimizers["actor"].step()
             if args.autotune:
                 loss = alpha_loss(log_alpha, log_pi, target_entropy)
-                alpha_optimizer.zero_grad(set_to_none=True)
+                optimizers["alpha"].zero_grad(set_to_none=True)
                 loss.backward()
-                alpha_optimizer.step()
+                optimizers["alpha"].step()
                 alpha = log_alpha.exp().detach()
         qf.requires_grad_(True)
-        stats.update(
-            {"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha, "charts/entropy": -log_pi.detach().mean()}
-        )
+        stats |= {"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha, "charts/entropy": -log_pi.detach().mean()}
 
     if global_step % args.target_network_frequency == 0:
         with torch.no_grad():
@@ -608,7 +509,51 @@ def make_optimizer(params, lr, device):
         return torch.optim.Adam(params, lr=lr, foreach=device.type == "cuda")
 
 
-# ----------------------------------------------------------------------------------------------------- evaluation
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path, state, **progress):
+    """state: name -> module, optimizer or tensor, listed once in main; progress: the run's counters. Saved with the RNG
+    states to a temporary file, then renamed: a kill while saving never leaves half a checkpoint. No replay buffer."""
+    state = {name: item.detach().cpu() if torch.is_tensor(item) else item.state_dict() for name, item in state.items()}
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    rng = [random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda_rng]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state": state, "rng": rng, "progress": progress}, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+def load_checkpoint(path, state):
+    """The inverse of save_checkpoint: every item of state takes back its saved values in place; returns the progress."""
+    checkpoint = torch.load(path, weights_only=False)
+    try:
+        for name, item in state.items():
+            if torch.is_tensor(item):
+                item.data.copy_(checkpoint["state"][name])
+            else:
+                item.load_state_dict(checkpoint["state"][name])
+    except (KeyError, RuntimeError, ValueError) as error:  # other networks or optimisers than the checkpoint's
+        error = " ".join(str(error).split())[:200]
+        sys.exit(f"error: {path} does not fit these arguments ({error}); resume with those of the interrupted run.")
+    python_rng, numpy_rng, torch_rng, cuda_rng = checkpoint["rng"]
+    random.setstate(python_rng)
+    np.random.set_state(numpy_rng)
+    torch.set_rng_state(torch_rng)
+    torch.cuda.set_rng_state_all(cuda_rng)
+    return checkpoint["progress"]
+
+
+# ---------------------------------------------------- shared plumbing (identical in every script; tests/test_shared_blocks.py)
+def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+    try:
+        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+    except gym.error.Error as error:
+        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
+    if capture_video:  # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes)
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.action_space.seed(seed)
+    return env
+
+
 def evaluate(act, env, num_episodes, seed):
     """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
     returns = []
@@ -622,356 +567,93 @@ def evaluate(act, env, num_episodes, seed):
     return np.array(returns, dtype=np.float64)
 
 
-# ----------------------------------------- shared infrastructure (identical in every script; tests/test_shared_blocks.py)
-def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+def load_expert(expert_dir, env, num_trajectories, subsample_frequency, seed, keys, any_env=False):
+    """(expert.json, demos): `keys` of the first num_trajectories episodes of demos.npz, every subsample_frequency-th
+    transition from a random offset per episode (GAIL's subsampled demos). Cheap checks; `demos.py --check` does the rest."""
     try:
-        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
-    except gym.error.Error as error:
-        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
-    if capture_video:
-        try:
-            env.reset(seed=seed)
-            env.render()
-        except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(
-                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
-            )
-        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
-        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
-    env = gym.wrappers.RecordEpisodeStatistics(env)
-    env.action_space.seed(seed)
-    return env
-
-
-# a random return that expert.json lacks: the mean of this many uniformly random episodes (>= 50, as DESIGN.md asks),
-# from one fixed seed, so that every run and every seed of a benchmark divides by the same constant
-RANDOM_RETURN_EPISODES = 50
-
-
-RANDOM_RETURN_SEED = 30_000
-
-
-def load_expert_info(expert_dir, env, required):
-    """expert.json as a dict, checked against the env; None if absent and not required. A demos-only folder needs just
-    observation_shape and action_shape (README, "Your own demonstrations"): without env_id it is the env's, without
-    expert_return_mean the demos' mean return, without random_return_mean a uniformly random policy's, measured on
-    every run and never written back by a run (`cleanil/demos.py --complete` stores it)."""
-    info_path = Path(expert_dir) / "expert.json"
-    if not info_path.exists():
-        if required:
-            sys.exit(f"error: no expert at {info_path}; {missing_expert_hint(env.spec.id, expert_dir)}")
-        return None
-    command = expert_command(env.spec.id, expert_dir)
-    try:
-        info = json.loads(info_path.read_text())
-        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
-        returns = {key: float(info[key]) for key in ("expert_return_mean", "random_return_mean") if key in info}
-    except (ValueError, KeyError, TypeError) as error:
-        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(
-            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
-        )
-    if "expert_return_mean" not in returns:
-        returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(
-            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-            f"{num_episodes} episodes, stands in for it.",
-            file=sys.stderr,
-        )
-    if "random_return_mean" not in returns:
-        returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(
-            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
-            file=sys.stderr,
-        )
-    expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
-    if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(
-            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-            f"`{command} --overwrite`."
-        )
-    return {"env_id": env.spec.id, **info, **returns}
-
-
-def demos_mean_return(expert_dir, command):
-    """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
-    path = Path(expert_dir) / "demos.npz"
-    if not path.exists():
-        sys.exit(
-            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
-        )
-    try:
-        with np.load(path) as data:
-            rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
-        if len(starts) == 0 or starts[0] != 0 or (np.diff(starts) <= 0).any() or starts[-1] >= len(rewards):
-            raise ValueError(f"episode_starts {starts[:5]}... are not increasing indices from 0 below {len(rewards)}")
-        returns = np.add.reduceat(rewards, starts)
+        info = json.loads((Path(expert_dir) / "expert.json").read_text())
+        if info["env_id"] != env.spec.id and not any_env:
+            raise ValueError(f"it was recorded on {info['env_id']}, not {env.spec.id} (--any-env uses it anyway)")
+        gap = info["expert_return_mean"] - info["random_return_mean"]
+        if not np.isfinite(gap) or gap == 0:
+            raise ValueError("its expert_return_mean and random_return_mean define no normalized score")
+        with np.load(Path(expert_dir) / "demos.npz") as data:
+            starts, demos = data["episode_starts"], {key: data[key] for key in keys}
+        obs_shape, space = env.observation_space.shape, env.action_space
+        shapes = {"observations": obs_shape, "next_observations": obs_shape, "actions": space.shape}
+        for key, value in demos.items():
+            if value.shape[1:] != shapes.get(key, ()) or not np.isfinite(value).all():
+                raise ValueError(f"its {key} are not finite or not of shape (N, *{shapes.get(key, ())})")
+        low, high = (space.low, space.high) if isinstance(space, gym.spaces.Box) else (0, space.n - 1)
+        if "actions" in demos and not ((low <= demos["actions"]) & (demos["actions"] <= high)).all():
+            raise ValueError(f"its actions leave the action space {space}")
+        if not 1 <= num_trajectories <= len(starts):
+            raise ValueError(f"--num-expert-trajectories {num_trajectories} is not between 1 and its {len(starts)} episodes")
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    return float(returns.mean()), len(returns)
-
-
-def random_policy_returns(env_id):
-    """Returns of a uniformly random policy in RANDOM_RETURN_EPISODES episodes, on an env of its own (the run's envs and
-    their random streams stay untouched), with a progress bar: the random return of a folder whose expert.json has none."""
-    env = make_env(env_id, RANDOM_RETURN_SEED)
-    returns = []
-    for episode in tqdm(range(RANDOM_RETURN_EPISODES), desc=f"{env_id}: random_return_mean", file=sys.stderr, mininterval=2.0):
-        env.reset(seed=RANDOM_RETURN_SEED if episode == 0 else None)
-        done = False
-        while not done:
-            _, _, terminated, truncated, info = env.step(env.action_space.sample())
-            done = terminated or truncated
-        returns.append(info["episode"]["r"])
-    env.close()
-    return np.array(returns, dtype=np.float64)
-
-
-def expert_command(env_id, expert_dir=None):
-    """The command that creates expert_dir: the env's trainer for the default experts/<env-id>/ (no --expert-path
-    needed), cleanil/demos.py for a folder of one's own (your demonstrations, converted or recorded from a policy)."""
-    command = demos_command(env_id, expert_dir)
-    if "--expert-path" in command:
-        return f"{command} --from-<minari|d4rl|sb3|npz|policy> <source>"
-    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
-    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
-
-
-def demos_command(env_id, expert_dir=None):
-    """cleanil/demos.py writing expert_dir (the default experts/<env-id>/ needs no --expert-path), before its source flag."""
-    command = f"python cleanil/demos.py --env-id {env_id}"
-    if expert_dir is not None and Path(expert_dir).resolve() != Path(__file__).resolve().parent.parent / "experts" / env_id:
-        command += f" --expert-path {shlex.quote(str(expert_dir))}"
-    return command
-
-
-SHIPPED_EXPERTS = (
-    "CartPole-v1",
-    "Acrobot-v1",
-    "MountainCar-v0",
-    "Pendulum-v1",
-    "InvertedPendulum-v4",
-    "Hopper-v4",
-    "HalfCheetah-v4",
-    "Walker2d-v4",
-    "Ant-v4",
-    "Humanoid-v4",
-)
-
-
-def missing_expert_hint(env_id, expert_dir=None):
-    """What a missing expert costs: the shipped ones come with the repository, a folder of one's own (--expert-path) is
-    built by cleanil/demos.py, and any other env's default folder needs a training run."""
-    command = expert_command(env_id, expert_dir)
-    if "demos.py" in command:
-        shipped = (
-            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
-        )
-        return (
-            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
-        )
-    if env_id in SHIPPED_EXPERTS:
-        return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
-    if "dqn.py" in command:
-        return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (
-        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
-    )
-
-
-def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
-    """The first num_trajectories demo episodes, every subsample_frequency-th transition from a random offset per
-    episode (as GAIL's subsampled demos, Ho & Ermon 2016); only `keys` are read from demos.npz, and float16 arrays
-    (a large env's demos stored small, DESIGN.md) come back as float32, the precision the networks compute in."""
-    path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id, expert_dir)
-    if not path.exists():
-        sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
-    if num_trajectories < 1 or subsample_frequency < 1:
-        sys.exit(
-            f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must "
-            f"be >= 1."
-        )
-    try:
-        with np.load(path) as data:
-            missing = [key for key in ("episode_starts", "rewards", *keys) if key not in data.files]
-            if missing:
-                sys.exit(
-                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
-                    f"this script reads; regenerate it with `{command} --overwrite`."
-                )
-            starts, length = data["episode_starts"], len(data["rewards"])
-            arrays = {key: data[key] for key in keys}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if (
-        starts.ndim != 1
-        or not np.issubdtype(starts.dtype, np.integer)
-        or len(starts) == 0
-        or starts[0] != 0
-        or (np.diff(starts) <= 0).any()
-        or starts[-1] >= length
-    ):
-        sys.exit(
-            f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
-            f"regenerate it with `{command} --overwrite`."
-        )
-    if num_trajectories > len(starts):
-        sys.exit(
-            f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
-            f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
-            f"--num-demo-episodes {num_trajectories} --overwrite`."
-        )
-    action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
-    expected = {
-        "observations": env.observation_space.shape,
-        "next_observations": env.observation_space.shape,
-        "actions": action_shape,
-    }
-    for key, shape in expected.items():
-        if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
-            sys.exit(
-                f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
-                f"regenerate it with `{command} --overwrite`."
-            )
+        check = f"python cleanil/demos.py --check {shlex.quote(str(expert_dir))}"
+        sys.exit(f"error: {expert_dir} is not a usable expert folder: {error}; `{check}` says what to fix.")
     rng = np.random.default_rng(seed)
-    episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
-    index = np.concatenate(
-        [episode[rng.integers(min(subsample_frequency, len(episode))) :: subsample_frequency] for episode in episodes]
-    )
-    demos = {key: value[index] for key, value in arrays.items()}
-    return {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
+    episodes = np.split(np.arange(len(demos[keys[0]])), starts[1:])[:num_trajectories]
+    index = np.concatenate([ep[rng.integers(min(subsample_frequency, len(ep))) :: subsample_frequency] for ep in episodes])
+    # float16 demos (a large env's, stored small) come back as the float32 the networks compute in
+    demos = {key: value[index] for key, value in demos.items()}
+    return info, {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
 
 
-def normalized_score(episode_return, expert_info):
-    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
-    if expert_info is None:
+def normalized_score(episode_return, info):
+    """(R - R_random) / (R_expert - R_random) with expert.json's returns (DESIGN.md); NaN without an expert."""
+    if info is None:
         return float("nan")
-    random_return = expert_info["random_return_mean"]
-    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
-
-
-def package_versions():
-    import importlib.metadata as metadata
-
-    return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
-
-
-def log_metrics(track, metrics, step):
-    """The one place a script reports metrics: to wandb under --track (wandb.init ran in main), else nowhere."""
-    if track:
-        import wandb
-
-        wandb.log({key: float(value) for key, value in metrics.items()}, step=step)
-
-
-def exit_if_non_finite(values, message):
-    """Stop with one sentence (DESIGN.md, "Bad input") once a loss is NaN or infinite: past it, the NaN reaches every
-    weight and the run only wastes its budget."""
-    if not all(torch.isfinite(value) for value in values):
-        sys.exit(message)
-
-
-def checkpoint_state(saved):
-    """What a checkpoint stores of each object in `saved`: a module's or optimizer's state_dict, a bare tensor's CPU
-    copy (log alpha), each under its key, so save and load walk the same listing."""
-    return {
-        key: value.detach().cpu() if isinstance(value, torch.Tensor) else value.state_dict() for key, value in saved.items()
-    }
-
-
-def load_checkpoint_state(saved, checkpoint):
-    """The inverse of checkpoint_state: every object in `saved` takes back its state from `checkpoint`, in place."""
-    for key, value in saved.items():
-        if isinstance(value, torch.Tensor):
-            with torch.no_grad():
-                value.copy_(checkpoint[key])
-        else:
-            value.load_state_dict(checkpoint[key])
+    return (episode_return - info["random_return_mean"]) / (info["expert_return_mean"] - info["random_return_mean"])
 
 
 def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
-    new = not path.exists()
+    header = "" if path.exists() else ",".join(row) + "\n"
+    values = [f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()]
     with open(path, "a") as f:
-        if new:
-            f.write(",".join(row) + "\n")
-        f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+        f.write(header + ",".join(values) + "\n")
 
 
-def hardware_info(device, bf16=False):
-    """The device, its name, the thread count and the precision of a run, for summary.json."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {
-        "device": str(device),
-        "device_name": name,
-        "threads": torch.get_num_threads(),
-        "precision": "bf16-autocast" if bf16 else "fp32",
-    }
-
-
-def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
-    """summary.json: args, final and best scores, wall time, mean SPS, versions, and the device/threads/precision used."""
+def write_summary(run_dir, args, eval_rows, wall_time, sps, device, precision, **extra):
+    """summary.json: args, final and best scores, wall time, mean SPS, device, precision, the code's git commit, extra."""
     scores = [row["normalized_score"] for row in eval_rows]
+    git = ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"]
+    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip() if shutil.which("git") else ""
     summary = {
         "args": asdict(args),
-        **(hardware or {}),
+        "device": str(device),
+        "precision": precision,
+        "commit": commit or None,
         "final_return": eval_rows[-1]["eval_return_mean"],
         "final_normalized_score": scores[-1],
         "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
         "total_wall_time_s": wall_time,
         "mean_sps": sps,
-        "versions": package_versions(),
+        **extra,
     }
-    # strict JSON has no NaN (a score without expert.json): null instead, which every JSON parser reads
-    summary = json.loads(json.dumps(summary), parse_constant=lambda constant: None)
-    path = Path(run_dir) / "summary.json"
-    path.with_suffix(".json.tmp").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    os.replace(path.with_suffix(".json.tmp"), path)  # atomic: a run stopped while writing never leaves half a file
+    summary = json.loads(json.dumps(summary), parse_constant=lambda constant: None)  # strict JSON: NaN -> null
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in (
-        "total_timesteps",
-        "eval_frequency",
-        "eval_episodes",
-        "log_frequency",
-        "batch_size",
-        "buffer_size",
-        "density_update_every",
-        "density_updates",
-        "density_batch",
-        "flow_blocks",
-        "flow_hidden_size",
-        "flow_hidden_layers",
-        "hidden_size",
-    ):
-        if getattr(args, name) <= 0:
+    positive = "total_timesteps eval_frequency eval_episodes log_frequency subsample_frequency batch_size buffer_size"
+    positive += " policy_frequency target_network_frequency hidden_size squash_scale squash_bound density_update_every"
+    for name in (positive + " density_updates density_batch flow_blocks flow_hidden_size flow_hidden_layers").split():
+        if not getattr(args, name) > 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
-    if args.squash_scale <= 0 or args.squash_bound <= 0:
-        sys.exit("error: --squash-scale and --squash-bound must be positive.")
-    for name in ("smooth", "flow_reg", "checkpoint_frequency", "checkpoint_minutes", "refill_steps"):
-        if not getattr(args, name) >= 0:
-            sys.exit(f"error: --{name.replace('_', '-')} must be non-negative, got {getattr(args, name)}.")
-    expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
-    checkpoint_dir = Path(args.checkpoint_dir or f"checkpoints/{args.env_id}__{args.exp_name}__{args.seed}")
-    checkpoint = None
-    if args.resume:
-        if not (checkpoint_dir / "checkpoint.pt").exists():
-            sys.exit(
-                f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume."
-            )
-        checkpoint = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=False)
+    if min(args.smooth, args.flow_reg, args.checkpoint_minutes, args.refill_steps) < 0:
+        sys.exit("error: --smooth, --flow-reg, --checkpoint-minutes and --refill-steps must be non-negative.")
+    if args.total_timesteps <= args.learning_starts:
+        sys.exit(f"error: --total-timesteps {args.total_timesteps} must exceed --learning-starts {args.learning_starts}.")
+    checkpoint_path = Path(args.checkpoint_dir) / f"{args.env_id}__{args.exp_name}__{args.seed}.pt"
+    if args.resume and not checkpoint_path.exists():
+        sys.exit(f"error: --resume found no checkpoint at {checkpoint_path}; start the run without --resume.")
+    if not args.resume and checkpoint_path.exists():
+        fix = "continue it with --resume, or delete it to start over"
+        sys.exit(f"error: {checkpoint_path} holds an interrupted run's checkpoint; {fix}.")
 
     # seeding
     random.seed(args.seed)
@@ -980,113 +662,53 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     bf16 = args.bf16 and bf16_is_fast(device)
+    precision = "bf16-autocast" if bf16 else "fp32"
 
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     env = make_env(args.env_id, args.seed)
     if not isinstance(env.action_space, gym.spaces.Box):
-        sys.exit(
-            f"error: cfil.py needs continuous (Box) actions (its RL algorithm is SAC) but {args.env_id} has "
-            f"{env.action_space}."
-        )
-    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
-    expert_info = load_expert_info(expert_dir, env, required=True)
-    # state-only modes never read the demos' actions
+        sys.exit(f"error: cfil.py needs continuous (Box) actions (it runs on SAC) but {args.env_id} has {env.action_space}.")
+    expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
     keys = {"sa": ("observations", "actions"), "s": ("observations",), "ss": ("observations", "next_observations")}[args.mode]
-    demos = load_demos(expert_dir, env, args.num_expert_trajectories, args.subsample_frequency, args.seed, keys)
+    expert_info, demos = load_expert(
+        expert_dir, env, args.num_expert_trajectories, args.subsample_frequency, args.seed, keys, args.any_env
+    )
     obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
-    run_dir = Path("runs") / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            config=vars(args),
-            name=run_name,
-            save_code=True,
-            id=run_name,
-            resume="allow",
-        )
 
     actor = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)
     qf = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
     qf_target = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
     qf_target.load_state_dict(qf.state_dict())
-    q_optimizer = make_optimizer(qf.parameters(), args.q_lr, device)
-    actor_optimizer = make_optimizer(actor.parameters(), args.policy_lr, device)
-    target_entropy = -float(action_dim)
     log_alpha = torch.tensor(np.log(args.alpha), dtype=torch.float32, device=device, requires_grad=True)
-    alpha_optimizer = make_optimizer([log_alpha], args.q_lr, device)
+    optimizers = {"q": make_optimizer(qf.parameters(), args.q_lr, device)}
+    optimizers["actor"] = make_optimizer(actor.parameters(), args.policy_lr, device)
+    optimizers["alpha"] = make_optimizer([log_alpha], args.q_lr, device)
     rb = ReplayBuffer(obs_dim, action_dim, args.buffer_size, device)
-    # the expert's flow inputs, once; no input normalisation, as in the official runs (flow_norm 'none')
-    demo_tensors = {
-        key: torch.as_tensor(value, dtype=torch.float32, device=device).reshape(len(value), -1) for key, value in demos.items()
-    }
-    flow_obs_dims = flow_observation_dims(args.env_id, obs_dim, args.flow_features)
-    if flow_obs_dims is not None:
-        flow_obs_dims = flow_obs_dims.to(device)
-    expert_data = flow_input(
-        args.mode,
-        demo_tensors["observations"],
-        demo_tensors.get("actions"),
-        demo_tensors.get("next_observations"),
-        flow_obs_dims,
-    )
-    reward_model = (
-        CoupledFlow(
-            expert_data.shape[1],
-            args.variant,
-            args.flow_blocks,
-            args.flow_hidden_size,
-            args.flow_hidden_layers,
-            args.flow_batch_norm,
-        )
-        .to(device)
-        .eval()
-    )
-    density_optimizer = make_optimizer(reward_model.parameters(), args.density_lr, device)
+    flow_dims = flow_observation_dims(args.env_id, obs_dim, args.flow_features, device)
+    demos = {key: torch.as_tensor(value, dtype=torch.float32, device=device).flatten(1) for key, value in demos.items()}
+    expert_data = flow_input(args.mode, demos["observations"], demos.get("actions"), demos.get("next_observations"), flow_dims)
+    flow_sizes = (args.flow_blocks, args.flow_hidden_size, args.flow_hidden_layers, args.flow_batch_norm)
+    reward_model = CoupledFlow(expert_data.shape[1], args.variant, *flow_sizes).to(device).eval()
+    optimizers["density"] = make_optimizer(reward_model.parameters(), args.density_lr, device)
     reward_shift = args.squash_bound if args.reward_shift and args.variant in SQUASHED_VARIANTS else 0.0
-    # the state a checkpoint holds, listed once (no replay buffer: --resume refills it)
-    saved_state = {
-        "actor": actor,
-        "qf": qf,
-        "qf_target": qf_target,
-        "q_optimizer": q_optimizer,
-        "actor_optimizer": actor_optimizer,
-        "alpha_optimizer": alpha_optimizer,
-        "log_alpha": log_alpha,
-        "reward_model": reward_model,
-        "density_optimizer": density_optimizer,
-    }
+    # what a checkpoint holds, listed once (no replay buffer: --resume refills it)
+    state = {"actor": actor, "qf": qf, "qf_target": qf_target, "log_alpha": log_alpha, "reward_model": reward_model}
+    state.update({f"{name}_optimizer": optimizer for name, optimizer in optimizers.items()})
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    progress = {"global_step": 0, "run_name": run_name, "eval_rows": [], "wall_time": 0.0, "refill_env_steps": 0}
+    if args.resume:
+        progress = load_checkpoint(checkpoint_path, state)
+    run_name, start_step, wall_offset, eval_rows = (progress[k] for k in ("run_name", "global_step", "wall_time", "eval_rows"))
+    eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
+    run_dir = Path("runs") / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval.csv").unlink(missing_ok=True)  # a killed run may have evaluated past its checkpoint's rows
+    for row in eval_rows:
+        write_eval_row(run_dir, row)
+    if args.track:
+        import wandb
 
-    start_step, wall_offset, refill_env_steps, eval_rows, commands = 0, 0.0, 0, [], []
-    if checkpoint:
-        try:
-            load_checkpoint_state(saved_state, checkpoint)
-        except (KeyError, RuntimeError, ValueError) as error:
-            sys.exit(
-                f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments "
-                f"({' '.join(str(error).split())[:240]}); "
-                f"resume with the arguments of the run that wrote it, or start without --resume."
-            )
-        start_step, wall_offset, refill_env_steps, eval_rows, commands = (
-            checkpoint[k] for k in ("global_step", "wall_time", "refill_env_steps", "eval_rows", "commands")
-        )
-        random.setstate(checkpoint["python_rng"])
-        np.random.set_state(checkpoint["numpy_rng"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        # a killed run may have evaluated past its checkpoint: those steps run again, so eval.csv restarts from the
-        # checkpoint's rows
-        (run_dir / "eval.csv").unlink(missing_ok=True)
-        for row in eval_rows:
-            write_eval_row(run_dir, row)
-        print(f"resumed {run_name} at step {start_step} from {checkpoint_dir}")
-    commands.append(" ".join(["python"] + sys.argv))
-
-    @torch.no_grad()
-    def act_deterministic(obs):
-        return actor.deterministic_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        run = {"project": args.wandb_project_name, "entity": args.wandb_entity, "name": run_name, "id": run_name}
+        wandb.init(**run, config=vars(args), save_code=True, resume="allow")  # a resumed run continues its wandb run
 
     @torch.no_grad()
     def act_exploring(obs, global_step):
@@ -1095,148 +717,79 @@ if __name__ == "__main__":
         return actor.get_action(torch.as_tensor(obs[None], dtype=torch.float32, device=device))[0][0].cpu().numpy()
 
     def run_evaluation(global_step):
-        returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
-        wall_time = wall_offset + time.time() - start_time
-        row = {
-            "global_step": global_step,
-            "eval_return_mean": float(returns.mean()),
-            "eval_return_std": float(returns.std()),
-            "normalized_score": normalized_score(float(returns.mean()), expert_info),
-            "wall_time": wall_time,
-            "sps": (global_step - start_step) / max(time.time() - start_time, 1e-9),
-        }
+        if not all(torch.isfinite(value) for value in stats.values()):
+            sys.exit(f"error: non-finite loss before step {global_step}; lower --density-lr, --q-lr or --policy-lr.")
+        act = lambda obs: actor.deterministic_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        with torch.no_grad():
+            returns = evaluate(act, eval_env, args.eval_episodes, args.seed + 10_000)
+        mean_return, elapsed = float(returns.mean()), time.time() - start_time
+        row = {"global_step": global_step, "eval_return_mean": mean_return, "eval_return_std": float(returns.std())}
+        row |= {"normalized_score": normalized_score(mean_return, expert_info), "wall_time": wall_offset + elapsed}
+        row["sps"] = (global_step - start_step) / max(elapsed, 1e-9)
         eval_rows.append(row)
         write_eval_row(run_dir, row)
-        log_metrics(
-            args.track, {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, global_step
-        )
-        progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
+        if args.track:
+            wandb.log({"eval/return": mean_return, "eval/normalized_score": row["normalized_score"]}, step=global_step)
+        progress_bar.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
 
-    def save_checkpoint(global_step):
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = checkpoint_state(saved_state)
-        state.update(
-            global_step=global_step,
-            run_name=run_name,
-            eval_rows=eval_rows,
-            refill_env_steps=refill_env_steps,
-            commands=commands,
-            wall_time=wall_offset + time.time() - start_time,
-            python_rng=random.getstate(),
-            numpy_rng=np.random.get_state(),
-            torch_rng=torch.get_rng_state(),
-            args=asdict(args),
-        )
-        torch.save(state, checkpoint_dir / "checkpoint.pt.tmp")
-        os.replace(checkpoint_dir / "checkpoint.pt.tmp", checkpoint_dir / "checkpoint.pt")  # atomic: a kill never corrupts it
-
-    # SIGINT (Ctrl-C) and SIGTERM (a session's end, a cluster's preemption) finish the step, checkpoint, and exit
-    stop_signals = []
+    stop_signals = []  # SIGINT (Ctrl-C) and SIGTERM (a session's end, a preemption): finish the step, checkpoint, exit
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, lambda signum, frame: stop_signals.append(signum))
 
-    start_time = time.time()
+    start_time = saved_time = time.time()
     obs, _ = env.reset(seed=args.seed + start_step)
-    if checkpoint:
-        # the buffer was left out of the checkpoint: refill it with the current policy before updates continue
-        for _ in tqdm(
-            range(min(args.refill_steps, args.buffer_size)),
-            desc="refilling the replay buffer",
-            file=sys.stderr,
-            mininterval=2.0,
-        ):
+    if args.resume:  # the checkpoint left the replay buffer out: refill it with the current policy
+        for _ in tqdm(range(args.refill_steps), desc="refilling the replay buffer", file=sys.stderr, mininterval=2.0):
             action = act_exploring(obs, start_step)
             next_obs, _, terminated, truncated, info = env.step(action)
-            rb.add(obs, action, next_obs, terminated)
+            rb.add(obs, action, 0.0, next_obs, terminated)
             obs = next_obs if not (terminated or truncated) else env.reset()[0]
-            refill_env_steps += 1
-    hardware = hardware_info(device, bf16)
-    print(
-        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
-        f"{hardware['precision']}",
-        file=sys.stderr,
-    )
-    progress = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
+            progress["refill_env_steps"] += 1
+    print(f"{run_name}: {device}, {precision}", file=sys.stderr)
+    progress_bar = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
+    stats = {}
     if start_step == 0:
         run_evaluation(0)
-    last_checkpoint_time = time.time()
     for global_step in range(start_step + 1, args.total_timesteps + 1):
         action = act_exploring(obs, global_step)
-        next_obs, _, terminated, truncated, info = env.step(action)  # the env reward is only logged (episode statistics)
+        next_obs, _, terminated, truncated, info = env.step(action)
         # bootstrap through time-limit truncations: only a true termination zeroes the target
-        rb.add(obs, action, next_obs, terminated)
+        rb.add(obs, action, 0.0, next_obs, terminated)  # reward 0: CFIL's r = -x is recomputed on every minibatch
         obs = next_obs
         if terminated or truncated:
-            log_metrics(
-                args.track,
-                {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
-                global_step,
-            )
+            if args.track:
+                episode = {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]}
+                wandb.log(episode, step=global_step)
             obs, _ = env.reset()
 
-        if global_step % args.density_update_every == 0:
-            # Alg. 1: a few gradient steps on the flows, expert demos vs the whole replay buffer
-            loss, density_stats = update_density(reward_model, density_optimizer, expert_data, rb, args, bf16, flow_obs_dims)
-            exit_if_non_finite(
-                [loss],
-                f"error: non-finite density loss at step {global_step} ({float(loss)}); lower --density-lr or raise --smooth.",
-            )
-            log_metrics(args.track, {"losses/density_loss": loss, **density_stats}, global_step)
-
+        if global_step % args.density_update_every == 0:  # Alg. 1: a few gradient steps on the flows, logged below
+            stats |= update_density(reward_model, optimizers["density"], expert_data, rb, args, bf16, flow_dims)
         if global_step > args.learning_starts:
-            batch_obs, batch_actions, batch_next_obs, batch_terminations = rb.sample(args.batch_size)
-            rewards = replay_reward(
-                reward_model, batch_obs, batch_actions, batch_next_obs, args, reward_shift, bf16, flow_obs_dims
-            )
-            stats = sac_update(
-                (batch_obs, batch_actions, rewards, batch_next_obs, batch_terminations),
-                actor,
-                qf,
-                qf_target,
-                log_alpha,
-                q_optimizer,
-                actor_optimizer,
-                alpha_optimizer,
-                args,
-                target_entropy,
-                global_step,
-                bf16,
-            )
-            # checked where logged, not every update: the check waits on the GPU
-            if global_step % args.log_frequency == 0:
-                stats["charts/reward_mean"] = rewards.mean()
-                exit_if_non_finite(
-                    stats.values(),
-                    f"error: non-finite SAC loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
-                    f"lower --q-lr or --policy-lr.",
-                )
+            obs_batch, actions, _, next_obs_batch, terminations = rb.sample(args.batch_size)
+            rewards = replay_reward(reward_model, obs_batch, actions, next_obs_batch, args, reward_shift, bf16, flow_dims)
+            batch = (obs_batch, actions, rewards, next_obs_batch, terminations)
+            stats |= sac_update(batch, actor, qf, qf_target, log_alpha, optimizers, args, global_step, bf16)
+            if args.track and global_step % args.log_frequency == 0:
                 sps = (global_step - start_step) / (time.time() - start_time)
-                log_metrics(args.track, {**stats, "charts/SPS": sps}, global_step)
-        progress.update(1)
+                stats["charts/reward_mean"] = rewards.mean()
+                wandb.log({**{key: float(value) for key, value in stats.items()}, "charts/SPS": sps}, step=global_step)
+        progress_bar.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             run_evaluation(global_step)
-        if (
-            (args.checkpoint_frequency and global_step % args.checkpoint_frequency == 0)
-            or global_step == args.total_timesteps
-            or stop_signals
-            or (args.checkpoint_minutes and time.time() - last_checkpoint_time > 60 * args.checkpoint_minutes)
-        ):
-            save_checkpoint(global_step)
-            last_checkpoint_time = time.time()
+        if stop_signals or (args.checkpoint_minutes and time.time() - saved_time > 60 * args.checkpoint_minutes):
+            progress.update(global_step=global_step, wall_time=wall_offset + time.time() - start_time)
+            save_checkpoint(checkpoint_path, state, **progress)
+            saved_time = time.time()
         if stop_signals:
-            progress.close()
-            print(
-                f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}: evaluations so far in "
-                f"{run_dir / 'eval.csv'}, "
-                f"checkpoint in {checkpoint_dir}; continue with the same command plus --resume.",
-                file=sys.stderr,
-            )
+            progress_bar.close()
+            print(f"stopped at step {global_step}: continue from {checkpoint_path} with --resume.", file=sys.stderr)
             sys.exit(128 + stop_signals[0])
-    progress.close()
+    progress_bar.close()
 
-    wall_time = wall_offset + time.time() - start_time
+    wall_time, refill_env_steps = wall_offset + time.time() - start_time, progress["refill_env_steps"]
     mean_sps = (args.total_timesteps - start_step) / max(time.time() - start_time, 1e-9)
-    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, {**hardware, "refill_env_steps": refill_env_steps})
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, device, precision, refill_env_steps=refill_env_steps)
+    checkpoint_path.unlink(missing_ok=True)  # finished: nothing left to resume
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
     env.close()
     eval_env.close()

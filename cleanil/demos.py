@@ -1,11 +1,13 @@
-"""Your own demonstrations as a cleanil expert folder: the demos.npz and expert.json that every imitation script reads.
+"""Expert folders: build them from your demonstrations or a trained policy, complete them, and check them.
 
 Converts a local Minari dataset (`--from-minari`, Farama's offline-RL format), a D4RL-style HDF5 file (`--from-d4rl`:
 observations, actions, rewards, terminals, timeouts, as in Fu et al. 2020, arXiv 2004.07219), a stable-baselines expert
 npz (`--from-sb3`: obs, actions, rewards, episode_returns, episode_starts, as its generate_expert_traj writes) or an npz
-of per-transition arrays under names of your choosing (`--from-npz`); or records deterministic episodes of a policy in
-cleanil's format (`--from-policy`), which the folder then holds too, so that dagger.py can query it. `--complete` fills
-in what an existing folder's expert.json lacks, in place (README, "Your own demonstrations").
+of per-transition arrays under names of your choosing (`--from-npz`); or records deterministic episodes of a policy
+(`--from-policy`: a run folder of sac.py or dqn.py, whose policy.json describes its policy.pt, or an expert folder),
+which the folder then holds too, so that dagger.py can query it. `--complete` fills in what an existing folder's
+expert.json lacks, in place; `--check FOLDER` says whether a folder is one the scripts can use, and what to run where
+it is not (README, "Your own demonstrations").
 
 Every source becomes the same per-transition arrays, checked against the env's spaces (`check_transitions`), then whole
 episodes (`split_episodes`). An episode ends in a terminal (the env's `terminated`: no future, a TD target stops there)
@@ -16,17 +18,18 @@ observations, s'_t = s_{t+1} inside an episode and each episode's last transitio
 is left out (`chain_transitions`; the episode then ends in a timeout). Where it records episode starts alone
 (stable-baselines), an episode of the env's max_episode_steps counts as a timeout and a shorter one as a terminal.
 
-expert.json gets the two returns of the normalized score (R - R_random) / (R_expert - R_random): R_expert is
---expert-return-mean where given, else a Minari dataset's ref_max_score, else the policy's measured return
-(--from-policy), else the mean return of the demos' whole episodes; R_random is a Minari dataset's ref_min_score, else
-a uniformly random policy's, measured as the scripts measure it (`random_policy_returns`), unless
---no-measure-random-return leaves it to every run.
+expert.json gets the two returns of the normalized score (R - R_random) / (R_expert - R_random), which every script
+requires: R_expert is --expert-return-mean where given, else a Minari dataset's ref_max_score, else the policy's
+measured return (--from-policy), else the mean return of the demos' whole episodes; R_random is a Minari dataset's
+ref_min_score, else a uniformly random policy's (`random_policy_returns`: 50 episodes from a fixed seed). Every folder
+is checked as `--check` checks it (`folder_problems`) before anything is written: a folder that fails is not written.
 """
 
 import dataclasses
 import json
 import os
 import pickle
+import shlex
 import shutil
 import sys
 import zipfile
@@ -43,12 +46,15 @@ import tyro
 from tqdm import tqdm
 
 SOURCES = ("minari", "d4rl", "sb3", "npz", "policy")
+# envs that never end an episode themselves, only their time limit does: a terminal there is a timeout stored wrongly
+NEVER_TERMINATE = ("Pendulum", "HalfCheetah", "Swimmer", "Reacher", "Pusher")
 
 
 @dataclass
 class Args:
     env_id: Optional[str] = None
-    """the environment of the demonstrations (with --from-minari, default: the env the dataset records)"""
+    """the environment of the demonstrations (default with --from-minari, --from-policy, --complete and --check: the env
+    the dataset, the policy or the folder records)"""
     expert_path: Optional[str] = None
     """the folder to write (default: experts/<env-id>/ next to cleanil/, where the scripts look without --expert-path)"""
     overwrite: bool = False
@@ -67,10 +73,13 @@ class Args:
     from_npz: Optional[str] = None
     """an npz of per-transition arrays (first axis = transition), under the names the --npz-*-key flags give"""
     from_policy: Optional[str] = None
-    """a policy in cleanil's format (a policy.pt beside the expert.json that describes it, or their folder): records
-    deterministic episodes of it and copies it into the folder"""
+    """a policy in cleanil's format: a run folder of sac.py or dqn.py (policy.json + policy.pt), an expert folder whose
+    expert.json has "policy", or one of their files; records deterministic episodes of it and copies it into the folder"""
     complete: bool = False
     """no new demos: fill in what expert_path's expert.json lacks for the demos.npz already there (writing it if absent)"""
+    check: Optional[str] = None
+    """no new demos: check the expert folder at this path (expert.json, demos.npz, policy.pt) against --env-id (default:
+    the env its expert.json names) and print `ok: ...`, or one `error:` line per problem with what to run to fix it"""
 
     # --from-npz: the array names in the file (an optional array left at its default name may be absent)
     npz_observations_key: str = "observations"
@@ -94,14 +103,11 @@ class Args:
     """episodes in demos.npz: the first this many whole episodes of a dataset (default: all), or this many recorded
     with --from-policy (default: --policy-demo-episodes)"""
     policy_demo_episodes: int = 25
-    """--from-policy without --num-demo-episodes: episodes to record (25, as the trainers' --save-expert)"""
+    """--from-policy without --num-demo-episodes: episodes to record"""
     expert_eval_episodes: int = 50
     """--from-policy: deterministic episodes that measure the policy's return (>= 50, as for a shipped expert)"""
     expert_return_mean: Optional[float] = None
     """the return that scores 1 (e.g. a dataset's published expert reference); default in the module docstring"""
-    measure_random_return: bool = True
-    """measure random_return_mean with a uniformly random policy (where a Minari dataset gives no ref_min_score);
-    --no-measure-random-return leaves it out, and every run measures it"""
     float16_observations: bool = False
     """store observations as float16 to keep a large env's folder small (the scripts read them back as float32)"""
     action_tolerance: float = 1e-4
@@ -195,7 +201,7 @@ def load_sb3(path, env, return_tolerance):
         "observations": arrays["obs"],
         "actions": arrays["actions"],
         "rewards": arrays["rewards"],
-        **ends_from_starts(starts, length, env.spec.max_episode_steps),
+        **ends_from_starts(starts, length, env.spec.max_episode_steps, env.spec.name not in NEVER_TERMINATE),
     }
     recorded = np.asarray(arrays["episode_returns"], dtype=np.float64).reshape(-1)
     summed = np.add.reduceat(np.asarray(arrays["rewards"], dtype=np.float64).reshape(length, -1).sum(1), starts)
@@ -240,7 +246,8 @@ def load_npz(path, names, named_by_user, required, env):
             f"with --npz-terminals-key and --npz-timeouts-key, or --npz-episode-starts-key."
         )
     transitions = {key: value for key, value in arrays.items() if key != "episode_starts"}
-    return {**transitions, **ends_from_starts(starts, length, env.spec.max_episode_steps)}, [kinds_note(env)]
+    ends = ends_from_starts(starts, length, env.spec.max_episode_steps, env.spec.name not in NEVER_TERMINATE)
+    return {**transitions, **ends}, [kinds_note(env)]
 
 
 def load_arrays(path, names, required, layout, not_per_transition):
@@ -302,11 +309,13 @@ def starts_from(values, length, path, name):
     return values
 
 
-def ends_from_starts(starts, length, max_episode_steps):
+def ends_from_starts(starts, length, max_episode_steps, terminates=True):
     """Episode ends and kinds of episodes known by their starts alone: the last runs to the end of the file; one that
-    lasts the env's max_episode_steps is a timeout (its TimeLimit cut it), a shorter one a terminal."""
+    lasts the env's max_episode_steps is a timeout (its TimeLimit cut it), a shorter one a terminal, unless the env
+    never terminates (NEVER_TERMINATE): then every episode is a timeout."""
     stops = np.append(starts[1:], length)
     timeout = stops - starts == max_episode_steps if max_episode_steps else np.zeros(len(starts), dtype=bool)
+    timeout |= not terminates
     ends, terminals, timeouts = (np.zeros(length, dtype=bool) for _ in range(3))
     ends[stops - 1], terminals[stops - 1], timeouts[stops - 1] = True, ~timeout, timeout
     return {"ends": ends, "terminals": terminals, "timeouts": timeouts}
@@ -314,6 +323,8 @@ def ends_from_starts(starts, length, max_episode_steps):
 
 def kinds_note(env):
     """What `ends_from_starts` assumed, for the user to check."""
+    if env.spec.name in NEVER_TERMINATE:
+        return f"the source tells no terminal from a timeout, and {env.spec.id} never terminates: every episode is a timeout"
     if env.spec.max_episode_steps is None:
         return (
             f"the source tells no terminal from a timeout, and {env.spec.id} has no time limit: every episode counts "
@@ -459,47 +470,67 @@ class ExpertPolicy(nn.Module):
         return torch.tanh(self.mlp(obs)) * self.action_scale + self.action_bias
 
 
-def load_policy(source, env):
-    """(policy, the expert.json that describes it, its file): a policy.pt and the expert.json beside it, or their folder."""
+# ---- policies: the trainers' policy.pt, rebuilt from its spec; its episodes as demos and as the expert's return ----
+
+POLICY_ERRORS = (OSError, ValueError, LookupError, TypeError, RuntimeError, AttributeError, EOFError, pickle.UnpicklingError)
+# what expert.json carries over from a trainer's policy.json (or from the expert folder a policy comes from)
+TRAINING_KEYS = ("algorithm", "snapshot", "snapshot_step", "training_steps", "training_wall_time_s", "refill_env_steps")
+
+
+def find_policy(source):
+    """(the json that describes a policy, the policy's file): a run folder's policy.json (sac.py, dqn.py), an expert
+    folder's expert.json with "policy", either json, or a policy file beside one."""
     path = Path(source)
     folder = path if path.is_dir() else path.parent
+    candidates = [path] if path.suffix == ".json" else [folder / "policy.json", folder / "expert.json"]
     try:
-        info = json.loads((folder / "expert.json").read_text())
-        spec = info["policy"]
-        file = folder / spec["file"] if path.is_dir() else path
-        policy = ExpertPolicy(spec)
-        policy.mlp.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
-        inputs, outputs = policy.mlp[0].in_features, policy.mlp[-1].out_features
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        IndexError,
-        RuntimeError,
-        AttributeError,
-        EOFError,
-        pickle.UnpicklingError,
-    ) as error:
-        sys.exit(
-            f"error: {source} is no policy in cleanil's format ({type(error).__name__}); --from-policy "
-            f'takes a policy.pt beside the expert.json whose "policy" describes it (as --save-expert writes them).'
-        )
+        info = json.loads(next((file for file in candidates if file.exists()), candidates[-1]).read_text())
+        return info, path if path.suffix == ".pt" else folder / info["policy"]["file"]
+    except POLICY_ERRORS as error:
+        sys.exit(no_policy(source, error))
+
+
+def no_policy(source, error):
+    return (
+        f"error: {source} is no policy in cleanil's format ({type(error).__name__}); --from-policy takes a run folder of "
+        f'sac.py or dqn.py (policy.json + policy.pt), or an expert folder whose expert.json has "policy".'
+    )
+
+
+def build_policy(spec, file, env):
+    """The ExpertPolicy that spec describes with file's weights, and why it cannot act in env (None where it can)."""
+    policy = ExpertPolicy(spec)
+    policy.mlp.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+    inputs, outputs = policy.mlp[0].in_features, policy.mlp[-1].out_features
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
     env_outputs = int(env.action_space.n) if discrete else int(np.prod(env.action_space.shape))
-    obs_dims = int(np.prod(env.observation_space.shape))
-    if inputs != obs_dims or outputs != env_outputs or (policy.output == "argmax") != discrete:
-        sys.exit(
-            f"error: {file} maps {inputs} observation dims to {outputs} {policy.output} outputs, but {env.spec.id} "
-            f"observes {env.observation_space.shape} and acts with {env.action_space}; is --env-id the env it was "
-            f"trained in?"
-        )
-    return policy.eval(), info, file
+    if (
+        inputs == int(np.prod(env.observation_space.shape))
+        and outputs == env_outputs
+        and (policy.output == "argmax") == discrete
+    ):
+        return policy.eval(), None
+    return policy.eval(), (
+        f"{file} maps {inputs} observation dims to {outputs} {policy.output} outputs, but {env.spec.id} observes "
+        f"{env.observation_space.shape} and acts with {env.action_space}"
+    )
 
 
-def evaluate(act, env, num_episodes, seed):
-    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
-    returns = []
+def load_policy(source, info, file, env):
+    """The policy that find_policy found, refused with one sentence if it does not load or does not act in env."""
+    try:
+        policy, misfit = build_policy(info["policy"], file, env)
+    except POLICY_ERRORS as error:
+        sys.exit(no_policy(source, error))
+    if misfit:
+        sys.exit(f"error: {misfit}; is --env-id the env it was trained in?")
+    return policy
+
+
+def evaluate_policy(act, env, num_episodes, seed):
+    """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed (as the scripts'
+    `evaluate`), and whether each ended by terminating (a robot falling) rather than at the time limit."""
+    returns, terminated_episodes = [], []
     for episode in range(num_episodes):
         obs, _ = env.reset(seed=seed if episode == 0 else None)
         done = False
@@ -507,7 +538,8 @@ def evaluate(act, env, num_episodes, seed):
             obs, _, terminated, truncated, info = env.step(act(obs[None])[0])
             done = terminated or truncated
         returns.append(info["episode"]["r"])
-    return np.array(returns, dtype=np.float64)
+        terminated_episodes.append(terminated)
+    return np.array(returns, dtype=np.float64), np.array(terminated_episodes, dtype=bool)
 
 
 def rollout_episodes(act, env, num_episodes, seed):
@@ -538,42 +570,269 @@ def rollout_episodes(act, env, num_episodes, seed):
 
 def record_policy(policy, env, num_episodes, eval_episodes, seed):
     """num_episodes deterministic episodes of the policy as per-transition arrays, and the returns of eval_episodes more
-    (the seed offsets of the trainers' --save-expert: + 40_000 for the demos, + 20_000 for the evaluation)."""
+    with whether each terminated (the seed offsets of the trainers: + 40_000 for the demos, + 20_000 for the evaluation)."""
 
     @torch.no_grad()
     def act(obs):
         return policy(torch.as_tensor(obs, dtype=torch.float32)).numpy()
 
     recorded, _ = rollout_episodes(act, env, num_episodes, seed + 40_000)
-    returns = evaluate(act, env, eval_episodes, seed + 20_000)
-    return {
-        **recorded,
-        "terminals": recorded["terminations"],
-        "timeouts": recorded["truncations"],
-        "ends": recorded["terminations"] | recorded["truncations"],
-    }, returns
+    returns, terminated = evaluate_policy(act, env, eval_episodes, seed + 20_000)
+    return (
+        {
+            **recorded,
+            "terminals": recorded["terminations"],
+            "timeouts": recorded["truncations"],
+            "ends": recorded["terminations"] | recorded["truncations"],
+        },
+        returns,
+        terminated,
+    )
 
 
-def read_expert_json(path, env):
-    """An existing expert.json that --complete fills in ({} if there is none), refused if it does not fit the env."""
-    if not path.exists():
-        return {}
-    try:
-        info = json.loads(path.read_text())
-        shapes = {key: tuple(info[key]) for key in ("observation_shape", "action_shape") if key in info}
-        returns = [float(info[key]) for key in ("expert_return_mean", "random_return_mean") if key in info]
-    except (ValueError, TypeError, KeyError) as error:
-        sys.exit(f"error: {path} is malformed ({error!r}); fix it, or move it away and rerun --complete.")
-    if (
-        shapes.get("observation_shape", env.observation_space.shape) != env.observation_space.shape
-        or shapes.get("action_shape", env.action_space.shape) != env.action_space.shape
-        or not np.isfinite(returns).all()
-    ):
-        sys.exit(
-            f"error: {path} gives shapes {shapes} or returns {returns} that do not fit {env.spec.id} "
-            f"({env.observation_space.shape}, {env.action_space.shape}); fix it, or move it away and rerun --complete."
+def expert_weakness(expert_return, random_return, best_eval_return, reward_threshold, fraction=0.8):
+    """Why a policy about to become an expert looks weak (None if it does not): it is barely above random, it returns
+    less than `fraction` of the best evaluation's gain over random (where its training recorded one), or a quarter of
+    the gain the env's registered reward threshold ("solved") asks for."""
+    gain = expert_return - random_return
+    if gain < 0.05 * abs(random_return) + 1:
+        return f"returns {expert_return:.1f}, barely above a random policy's {random_return:.1f}"
+    if best_eval_return is not None and gain < fraction * (best_eval_return - random_return):
+        return (
+            f"returns {expert_return:.1f}, below {fraction:.0%} of the best evaluation's {best_eval_return:.1f} (random "
+            f"{random_return:.1f})"
         )
-    return info
+    if reward_threshold is not None and gain < 0.25 * (reward_threshold - random_return):
+        return (
+            f"returns {expert_return:.1f}, far below the env's registered reward threshold {reward_threshold:g} (random "
+            f"{random_return:.1f})"
+        )
+    return None
+
+
+def is_mujoco(env):
+    """A MuJoCo robot, whose episodes end early only by falling (in classic control a terminal may be the goal)."""
+    return str(env.spec.entry_point).startswith("gymnasium.envs.mujoco")
+
+
+def failed_episodes(returns, terminated):
+    """The episodes a MuJoCo expert fails (DESIGN.md ships one only if it fails none of 50): those that end by
+    terminating before the time limit, and those below half the median return."""
+    return terminated | (returns < 0.5 * np.median(returns))
+
+
+def failure_warning(returns, terminated, episodes):
+    """One warning line on the failed episodes of a MuJoCo expert, or None if it fails none."""
+    failed, low = failed_episodes(returns, terminated), returns < 0.5 * np.median(returns)
+    if not failed.any():
+        return None
+    return (
+        f"warning: {failed.sum()} of the {len(returns)} {episodes} fail ({terminated.sum()} fall before the time limit, "
+        f"{low.sum()} return below half the median {np.median(returns):.1f}); DESIGN.md ships an expert only if none does."
+    )
+
+
+# ---- checking a folder: what --check prints, and what every folder demos.py writes passes before it is written ----
+
+REQUIRED_FIELDS = ("env_id", "observation_shape", "action_shape", "expert_return_mean", "random_return_mean")
+DEMO_ARRAYS = ("observations", "actions", "rewards", "next_observations", "terminations", "truncations", "episode_starts")
+
+
+def brief(error):
+    return " ".join(str(error).split())[:200]
+
+
+def some(episodes):
+    """`episode 3`, or `episode 3 (and 4 more)`: the first of the episodes a problem concerns."""
+    return f"episode {episodes[0]}" + (f" (and {len(episodes) - 1} more)" if len(episodes) > 1 else "")
+
+
+def read_folder(folder):
+    """(expert.json as a dict, demos.npz's arrays, [(problem, fix)] of reading them), None for what cannot be read."""
+    info, demos, problems = None, None, []
+    try:
+        info = json.loads((folder / "expert.json").read_text())
+        if not isinstance(info, dict):
+            info, problems = None, [("expert.json holds no JSON object", "rebuild")]
+    except FileNotFoundError:
+        problems.append(("there is no expert.json", "write"))
+    except (OSError, ValueError) as error:
+        problems.append((f"expert.json is not readable JSON ({brief(error)})", "rebuild"))
+    try:
+        with np.load(folder / "demos.npz") as data:
+            demos = {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        problems.append(("there is no demos.npz", "rebuild"))
+    except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        problems.append((f"demos.npz is corrupt or no npz archive ({type(error).__name__}: {brief(error)})", "rebuild"))
+    return info, demos, problems
+
+
+def info_problems(info, env):
+    """What in expert.json (a dict) keeps the scripts from using it in env: [(problem, fix)], fix a key of `fix_hint`."""
+    problems = [(f"expert.json has no {key}", "complete") for key in REQUIRED_FIELDS if key not in info]
+    discrete = isinstance(env.action_space, gym.spaces.Discrete)
+    fits = {
+        "observation_shape": list(env.observation_space.shape),
+        "action_shape": list(env.action_space.shape),
+        "action_space": "discrete" if discrete else "box",
+        "num_actions": int(env.action_space.n) if discrete else None,
+    }
+    problems += [
+        (f"expert.json gives {key} {info[key]!r}, but {env.spec.id} has {value!r}", "env")
+        for key, value in fits.items()
+        if key in info and info[key] != value
+    ]
+    if "env_id" in info and not isinstance(info["env_id"], str):
+        problems.append((f"expert.json gives env_id {info['env_id']!r}, which is no env id", "json"))
+    returns = {key: info[key] for key in ("expert_return_mean", "random_return_mean") if key in info}
+    finite = {key: value for key, value in returns.items() if type(value) in (int, float) and np.isfinite(value)}
+    problems += [(f"expert.json's {key} {returns[key]!r} is no finite number", "refill") for key in returns.keys() - finite]
+    if len(finite) == 2 and finite["expert_return_mean"] == finite["random_return_mean"]:
+        problems.append(
+            (
+                f"expert.json's expert_return_mean and random_return_mean are both {finite['expert_return_mean']}, "
+                f"which leaves the normalized score (R - R_random) / (R_expert - R_random) undefined",
+                "tie",
+            )
+        )
+    return problems
+
+
+def demos_problems(demos, env):
+    """What in demos.npz's arrays keeps the scripts from imitating them in env: a list of sentences (the fix of each is to
+    rebuild the folder)."""
+    missing = [key for key in DEMO_ARRAYS if key not in demos]
+    if missing:
+        return [f"demos.npz has no {', '.join(missing)} (it holds {', '.join(demos) or 'nothing'})"]
+    n, space, env_id = len(np.atleast_1d(demos["rewards"])), env.action_space, env.spec.id
+    obs_shape, starts = env.observation_space.shape, demos["episode_starts"]
+    shapes = dict(
+        observations=obs_shape, next_observations=obs_shape, actions=space.shape, rewards=(), terminations=(), truncations=()
+    )
+    problems = [
+        f"demos.npz holds {key} of shape {demos[key].shape}, where {env_id} and {n} rewards need {(n, *shape)}"
+        for key, shape in shapes.items()
+        if demos[key].shape != (n, *shape)
+    ]
+    if not (starts.ndim == 1 and np.issubdtype(starts.dtype, np.integer) and len(starts) and starts[0] == 0) or not (
+        (np.diff(starts) > 0).all() and starts[-1] < n
+    ):
+        problems.append(
+            f"demos.npz's episode_starts {starts[:5].tolist()}... are not increasing indices from 0 below its {n} transitions"
+        )
+    if problems:
+        return problems  # what follows reads the arrays by these shapes and episodes
+    for key in ("observations", "next_observations", "actions", "rewards"):
+        finite = np.isfinite(demos[key].reshape(n, -1)).all(1) if np.issubdtype(demos[key].dtype, np.number) else None
+        if finite is None or not finite.all():
+            problems.append(
+                f"demos.npz holds {key} of dtype {demos[key].dtype}, not numbers"
+                if finite is None
+                else f"demos.npz holds non-finite {key} (the first at transition {np.flatnonzero(~finite)[0]})"
+            )
+    actions = demos["actions"]
+    if isinstance(space, gym.spaces.Discrete) and not np.issubdtype(actions.dtype, np.integer):
+        problems.append(f"demos.npz holds {actions.dtype} actions, where {env_id}'s are integer indices")
+    elif not problems:
+        low, high = (space.low, space.high) if isinstance(space, gym.spaces.Box) else (0, space.n - 1)
+        outside = np.flatnonzero(((actions < low) | (actions > high)).reshape(n, -1).any(1))
+        if len(outside):
+            problems.append(f"demos.npz holds actions outside {env_id}'s {space} (the first at transition {outside[0]})")
+    for key in ("terminations", "truncations"):
+        if demos[key].dtype != bool and not np.isin(demos[key], (0, 1)).all():
+            problems.append(f"demos.npz's {key} are not 0/1 flags (it holds {np.unique(demos[key])[:5].tolist()})")
+    if problems:
+        return problems
+    terminal, ends = demos["terminations"].astype(bool), (demos["terminations"] | demos["truncations"]).astype(bool)
+    stops = np.append(starts[1:], n)
+    last, lengths, limit = stops - 1, stops - starts, env.spec.max_episode_steps
+    unended = np.flatnonzero(~ends[last])
+    if len(unended):
+        problems.append(f"demos.npz's {some(unended)} ends in neither a termination nor a truncation")
+    inside = np.setdiff1d(np.flatnonzero(ends), last)
+    if len(inside):
+        episodes = np.searchsorted(starts, inside, side="right") - 1
+        problems.append(f"demos.npz flags an episode end inside {some(episodes)}: its episode_starts and flags disagree")
+    longer = np.flatnonzero(lengths > limit) if limit else []
+    if len(longer):
+        problems.append(f"demos.npz's {some(longer)} lasts {lengths[longer[0]]} steps, beyond {env_id}'s limit of {limit}")
+    fell = np.flatnonzero(terminal[last]) if env.spec.name in NEVER_TERMINATE else []
+    if len(fell):
+        at_limit = " (its time limit: a timeout stored as a terminal)" if lengths[fell[0]] == limit else ""
+        problems.append(
+            f"demos.npz's {some(fell)} ends as a terminal at step {lengths[fell[0]]}{at_limit}, but {env_id} never terminates"
+        )
+    return problems
+
+
+def policy_problems(spec, env, folder, file=None):
+    """Why the policy that expert.json's spec describes (its file in folder, unless given) cannot act in env: [] if it can."""
+    try:
+        file = file or Path(folder) / spec["file"]
+        _, misfit = build_policy(spec, file, env)
+    except POLICY_ERRORS as error:
+        return [(f"the policy that expert.json describes does not load ({type(error).__name__}: {brief(error)})", "policy")]
+    return [(misfit, "policy")] if misfit else []
+
+
+def folder_problems(info, demos, env, folder, policy_file=None):
+    """Every problem that keeps the scripts from using an expert folder (expert.json as a dict, demos.npz's arrays, either
+    None where unread) in env: what --check prints, and what keeps demos.py from writing a folder."""
+    problems = info_problems(info, env) if info is not None else []
+    if info is not None and "policy" in info:
+        problems += policy_problems(info["policy"], env, folder, policy_file)
+    return problems + [(problem, "rebuild") for problem in (demos_problems(demos, env) if demos is not None else [])]
+
+
+def fix_hint(kind, folder, env_id):
+    """What to run for a problem of this kind in the expert folder at folder, checked against env_id."""
+    demos = f"python cleanil/demos.py --env-id {env_id} --expert-path {shlex.quote(str(folder))}"
+    rebuild = f"rebuild the folder with `{demos} --from-<minari|d4rl|sb3|npz|policy> <source> --overwrite`"
+    return {
+        "complete": f"`{demos} --complete` fills it in",
+        "write": f"`{demos} --complete` writes one for its demos.npz",
+        "refill": f"delete it from expert.json and `{demos} --complete` measures it again",
+        "tie": f"`{demos} --complete --expert-return-mean <the expert's return>` sets the expert's",
+        "json": f"fix expert.json, or {rebuild}",
+        "env": f"is {env_id} the env it was recorded in? `python cleanil/demos.py --check {shlex.quote(str(folder))} --env-id "
+        f"<env>` checks it against another; else {rebuild}",
+        "noenv": f"`python cleanil/demos.py --check {shlex.quote(str(folder))} --env-id <env>` names the env to check it in",
+        "rebuild": rebuild,
+        "policy": f"record the folder again from a working policy (`{demos} --from-policy <run folder> --overwrite`), or "
+        f'delete "policy" from expert.json (only dagger.py needs it)',
+    }[kind]
+
+
+def check_folder(folder, env_id):
+    """--check: one `error:` line per problem, each with what to run, and exit status 1; or `ok: ...`, after a warning
+    where a MuJoCo expert's demo episodes fail."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        sys.exit(f"error: {folder} is no folder; {fix_hint('rebuild', folder, env_id or '<env>')}.")
+    info, demos, problems = read_folder(folder)
+    env_id = env_id or (info or {}).get("env_id")
+    env = make_env(env_id, 0) if isinstance(env_id, str) else None
+    problems = problems + folder_problems(info, demos, env, folder) if env else [*problems, ("it names no env", "noenv")]
+    for problem, kind in problems:
+        print(f"error: {folder}: {problem}; {fix_hint(kind, folder, env_id)}.", file=sys.stderr)
+    if problems:
+        sys.exit(1)
+    starts, rewards, terminal = demos["episode_starts"], demos["rewards"].astype(np.float64), demos["terminations"]
+    returns, terminated = np.add.reduceat(rewards, starts), terminal[np.append(starts[1:], len(rewards)) - 1].astype(bool)
+    warning = failure_warning(returns, terminated, "demo episodes") if is_mujoco(env) else None
+    if warning:
+        print(warning, file=sys.stderr)
+    other = f" (recorded on {info['env_id']}: the scripts take it with --any-env)" if info["env_id"] != env.spec.id else ""
+    print(
+        f"ok: {folder}: {env.spec.id}{other}, {len(starts)} episodes ({terminated.sum()} ending in a terminal), "
+        f"{len(rewards)} transitions, demo return {returns.mean():.2f} +/- {returns.std():.2f}, expert_return_mean "
+        f"{info['expert_return_mean']:.2f}, random_return_mean {info['random_return_mean']:.2f}"
+        + (", a policy for dagger.py." if "policy" in info else ".")
+    )
+
+
+# ---- expert.json: the two returns of the normalized score ----
 
 
 def normalization_returns(info, args, reference, policy_returns, demo_returns):
@@ -603,7 +862,7 @@ def normalization_returns(info, args, reference, policy_returns, demo_returns):
     info = {**info, **expert} if args.expert_return_mean is not None or "expert_return_mean" not in info else dict(info)
     if "random_return_mean" not in info and "ref_min_score" in reference:
         info.update(random_return_mean=reference["ref_min_score"], random_return_source="the Minari dataset's ref_min_score")
-    elif "random_return_mean" not in info and args.measure_random_return:
+    elif "random_return_mean" not in info:
         random_returns = random_policy_returns(args.env_id)
         info.update(
             random_return_mean=float(random_returns.mean()),
@@ -619,25 +878,15 @@ def normalization_returns(info, args, reference, policy_returns, demo_returns):
     return info
 
 
-# ---- shared infrastructure (the same blocks as in the scripts) ----
+# ---- the env, and the random return every expert.json holds ----
 
 
-def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+def make_env(env_id, seed):
+    """The env as the scripts' make_env builds it (without their video): episode statistics and a seeded action space."""
     try:
-        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+        env = gym.make(env_id)
     except gym.error.Error as error:
         sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
-    if capture_video:
-        try:
-            env.reset(seed=seed)
-            env.render()
-        except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(
-                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
-            )
-        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
-        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
     env = gym.wrappers.RecordEpisodeStatistics(env)
     env.action_space.seed(seed)
     return env
@@ -680,12 +929,15 @@ def write_json(path, value):
 if __name__ == "__main__":
     args = tyro.cli(Args)
     given = [f"--from-{name}" for name in SOURCES if getattr(args, f"from_{name}") is not None]
-    given += ["--complete"] if args.complete else []
+    given += ["--complete"] * args.complete + ["--check"] * (args.check is not None)
     if len(given) != 1:
         sys.exit(
-            f"error: name exactly one source, --from-minari, --from-d4rl, --from-sb3, --from-npz, --from-policy or "
-            f"--complete ({'got ' + ' and '.join(given) if given else 'got none'})."
+            f"error: name exactly one source, --from-minari, --from-d4rl, --from-sb3, --from-npz or --from-policy, or "
+            f"--complete or --check ({'got ' + ' and '.join(given) if given else 'got none'})."
         )
+    if args.check is not None:
+        check_folder(args.check, args.env_id)
+        sys.exit(0)
     source_flag = given[0]
     source = None if args.complete else getattr(args, source_flag[2:].replace("-", "_"))
     for name in ("num_demo_episodes", "policy_demo_episodes", "expert_eval_episodes"):
@@ -696,12 +948,19 @@ if __name__ == "__main__":
     if source is not None and source_flag != "--from-minari" and not Path(source).exists():
         sys.exit(f"error: {source_flag} {source}: no such file or folder.")
 
-    reference = {}
+    # the env: named, or the one the dataset, the policy or the folder records
+    reference, policy_info, policy_file = {}, {}, None
     if source_flag == "--from-minari":
         transitions, recorded_env_id, reference = load_minari(source)
         if args.env_id and recorded_env_id and args.env_id != recorded_env_id:
             print(f"note: the dataset was recorded in {recorded_env_id}; converting it for --env-id {args.env_id}.")
         args.env_id = args.env_id or recorded_env_id
+    elif source_flag == "--from-policy":
+        policy_info, policy_file = find_policy(source)
+        args.env_id = args.env_id or policy_info.get("env_id")
+    elif args.complete and args.env_id is None and args.expert_path is not None:
+        recorded_env_id = (read_folder(Path(args.expert_path))[0] or {}).get("env_id")
+        args.env_id = recorded_env_id if isinstance(recorded_env_id, str) else None
     if args.env_id is None:
         sys.exit(f"error: --env-id is required with {source_flag}: the env whose observations and actions the demos hold.")
     env = make_env(args.env_id, args.seed)
@@ -720,59 +979,66 @@ if __name__ == "__main__":
         )
     if not args.complete and (info_path.exists() or demos_path.exists()) and not args.overwrite:
         sys.exit(f"error: {expert_dir} already holds an expert; pass --overwrite to replace it, or another --expert-path.")
-    info = read_expert_json(info_path, env) if args.complete else {}
 
-    # every source as per-transition arrays
-    names = {
-        key: getattr(args, f"npz_{key}_key")
-        for key in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations", "episode_starts")
-    }
-    defaults = {field.name: field.default for field in dataclasses.fields(Args)}
-    policy, policy_info, policy_returns, notes = None, {}, None, []
-    if source_flag == "--from-d4rl":
-        transitions, notes = load_d4rl(source)
-    elif source_flag == "--from-sb3":
-        transitions, notes = load_sb3(source, env, args.sb3_return_tolerance)
-    elif source_flag == "--from-npz":
-        named_by_user = {key for key in names if names[key] != defaults[f"npz_{key}_key"]}
-        transitions, notes = load_npz(source, names, named_by_user, {"observations", "actions", "rewards"}, env)
-    elif source_flag == "--complete":
-        ours = {key: defaults[f"npz_{key}_key"] for key in names}
-        transitions, notes = load_npz(demos_path, ours, set(), set(ours), env)
-    elif source_flag == "--from-policy":
-        policy, policy_info, policy_file = load_policy(source, env)
-        transitions, policy_returns = record_policy(
-            policy, env, args.num_demo_episodes or args.policy_demo_episodes, args.expert_eval_episodes, args.seed
-        )
-    label = str(demos_path) if args.complete else f"{source_flag} {source}"
-    transitions = check_transitions(transitions, env, args.action_tolerance, label)
+    policy, policy_returns, policy_terminated, notes, label = None, None, None, [], f"{source_flag} {source}"
+    if args.complete:
+        # the folder's demos as they are, and what its expert.json holds already (a wrong value is not overwritten)
+        info, demos, problems = read_folder(expert_dir)
+        problems = [problem for problem in problems if problem[0] != "there is no expert.json"]
+        problems += [problem for problem in info_problems(info or {}, env) if problem[1] != "complete"]
+        problems += [(problem, "rebuild") for problem in (demos_problems(demos, env) if demos is not None else [])]
+        if problems:
+            problem, kind = problems[0]
+            sys.exit(f"error: --complete leaves {expert_dir} as it is: {problem}; {fix_hint(kind, expert_dir, args.env_id)}.")
+        info, label = info or {}, str(demos_path)
+        returns = np.add.reduceat(demos["rewards"].astype(np.float64), demos["episode_starts"])
+    else:
+        # every source as per-transition arrays
+        names = {
+            key: getattr(args, f"npz_{key}_key")
+            for key in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations", "episode_starts")
+        }
+        defaults = {field.name: field.default for field in dataclasses.fields(Args)}
+        if source_flag == "--from-d4rl":
+            transitions, notes = load_d4rl(source)
+        elif source_flag == "--from-sb3":
+            transitions, notes = load_sb3(source, env, args.sb3_return_tolerance)
+        elif source_flag == "--from-npz":
+            named_by_user = {key for key in names if names[key] != defaults[f"npz_{key}_key"]}
+            transitions, notes = load_npz(source, names, named_by_user, {"observations", "actions", "rewards"}, env)
+        elif source_flag == "--from-policy":
+            policy = load_policy(source, policy_info, policy_file, env)
+            transitions, policy_returns, policy_terminated = record_policy(
+                policy, env, args.num_demo_episodes or args.policy_demo_episodes, args.expert_eval_episodes, args.seed
+            )
+        transitions = check_transitions(transitions, env, args.action_tolerance, label)
 
-    # whole episodes, their returns, and what is left out
-    episodes, left_over = split_episodes(transitions["ends"], transitions["terminals"], transitions["timeouts"])
-    if not episodes:
-        sys.exit(f"error: {label} holds no whole episode (none ends in a terminal or a timeout).")
-    if args.complete and (left_over or "next_observations" not in transitions):
-        sys.exit(
-            f"error: --complete leaves {demos_path} as it is, but {left_over} of its transitions end no episode; "
-            f"convert it with `--from-npz {demos_path} --overwrite`, which leaves them out."
-        )
-    if args.num_demo_episodes is not None and args.num_demo_episodes > len(episodes):
-        sys.exit(
-            f"error: --num-demo-episodes {args.num_demo_episodes} asks for more episodes than the {len(episodes)} "
-            f"whole ones in {label}; pass at most {len(episodes)}."
-        )
-    episodes = episodes[: args.num_demo_episodes]
-    returns = np.array([transitions["rewards"][start:stop].sum() for start, stop in episodes])
-    demos = assemble_demos(transitions, episodes, args.float16_observations)
-    if len(demos["rewards"]) == 0:
-        sys.exit(f"error: {label} holds only one-step episodes and no next observations, which leaves no transition to keep.")
-    if left_over:
-        notes.append(f"left out {left_over} transitions that end no episode (a recording cut short: no terminal or timeout)")
-    if "next_observations" not in transitions:
-        notes.append(
-            f"{label} records no next observations: s'_t = s_(t+1), and each episode's last transition, whose "
-            f"successor was never recorded, is left out (that episode then ends in a timeout)"
-        )
+        # whole episodes, their returns, and what is left out
+        episodes, left_over = split_episodes(transitions["ends"], transitions["terminals"], transitions["timeouts"])
+        if not episodes:
+            sys.exit(f"error: {label} holds no whole episode (none ends in a terminal or a timeout).")
+        if args.num_demo_episodes is not None and args.num_demo_episodes > len(episodes):
+            sys.exit(
+                f"error: --num-demo-episodes {args.num_demo_episodes} asks for more episodes than the {len(episodes)} "
+                f"whole ones in {label}; pass at most {len(episodes)}."
+            )
+        episodes = episodes[: args.num_demo_episodes]
+        returns = np.array([transitions["rewards"][start:stop].sum() for start, stop in episodes])
+        demos = assemble_demos(transitions, episodes, args.float16_observations)
+        if len(demos["rewards"]) == 0:
+            sys.exit(
+                f"error: {label} holds only one-step episodes and no next observations, which leaves no transition to keep."
+            )
+        if left_over:
+            notes.append(
+                f"left out {left_over} transitions that end no episode (a recording cut short: no terminal or timeout)"
+            )
+        if "next_observations" not in transitions:
+            notes.append(
+                f"{label} records no next observations: s'_t = s_(t+1), and each episode's last transition, whose "
+                f"successor was never recorded, is left out (that episode then ends in a timeout)"
+            )
+        info = {}
 
     # expert.json: what the scripts read, where each number comes from, and how the folder was built
     info = normalization_returns(info, args, reference, policy_returns, returns)
@@ -785,13 +1051,14 @@ if __name__ == "__main__":
         **({"num_actions": int(env.action_space.n)} if discrete else {}),
     }
     earlier = info.get("command", []) if args.complete else policy_info.get("command", [])
-    # every command that built the folder, as the trainers record theirs (a hand-written json may hold one string)
+    # every command that built the folder (a trainer's policy.json or a hand-written expert.json may hold one string)
     info["command"] = [*([earlier] if isinstance(earlier, str) else earlier), " ".join(["python", *sys.argv])]
     info["versions"] = package_versions()
     if not args.complete:
         info["source"] = {"flag": source_flag, "path": str(source), "notes": notes}
     terminated, truncated = int(demos["terminations"].sum()), int(demos["truncations"].sum())
     info["demos"] = {
+        **(info.get("demos", {}) if args.complete else {}),
         "file": "demos.npz",
         "episodes": len(demos["episode_starts"]),
         "transitions": len(demos["rewards"]),
@@ -800,17 +1067,25 @@ if __name__ == "__main__":
         "return_mean": float(returns.mean()),
         "return_std": float(returns.std()),
         "observation_dtype": str(demos["observations"].dtype),
-        **({"policy": "deterministic"} if policy is not None else {}),
+        **({"policy": "deterministic", "seed": args.seed} if policy is not None else {}),
     }
+    warnings = []
     if policy is not None:
-        info.update(
-            algorithm=policy_info.get("algorithm"),
-            training_steps=policy_info.get("training_steps"),
-            seed=args.seed,
-            policy={**policy_info["policy"], "file": "policy.pt"},
+        info.update({key: policy_info[key] for key in TRAINING_KEYS if key in policy_info})
+        info.update(seed=policy_info.get("seed", args.seed), policy={**policy_info["policy"], "file": "policy.pt"})
+        weak = expert_weakness(
+            policy_returns.mean(), info["random_return_mean"], policy_info.get("best_eval_return"), env.spec.reward_threshold
         )
+        warnings += [f"warning: the expert {weak}; train longer (--total-timesteps) before imitating it."] if weak else []
+        if is_mujoco(env):
+            failed = failed_episodes(policy_returns, policy_terminated)
+            info.update(expert_failed_episodes=int(failed.sum()), expert_terminated_episodes=int(policy_terminated.sum()))
+            warnings.append(failure_warning(policy_returns, policy_terminated, "evaluation episodes of the expert"))
 
-    # write: demos and policy first, expert.json (which the scripts read first) last
+    # nothing is written unless the folder passes --check; then demos and policy, and expert.json (read first) last
+    problems = folder_problems(info, demos, env, expert_dir, policy_file)
+    if problems:
+        sys.exit(f"error: {label} gives a folder that `demos.py --check` refuses: {problems[0][0]}; nothing was written.")
     expert_dir.mkdir(parents=True, exist_ok=True)
     if not args.complete:
         np.savez_compressed(demos_path, **demos)
@@ -819,15 +1094,13 @@ if __name__ == "__main__":
     write_json(info_path, info)
     for note in notes:
         print(f"note: {note}.")
-    random_return = (
-        f"{info['random_return_mean']:.2f} ({info.get('random_return_source', 'as it was')})"
-        if "random_return_mean" in info
-        else "left out: every run measures it"
-    )
+    for warning in filter(None, warnings):
+        print(warning, file=sys.stderr)
     print(
         f"wrote {expert_dir}: {len(demos['episode_starts'])} episodes ({terminated} ending in a terminal, {truncated} in a "
         f"timeout), {len(demos['rewards'])} transitions, return {returns.mean():.2f} +/- {returns.std():.2f} (min "
         f"{returns.min():.2f}, max {returns.max():.2f}); expert_return_mean {info['expert_return_mean']:.2f} "
-        f"({info.get('expert_return_source', 'as it was')}), random_return_mean {random_return}."
+        f"({info.get('expert_return_source', 'as it was')}), random_return_mean {info['random_return_mean']:.2f} "
+        f"({info.get('random_return_source', 'as it was')})."
     )
     env.close()

@@ -98,7 +98,7 @@ class Args:
     """gradient clipping norm (as in stable-baselines3's DQN)"""
     shaping_coef: float = 0.0
     """MountainCar-v0 only: scale of the potential-based energy shaping used for training (0: true reward)"""
-    expert_snapshot: Literal["best", "final"] = "best"
+    snapshot: Literal["best", "final"] = "best"
     """which Q-network policy.pt holds: `best` (highest eval return seen) or `final`"""
 
 
@@ -349,14 +349,14 @@ if __name__ == "__main__":
     mean_sps = args.total_timesteps / max(wall_time, 1e-9)
     write_summary(run_dir, args, eval_rows, wall_time, mean_sps, device, precision)
     # policy.pt + policy.json: `python cleanil/demos.py --from-policy <run_dir>` turns them into an expert folder
-    if args.expert_snapshot == "best":
+    if args.snapshot == "best":
         q_network.load_state_dict(best_q["state"])
     torch.save({key: value.cpu() for key, value in q_network.network.state_dict().items()}, run_dir / "policy.pt")
     policy_json = {
         "env_id": args.env_id,
         "algorithm": "dqn",
-        "snapshot": args.expert_snapshot,
-        "snapshot_step": best_q["step"] if args.expert_snapshot == "best" else args.total_timesteps,
+        "snapshot": args.snapshot,
+        "snapshot_step": best_q["step"] if args.snapshot == "best" else args.total_timesteps,
         "training_steps": args.total_timesteps,
         "training_wall_time_s": round(wall_time, 1),
         "refill_env_steps": 0,

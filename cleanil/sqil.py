@@ -4,33 +4,25 @@ SQIL (Reddy, Dragan, Levine, "SQIL: Imitation Learning via Reinforcement Learnin
 arXiv 1905.11108) needs no learned reward: the demonstrations go into their own replay buffer with a constant reward
 r = 1, the agent's own transitions into another with r = 0, and every gradient step takes a balanced minibatch, half
 from each, through the soft Bellman error. The agent is pulled towards the demonstrated actions and, where it drifts
-off the demonstrated states (reward 0 for ever), back onto them. The map below names the paper's terms:
+off the demonstrated states (reward 0 for ever), back onto them. The paper's terms:
   soft_value                 V(s) = alpha log sum_a exp(Q(s, a) / alpha), the soft value of Sec. 2 (alpha = 1 there)
   soft_bellman_error         Eq. 1, delta^2(D, r) = mean over D of (Q(s, a) - (r + gamma V(s')))^2
   sqil_loss                  Alg. 1, line 4: delta^2(D_demo, 1) + lambda_samp delta^2(D_samp, 0)
   balanced_batch             Alg. 1, the minibatch: half demonstrations (r = 1), half the agent's samples (r = 0)
   soft_q_policy              the soft-optimal policy pi(a|s) = exp((Q(s, a) - V(s)) / alpha) that acts (Sec. 2)
+  sqil_update                Alg. 1's gradient step: soft Q-learning for discrete actions, SAC for continuous ones (as
+                             the paper's continuous-control experiments, Sec. 4.3)
   transition_rows,           `--absorbing-state`: a termination leads to DAC's absorbing state s_a (Kostrikov et al.
-  absorbing_state_values     2019, arXiv 1809.02925), whose value is learned like any other, reward 1 in the
-                             demonstrations' self-transitions of s_a and 0 in the agent's, not fixed at the paper's 0
-  sac_update                 continuous actions: the same loss with SAC's soft value min_k Q'_k(s', a') - alpha log
-                             pi(a'|s'), a' ~ pi, and SAC's actor and temperature (the paper's continuous-control
-                             experiments run SAC in place of soft Q-learning, Sec. 4.3)
-Discrete action spaces run soft Q-learning with a fixed temperature (`--soft-q-temperature`, 1 in the paper); Box ones
-run the SAC block of sac.py. A transition that ends in a true termination bootstraps nothing (V = 0), or with
-`--absorbing-state` the absorbing state's learned value; a time-limit truncation bootstraps.
-`--resume` continues from checkpoints/<env-id>__<exp-name>__<seed>/checkpoint.pt (networks, optimisers, temperature,
-counters, RNG states, eval rows: a few MB); the agent's replay buffer is not saved, so a resumed run first refills it
-with `--refill-steps` steps of the current policy. `--bf16` (on where the hardware has it) runs the SAC networks'
-hidden matmuls in bfloat16.
+  absorbing_state_values     2019, arXiv 1809.02925), whose value is learned, not fixed at the paper's V = 0
 """
 
 import json
 import os
-import platform
 import random
 import shlex
+import shutil
 import signal
+import subprocess
 import sys
 import time
 import zipfile
@@ -75,13 +67,15 @@ class Args:
     eval_episodes: int = 10
     """number of episodes per evaluation"""
     log_frequency: int = 1000
-    """the training statistics (losses, SPS) go to the log every this many steps"""
+    """the training statistics (losses, SPS) go to wandb every this many steps"""
     expert_path: Optional[str] = None
     """folder of the expert artefacts (default: experts/<env-id>/ next to cleanil/)"""
     num_expert_trajectories: int = 1
     """expert trajectories in the demonstration buffer (1: the regime of IQ-Learn's Table 3)"""
     subsample_frequency: int = 1
     """keep every this many-th demo transition (1: all)"""
+    any_env: bool = False
+    """use an expert folder recorded on another env id (e.g. Hopper-v4 demos for Hopper-v5) when its shapes fit"""
 
     # SQIL (Alg. 1)
     lambda_samp: float = 1.0
@@ -89,17 +83,9 @@ class Args:
     demo_fraction: float = 0.5
     """share of each minibatch drawn from the demonstrations (the paper's balanced batches: half)"""
     absorbing_state: Literal["auto", "on", "off"] = "auto"
-    """"on": a termination leads to DAC's absorbing state (Kostrikov et al. 2019, arXiv 1809.02925), whose value is
-    learned from its self-transitions, reward 1 in the demonstrations and 0 in the agent's samples like every other
-    transition, instead of the paper's V(s') = 0 ("off"). Where the expert's episodes end by termination (Acrobot's and
-    MountainCar's goal), V = 0 there makes reaching the goal worth less than staying on any state SQIL's reward keeps
-    positive, and the imitating agent learns to stop short of the goal; "auto" (recorded as resolved): "on" where the
-    loaded demonstrations hold a termination, else "off" (there only the agent's terminations, reward 0, would teach
-    s_a, whose value would stay the paper's 0)"""
+    """"on": a termination leads to DAC's absorbing state, its value learned ("off": V = 0); "auto": "on" if demos terminate"""
     soft_q_temperature: float = 1.0
-    """discrete actions: the fixed temperature alpha of soft Q-learning, V(s) = alpha log sum exp(Q / alpha) (1 in the
-    paper); its entropy bonus, up to alpha log |A| per step, competes with the 0/1 reward: on Acrobot (log 3 = 1.1 > 1)
-    the agent at alpha = 1 values lingering over reaching the goal, at 0.1 it does not (README, classic control)"""
+    """discrete actions: the fixed temperature alpha of soft Q-learning (1 in the paper; its entropy bonus rivals r = 1)"""
     learning_rate: float = 1e-3
     """discrete actions: the learning rate of the Q-network"""
 
@@ -121,13 +107,11 @@ class Args:
     policy_frequency: int = 2
     """SAC: the actor is updated every this many steps, this many times (delayed updates as in TD3)"""
     target_network_frequency: int = 1
-    """the frequency of updates for the target networks"""
+    """the target Q-network (or SAC's target critics) moves towards the online one every this many steps"""
     alpha: float = 0.05
     """SAC: entropy regularization coefficient (fixed; the initial value with --autotune)"""
     autotune: bool = False
-    """SAC: tune the entropy coefficient to the target entropy -|A| (1812.05905 Eq. 18). Off: as the policy sharpens onto
-    the demonstrations, the tuned alpha grows until the entropy bonus outweighs SQIL's 0/1 rewards and the imitation
-    collapses (README, SQIL)"""
+    """SAC: tune alpha to the entropy target -|A| (off by default: the tuned alpha outgrows SQIL's 0/1 rewards)"""
     hidden_size: int = 256
     """width of the two hidden layers of actor and critics (or of the Q-network)"""
     log_std_min: float = -5.0
@@ -135,64 +119,47 @@ class Args:
     log_std_max: float = 2.0
     """SAC: upper bound of the actor's log standard deviation"""
     bf16: bool = True
-    """autocast the SAC networks' hidden matmuls to bfloat16 where the hardware computes it natively (CUDA with bf16,
-    CPUs with AMX or AVX512-BF16; ignored elsewhere); master weights, optimiser states, targets and losses stay float32"""
+    """autocast SAC's hidden matmuls to bfloat16 where the hardware has it (CUDA, CPUs with AMX or AVX512-BF16)"""
 
     # checkpoints
-    checkpoint_frequency: int = 50_000
-    """save a resumable checkpoint every this many environment steps (0: never)"""
     checkpoint_minutes: float = 30.0
-    """also save it every this many minutes of wall time (0: never), and always when stopped by SIGINT/SIGTERM"""
-    checkpoint_dir: Optional[str] = None
-    """checkpoint folder (default: checkpoints/<env-id>__<exp-name>__<seed>/, git-ignored)"""
+    """save a checkpoint every this many minutes (0: only when stopped), and when stopped by SIGINT/SIGTERM"""
+    checkpoint_dir: str = "checkpoints"
+    """folder of the checkpoint file <env-id>__<exp-name>__<seed>.pt (deleted when the run finishes)"""
     resume: bool = False
-    """continue from the checkpoint in checkpoint_dir"""
+    """continue the interrupted run from its checkpoint"""
     refill_steps: int = 50_000
-    """on --resume, environment steps of the current policy that refill the agent's replay buffer before updates
-    continue; not counted in global_step, recorded as refill_env_steps"""
+    """on --resume, steps of the current policy that refill the agent's replay buffer (not in global_step)"""
 
 
 # ----------------------------------------------------------------------------------------------------------- SQIL
-def balanced_batch(demo_batch, agent_batch):
-    """Alg. 1's minibatch: the demonstrations with reward 1, the agent's samples with reward 0, demonstrations first.
-    Each batch is (obs, actions, next_obs, terminations) as `transition_rows` stores them, observations with the
-    absorbing indicator last; returns (obs, actions, rewards, next_obs, terminations, absorbing) with the indicator split
-    off the observations the networks see (absorbing = 1 on s_a's self-transitions)."""
-    obs, actions, next_obs, terminations = (torch.cat([demo, agent]) for demo, agent in zip(demo_batch, agent_batch))
-    rewards = torch.cat(
-        [torch.ones(len(demo_batch[0]), device=obs.device), torch.zeros(len(agent_batch[0]), device=obs.device)]
-    )
-    return obs[:, :-1], actions, rewards, next_obs[:, :-1], terminations, obs[:, -1]
-
-
-def transition_rows(obs, actions, next_obs, terminations, absorbing_state):
-    """Transitions as the buffers store them (numpy rows): observations gain an indicator feature, 1 only at DAC's
-    absorbing state s_a = (0, ..., 0, 1). With absorbing_state, a terminated transition's next state is s_a and one
-    self-transition (s_a, 0, s_a) follows each termination, stored as an ordinary transition; without, the indicator
-    stays 0 and a termination keeps V(s') = 0. A time-limit truncation is not a termination: its s' stays."""
+def transition_rows(obs, actions, next_obs, terminations, absorbing_state, num_absorbing=None):
+    """Transitions as the buffers store them (numpy rows), observations with an indicator feature, 1 only at DAC's
+    absorbing state s_a = (0, ..., 0, 1). With absorbing_state, a termination's s' is s_a, and num_absorbing (default: one
+    per termination) self-transitions (s_a, 0, s_a) follow; without, a termination keeps V(s') = 0."""
     terminations = np.asarray(terminations, dtype=np.float32)
     real = lambda x: np.concatenate([x, np.zeros((len(x), 1), dtype=np.float32)], 1)
     if not absorbing_state:
         return real(obs), actions, real(next_obs), terminations
     absorbing = np.eye(obs.shape[1] + 1, dtype=np.float32)[-1:]
-    num_absorbing = int(terminations.sum())
-    return (
-        np.concatenate([real(obs), np.repeat(absorbing, num_absorbing, 0)]),
-        np.concatenate([actions, np.zeros((num_absorbing, actions.shape[1]), dtype=np.float32)]),
-        np.concatenate(
-            [np.where(terminations[:, None] > 0, absorbing, real(next_obs)), np.repeat(absorbing, num_absorbing, 0)]
-        ),
-        np.concatenate([terminations, np.zeros(num_absorbing, dtype=np.float32)]),
-    )
+    rows = real(obs), actions, np.where(terminations[:, None] > 0, absorbing, real(next_obs)), terminations
+    self_transition = absorbing, np.zeros((1, actions.shape[1]), np.float32), absorbing, np.zeros(1, np.float32)
+    num_absorbing = int(terminations.sum()) if num_absorbing is None else num_absorbing
+    return [np.concatenate([part, np.repeat(row, num_absorbing, 0)]) for part, row in zip(rows, self_transition)]
+
+
+def balanced_batch(demo_batch, agent_batch):
+    """Alg. 1's minibatch from two replay samples: the demonstrations (reward 1), then the agent's (reward 0). Returns
+    (obs, actions, rewards, next_obs, terminations, absorbing), s_a's indicator split off the observations."""
+    obs, actions, _, next_obs, terminations = (torch.cat([demo, agent]) for demo, agent in zip(demo_batch, agent_batch))
+    rewards = torch.cat([torch.ones_like(demo_batch[2]), torch.zeros_like(agent_batch[2])])
+    return obs[:, :-1], actions, rewards, next_obs[:, :-1], terminations, obs[:, -1]
 
 
 def absorbing_state_values(q_values, next_value, terminations, absorbing, absorbing_q):
-    """Q, V(s') and terminations with the absorbing state's learned value: s_a has a single action and no entropy, so
-    Q(s_a, .) = V(s_a) is one number, absorbing_q. A self-transition row (absorbing = 1) has Q = absorbing_q, and every
-    row whose s' is s_a (a termination, or s_a's self-transition) has V(s') = absorbing_q held fixed; no row counts as
-    terminated any longer. Its self-transitions give s_a reward 1 from the demonstrations and 0 from the agent, so with
-    balanced batches V(s_a) settles at the demonstrations' share of s_a's rows times 1 / (1 - gamma): a goal the expert
-    ends at is worth about what imitating it is, and a termination only the agent reaches stays worth 0."""
+    """Q, V(s') and terminations with s_a's learned value absorbing_q (one action, no entropy: Q(s_a, .) = V(s_a)): Q of
+    s_a's self-transitions and V(s') (held fixed) of every row reaching s_a become absorbing_q; no row is terminated.
+    With reward 1 in the demonstrations' self-transitions of s_a, a goal the expert ends at keeps the value of imitating."""
     absorbing, next_is_absorbing = absorbing.bool(), (terminations + absorbing).bool()
     q_values = torch.where(absorbing, absorbing_q, q_values)
     next_value = torch.where(next_is_absorbing, absorbing_q.detach(), next_value)
@@ -212,9 +179,7 @@ def soft_bellman_error(q_values, rewards, gamma, terminations, next_value):
 def sqil_loss(squared_errors, num_demo, lambda_samp):
     """Alg. 1, line 4: delta^2(D_demo, 1) + lambda_samp delta^2(D_samp, 0), each the mean over its half of the batch
     (the demonstrations come first); summed over leading axes such as SAC's twin critics."""
-    demo_term = squared_errors[..., :num_demo].mean(-1)
-    sample_term = squared_errors[..., num_demo:].mean(-1)
-    return (demo_term + lambda_samp * sample_term).sum()
+    return (squared_errors[..., :num_demo].mean(-1) + lambda_samp * squared_errors[..., num_demo:].mean(-1)).sum()
 
 
 def soft_q_policy(q_values, temperature):
@@ -222,52 +187,64 @@ def soft_q_policy(q_values, temperature):
     return torch.distributions.Categorical(logits=q_values / temperature)
 
 
-class QNetwork(nn.Module):
+def q_mlp(obs_dim, num_actions, hidden_size):
     """Discrete actions: Q(s, .) for every action at once."""
-
-    def __init__(self, obs_dim, num_actions, hidden_size):
-        super().__init__()
-        self.network = nn.Sequential(
-            nn.Linear(obs_dim, hidden_size),
-            nn.ReLU(),
-            nn.Linear(hidden_size, hidden_size),
-            nn.ReLU(),
-            nn.Linear(hidden_size, num_actions),
-        )
-
-    def forward(self, obs):
-        return self.network(obs)
+    hidden = nn.Linear(obs_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size), nn.ReLU()
+    return nn.Sequential(*hidden, nn.Linear(hidden_size, num_actions))
 
 
-def soft_q_update(batch, num_demo, q_network, target_network, optimizer, args, absorbing_q=None):
-    """One soft Q-learning step on a balanced batch (Alg. 1 with the soft value of Sec. 2), then Polyak targets. With
-    absorbing_q (--absorbing-state), the absorbing state's value (`absorbing_state_values`)."""
+def sqil_update(batch, num_demo, nets, optimizers, args, global_step, bf16=False):
+    """One gradient step of Alg. 1 on a balanced batch; the target critics follow every target_network_frequency calls.
+    nets: "qf", "qf_target", "actor" and "log_alpha" for continuous actions, "absorbing_reward" r_a with --absorbing-state
+    (V(s_a) = r_a / (1 - gamma)). Discrete: soft Q-learning, V(s') = soft_value(Q'(s', .)). Continuous: sac.py's sac_update
+    with sqil_loss, V(s') = min_k Q'_k(s', a') - alpha log pi(a'|s'), a' ~ pi (1812.05905 Eq. 5-6), no actor step in s_a."""
     obs, actions, rewards, next_obs, terminations, absorbing = batch
-    with torch.no_grad():
-        next_value = soft_value(target_network(next_obs), args.soft_q_temperature)
-    q_values = q_network(obs).gather(1, actions.long()).squeeze(1)
-    if absorbing_q is not None:
-        q_values, next_value, terminations = absorbing_state_values(q_values, next_value, terminations, absorbing, absorbing_q)
-    loss = sqil_loss(soft_bellman_error(q_values, rewards, args.gamma, terminations, next_value), num_demo, args.lambda_samp)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    with torch.no_grad():
-        torch._foreach_lerp_(list(target_network.parameters()), list(q_network.parameters()), args.tau)
-    stats = {
-        "losses/qf_loss": loss.detach(),
-        "losses/qf1_values": q_values.detach().mean(),
-        "losses/q_demo": q_values[:num_demo].detach().mean(),
-        "losses/q_agent": q_values[num_demo:].detach().mean(),
-    }
-    if absorbing_q is not None:
-        stats["losses/absorbing_value"] = absorbing_q.detach()
+    qf, qf_target, actor = nets["qf"], nets["qf_target"], nets.get("actor")
+    absorbing_q = nets["absorbing_reward"] / (1 - args.gamma) if "absorbing_reward" in nets else None
+    alpha = None if actor is None else nets["log_alpha"].exp().detach()
+    with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad():
+            if actor is None:
+                next_v = soft_value(qf_target(next_obs), args.soft_q_temperature)
+            else:
+                next_actions, next_log_pi = actor.get_action(next_obs)
+                next_v = qf_target(next_obs, next_actions).min(0).values - alpha * next_log_pi
+        q_values = qf(obs).gather(1, actions.long()).squeeze(1) if actor is None else qf(obs, actions)  # [(num_q,) batch]
+        if absorbing_q is not None:
+            q_values, next_v, terminations = absorbing_state_values(q_values, next_v, terminations, absorbing, absorbing_q)
+        errors = soft_bellman_error(q_values, rewards, args.gamma, terminations, next_v)
+        qf_loss = sqil_loss(errors, num_demo, args.lambda_samp)
+    optimizers["q"].zero_grad(set_to_none=True)
+    qf_loss.backward()
+    optimizers["q"].step()
+    q = q_values.detach().reshape(-1, len(obs))[0]  # the first critic's
+    stats = {"losses/qf_loss": qf_loss.detach(), "losses/q_demo": q[:num_demo].mean(), "losses/q_agent": q[num_demo:].mean()}
+    stats |= {"losses/absorbing_value": absorbing_q.detach()} if absorbing_q is not None else {}
+
+    if actor is not None and global_step % args.policy_frequency == 0:
+        qf.requires_grad_(False)  # the actor's gradient flows through Q's input only (as Spinning Up freezes Q here)
+        for _ in range(args.policy_frequency):
+            with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=bf16):
+                actor_loss, log_pi = policy_loss(actor, qf, obs[absorbing == 0], alpha)
+            optimizers["actor"].zero_grad(set_to_none=True)
+            actor_loss.backward()
+            optimizers["actor"].step()
+            if args.autotune:
+                loss = alpha_loss(nets["log_alpha"], log_pi, -float(actions.shape[-1]))  # target entropy -|A|
+                optimizers["alpha"].zero_grad(set_to_none=True)
+                loss.backward()
+                optimizers["alpha"].step()
+                alpha = nets["log_alpha"].exp().detach()
+        qf.requires_grad_(True)
+        stats |= {"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha, "charts/entropy": -log_pi.detach().mean()}
+
+    if global_step % args.target_network_frequency == 0:
+        with torch.no_grad():
+            torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
     return stats
 
 
-# ------------------------------------------------------------------------------------ the SAC block (of sac.py)
-
-
+# ------------------------------------------------------------------------------------------------------------ SAC
 class SoftQEnsemble(nn.Module):
     """num_q independent critics Q_k(s, a), evaluated together: each layer is one batched matmul over the critics."""
 
@@ -325,15 +302,6 @@ class Actor(nn.Module):
     def deterministic_action(self, obs):
         return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
 
-    def mean_mlp(self):
-        """obs -> pre-tanh mean as a plain nn.Sequential (the shipped policy.pt, loadable without this class)."""
-        action_dim = self.fc_head.out_features // 2
-        fc_mean = nn.Linear(self.fc_head.in_features, action_dim)
-        with torch.no_grad():
-            fc_mean.weight.copy_(self.fc_head.weight[:action_dim])
-            fc_mean.bias.copy_(self.fc_head.bias[:action_dim])
-        return nn.Sequential(self.fc1, nn.ReLU(), self.fc2, nn.ReLU(), fc_mean.to(self.fc1.weight.device))
-
 
 class ReplayBuffer:
     """Transitions as rows [obs, action, reward, next_obs, termination] of one preallocated tensor on the training
@@ -356,20 +324,6 @@ class ReplayBuffer:
         return obs, actions, rewards.squeeze(-1), next_obs, terminations.squeeze(-1)
 
 
-def soft_q_loss(qf, qf_target, actor, batch, alpha, gamma, num_demo, lambda_samp, absorbing_q=None):
-    """Eq. 1 with SAC's soft value (1812.05905 Eq. 5-6), V(s') = min_k Q'_k(s', a') - alpha log pi(a'|s'), a' ~ pi(s'),
-    the squared errors weighted as Alg. 1 does (sqil_loss). With absorbing_q (--absorbing-state), the absorbing state's
-    value (`absorbing_state_values`)."""
-    obs, actions, rewards, next_obs, terminations, absorbing = batch
-    with torch.no_grad():
-        next_actions, next_log_pi = actor.get_action(next_obs)
-        next_value = qf_target(next_obs, next_actions).min(0).values - alpha * next_log_pi
-    q_values = qf(obs, actions)  # [num_q, batch]
-    if absorbing_q is not None:
-        q_values, next_value, terminations = absorbing_state_values(q_values, next_value, terminations, absorbing, absorbing_q)
-    return sqil_loss(soft_bellman_error(q_values, rewards, gamma, terminations, next_value), num_demo, lambda_samp), q_values
-
-
 def policy_loss(actor, qf, obs, alpha):
     """Eq. 7: E_s E_{a~pi}[alpha log pi(a|s) - min_k Q_k(s, a)] through the reparameterised a."""
     actions, log_pi = actor.get_action(obs)
@@ -379,68 +333,6 @@ def policy_loss(actor, qf, obs, alpha):
 def alpha_loss(log_alpha, log_pi, target_entropy):
     """Eq. 18: -alpha (log pi(a|s) + H_target), so alpha grows when the entropy drops below the target."""
     return (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
-
-
-def sac_update(
-    batch,
-    num_demo,
-    actor,
-    qf,
-    qf_target,
-    log_alpha,
-    q_optimizer,
-    actor_optimizer,
-    alpha_optimizer,
-    args,
-    target_entropy,
-    global_step,
-    bf16=False,
-    absorbing_q=None,
-):
-    """One SAC step on a balanced batch: critics every call, actor and alpha policy_frequency times every
-    policy_frequency calls, on the states of both halves but the absorbing state (its action is fixed). bf16 autocasts
-    the hidden layers' matmuls."""
-    device_type = batch[0].device.type
-    alpha = log_alpha.exp().detach()
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        qf_loss, q_values = soft_q_loss(
-            qf, qf_target, actor, batch, alpha, args.gamma, num_demo, args.lambda_samp, absorbing_q
-        )
-    q_optimizer.zero_grad(set_to_none=True)
-    qf_loss.backward()
-    q_optimizer.step()
-    stats = {
-        "losses/qf_loss": qf_loss.detach(),
-        "losses/qf1_values": q_values[0].detach().mean(),
-        "losses/q_demo": q_values[0, :num_demo].detach().mean(),
-        "losses/q_agent": q_values[0, num_demo:].detach().mean(),
-    }
-    if absorbing_q is not None:
-        stats["losses/absorbing_value"] = absorbing_q.detach()
-
-    if global_step % args.policy_frequency == 0:
-        qf.requires_grad_(False)  # the actor's gradient flows through Q's input only (as Spinning Up freezes Q here)
-        for _ in range(args.policy_frequency):
-            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-                actor_loss, log_pi = policy_loss(actor, qf, batch[0][batch[5] == 0], alpha)
-            actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            actor_optimizer.step()
-            if args.autotune:
-                loss = alpha_loss(log_alpha, log_pi, target_entropy)
-                alpha_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                alpha_optimizer.step()
-                alpha = log_alpha.exp().detach()
-        qf.requires_grad_(True)
-        stats.update(
-            {"losses/actor_loss": actor_loss.detach(), "losses/alpha": alpha, "charts/entropy": -log_pi.detach().mean()}
-        )
-
-    if global_step % args.target_network_frequency == 0:
-        with torch.no_grad():
-            torch._foreach_lerp_(list(qf_target.parameters()), list(qf.parameters()), args.tau)
-    return stats
 
 
 def bf16_is_fast(device):
@@ -462,7 +354,51 @@ def make_optimizer(params, lr, device):
         return torch.optim.Adam(params, lr=lr, foreach=device.type == "cuda")
 
 
-# ----------------------------------------------------------------------------------------------------- evaluation
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path, state, **progress):
+    """state: name -> module, optimizer or tensor, listed once in main; progress: the run's counters. Saved with the RNG
+    states to a temporary file, then renamed: a kill while saving never leaves half a checkpoint. No replay buffer."""
+    state = {name: item.detach().cpu() if torch.is_tensor(item) else item.state_dict() for name, item in state.items()}
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    rng = [random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda_rng]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state": state, "rng": rng, "progress": progress}, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+def load_checkpoint(path, state):
+    """The inverse of save_checkpoint: every item of state takes back its saved values in place; returns the progress."""
+    checkpoint = torch.load(path, weights_only=False)
+    try:
+        for name, item in state.items():
+            if torch.is_tensor(item):
+                item.data.copy_(checkpoint["state"][name])
+            else:
+                item.load_state_dict(checkpoint["state"][name])
+    except (KeyError, RuntimeError, ValueError) as error:  # other networks or optimisers than the checkpoint's
+        error = " ".join(str(error).split())[:200]
+        sys.exit(f"error: {path} does not fit these arguments ({error}); resume with those of the interrupted run.")
+    python_rng, numpy_rng, torch_rng, cuda_rng = checkpoint["rng"]
+    random.setstate(python_rng)
+    np.random.set_state(numpy_rng)
+    torch.set_rng_state(torch_rng)
+    torch.cuda.set_rng_state_all(cuda_rng)
+    return checkpoint["progress"]
+
+
+# ---------------------------------------------------- shared plumbing (identical in every script; tests/test_shared_blocks.py)
+def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+    try:
+        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+    except gym.error.Error as error:
+        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
+    if capture_video:  # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes)
+        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.action_space.seed(seed)
+    return env
+
+
 def evaluate(act, env, num_episodes, seed):
     """Returns of num_episodes episodes of act (obs batch -> action batch), the env reseeded at seed each call."""
     returns = []
@@ -476,359 +412,96 @@ def evaluate(act, env, num_episodes, seed):
     return np.array(returns, dtype=np.float64)
 
 
-# ----------------------------------------- shared infrastructure (identical in every script; tests/test_shared_blocks.py)
-def make_env(env_id, seed, capture_video=False, run_name="", video_every=1):
+def load_expert(expert_dir, env, num_trajectories, subsample_frequency, seed, keys, any_env=False):
+    """(expert.json, demos): `keys` of the first num_trajectories episodes of demos.npz, every subsample_frequency-th
+    transition from a random offset per episode (GAIL's subsampled demos). Cheap checks; `demos.py --check` does the rest."""
     try:
-        env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
-    except gym.error.Error as error:
-        sys.exit(f"error: unknown environment id {env_id!r} ({error}); use a registered Gymnasium id such as Hopper-v4.")
-    if capture_video:
-        try:
-            env.reset(seed=seed)
-            env.render()
-        except Exception as error:  # each renderer fails its own way (mujoco.FatalError without a GL context, pygame, EGL)
-            sys.exit(
-                f"error: --capture-video cannot render {env_id} ({' '.join(str(error).split())[:200]}); on a headless "
-                f"machine set MUJOCO_GL=egl (or osmesa), or drop --capture-video."
-            )
-        # the first episode of every evaluation (the eval env runs video_every = eval_episodes episodes each time)
-        env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", episode_trigger=lambda episode: episode % video_every == 0)
-    env = gym.wrappers.RecordEpisodeStatistics(env)
-    env.action_space.seed(seed)
-    return env
-
-
-RANDOM_RETURN_EPISODES = 50
-
-
-RANDOM_RETURN_SEED = 30_000
-
-
-def load_expert_info(expert_dir, env, required):
-    """expert.json as a dict, checked against the env; None if absent and not required. A demos-only folder needs just
-    observation_shape and action_shape (README, "Your own demonstrations"): without env_id it is the env's, without
-    expert_return_mean the demos' mean return, without random_return_mean a uniformly random policy's, measured on
-    every run and never written back by a run (`cleanil/demos.py --complete` stores it)."""
-    info_path = Path(expert_dir) / "expert.json"
-    if not info_path.exists():
-        if required:
-            sys.exit(f"error: no expert at {info_path}; {missing_expert_hint(env.spec.id, expert_dir)}")
-        return None
-    command = expert_command(env.spec.id, expert_dir)
-    try:
-        info = json.loads(info_path.read_text())
-        obs_shape, action_shape = tuple(info["observation_shape"]), tuple(info["action_shape"])
-        returns = {key: float(info[key]) for key in ("expert_return_mean", "random_return_mean") if key in info}
-    except (ValueError, KeyError, TypeError) as error:
-        sys.exit(f"error: {info_path} is malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if obs_shape != env.observation_space.shape or action_shape != env.action_space.shape:
-        sys.exit(
-            f"error: {info_path} is for observations {obs_shape} and actions {action_shape}, but {env.spec.id} has "
-            f"{env.observation_space.shape} and {env.action_space.shape}; regenerate it with `{command} --overwrite`."
-        )
-    if "expert_return_mean" not in returns:
-        returns["expert_return_mean"], num_episodes = demos_mean_return(expert_dir, command)
-        print(
-            f"{info_path} has no expert_return_mean: the demos' mean return, {returns['expert_return_mean']:.2f} over "
-            f"{num_episodes} episodes, stands in for it.",
-            file=sys.stderr,
-        )
-    if "random_return_mean" not in returns:
-        returns["random_return_mean"] = float(random_policy_returns(env.spec.id).mean())
-        print(
-            f"{info_path} has no random_return_mean: a uniformly random policy's mean return, "
-            f"{returns['random_return_mean']:.2f} over {RANDOM_RETURN_EPISODES} episodes, stands in for it (measured on "
-            f"every run; `{demos_command(env.spec.id, expert_dir)} --complete` stores it).",
-            file=sys.stderr,
-        )
-    expert_return, random_return = returns["expert_return_mean"], returns["random_return_mean"]
-    if not np.isfinite([expert_return, random_return]).all() or expert_return == random_return:
-        sys.exit(
-            f"error: {info_path} gives expert_return_mean {expert_return} and random_return_mean {random_return}, "
-            f"which define no normalized score (R - R_random) / (R_expert - R_random); regenerate it with "
-            f"`{command} --overwrite`."
-        )
-    return {"env_id": env.spec.id, **info, **returns}
-
-
-def demos_mean_return(expert_dir, command):
-    """(mean return, number) of the whole episodes in demos.npz: the expert return of a folder whose expert.json has none."""
-    path = Path(expert_dir) / "demos.npz"
-    if not path.exists():
-        sys.exit(
-            f"error: {Path(expert_dir) / 'expert.json'} has no expert_return_mean and there is no {path} to take the "
-            f"demos' mean return from; add one, or regenerate the folder with `{command} --overwrite`."
-        )
-    try:
-        with np.load(path) as data:
-            rewards, starts = data["rewards"].astype(np.float64), data["episode_starts"]
-        if len(starts) == 0 or starts[0] != 0 or (np.diff(starts) <= 0).any() or starts[-1] >= len(rewards):
-            raise ValueError(f"episode_starts {starts[:5]}... are not increasing indices from 0 below {len(rewards)}")
-        returns = np.add.reduceat(rewards, starts)
+        info = json.loads((Path(expert_dir) / "expert.json").read_text())
+        if info["env_id"] != env.spec.id and not any_env:
+            raise ValueError(f"it was recorded on {info['env_id']}, not {env.spec.id} (--any-env uses it anyway)")
+        gap = info["expert_return_mean"] - info["random_return_mean"]
+        if not np.isfinite(gap) or gap == 0:
+            raise ValueError("its expert_return_mean and random_return_mean define no normalized score")
+        with np.load(Path(expert_dir) / "demos.npz") as data:
+            starts, demos = data["episode_starts"], {key: data[key] for key in keys}
+        obs_shape, space = env.observation_space.shape, env.action_space
+        shapes = {"observations": obs_shape, "next_observations": obs_shape, "actions": space.shape}
+        for key, value in demos.items():
+            if value.shape[1:] != shapes.get(key, ()) or not np.isfinite(value).all():
+                raise ValueError(f"its {key} are not finite or not of shape (N, *{shapes.get(key, ())})")
+        low, high = (space.low, space.high) if isinstance(space, gym.spaces.Box) else (0, space.n - 1)
+        if "actions" in demos and not ((low <= demos["actions"]) & (demos["actions"] <= high)).all():
+            raise ValueError(f"its actions leave the action space {space}")
+        if not 1 <= num_trajectories <= len(starts):
+            raise ValueError(f"--num-expert-trajectories {num_trajectories} is not between 1 and its {len(starts)} episodes")
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    return float(returns.mean()), len(returns)
-
-
-def random_policy_returns(env_id):
-    """Returns of a uniformly random policy in RANDOM_RETURN_EPISODES episodes, on an env of its own (the run's envs and
-    their random streams stay untouched), with a progress bar: the random return of a folder whose expert.json has none."""
-    env = make_env(env_id, RANDOM_RETURN_SEED)
-    returns = []
-    for episode in tqdm(range(RANDOM_RETURN_EPISODES), desc=f"{env_id}: random_return_mean", file=sys.stderr, mininterval=2.0):
-        env.reset(seed=RANDOM_RETURN_SEED if episode == 0 else None)
-        done = False
-        while not done:
-            _, _, terminated, truncated, info = env.step(env.action_space.sample())
-            done = terminated or truncated
-        returns.append(info["episode"]["r"])
-    env.close()
-    return np.array(returns, dtype=np.float64)
-
-
-def expert_command(env_id, expert_dir=None):
-    """The command that creates expert_dir: the env's trainer for the default experts/<env-id>/ (no --expert-path
-    needed), cleanil/demos.py for a folder of one's own (your demonstrations, converted or recorded from a policy)."""
-    command = demos_command(env_id, expert_dir)
-    if "--expert-path" in command:
-        return f"{command} --from-<minari|d4rl|sb3|npz|policy> <source>"
-    trainer = "sac.py" if env_id not in ("CartPole-v1", "Acrobot-v1", "MountainCar-v0") else "dqn.py"
-    return f"python cleanil/{trainer} --env-id {env_id} --save-expert"
-
-
-def demos_command(env_id, expert_dir=None):
-    """cleanil/demos.py writing expert_dir (the default experts/<env-id>/ needs no --expert-path), before its source flag."""
-    command = f"python cleanil/demos.py --env-id {env_id}"
-    if expert_dir is not None and Path(expert_dir).resolve() != Path(__file__).resolve().parent.parent / "experts" / env_id:
-        command += f" --expert-path {shlex.quote(str(expert_dir))}"
-    return command
-
-
-SHIPPED_EXPERTS = (
-    "CartPole-v1",
-    "Acrobot-v1",
-    "MountainCar-v0",
-    "Pendulum-v1",
-    "InvertedPendulum-v4",
-    "Hopper-v4",
-    "HalfCheetah-v4",
-    "Walker2d-v4",
-    "Ant-v4",
-    "Humanoid-v4",
-)
-
-
-def missing_expert_hint(env_id, expert_dir=None):
-    """What a missing expert costs: the shipped ones come with the repository, a folder of one's own (--expert-path) is
-    built by cleanil/demos.py, and any other env's default folder needs a training run."""
-    command = expert_command(env_id, expert_dir)
-    if "demos.py" in command:
-        shipped = (
-            f"cleanil ships one at experts/{env_id} (drop --expert-path to use it); " if env_id in SHIPPED_EXPERTS else ""
-        )
-        return (
-            f"{shipped}build this one from your demonstrations with `{command}`, or write its demos.npz and an "
-            f'expert.json with observation_shape and action_shape by hand (README, "Your own demonstrations").'
-        )
-    if env_id in SHIPPED_EXPERTS:
-        return f"cleanil ships it: restore it with `git checkout -- experts/{env_id}`, or point --expert-path at a copy."
-    if "dqn.py" in command:
-        return f"create it with `{command}` (50,000 DQN steps: minutes on a CPU)."
-    return (
-        f"create it with `{command}`: its 1,000,000 SAC steps take 2-3 hours on one CPU core "
-        f"(110-150 steps/s measured with --bf16), and --total-timesteps shortens it (weaker expert)."
-    )
-
-
-def load_demos(expert_dir, env, num_trajectories, subsample_frequency, seed, keys):
-    """The first num_trajectories demo episodes, every subsample_frequency-th transition from a random offset per
-    episode (as GAIL's subsampled demos, Ho & Ermon 2016); only `keys` are read from demos.npz, and float16 arrays
-    (a large env's demos stored small, DESIGN.md) come back as float32, the precision the networks compute in."""
-    path, command = Path(expert_dir) / "demos.npz", expert_command(env.spec.id, expert_dir)
-    if not path.exists():
-        sys.exit(f"error: no expert demos at {path}; create them with `{command}`.")
-    if num_trajectories < 1 or subsample_frequency < 1:
-        sys.exit(
-            f"error: --num-expert-trajectories ({num_trajectories}) and --subsample-frequency ({subsample_frequency}) must "
-            f"be >= 1."
-        )
-    try:
-        with np.load(path) as data:
-            missing = [key for key in ("episode_starts", "rewards", *keys) if key not in data.files]
-            if missing:
-                sys.exit(
-                    f"error: {path} has no {', '.join(missing)} (it holds {', '.join(data.files) or 'nothing'}), which "
-                    f"this script reads; regenerate it with `{command} --overwrite`."
-                )
-            starts, length = data["episode_starts"], len(data["rewards"])
-            arrays = {key: data[key] for key in keys}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        sys.exit(f"error: {path} is corrupt or malformed ({error!r}); regenerate it with `{command} --overwrite`.")
-    if (
-        starts.ndim != 1
-        or not np.issubdtype(starts.dtype, np.integer)
-        or len(starts) == 0
-        or starts[0] != 0
-        or (np.diff(starts) <= 0).any()
-        or starts[-1] >= length
-    ):
-        sys.exit(
-            f"error: {path} holds episode_starts that are not increasing indices from 0 below its {length} transitions; "
-            f"regenerate it with `{command} --overwrite`."
-        )
-    if num_trajectories > len(starts):
-        sys.exit(
-            f"error: --num-expert-trajectories {num_trajectories} asks for more trajectories than the {len(starts)} "
-            f"shipped in {path}; pass at most {len(starts)}, or regenerate the expert with `{command} "
-            f"--num-demo-episodes {num_trajectories} --overwrite`."
-        )
-    action_shape = () if isinstance(env.action_space, gym.spaces.Discrete) else env.action_space.shape
-    expected = {
-        "observations": env.observation_space.shape,
-        "next_observations": env.observation_space.shape,
-        "actions": action_shape,
-    }
-    for key, shape in expected.items():
-        if key in arrays and (arrays[key].shape[1:] != shape or len(arrays[key]) != length):
-            sys.exit(
-                f"error: {path} holds {key} of shape {arrays[key].shape[1:]} but {env.spec.id} needs {shape}; "
-                f"regenerate it with `{command} --overwrite`."
-            )
+        check = f"python cleanil/demos.py --check {shlex.quote(str(expert_dir))}"
+        sys.exit(f"error: {expert_dir} is not a usable expert folder: {error}; `{check}` says what to fix.")
     rng = np.random.default_rng(seed)
-    episodes = np.split(np.arange(length), starts[1:])[:num_trajectories]
-    index = np.concatenate(
-        [episode[rng.integers(min(subsample_frequency, len(episode))) :: subsample_frequency] for episode in episodes]
-    )
-    demos = {key: value[index] for key, value in arrays.items()}
-    return {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
+    episodes = np.split(np.arange(len(demos[keys[0]])), starts[1:])[:num_trajectories]
+    index = np.concatenate([ep[rng.integers(min(subsample_frequency, len(ep))) :: subsample_frequency] for ep in episodes])
+    # float16 demos (a large env's, stored small) come back as the float32 the networks compute in
+    demos = {key: value[index] for key, value in demos.items()}
+    return info, {key: value.astype(np.float32) if value.dtype == np.float16 else value for key, value in demos.items()}
 
 
-def normalized_score(episode_return, expert_info):
-    """(R - R_random) / (R_expert - R_random), the normalization of DESIGN.md; NaN without an expert."""
-    if expert_info is None:
+def normalized_score(episode_return, info):
+    """(R - R_random) / (R_expert - R_random) with expert.json's returns (DESIGN.md); NaN without an expert."""
+    if info is None:
         return float("nan")
-    random_return = expert_info["random_return_mean"]
-    return (episode_return - random_return) / (expert_info["expert_return_mean"] - random_return)
-
-
-def package_versions():
-    import importlib.metadata as metadata
-
-    return {name: metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "numpy", "tyro")}
-
-
-def log_metrics(track, metrics, step):
-    """The one place a script reports metrics: to wandb under --track (wandb.init ran in main), else nowhere."""
-    if track:
-        import wandb
-
-        wandb.log({key: float(value) for key, value in metrics.items()}, step=step)
-
-
-def exit_if_non_finite(values, message):
-    """Stop with one sentence (DESIGN.md, "Bad input") once a loss is NaN or infinite: past it, the NaN reaches every
-    weight and the run only wastes its budget."""
-    if not all(torch.isfinite(value) for value in values):
-        sys.exit(message)
-
-
-def checkpoint_state(saved):
-    """What a checkpoint stores of each object in `saved`: a module's or optimizer's state_dict, a bare tensor's CPU
-    copy (log alpha), each under its key, so save and load walk the same listing."""
-    return {
-        key: value.detach().cpu() if isinstance(value, torch.Tensor) else value.state_dict() for key, value in saved.items()
-    }
-
-
-def load_checkpoint_state(saved, checkpoint):
-    """The inverse of checkpoint_state: every object in `saved` takes back its state from `checkpoint`, in place."""
-    for key, value in saved.items():
-        if isinstance(value, torch.Tensor):
-            with torch.no_grad():
-                value.copy_(checkpoint[key])
-        else:
-            value.load_state_dict(checkpoint[key])
+    return (episode_return - info["random_return_mean"]) / (info["expert_return_mean"] - info["random_return_mean"])
 
 
 def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
-    new = not path.exists()
+    header = "" if path.exists() else ",".join(row) + "\n"
+    values = [f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()]
     with open(path, "a") as f:
-        if new:
-            f.write(",".join(row) + "\n")
-        f.write(",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n")
+        f.write(header + ",".join(values) + "\n")
 
 
-def hardware_info(device, bf16=False):
-    """The device, its name, the thread count and the precision of a run, for summary.json."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {
-        "device": str(device),
-        "device_name": name,
-        "threads": torch.get_num_threads(),
-        "precision": "bf16-autocast" if bf16 else "fp32",
-    }
-
-
-def write_summary(run_dir, args, eval_rows, wall_time, sps, hardware=None):
-    """summary.json: args, final and best scores, wall time, mean SPS, versions, and the device/threads/precision used."""
+def write_summary(run_dir, args, eval_rows, wall_time, sps, device, precision, **extra):
+    """summary.json: args, final and best scores, wall time, mean SPS, device, precision, the code's git commit, extra."""
     scores = [row["normalized_score"] for row in eval_rows]
+    git = ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"]
+    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip() if shutil.which("git") else ""
     summary = {
         "args": asdict(args),
-        **(hardware or {}),
+        "device": str(device),
+        "precision": precision,
+        "commit": commit or None,
         "final_return": eval_rows[-1]["eval_return_mean"],
         "final_normalized_score": scores[-1],
         "best_normalized_score": max(scores) if not np.isnan(scores).all() else float("nan"),
         "total_wall_time_s": wall_time,
         "mean_sps": sps,
-        "versions": package_versions(),
+        **extra,
     }
-    # strict JSON has no NaN (a score without expert.json): null instead, which every JSON parser reads
-    summary = json.loads(json.dumps(summary), parse_constant=lambda constant: None)
-    path = Path(run_dir) / "summary.json"
-    path.with_suffix(".json.tmp").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    os.replace(path.with_suffix(".json.tmp"), path)  # atomic: a run stopped while writing never leaves half a file
+    summary = json.loads(json.dumps(summary), parse_constant=lambda constant: None)  # strict JSON: NaN -> null
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for name in (
-        "total_timesteps",
-        "eval_frequency",
-        "eval_episodes",
-        "log_frequency",
-        "batch_size",
-        "buffer_size",
-        "policy_frequency",
-        "target_network_frequency",
-        "hidden_size",
-        "soft_q_temperature",
-        "learning_rate",
-        "q_lr",
-        "policy_lr",
-    ):
+    positive = ("total_timesteps", "eval_frequency", "eval_episodes", "log_frequency", "subsample_frequency", "batch_size")
+    positive += ("buffer_size", "policy_frequency", "target_network_frequency", "hidden_size", "soft_q_temperature")
+    for name in (*positive, "learning_rate", "q_lr", "policy_lr"):
         if not getattr(args, name) > 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
-    for name in ("lambda_samp", "learning_starts", "checkpoint_frequency", "checkpoint_minutes", "refill_steps"):
-        if not getattr(args, name) >= 0:
-            sys.exit(f"error: --{name.replace('_', '-')} must be non-negative, got {getattr(args, name)}.")
+    if min(args.lambda_samp, args.learning_starts, args.checkpoint_minutes, args.refill_steps) < 0:
+        sys.exit("error: --lambda-samp, --learning-starts, --checkpoint-minutes and --refill-steps must be non-negative.")
     num_demo = round(args.batch_size * args.demo_fraction)  # rows of each minibatch from the demonstrations
     if not 0 < num_demo < args.batch_size:
-        sys.exit(
-            f"error: --demo-fraction {args.demo_fraction} of --batch-size {args.batch_size} leaves no room for both "
-            f"demonstrations "
-            f"and agent samples; pass a fraction strictly between 0 and 1 (0.5: the paper's balanced batches)."
-        )
-    expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
-    checkpoint_dir = Path(args.checkpoint_dir or f"checkpoints/{args.env_id}__{args.exp_name}__{args.seed}")
-    checkpoint = None
-    if args.resume:
-        if not (checkpoint_dir / "checkpoint.pt").exists():
-            sys.exit(
-                f"error: --resume found no checkpoint at {checkpoint_dir / 'checkpoint.pt'}; start the run without --resume."
-            )
-        checkpoint = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=False)
+        sys.exit(f"error: --demo-fraction {args.demo_fraction} leaves one half of --batch-size {args.batch_size} empty.")
+    if args.total_timesteps <= args.learning_starts:
+        sys.exit(f"error: --total-timesteps {args.total_timesteps} must exceed --learning-starts {args.learning_starts}.")
+    checkpoint_path = Path(args.checkpoint_dir) / f"{args.env_id}__{args.exp_name}__{args.seed}.pt"
+    if args.resume and not checkpoint_path.exists():
+        sys.exit(f"error: --resume found no checkpoint at {checkpoint_path}; start the run without --resume.")
+    if not args.resume and checkpoint_path.exists():
+        fix = "continue it with --resume, or delete it to start over"
+        sys.exit(f"error: {checkpoint_path} holds an interrupted run's checkpoint; {fix}.")
 
     # seeding
     random.seed(args.seed)
@@ -837,287 +510,136 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     env = make_env(args.env_id, args.seed)
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
     if not discrete and not isinstance(env.action_space, gym.spaces.Box):
         sys.exit(f"error: sqil.py needs Discrete or Box actions but {args.env_id} has {env.action_space}.")
     bf16 = args.bf16 and not discrete and bf16_is_fast(device)
+    precision = "bf16-autocast" if bf16 else "fp32"
+    expert_dir = Path(args.expert_path or Path(__file__).resolve().parent.parent / "experts" / args.env_id)
+    n, keys = args.num_expert_trajectories, ("observations", "actions", "next_observations", "terminations")
+    expert_info, demos = load_expert(expert_dir, env, n, args.subsample_frequency, args.seed, keys, args.any_env)
+    # the terminations of all n episodes: each keeps its self-transition of s_a whatever subsampling kept (as DAC)
+    num_terminated = int(load_expert(expert_dir, env, n, 1, args.seed, keys[3:], args.any_env)[1]["terminations"].sum())
+    if args.absorbing_state == "auto":
+        args.absorbing_state = "on" if num_terminated > 0 else "off"  # summary.json records it
+    absorbing_state = args.absorbing_state == "on"
+    obs_dim, action_dim = int(np.prod(env.observation_space.shape)), 1 if discrete else int(np.prod(env.action_space.shape))
+    # D_demo, the demonstrations with reward 1, and D_samp, the agent's transitions with reward 0 (+ 1: s_a's indicator)
+    demo_rows = [demos[key].astype(np.float32).reshape(len(demos[key]), -1) for key in keys[:3]]
+    demo_rows = transition_rows(*demo_rows, demos["terminations"], absorbing_state, num_terminated)
+    demo_rb = ReplayBuffer(obs_dim + 1, action_dim, len(demo_rows[0]), device)
+    for row in zip(*demo_rows):
+        demo_rb.add(row[0], row[1], 1.0, row[2], row[3])
+    rb = ReplayBuffer(obs_dim + 1, action_dim, args.buffer_size, device)
+    # s_a's reward r_a, trained with the critics: V(s_a) = r_a / (1 - gamma) (Adam moves r_a ~lr a step, V(s_a) needs more)
+    absorbing = {"absorbing_reward": torch.zeros((), device=device, requires_grad=True)} if absorbing_state else {}
+    if discrete:  # soft Q-learning: Q(s, .) and its target network
+        qf, qf_target = (q_mlp(obs_dim, env.action_space.n, args.hidden_size).to(device) for _ in range(2))
+        nets = {"qf": qf, "qf_target": qf_target, **absorbing}
+        optimizers = {"q": make_optimizer([*qf.parameters(), *absorbing.values()], args.learning_rate, device)}
+    else:
+        actor = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)
+        qf, qf_target = (SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device) for _ in range(2))
+        log_alpha = torch.tensor(np.log(args.alpha), dtype=torch.float32, device=device, requires_grad=True)
+        nets = {"qf": qf, "qf_target": qf_target, "actor": actor, "log_alpha": log_alpha, **absorbing}
+        optimizers = {"q": make_optimizer([*qf.parameters(), *absorbing.values()], args.q_lr, device)}
+        optimizers["actor"] = make_optimizer(actor.parameters(), args.policy_lr, device)
+        optimizers["alpha"] = make_optimizer([log_alpha], args.q_lr, device)
+    qf_target.load_state_dict(qf.state_dict())
+    # what a checkpoint holds, listed once (no replay buffer: --resume refills it)
+    state = nets | {f"{name}_optimizer": optimizer for name, optimizer in optimizers.items()}
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    progress = {"global_step": 0, "run_name": run_name, "eval_rows": [], "wall_time": 0.0, "refill_env_steps": 0}
+    if args.resume:
+        progress = load_checkpoint(checkpoint_path, state)
+    run_name, start_step, wall_offset, eval_rows = (progress[k] for k in ("run_name", "global_step", "wall_time", "eval_rows"))
     eval_env = make_env(args.env_id, args.seed + 10_000, args.capture_video, run_name, args.eval_episodes)
-    expert_info = load_expert_info(expert_dir, env, required=True)
-    demos = load_demos(
-        expert_dir,
-        env,
-        args.num_expert_trajectories,
-        args.subsample_frequency,
-        args.seed,
-        ("observations", "actions", "next_observations", "terminations"),
-    )
-    obs_dim = int(np.prod(env.observation_space.shape))
-    action_dim = 1 if discrete else int(np.prod(env.action_space.shape))  # a discrete action is stored as its index
     run_dir = Path("runs") / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval.csv").unlink(missing_ok=True)  # a killed run may have evaluated past its checkpoint's rows
+    for row in eval_rows:
+        write_eval_row(run_dir, row)
     if args.track:
         import wandb
 
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            config=vars(args),
-            name=run_name,
-            save_code=True,
-            id=run_name,
-            resume="allow",
-        )
-
-    # whether the expert's episodes end by termination, whatever subsampling kept
-    full_terminations = load_demos(expert_dir, env, args.num_expert_trajectories, 1, args.seed, ("terminations",))
-    if args.absorbing_state == "auto":
-        args.absorbing_state = "on" if full_terminations["terminations"].any() else "off"  # summary.json records it
-    absorbing_state = args.absorbing_state == "on"
-    # D_demo: the demonstrations, on the training device once (obs and next_obs with the absorbing indicator, actions,
-    # terminations; reward 1 is implied), with one self-transition of s_a per terminated demo episode
-    # (--absorbing-state), kept whatever subsampling dropped, as DAC does
-    demo_rows = transition_rows(
-        *(
-            demos[key].astype(np.float32).reshape(len(demos[key]), -1)
-            for key in ("observations", "actions", "next_observations")
-        ),
-        demos["terminations"],
-        absorbing_state,
-    )
-    if absorbing_state:
-        missing = int(full_terminations["terminations"].sum() - demos["terminations"].sum())
-        absorbing = np.eye(obs_dim + 1, dtype=np.float32)[-1:]
-        extra = (absorbing, np.zeros((1, action_dim), dtype=np.float32), absorbing, np.zeros(1, dtype=np.float32))
-        demo_rows = [np.concatenate([rows, np.repeat(row, missing, 0)]) for rows, row in zip(demo_rows, extra)]
-    demo_buffer = [torch.as_tensor(rows, device=device) for rows in demo_rows]
-    rb = ReplayBuffer(obs_dim + 1, action_dim, args.buffer_size, device)  # D_samp: the agent's transitions, reward 0
-    # the absorbing state's reward r_a, trained with the critics (--absorbing-state): V(s_a) = r_a / (1 - gamma). Adam
-    # moves a parameter by about its learning rate a step, so V(s_a) itself would need ~1 / ((1 - gamma) lr) updates to
-    # reach its scale, where r_a needs ~1 / lr
-    absorbing_reward = torch.zeros((), device=device, requires_grad=True) if absorbing_state else None
-    absorbing_params = [absorbing_reward] if absorbing_state else []
-    if discrete:
-        q_network = QNetwork(obs_dim, env.action_space.n, args.hidden_size).to(device)
-        target_network = QNetwork(obs_dim, env.action_space.n, args.hidden_size).to(device)
-        target_network.load_state_dict(q_network.state_dict())
-        q_optimizer = make_optimizer(list(q_network.parameters()) + absorbing_params, args.learning_rate, device)
-        # the state a checkpoint holds, listed once (no replay buffer: --resume refills it)
-        saved_state = {"q_network": q_network, "target_network": target_network, "q_optimizer": q_optimizer}
-    else:
-        actor = Actor(env, args.hidden_size, args.log_std_min, args.log_std_max).to(device)
-        qf = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
-        qf_target = SoftQEnsemble(obs_dim, action_dim, args.hidden_size).to(device)
-        qf_target.load_state_dict(qf.state_dict())
-        q_optimizer = make_optimizer(list(qf.parameters()) + absorbing_params, args.q_lr, device)
-        actor_optimizer = make_optimizer(actor.parameters(), args.policy_lr, device)
-        target_entropy = -float(action_dim)
-        log_alpha = torch.tensor(np.log(args.alpha), dtype=torch.float32, device=device, requires_grad=True)
-        alpha_optimizer = make_optimizer([log_alpha], args.q_lr, device)
-        saved_state = {
-            "actor": actor,
-            "qf": qf,
-            "qf_target": qf_target,
-            "q_optimizer": q_optimizer,
-            "actor_optimizer": actor_optimizer,
-            "alpha_optimizer": alpha_optimizer,
-            "log_alpha": log_alpha,
-        }
-    if absorbing_state:
-        saved_state["absorbing_reward"] = absorbing_reward
-
-    start_step, wall_offset, refill_env_steps, eval_rows, commands = 0, 0.0, 0, [], []
-    if checkpoint:
-        try:
-            load_checkpoint_state(saved_state, checkpoint)
-        except (KeyError, RuntimeError, ValueError) as error:
-            sys.exit(
-                f"error: {checkpoint_dir / 'checkpoint.pt'} does not fit these arguments "
-                f"({' '.join(str(error).split())[:240]}); "
-                f"resume with the arguments of the run that wrote it, or start without --resume."
-            )
-        start_step, wall_offset, refill_env_steps, eval_rows, commands = (
-            checkpoint[k] for k in ("global_step", "wall_time", "refill_env_steps", "eval_rows", "commands")
-        )
-        random.setstate(checkpoint["python_rng"])
-        np.random.set_state(checkpoint["numpy_rng"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        # a killed run may have evaluated past its checkpoint: those steps run again, so eval.csv restarts from the
-        # checkpoint's rows
-        (run_dir / "eval.csv").unlink(missing_ok=True)
-        for row in eval_rows:
-            write_eval_row(run_dir, row)
-        print(f"resumed {run_name} at step {start_step} from {checkpoint_dir}")
-    commands.append(" ".join(["python"] + sys.argv))
-
-    def absorbing_value():
-        return absorbing_reward / (1 - args.gamma) if absorbing_state else None
-
-    def store_transition(obs, action, next_obs, terminated):
-        # r = 0 for every agent transition (SQIL); bootstrap through time-limit truncations, not terminations
-        rows = transition_rows(
-            obs.reshape(1, -1),
-            np.reshape(action, (1, -1)).astype(np.float32),
-            next_obs.reshape(1, -1),
-            [terminated],
-            absorbing_state,
-        )
-        for row_obs, row_action, row_next_obs, row_termination in zip(*rows):
-            rb.add(row_obs, row_action, 0.0, row_next_obs, row_termination)
+        run = {"project": args.wandb_project_name, "entity": args.wandb_entity, "name": run_name, "id": run_name}
+        wandb.init(**run, config=vars(args), save_code=True, resume="allow")  # a resumed run continues its wandb run
 
     @torch.no_grad()
-    def act_deterministic(obs):
+    def act(obs, explore):  # a batch of observations -> of actions: sampled from the policy, or its mode
         obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        return (q_network(obs).argmax(-1) if discrete else actor.deterministic_action(obs)).cpu().numpy()
-
-    @torch.no_grad()
-    def act_exploring(obs, global_step):
-        if global_step <= args.learning_starts:
-            return env.action_space.sample()
-        obs = torch.as_tensor(obs[None], dtype=torch.float32, device=device)
         if discrete:
-            return soft_q_policy(q_network(obs), args.soft_q_temperature).sample()[0].item()
-        return actor.get_action(obs)[0][0].cpu().numpy()
+            return (soft_q_policy(qf(obs), args.soft_q_temperature).sample() if explore else qf(obs).argmax(-1)).cpu().numpy()
+        return (actor.get_action(obs)[0] if explore else actor.deterministic_action(obs)).cpu().numpy()
+
+    def collect(obs, global_step):
+        """One step of the policy (uniform until learning_starts) into D_samp, reward 0: (next obs, info, episode end)."""
+        action = env.action_space.sample() if global_step <= args.learning_starts else act(obs[None], explore=True)[0]
+        next_obs, _, terminated, truncated, info = env.step(action)
+        action = np.reshape(action, (1, -1)).astype(np.float32)
+        for row in zip(*transition_rows(obs.reshape(1, -1), action, next_obs.reshape(1, -1), [terminated], absorbing_state)):
+            rb.add(row[0], row[1], 0.0, row[2], row[3])
+        return (env.reset()[0] if terminated or truncated else next_obs), info, terminated or truncated
 
     def run_evaluation(global_step):
-        returns = evaluate(act_deterministic, eval_env, args.eval_episodes, args.seed + 10_000)
-        wall_time = wall_offset + time.time() - start_time
-        row = {
-            "global_step": global_step,
-            "eval_return_mean": float(returns.mean()),
-            "eval_return_std": float(returns.std()),
-            "normalized_score": normalized_score(float(returns.mean()), expert_info),
-            "wall_time": wall_time,
-            "sps": (global_step - start_step) / max(time.time() - start_time, 1e-9),
-        }
+        if not all(torch.isfinite(value) for value in stats.values()):
+            sys.exit(f"error: non-finite SQIL loss before step {global_step}; lower --q-lr or --learning-rate.")
+        returns = evaluate(lambda obs: act(obs, explore=False), eval_env, args.eval_episodes, args.seed + 10_000)
+        mean, elapsed = float(returns.mean()), time.time() - start_time
+        row = {"global_step": global_step, "eval_return_mean": mean, "eval_return_std": float(returns.std())}
+        row |= {"normalized_score": normalized_score(mean, expert_info), "wall_time": wall_offset + elapsed}
+        row["sps"] = (global_step - start_step) / max(elapsed, 1e-9)
         eval_rows.append(row)
         write_eval_row(run_dir, row)
-        log_metrics(
-            args.track, {"eval/return": row["eval_return_mean"], "eval/normalized_score": row["normalized_score"]}, global_step
-        )
-        progress.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{row['eval_return_mean']:.1f}")
-
-    def save_checkpoint(global_step):
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = checkpoint_state(saved_state)
-        state.update(
-            global_step=global_step,
-            run_name=run_name,
-            eval_rows=eval_rows,
-            refill_env_steps=refill_env_steps,
-            commands=commands,
-            wall_time=wall_offset + time.time() - start_time,
-            python_rng=random.getstate(),
-            numpy_rng=np.random.get_state(),
-            torch_rng=torch.get_rng_state(),
-            args=asdict(args),
-        )
-        torch.save(state, checkpoint_dir / "checkpoint.pt.tmp")
-        os.replace(checkpoint_dir / "checkpoint.pt.tmp", checkpoint_dir / "checkpoint.pt")  # atomic: a kill never corrupts it
+        if args.track:
+            wandb.log({"eval/return": mean, "eval/normalized_score": row["normalized_score"]}, step=global_step)
+        progress_bar.set_postfix(sps=f"{row['sps']:.0f}", eval_return=f"{mean:.1f}")
 
     # SIGINT (Ctrl-C) and SIGTERM (a session's end, a cluster's preemption) finish the step, checkpoint, and exit
     stop_signals = []
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, lambda signum, frame: stop_signals.append(signum))
 
-    start_time = time.time()
+    start_time = saved_time = time.time()
     obs, _ = env.reset(seed=args.seed + start_step)
-    if checkpoint:
-        # the buffer was left out of the checkpoint: refill it with the current policy before updates continue
-        for _ in tqdm(
-            range(min(args.refill_steps, args.buffer_size)),
-            desc="refilling the replay buffer",
-            file=sys.stderr,
-            mininterval=2.0,
-        ):
-            action = act_exploring(obs, start_step)
-            next_obs, _, terminated, truncated, info = env.step(action)
-            store_transition(obs, action, next_obs, terminated)
-            obs = next_obs if not (terminated or truncated) else env.reset()[0]
-            refill_env_steps += 1
-    hardware = hardware_info(device, bf16)
-    print(
-        f"{run_name}: {hardware['device']} ({hardware['device_name']}), {hardware['threads']} thread(s), "
-        f"{hardware['precision']}",
-        file=sys.stderr,
-    )
-    progress = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
+    if args.resume:  # the checkpoint left the agent's replay buffer out: refill it with the current policy
+        for _ in tqdm(range(args.refill_steps), desc="refilling the replay buffer", file=sys.stderr, mininterval=2.0):
+            obs = collect(obs, start_step)[0]
+            progress["refill_env_steps"] += 1
+    print(f"{run_name}: {device}, {precision}", file=sys.stderr)
+    progress_bar = tqdm(total=args.total_timesteps, initial=start_step, file=sys.stderr, desc=run_name, mininterval=2.0)
+    stats = {}
     if start_step == 0:
         run_evaluation(0)
-    last_checkpoint_time = time.time()
     for global_step in range(start_step + 1, args.total_timesteps + 1):
-        action = act_exploring(obs, global_step)
-        next_obs, _, terminated, truncated, info = env.step(action)  # the env reward is only logged (episode statistics)
-        store_transition(obs, action, next_obs, terminated)
-        obs = next_obs
-        if terminated or truncated:
-            log_metrics(
-                args.track,
-                {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
-                global_step,
-            )
-            obs, _ = env.reset()
-
+        obs, info, episode_end = collect(obs, global_step)
+        if episode_end and args.track:
+            episode = {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]}
+            wandb.log(episode, step=global_step)
         if global_step > args.learning_starts:
-            demo_index = torch.randint(0, len(demo_buffer[0]), (num_demo,), device=device)
-            agent_obs, agent_actions, _, agent_next_obs, agent_terminations = rb.sample(args.batch_size - num_demo)
-            batch = balanced_batch(
-                [tensor[demo_index] for tensor in demo_buffer], (agent_obs, agent_actions, agent_next_obs, agent_terminations)
-            )
-            if discrete:
-                stats = soft_q_update(batch, num_demo, q_network, target_network, q_optimizer, args, absorbing_value())
-            else:
-                stats = sac_update(
-                    batch,
-                    num_demo,
-                    actor,
-                    qf,
-                    qf_target,
-                    log_alpha,
-                    q_optimizer,
-                    actor_optimizer,
-                    alpha_optimizer,
-                    args,
-                    target_entropy,
-                    global_step,
-                    bf16,
-                    absorbing_value(),
-                )
-            # checked where logged, not every update: the check waits on the GPU
-            if global_step % args.log_frequency == 0:
-                exit_if_non_finite(
-                    stats.values(),
-                    f"error: non-finite SQIL loss at step {global_step} ({ {k: float(v) for k, v in stats.items()} }); "
-                    f"lower --q-lr or --learning-rate.",
-                )
+            batch = balanced_batch(demo_rb.sample(num_demo), rb.sample(args.batch_size - num_demo))
+            stats = sqil_update(batch, num_demo, nets, optimizers, args, global_step, bf16)
+            if args.track and global_step % args.log_frequency == 0:
                 sps = (global_step - start_step) / (time.time() - start_time)
-                log_metrics(args.track, {**stats, "charts/SPS": sps}, global_step)
-        progress.update(1)
+                wandb.log({**{key: float(value) for key, value in stats.items()}, "charts/SPS": sps}, step=global_step)
+        progress_bar.update(1)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
             run_evaluation(global_step)
-        if (
-            (args.checkpoint_frequency and global_step % args.checkpoint_frequency == 0)
-            or global_step == args.total_timesteps
-            or stop_signals
-            or (args.checkpoint_minutes and time.time() - last_checkpoint_time > 60 * args.checkpoint_minutes)
-        ):
-            save_checkpoint(global_step)
-            last_checkpoint_time = time.time()
+        if stop_signals or (args.checkpoint_minutes and time.time() - saved_time > 60 * args.checkpoint_minutes):
+            progress.update(global_step=global_step, wall_time=wall_offset + time.time() - start_time)
+            save_checkpoint(checkpoint_path, state, **progress)
+            saved_time = time.time()
         if stop_signals:
-            progress.close()
-            print(
-                f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}: evaluations so far in "
-                f"{run_dir / 'eval.csv'}, "
-                f"checkpoint in {checkpoint_dir}; continue with the same command plus --resume.",
-                file=sys.stderr,
-            )
+            progress_bar.close()
+            print(f"stopped at step {global_step}: continue from {checkpoint_path} with --resume.", file=sys.stderr)
             sys.exit(128 + stop_signals[0])
-    progress.close()
+    progress_bar.close()
 
-    wall_time = wall_offset + time.time() - start_time
+    wall_time, refill_env_steps = wall_offset + time.time() - start_time, progress["refill_env_steps"]
     mean_sps = (args.total_timesteps - start_step) / max(time.time() - start_time, 1e-9)
-    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, {**hardware, "refill_env_steps": refill_env_steps})
+    write_summary(run_dir, args, eval_rows, wall_time, mean_sps, device, precision, refill_env_steps=refill_env_steps)
+    checkpoint_path.unlink(missing_ok=True)  # finished: nothing left to resume
     print(f"{run_name}: final return {eval_rows[-1]['eval_return_mean']:.1f}, {mean_sps:.0f} steps/s, outputs in {run_dir}")
     env.close()
     eval_env.close()

@@ -102,8 +102,8 @@ def test_sweep_report_and_resume(tmp_path):
         assert record["versions"]["torch"] and record["cpu"]["model"] and record["algos"] == ["dqn"] and record["seeds"] == 2
     assert "versions" not in summary and {"device", "precision", "commit"} <= set(summary)
 
-    # aggregation: a row per algorithm with mean +/- std over seeds, the IQM, a learning-curve plot; the report goes to
-    # runs/report/ by default, never over a committed benchmark/results.md
+    # aggregation: a row per algorithm with mean +/- sample std over seeds, best and last-20% scores, the commit, the
+    # IQM, a learning-curve plot; the report goes to runs/report/ by default, never over a committed benchmark/results.md
     committed = tmp_path / "benchmark" / "results.md"
     committed.write_text("the committed report\n")
     result = bench("report", "--workdir", tmp_path, cwd=tmp_path)
@@ -115,13 +115,22 @@ def test_sweep_report_and_resume(tmp_path):
         scores = np.array([(s["final_return"] - 20.0) / 480.0 for s in summaries])
         np.testing.assert_allclose(scores, [s["final_normalized_score"] for s in summaries], rtol=1e-4)
         returns = np.array([s["final_return"] for s in summaries])
+        curves = [
+            [row["normalized_score"] for row in read_eval_csv(finished_runs(tmp_path, f"CartPole-v1__{exp_name}__{seed}")[0])]
+            for seed in (1, 2)
+        ]
+        best = np.array([max(curve) for curve in curves])
+        last = np.array([curve[-1] for curve in curves])  # 3 evaluations: the last 20% is the last one
+        (commit,) = {s["commit"] for s in summaries}
         row = (
-            f"| {name} | CartPole-v1 | 1, 2 | 300 | {scores.mean():.3f} ± {scores.std():.3f} | {returns.mean():.1f} ± "
-            f"{returns.std():.1f} |"
+            f"| {name} | CartPole-v1 | 1, 2 | 300 | {scores.mean():.3f} ± {scores.std(ddof=1):.3f} (n=2) | "
+            f"{best.mean():.3f} ± {best.std(ddof=1):.3f} | {last.mean():.3f} ± {last.std(ddof=1):.3f} | "
+            f"{returns.mean():.1f} ± {returns.std(ddof=1):.1f} | "
         )
         assert row in text, text
+        assert re.search(re.escape(row) + rf"\d+ \| [^|]+ \| {commit[:7]} \|\n", text), text  # steps/s, wall time, commit
         # IQM of two runs trims nothing: it is their mean
-        assert f"| {name} | {scores.mean():.3f} | 2 | CartPole-v1 |" in text, text
+        assert f"| {name} | {scores.mean():.3f} | {best.mean():.3f} | {last.mean():.3f} | 2 | CartPole-v1 |" in text, text
     assert "![CartPole-v1](plots/CartPole-v1.png)" in text
     png = (tmp_path / "runs" / "report" / "plots" / "CartPole-v1.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
@@ -613,7 +622,9 @@ def test_interquartile_mean_trims_a_quarter_at_each_end():
     assert report.interquartile_mean([0.2, 0.4]) == pytest.approx(0.3)
 
 
-def write_run(runs_dir, exp_name, env_id, seed, returns, scores, stamp=1700000000, finished=True, step=100, args=None):
+def write_run(
+    runs_dir, exp_name, env_id, seed, returns, scores, stamp=1700000000, finished=True, step=100, args=None, extra=None
+):
     run_dir = runs_dir / f"{env_id}__{exp_name}__{seed}__{stamp}"
     run_dir.mkdir(parents=True)
     lines = ["global_step,eval_return_mean,eval_return_std,normalized_score,wall_time,sps"]
@@ -635,6 +646,7 @@ def write_run(runs_dir, exp_name, env_id, seed, returns, scores, stamp=170000000
                     "best_normalized_score": max(scores),
                     "total_wall_time_s": 90.0,
                     "mean_sps": 50.0,
+                    **(extra or {}),
                 }
             )
         )
@@ -667,14 +679,16 @@ def test_report_statistics_duplicates_and_return_fallback(tmp_path):
     out = tmp_path / "out"
     text = run_report(runs, out)
     a = np.array(finals["EnvA-v0"])
+    spread = f"{a.mean():.3f} ± {a.std(ddof=1):.3f}"  # two evaluations each, the second the best and the last 20%
     assert (
-        f"| algo | EnvA-v0 | 1, 2, 3, 4 | 100 | {a.mean():.3f} ± {a.std():.3f} | {100 * a.mean():.1f} ± {100 * a.std():.1f} "
-        f"| 50 | 1m30s |" in text
-    )
+        f"| algo | EnvA-v0 | 1, 2, 3, 4 | 100 | {spread} (n=4) | {spread} | {spread} | {100 * a.mean():.1f} ± "
+        f"{100 * a.std(ddof=1):.1f} | 50 | 1m30s | commit unknown |" in text
+    ), text
     pooled = np.sort(np.concatenate(list(finals.values())))  # 8 runs: the IQM keeps the middle four
-    assert f"| algo | {pooled[2:6].mean():.3f} | 8 | EnvA-v0, EnvB-v0 |" in text
-    assert "| other | EnvC-v0 | 1, 2 | 100 | n/a (no expert.json) | 15.0 ± 5.0 |" in text
-    assert "| other | n/a (no expert.json) | 0 |" in text
+    iqm = f"{pooled[2:6].mean():.3f}"
+    assert f"| algo | {iqm} | {iqm} | {iqm} | 8 | EnvA-v0, EnvB-v0 |" in text
+    assert "| other | EnvC-v0 | 1, 2 | 100 | n/a (no expert.json) | n/a | n/a | 15.0 ± 7.1 |" in text  # std of 10, 20
+    assert "| other | n/a (no expert.json) | n/a | n/a | 0 |" in text
     assert "### EnvC-v0 (returns: normalized score n/a for other, no expert.json)" in text
     assert "1 run folder(s) without summary.json (unfinished or failed) left out" in text
     assert "1 older duplicate run(s)" in text
@@ -736,10 +750,14 @@ def test_report_keeps_settings_apart_and_diverged_runs_out(tmp_path, monkeypatch
     monkeypatch.setattr(sys, "argv", ["report.py", "--runs-dir", str(runs), "--output-dir", str(tmp_path / "out")])
     report.main()
     text = (tmp_path / "out" / "results.md").read_text()
-    assert '| gail [reward_type="log_d"] | EnvA-v0 | 1, 2 | 200000 | 0.800 ± 0.000 |' in text, text
-    assert '| gail [reward_type="gail"] | EnvA-v0 | 1, 2 | 200000 | 0.200 ± 0.000 |' in text, text
-    assert "| bc | EnvA-v0 | 1, 2 | 5000 | 0.900 ± 0.000 |" in text, text  # one variant: no @args-id in the label
-    assert "| cfil | EnvA-v0 | 1, 2, 3 | 10000 | 0.600 ± 0.000 (2/3 seeds; the rest diverged) | 60.0 ± 0.0 |" in text, text
+    assert '| gail [reward_type="log_d"] | EnvA-v0 | 1, 2 | 200000 | 0.800 ± 0.000 (n=2) | 0.800 ± 0.000 |' in text, text
+    assert '| gail [reward_type="gail"] | EnvA-v0 | 1, 2 | 200000 | 0.200 ± 0.000 (n=2) | 0.200 ± 0.000 |' in text, text
+    # one variant: no @args-id in the label; bc learns from gradient steps, no env steps
+    assert "| bc | EnvA-v0 | 1, 2 | 0 (5000 gradient steps) | 0.900 ± 0.000 (n=2) |" in text, text
+    assert (
+        "| cfil | EnvA-v0 | 1, 2, 3 | 10000 | 0.600 ± 0.000 (n=2) (2/3 seeds; the rest diverged) | 0.600 ± 0.000 | "
+        "0.600 ± 0.000 | 60.0 ± 0.0 |" in text
+    ), text
     assert "diverged (NaN final return), left out of the means, the IQM and the curves: cfil on EnvA-v0 seed 3" in text
     assert "no expert.json" not in text and "(returns:" not in text  # the NaN run did not switch the plot to returns
     (figure,) = figures
@@ -779,7 +797,148 @@ def test_the_archived_runs_are_whole_and_unique(tmp_path):
     for (exp_name, env_id), run_seeds in seeds.items():
         setting, row = f"| {exp_name.split('@')[0]} ", f" | {env_id} | {', '.join(map(str, sorted(run_seeds)))} | "
         assert any(line.startswith(setting) and row in line for line in lines), (setting, row)
-    assert "| cfil | Ant-v4 | 1, 2, 3 | 320000 |" in text, text
+    # seed 1 was resumed: its budget counts the 50000 steps that refilled its replay buffer
+    assert "| cfil | Ant-v4 | 1, 2, 3 | seed 1: 370000 (50000 refill); seeds 2, 3: 320000 |" in text, text
+    # every archived run has a commit: its own (summary.json) or the one that archived it
+    assert all(run["code"] != "commit unknown" for run in runs), [run["dir"] for run in runs if run["code"] == "commit unknown"]
+
+
+def test_report_helpers_sample_std_last_fifth_and_iqm():
+    """The spread is the sample std (ddof=1) with n, one seed has none; the last 20% of n evaluations are the last
+    ceil(n/5); the IQM trims floor(n/4) at each end (scipy's trim_mean(x, 0.25), rliable's IQM)."""
+    assert report.mean_std([0.2, 0.4, 0.9], 3, with_n=True) == "0.500 ± 0.361 (n=3)"  # ddof=0 would give 0.294
+    assert report.mean_std([0.974], 3, with_n=True) == "0.974 (n=1)"
+    assert report.last_fifth_mean(np.arange(11.0)) == pytest.approx(9.0)  # 8, 9, 10
+    assert report.last_fifth_mean(np.arange(10.0)) == pytest.approx(8.5)  # 8, 9
+    assert report.last_fifth_mean(np.arange(15.0)) == pytest.approx(13.0)  # 12, 13, 14 (15 / 5 is 3, not 4)
+    assert report.last_fifth_mean([0.0, 0.7]) == pytest.approx(0.7)
+    assert report.interquartile_mean(np.arange(1.0, 13.0)) == pytest.approx(6.5)  # 12 runs: keeps the middle six
+
+
+def git(repo, *args):
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+
+
+def test_report_sample_std_last_fifth_iqm_and_archived_commits(tmp_path):
+    """On a small archive in a git repository: sample std with n, best and last-20% scores beside the final one (a run
+    that collapsed shows), refill steps in the budget, each row's commits (summary.json's, else "archived in" the
+    commit that added the run, "different commits" where they differ), the IQM over env x seed, and the headline
+    table (CFIL, the Humanoid cell taken from the one cfil_allfeat setting named in HEADLINE_ROWS, "-" where no run)."""
+    repo = tmp_path / "repo"
+    runs = repo / "benchmark" / "runs"
+    runs.mkdir(parents=True)
+    git(repo, "init", "-q")
+    one = {"num_expert_trajectories": 1}
+    hopper = {  # 11 evaluations: the last 20% are the last 3; seed 1 peaks at 1.0 and collapses
+        1: [0.0, 0.3, 0.6, 0.9, 1.0, 1.0, 0.9, 0.5, 0.2, 0.1, 0.3],
+        2: [0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.9, 0.95, 0.9, 1.0, 0.95],
+    }
+    ant = {1: [0.0, 0.5, 1.1], 2: [0.0, 0.4, 0.8], 3: [0.0, 0.2, 0.2]}  # 3 evaluations: the last 20% is the last one
+    write_run(runs, "cfil", "Hopper-v4", 1, [1000 * x for x in hopper[1]], hopper[1], args=one)
+    for seed, scores in ant.items():
+        write_run(runs, "cfil", "Ant-v4", seed, [1000 * x for x in scores], scores, step=500, args=one)
+    git(repo, "add", "benchmark")
+    git(repo, "commit", "-q", "-m", "archive: cfil Hopper seed 1, Ant")
+    first = git(repo, "log", "-1", "--format=%h")
+    # seed 2 was resumed (50000 refill steps); its folder is archived later
+    write_run(runs, "cfil", "Hopper-v4", 2, [1000 * x for x in hopper[2]], hopper[2], args=one, extra={"refill_env_steps": 50000})
+    git(repo, "add", "benchmark")
+    git(repo, "commit", "-q", "-m", "archive: cfil Hopper seed 2")
+    second = git(repo, "log", "-1", "--format=%h")
+    assert first != second
+    # not committed: one run that recorded its commit, one that did not (and no git history names it)
+    write_run(runs, "gail", "Hopper-v4", 1, [0.0, 500.0], [0.0, 0.5], args={"num_expert_trajectories": 10}, extra={"commit": "0123456789abcdef" * 2})
+    write_run(runs, "gail", "Hopper-v4", 2, [0.0, 700.0], [0.0, 0.7], args={"num_expert_trajectories": 10})
+    # Humanoid: the headline's cell is the 320k cfil_allfeat setting, not the 40k one
+    write_run(runs, "cfil_allfeat", "Humanoid-v4", 1, [0.0, 80.0, 90.0], [0.0, 0.08, 0.09], step=160000, args=one)
+    write_run(runs, "cfil_allfeat", "Humanoid-v4", 1, [0.0, 40.0, 50.0], [0.0, 0.04, 0.05], step=20000, stamp=1700000001, args=one)
+
+    text = run_report(runs, tmp_path / "out")
+
+    def spread(values, n=False):
+        values = np.asarray(values, dtype=np.float64)
+        return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" + (f" (n={len(values)})" if n else "")
+
+    h_final, h_best, h_last = [0.3, 0.95], [1.0, 1.0], [np.mean([0.2, 0.1, 0.3]), np.mean([0.9, 1.0, 0.95])]
+    row = next(line for line in text.splitlines() if line.startswith("| cfil | Hopper-v4 |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[2:7] == [
+        "1, 2",
+        "seed 1: 1000; seed 2: 51000 (50000 refill)",
+        f"{spread(h_final, True)}",
+        spread(h_best),
+        spread(h_last),
+    ], row
+    assert cells[7] == f"{np.mean(h_final) * 1000:.1f} ± {np.std(np.array(h_final) * 1000, ddof=1):.1f}", row
+    assert cells[10] == f"different commits: archived in {first} (seed 1); archived in {second} (seed 2)", row
+    assert spread(h_last) == "0.575 ± 0.530"  # the collapse of seed 1 shows beside its final 0.3 and best 1.0
+    row = next(line for line in text.splitlines() if line.startswith("| cfil | Ant-v4 |"))
+    assert f"| cfil | Ant-v4 | 1, 2, 3 | 1000 | 0.700 ± 0.458 (n=3) | 0.700 ± 0.458 | 0.700 ± 0.458 |" in row, row
+    assert row.endswith(f"| archived in {first} |"), row
+    row = next(line for line in text.splitlines() if line.startswith("| gail | Hopper-v4 |"))
+    assert row.endswith("| different commits: 0123456 (seed 1); commit unknown (seed 2) |"), row
+    # IQM over env x seed: 5 cfil runs, floor(5/4) = 1 trimmed at each end
+    finals, bests, lasts = h_final + [1.1, 0.8, 0.2], h_best + [1.1, 0.8, 0.2], h_last + [1.1, 0.8, 0.2]
+    iqms = [np.sort(values)[1:4].mean() for values in (finals, bests, lasts)]
+    assert f"| cfil | {iqms[0]:.3f} | {iqms[1]:.3f} | {iqms[2]:.3f} | 5 | Ant-v4, Hopper-v4 |" in text, text
+    assert f"{iqms[0]:.3f}" == "0.683"
+
+    # the headline: CFIL's cells where it has runs, "-" elsewhere; GAIL's Hopper cell; no BC row (no runs)
+    headline = text.split("## Headline")[1].split("## Final scores")[0]
+    lines = [line for line in headline.splitlines() if line.startswith("|")]
+    assert lines[0] == "| method | demos | score | Hopper-v4 | HalfCheetah-v4 | Walker2d-v4 | Ant-v4 | Humanoid-v4 | IQM (env × seed) |"
+    humanoid_iqm = np.sort(finals + [0.09])[1:5].mean()  # 6 runs with Humanoid's 320k run
+    assert lines[2] == (
+        f"| CFIL | 1 trajectory | final | {spread(h_final, True)} | - | - | 0.700 ± 0.458 (n=3) | 0.090 (n=1) ¹ | "
+        f"{humanoid_iqm:.3f} (n=6) |"
+    ), lines
+    assert lines[3].startswith(f"|  |  | best | {spread(h_best, True)} | - | - |"), lines
+    assert lines[4].startswith(f"|  |  | last 20% | {spread(h_last, True)} | - | - |"), lines
+    assert lines[5] == "| GAIL | 10 trajectories | final | 0.600 ± 0.141 (n=2) | - | - | - | - | 0.600 (n=2) |", lines
+    assert len(lines) == 2 + 3 + 3 and "BC" not in headline
+    assert "¹ Humanoid-v4: `cfil_allfeat`" in headline
+    assert f"Ant-v4 archived in {first}" in headline and "Humanoid-v4 commit unknown" in headline, headline
+    assert "Hopper-v4 [seed 1: 1000; seed 2: 51000 (50000 refill)]" in " ".join(headline.split()), headline
+
+
+def test_readme_results_block_is_what_the_report_makes_of_the_archive():
+    """README.md's results block is `./benchmark.sh report --readme`'s output for benchmark/runs, byte for byte: a
+    README number that is not the archive's fails here (regenerate with `./benchmark.sh report --readme`)."""
+    archive = REPO / "benchmark" / "runs"
+    block = report.readme_text_between_markers((REPO / "README.md").read_text())
+    assert block is not None, f"README.md has no block between {report.README_START} and {report.README_END}"
+    assert block == report.readme_block(archive), "README.md's results block is stale: run ./benchmark.sh report --readme"
+    # and, without the report's code, CFIL Ant-v4's cell: its final scores' mean ± sample std
+    finals = [json.loads(path.read_text())["final_normalized_score"] for path in archive.glob("Ant-v4__cfil__*/summary.json")]
+    assert len(finals) >= 1 and f"{np.mean(finals):.3f} ± {np.std(finals, ddof=1):.3f} (n={len(finals)})" in block
+
+
+def test_readme_rewrite_touches_only_the_marked_block(tmp_path):
+    """`./benchmark.sh report --readme FILE` replaces a stale block and nothing else, a second run changes nothing,
+    and a README without the markers, or filters that would leave runs out, are one-sentence errors."""
+    readme = tmp_path / "README.md"
+    before, after = "# title\n\nintro\n\n## Results\n\n<!-- results:start -->\n", "<!-- results:end -->\n\nmore text\n"
+    readme.write_text(before + "| CFIL | 1 trajectory | final | 0.999 (n=1) |\n" + after)
+    result = bench("report", "--readme", readme, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "rewrote" in result.stdout
+    assert readme.read_text() == before + report.readme_block(REPO / "benchmark" / "runs") + "\n" + after
+    result = bench("report", "--readme", readme, cwd=tmp_path)
+    assert result.returncode == 0 and "unchanged" in result.stdout, result.stdout + result.stderr
+    for text, args, message in (
+        ("no block here\n", [], "needs one line `<!-- results:start -->`"),
+        (before + after, ["--algos", "cfil"], "drop --algos and --env-ids"),
+    ):
+        readme.write_text(text)
+        result = bench("report", "--readme", readme, *args, cwd=tmp_path)
+        assert result.returncode != 0 and result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and readme.read_text() == text
 
 
 def test_episode_terms_records_each_episode_of_an_unchanged_script(tmp_path):

@@ -86,7 +86,7 @@ def rebuilt_policy(run_dir):
 @pytest.mark.parametrize("snapshot", ["best", "final"])
 def test_smoke_track_and_the_saved_policy(workdir, snapshot):
     # seed 2 at this learning rate evaluates best at step 800 (51.0), not at its end (35.5): the snapshots differ
-    flags = ["--seed", "2", "--learning-rate", "1e-2", "--total-timesteps", "1000", "--expert-snapshot", snapshot, "--track"]
+    flags = ["--seed", "2", "--learning-rate", "1e-2", "--total-timesteps", "1000", "--snapshot", snapshot, "--track"]
     run_script("dqn.py", *TINY, *flags, cwd=workdir)
     (run_dir,) = run_dirs(workdir)
     rows = read_eval_csv(run_dir)

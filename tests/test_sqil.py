@@ -1,10 +1,16 @@
 """sqil.py: the balanced batch's rewards (1 for demonstrations, 0 for the agent's samples), the soft value and the soft
 Bellman error of Eq. 1, Alg. 1's weighting of the two halves, the soft-optimal policy, soft Q-learning and SAC driving
-Q towards 1 / (1 - gamma) on demonstrated pairs and 0 elsewhere, the absorbing state that keeps a goal the expert
-ends at worth reaching, every flag end to end on a discrete and a continuous
-env, resuming from a compact checkpoint, bad input, the SAC block shared with sac.py, and imitating from one demo."""
+Q towards 1 / (1 - gamma) on demonstrated pairs and 0 elsewhere, the target networks' update frequency, the absorbing
+state that keeps a goal the expert ends at worth reaching, every flag end to end on a discrete and a continuous env,
+the checkpoint rules, bad input, the SAC block shared with sac.py, and imitating from one demo."""
 
 import inspect
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import time
 import types
 
 import numpy as np
@@ -13,7 +19,7 @@ import sac
 import sqil
 import torch
 
-from conftest import assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
+from conftest import SCRIPTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
 
 TINY = [
     "--total-timesteps",
@@ -40,17 +46,42 @@ def with_indicator(obs, absorbing=0.0):
     return torch.cat([obs, torch.full((len(obs), 1), absorbing)], 1)
 
 
+def replay_sample(obs, actions, next_obs, terminations):
+    """A replay buffer's sample (obs, actions, rewards, next_obs, terminations), its reward column deliberately wrong:
+    SQIL's rewards come from which buffer a row was drawn from, not from what it stores."""
+    return obs, actions, torch.full((len(obs),), 0.5), next_obs, terminations
+
+
 def test_balanced_batch_rewards_demonstrations_one_and_samples_zero():
-    demo = (with_indicator(torch.full((3, 2), 7.0)), torch.full((3, 1), 1.0), with_indicator(torch.full((3, 2), 8.0)))
+    demo = replay_sample(
+        with_indicator(torch.full((3, 2), 7.0)),
+        torch.full((3, 1), 1.0),
+        with_indicator(torch.full((3, 2), 8.0)),
+        torch.zeros(3),
+    )
     agent_obs = torch.cat([with_indicator(torch.full((4, 2), -7.0)), with_indicator(torch.zeros(1, 2), 1.0)])
-    agent = (agent_obs, torch.full((5, 1), 0.0), with_indicator(torch.full((5, 2), -8.0)))
-    batch = sqil.balanced_batch((*demo, torch.zeros(3)), (*agent, torch.ones(5)))
-    obs, actions, rewards, next_obs, terminations, absorbing = batch
+    agent = replay_sample(agent_obs, torch.full((5, 1), 0.0), with_indicator(torch.full((5, 2), -8.0)), torch.ones(5))
+    obs, actions, rewards, next_obs, terminations, absorbing = sqil.balanced_batch(demo, agent)
     assert rewards.tolist() == [1.0] * 3 + [0.0] * 5  # the demonstrations first, each half keeps its own rows
     assert obs.shape == next_obs.shape == (8, 2)  # the networks never see the indicator
     assert (obs[:3] == 7).all() and (obs[3:7] == -7).all() and (next_obs[:3] == 8).all() and (next_obs[3:] == -8).all()
     assert actions.squeeze(1).tolist() == [1.0] * 3 + [0.0] * 5 and terminations.tolist() == [0.0] * 3 + [1.0] * 5
     assert absorbing.tolist() == [0.0] * 7 + [1.0]
+
+
+def test_transition_rows_lead_a_termination_into_the_absorbing_state():
+    obs, next_obs = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32), np.array([[5.0, 6.0], [7.0, 8.0]], np.float32)
+    actions = np.array([[0.5], [-0.5]], np.float32)
+    rows_obs, rows_actions, rows_next, rows_terminations = sqil.transition_rows(obs, actions, next_obs, [0, 1], False)
+    assert rows_obs.tolist() == [[1, 2, 0], [3, 4, 0]] and rows_next.tolist() == [[5, 6, 0], [7, 8, 0]]
+    assert rows_terminations.tolist() == [0, 1]  # the paper's V(s') = 0 after a termination
+    rows_obs, rows_actions, rows_next, rows_terminations = sqil.transition_rows(obs, actions, next_obs, [0, 1], True)
+    # the terminated transition ends in s_a, followed by one self-transition (s_a, 0, s_a) that is not terminated
+    assert rows_obs.tolist() == [[1, 2, 0], [3, 4, 0], [0, 0, 1]] and rows_actions.tolist() == [[0.5], [-0.5], [0]]
+    assert rows_next.tolist() == [[5, 6, 0], [0, 0, 1], [0, 0, 1]] and rows_terminations.tolist() == [0, 1, 0]
+    # the demonstrations keep one self-transition per terminated episode, whatever subsampling dropped
+    rows_obs = sqil.transition_rows(obs, actions, next_obs, [0, 0], True, num_absorbing=2)[0]
+    assert rows_obs.tolist() == [[1, 2, 0], [3, 4, 0], [0, 0, 1], [0, 0, 1]]
 
 
 def test_soft_value_is_the_log_sum_exp_and_tends_to_the_max():
@@ -93,13 +124,13 @@ def fixed_batch(obs_dim, num_demo, num_agent, demo_action, agent_action, termina
     generator = torch.Generator().manual_seed(seed)
     demo_obs = torch.cat([torch.ones(num_demo, 1), 0.1 * torch.randn(num_demo, obs_dim - 1, generator=generator)], 1)
     agent_obs = torch.cat([-torch.ones(num_agent, 1), 0.1 * torch.randn(num_agent, obs_dim - 1, generator=generator)], 1)
-    demo = (
+    demo = replay_sample(
         with_indicator(demo_obs),
         torch.full((num_demo, 1), demo_action),
         with_indicator(demo_obs.roll(1, 0)),
         torch.full((num_demo,), float(terminal)),
     )
-    agent = (
+    agent = replay_sample(
         with_indicator(agent_obs),
         torch.full((num_agent, 1), agent_action),
         with_indicator(agent_obs.roll(1, 0)),
@@ -108,19 +139,42 @@ def fixed_batch(obs_dim, num_demo, num_agent, demo_action, agent_action, termina
     return sqil.balanced_batch(demo, agent)
 
 
+def soft_q_nets(obs_dim, num_actions, absorbing_reward=None):
+    qf, qf_target = sqil.q_mlp(obs_dim, num_actions, 64), sqil.q_mlp(obs_dim, num_actions, 64)
+    qf_target.load_state_dict(qf.state_dict())
+    nets = {"qf": qf, "qf_target": qf_target}
+    nets |= {} if absorbing_reward is None else {"absorbing_reward": absorbing_reward}
+    return nets, {
+        "q": torch.optim.Adam([*qf.parameters(), *([] if absorbing_reward is None else [absorbing_reward])], lr=3e-3)
+    }
+
+
 def test_soft_q_learning_reaches_the_sqil_fixed_point():
     """One action (so V(s) = Q(s) exactly), gamma 0.5, no termination: Q -> 1 / (1 - gamma) = 2 on the demonstrations
     and 0 on the agent's samples, through the bootstrapped target; swapped rewards or halves would swap them."""
     torch.manual_seed(0)
     args = args_for(gamma=0.5, soft_q_temperature=1.0, tau=0.05, lambda_samp=1.0)
     batch = fixed_batch(3, 16, 16, 0.0, 0.0, terminal=False)
-    q_network, target_network = sqil.QNetwork(3, 1, 64), sqil.QNetwork(3, 1, 64)
-    target_network.load_state_dict(q_network.state_dict())
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=3e-3)
-    for _ in range(3000):
-        stats = sqil.soft_q_update(batch, 16, q_network, target_network, optimizer, args)
+    nets, optimizers = soft_q_nets(3, 1)
+    for step in range(1, 3001):
+        stats = sqil.sqil_update(batch, 16, nets, optimizers, args, step)
     assert stats["losses/q_demo"].item() == pytest.approx(2.0, abs=0.1)
     assert stats["losses/q_agent"].item() == pytest.approx(0.0, abs=0.1)
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_the_targets_follow_every_target_network_frequency_steps(continuous):
+    """--target-network-frequency in both paths (issue 35): the target critics move on every third step only."""
+    torch.manual_seed(0)
+    args = args_for(target_network_frequency=3, policy_frequency=1, tau=0.5)
+    batch = fixed_batch(3, 4, 4, 0.5 if continuous else 0.0, -0.5 if continuous else 1.0, terminal=False)
+    nets, optimizers = sac_nets() if continuous else soft_q_nets(3, 2)
+    moved = []
+    for step in range(1, 7):
+        before = [p.clone() for p in nets["qf_target"].parameters()]
+        sqil.sqil_update(batch, 4, nets, optimizers, args, step)
+        moved.append(any(not torch.equal(a, b) for a, b in zip(before, nets["qf_target"].parameters())))
+    assert moved == [False, False, True, False, False, True]
 
 
 def test_a_termination_is_worth_the_learned_absorbing_value_not_zero():
@@ -148,16 +202,13 @@ def test_the_absorbing_state_keeps_the_expert_s_goal_worth_reaching(absorbing_st
     state = np.array([[1.0, 0.0]], dtype=np.float32)
     demo = sqil.transition_rows(state, np.zeros((1, 1), np.float32), state, [1.0], absorbing_state)
     agent = sqil.transition_rows(state, np.ones((1, 1), np.float32), state, [0.0], absorbing_state)
-    demo, agent = ([torch.as_tensor(rows).repeat_interleave(8, 0) for rows in half] for half in (demo, agent))
+    demo, agent = (replay_sample(*[torch.as_tensor(rows).repeat_interleave(8, 0) for rows in half]) for half in (demo, agent))
     batch = sqil.balanced_batch(demo, agent)
-    q_network, target_network = sqil.QNetwork(2, 2, 64), sqil.QNetwork(2, 2, 64)
-    target_network.load_state_dict(q_network.state_dict())
-    absorbing_reward = torch.zeros((), requires_grad=True)
-    optimizer = torch.optim.Adam(list(q_network.parameters()) + [absorbing_reward], lr=3e-3)
-    for _ in range(3000):
-        absorbing_q = absorbing_reward / (1 - gamma) if absorbing_state else None
-        sqil.soft_q_update(batch, len(demo[0]), q_network, target_network, optimizer, args, absorbing_q)
-    q_finish, q_stay = q_network(torch.as_tensor(state))[0].tolist()
+    absorbing_reward = torch.zeros((), requires_grad=True) if absorbing_state else None
+    nets, optimizers = soft_q_nets(2, 2, absorbing_reward)
+    for step in range(1, 3001):
+        sqil.sqil_update(batch, len(demo[0]), nets, optimizers, args, step)
+    q_finish, q_stay = nets["qf"](torch.as_tensor(state))[0].tolist()
     if absorbing_state:
         assert absorbing_reward.item() / (1 - gamma) == pytest.approx(1 / (1 - gamma), rel=0.05)
         assert q_finish == pytest.approx(1 / (1 - gamma), rel=0.05) and q_finish > q_stay + 0.5, (q_finish, q_stay)
@@ -165,43 +216,59 @@ def test_the_absorbing_state_keeps_the_expert_s_goal_worth_reaching(absorbing_st
         assert q_finish == pytest.approx(1.0, abs=0.1) and q_stay > q_finish + 0.5, (q_finish, q_stay)
 
 
-def test_sac_critics_learn_reward_one_on_demonstrations_and_zero_on_samples():
-    """The continuous path (sac_update, both critics): terminal transitions, so Q -> r, 1 on the demonstrations and
-    0 on the agent's samples."""
-    torch.manual_seed(0)
-    args = args_for(gamma=0.5, policy_frequency=2, target_network_frequency=1, tau=0.05, autotune=False, lambda_samp=1.0)
-    batch = fixed_batch(3, 16, 16, 0.5, -0.5, terminal=True)
+def sac_nets(obs_dim=3):
     env = types.SimpleNamespace(
-        observation_space=types.SimpleNamespace(shape=(3,)),
+        observation_space=types.SimpleNamespace(shape=(obs_dim,)),
         action_space=types.SimpleNamespace(shape=(1,), high=np.ones(1), low=-np.ones(1)),
     )
-    actor, qf, qf_target = sqil.Actor(env, 64, -5, 2), sqil.SoftQEnsemble(3, 1, 64), sqil.SoftQEnsemble(3, 1, 64)
+    actor, qf, qf_target = sqil.Actor(env, 64, -5, 2), sqil.SoftQEnsemble(obs_dim, 1, 64), sqil.SoftQEnsemble(obs_dim, 1, 64)
     qf_target.load_state_dict(qf.state_dict())
     log_alpha = torch.tensor(np.log(0.01), requires_grad=True)
-    optimizers = [torch.optim.Adam(module.parameters(), lr=3e-3) for module in (qf, actor)] + [
-        torch.optim.Adam([log_alpha], lr=1e-3)
-    ]
+    nets = {"qf": qf, "qf_target": qf_target, "actor": actor, "log_alpha": log_alpha}
+    optimizers = {"q": torch.optim.Adam(qf.parameters(), lr=3e-3), "actor": torch.optim.Adam(actor.parameters(), lr=3e-3)}
+    return nets, optimizers | {"alpha": torch.optim.Adam([log_alpha], lr=1e-3)}
+
+
+def test_sac_critics_learn_reward_one_on_demonstrations_and_zero_on_samples():
+    """The continuous path (SAC, both critics): terminal transitions, so Q -> r, 1 on the demonstrations and 0 on the
+    agent's samples; the actor and alpha are trained too (--autotune)."""
+    torch.manual_seed(0)
+    args = args_for(gamma=0.5, policy_frequency=2, target_network_frequency=1, tau=0.05, autotune=True, lambda_samp=1.0)
+    batch = fixed_batch(3, 16, 16, 0.5, -0.5, terminal=True)
+    nets, optimizers = sac_nets()
     for step in range(1, 1501):
-        stats = sqil.sac_update(batch, 16, actor, qf, qf_target, log_alpha, *optimizers, args, -1.0, step)
-    q_values = qf(batch[0], batch[1]).detach()  # [2 critics, 32]
-    assert torch.allclose(q_values[:, :16], torch.ones(2, 16), atol=0.05) and torch.allclose(
-        q_values[:, 16:], torch.zeros(2, 16), atol=0.05
+        stats = sqil.sqil_update(batch, 16, nets, optimizers, args, step)
+    q_values = nets["qf"](batch[0], batch[1]).detach()  # [2 critics, 32]
+    assert torch.allclose(q_values[:, :16], torch.ones(2, 16), atol=0.05)
+    assert torch.allclose(q_values[:, 16:], torch.zeros(2, 16), atol=0.05)
+    assert np.isfinite(stats["losses/actor_loss"].item()) and stats["losses/alpha"].item() != pytest.approx(0.01)
+
+
+def test_the_actor_never_trains_on_the_absorbing_state(monkeypatch):
+    """s_a has one fixed action: the actor's and alpha's losses take the other rows' states only."""
+    batch = list(fixed_batch(3, 4, 4, 0.5, -0.5, terminal=False))
+    batch[5] = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0])  # three rows are s_a's self-transitions
+    nets, optimizers = sac_nets()
+    seen, policy_loss = [], sqil.policy_loss
+    monkeypatch.setattr(
+        sqil, "policy_loss", lambda actor, qf, obs, alpha: seen.append(obs) or policy_loss(actor, qf, obs, alpha)
     )
-    assert np.isfinite(stats["losses/actor_loss"].item())
+    sqil.sqil_update(batch, 4, nets, optimizers, args_for(policy_frequency=1), 1)
+    assert len(seen) == 1 and torch.equal(seen[0], batch[0][[0, 1, 2, 4, 5]])
 
 
-def test_the_sac_block_is_sac_py_s():
-    for name in (
-        "SoftQEnsemble",
-        "Actor",
-        "ReplayBuffer",
-        "policy_loss",
-        "alpha_loss",
-        "bf16_is_fast",
-        "make_optimizer",
-        "evaluate",
-    ):
-        assert inspect.getsource(getattr(sqil, name)) == inspect.getsource(getattr(sac, name)), name
+@pytest.mark.parametrize(
+    "name",
+    ["SoftQEnsemble", "Actor", "ReplayBuffer", "policy_loss", "alpha_loss", "bf16_is_fast", "make_optimizer"]
+    + ["save_checkpoint", "load_checkpoint"],
+)
+def test_the_sac_and_checkpoint_blocks_are_sac_py_s(name):  # the shared plumbing: tests/test_shared_blocks.py
+    assert inspect.getsource(getattr(sqil, name)) == inspect.getsource(getattr(sac, name)), name
+
+
+def test_sqil_has_its_own_sac_step_instead_of_sac_py_s():
+    """sac.py's soft_q_loss / sac_update are left out (SQIL weighs the two halves and skips s_a): sqil_update does both."""
+    assert not hasattr(sqil, "soft_q_loss") and not hasattr(sqil, "sac_update")
 
 
 @pytest.mark.parametrize(
@@ -222,6 +289,9 @@ def test_the_sac_block_is_sac_py_s():
             "0.5",
             "--demo-fraction",
             "0.25",
+            "--target-network-frequency",
+            "2",
+            "--any-env",
         ],
         ["--env-id", "Pendulum-v1"],
         ["--env-id", "Pendulum-v1", "--autotune", "--no-bf16", "--lambda-samp", "2", "--demo-fraction", "0.75", "--track"],
@@ -251,6 +321,7 @@ def test_smoke(tmp_path, flags):
         ("--lambda-samp", "lambda_samp"),
         ("--demo-fraction", "demo_fraction"),
         ("--subsample-frequency", "subsample_frequency"),
+        ("--target-network-frequency", "target_network_frequency"),
     ):
         if flag in flags:
             assert summary["args"][key] == pytest.approx(float(flags[flags.index(flag) + 1]))
@@ -265,46 +336,84 @@ def test_smoke(tmp_path, flags):
     assert summary["precision"] == (
         "fp32" if discrete or "--no-bf16" in flags or not sac.bf16_is_fast(torch.device("cpu")) else "bf16-autocast"
     )
+    assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
+
+
+def start_and_stop(flags, cwd, rows):
+    """sqil.py flags in its own process, stopped by SIGTERM once eval.csv holds `rows` rows: (exit status, stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    command = [sys.executable, str(SCRIPTS / "sqil.py"), *map(str, flags)]
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (paths := list(cwd.glob("runs/*/eval.csv"))) or len(paths[0].read_text().splitlines()) <= rows:
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.time() < deadline, "the run never wrote its evaluations"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        stderr = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, stderr
+
+
+def run_in_process(args, cwd, monkeypatch):
+    """python cleanil/sqil.py <args> in this process; returns the script's globals (its networks and optimisers)."""
+    monkeypatch.setattr(signal, "signal", lambda *a, **k: None)  # the run's handlers would outlive it in pytest
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPTS / "sqil.py"), *map(str, args)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a run_script process computes
+    try:
+        return runpy.run_path(str(SCRIPTS / "sqil.py"), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1", "Acrobot-v1"])
-def test_resume_continues_from_a_compact_checkpoint(tmp_path, env_id):
-    flags = ["--env-id", env_id, *TINY[2:], "--checkpoint-frequency", "300", "--refill-steps", "100"]  # TINY less its budget
-    path = tmp_path / "checkpoints" / f"{env_id}__sqil__1" / "checkpoint.pt"
-    run_script("sqil.py", *flags, "--total-timesteps", "300", cwd=tmp_path)
-    (run_dir,) = run_dirs(tmp_path)
-    first = torch.load(path, weights_only=False)
-    assert first["global_step"] == 300 and "rb" not in first and path.stat().st_size < 200_000
-    run_script("sqil.py", *flags, "--total-timesteps", "450", "--resume", cwd=tmp_path)
+def test_checkpoint_rules(tmp_path, monkeypatch, env_id):
+    """SIGTERM mid-run: a compact checkpoint (no replay buffer; s_a's learned reward where the demonstrations terminate),
+    exit 128 + 15; a fresh run refuses to overwrite it; --resume refills the agent's buffer (100 steps, no updates),
+    continues the optimisers, rewinds eval.csv to the checkpoint's rows and deletes the checkpoint when it finishes."""
+    flags = ["--env-id", env_id, *TINY[2:], "--refill-steps", "100"]  # TINY less its budget
+    path = tmp_path / "checkpoints" / f"{env_id}__sqil__1.pt"
+    code, stderr = start_and_stop([*flags, "--total-timesteps", "1000000"], tmp_path, rows=2)
+    assert code == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr[-3000:]
+    assert "--resume" in stderr.splitlines()[-1], stderr[-500:]
+    checkpoint = torch.load(path, weights_only=False)
+    step, (run_dir,) = checkpoint["progress"]["global_step"], run_dirs(tmp_path)
+    assert step >= 150 and checkpoint["progress"]["run_name"] == run_dir.name and path.stat().st_size < 300_000
+    assert "q_optimizer" in checkpoint["state"] and ("absorbing_reward" in checkpoint["state"]) == (env_id == "Acrobot-v1")
+
+    refused = run_script("sqil.py", *flags, "--total-timesteps", "600", cwd=tmp_path, check=False)
+    assert_clean_error(refused, "holds an interrupted run's checkpoint", "--resume")
     assert run_dirs(tmp_path) == [run_dir]
-    assert [row["global_step"] for row in read_eval_csv(run_dir)] == [0, 150, 300, 450]
+
+    with open(run_dir / "eval.csv", "a") as eval_csv:  # as if killed after evaluating past its checkpoint
+        eval_csv.write(f"{step + 150},-1,0,nan,1,1\n")
+    total = step + 300
+    script = run_in_process([*flags, "--total-timesteps", total, "--resume"], tmp_path, monkeypatch)
+    assert run_dirs(tmp_path) == [run_dir]
+    assert [row["global_step"] for row in read_eval_csv(run_dir)] == sorted(set(range(0, total + 1, 150)) | {total})
     summary = read_summary(run_dir)
-    assert summary["refill_env_steps"] == 100 and summary["args"]["resume"] is True
-    last = torch.load(path, weights_only=False)
-    assert last["global_step"] == 450 and len(last["commands"]) == 2
-    optimizer = last["q_optimizer"]["state"][0]["step"]
-    assert float(optimizer) == 450 - 100  # one update per step after learning_starts, continued (not restarted)
-    # Acrobot's demonstrations end by termination: the absorbing state's learned value is part of the checkpoint
-    assert ("absorbing_reward" in last) == (env_id == "Acrobot-v1")
+    assert summary["refill_env_steps"] == 100 and summary["args"]["resume"] is True and not path.exists()
+    # one update per step after learning_starts, continued (not restarted), none while refilling
+    assert script["optimizers"]["q"].state_dict()["state"][0]["step"] == total - 100
+    assert_clean_error(run_script("sqil.py", *flags, "--resume", cwd=tmp_path, check=False), "no checkpoint", path.name)
 
 
 def test_bad_input_is_a_clean_error(tmp_path):
-    assert_clean_error(
-        run_script("sqil.py", "--env-id", "CartPole-v1", "--demo-fraction", "1", cwd=tmp_path, check=False),
-        "--demo-fraction 1.0 of --batch-size 256 leaves no room",
-    )
-    assert_clean_error(
-        run_script("sqil.py", "--env-id", "CartPole-v1", "--soft-q-temperature", "0", cwd=tmp_path, check=False),
-        "--soft-q-temperature must be positive",
-    )
-    assert_clean_error(
-        run_script("sqil.py", "--env-id", "CartPole-v1", "--lambda-samp", "-1", cwd=tmp_path, check=False),
-        "--lambda-samp must be non-negative",
-    )
-    assert_clean_error(
-        run_script("sqil.py", "--env-id", "Pendulum-v1", "--num-expert-trajectories", "1000", cwd=tmp_path, check=False),
-        "more trajectories than",
-    )
+    for flags, fragment in [
+        (["--demo-fraction", "1"], "--demo-fraction 1.0 leaves one half of --batch-size 256 empty"),
+        (["--soft-q-temperature", "0"], "--soft-q-temperature must be positive"),
+        (["--target-network-frequency", "0"], "--target-network-frequency must be positive"),
+        (["--lambda-samp", "-1"], "--lambda-samp"),
+        (["--total-timesteps", "100", "--learning-starts", "100"], "must exceed --learning-starts 100"),
+        (["--num-expert-trajectories", "1000"], "--num-expert-trajectories 1000 is not between 1 and its"),
+    ]:
+        env_id = "Pendulum-v1" if "--num-expert-trajectories" in flags else "CartPole-v1"
+        assert_clean_error(run_script("sqil.py", "--env-id", env_id, *flags, cwd=tmp_path, check=False), fragment)
     assert not (tmp_path / "runs").exists()
 
 
