@@ -13,7 +13,7 @@ adds the potential-based term gamma Phi(s') - Phi(s) with Phi the cart's mechani
 uses the true reward.
 
 At the end the run folder holds policy.pt, the greedy policy's Q-network (a plain MLP obs -> Q-values whose argmax is
-the action; the best-evaluated or the final one, `--expert-snapshot`), and policy.json, its spec;
+the action; the best-evaluated or the final one, `--snapshot`), and policy.json, its spec;
 `python cleanil/demos.py --from-policy runs/<run>` records an expert folder from them.
 """
 
