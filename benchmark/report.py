@@ -282,7 +282,9 @@ def budget_text(runs):
 
     if len(by_budget) == 1:
         return one(next(iter(by_budget)))
-    return "; ".join(f"{seeds_text(seeds)}: {one(budget)}" for budget, seeds in sorted(by_budget.items(), key=lambda x: min(x[1])))
+    return "; ".join(
+        f"{seeds_text(seeds)}: {one(budget)}" for budget, seeds in sorted(by_budget.items(), key=lambda x: min(x[1]))
+    )
 
 
 def code_text(runs):
@@ -452,9 +454,7 @@ def headline_lines(runs):
         row_cells = {env_id: cells[row["method"], env_id] for env_id in HEADLINE_ENVS if (row["method"], env_id) in cells}
         if not row_cells:
             continue
-        scored = {
-            env_id: [run_scores(run) for run in group if not diverged(run)] for env_id, group in row_cells.items()
-        }
+        scored = {env_id: [run_scores(run) for run in group if not diverged(run)] for env_id, group in row_cells.items()}
         for index, (key, name) in enumerate((("final", "final"), ("best", "best"), ("last", "last 20%"))):
             texts = []
             for env_id in HEADLINE_ENVS:
@@ -468,7 +468,9 @@ def headline_lines(runs):
                 texts.append(text + (f" {marks[row['method'], env_id]}" if (row["method"], env_id) in marks else ""))
             pooled = [scores[key] for group in scored.values() for scores in group if scores[key] is not None]
             iqm = f"{interquartile_mean(pooled):.3f} (n={len(pooled)})" if pooled else "n/a"
-            label = (row["method"], demos_text([run for group in row_cells.values() for run in group])) if not index else ("", "")
+            label = (
+                (row["method"], demos_text([run for group in row_cells.values() for run in group])) if not index else ("", "")
+            )
             lines.append(f"| {label[0]} | {label[1]} | {name} | {' | '.join(texts)} | {iqm} |")
         seeds = per_env_text({env_id: ", ".join(str(run["seed"]) for run in group) for env_id, group in row_cells.items()})
         budgets = per_env_text({env_id: budget_text(group) for env_id, group in row_cells.items()})
@@ -482,7 +484,7 @@ def headline_lines(runs):
         "20% of evaluations, so a run that peaked and fell shows; each cell is the mean ± sample std (ddof=1) over "
         "its n seeds. IQM = the interquartile mean of a method's runs pooled over env × seed (25% trimmed at each "
         "end, as rliable computes it). Env steps include the steps a resumed run took to refill its replay buffer; "
-        "\"archived in <hash>\" is the commit that added a run to `benchmark/runs` (the code ran at or before it)."
+        '"archived in <hash>" is the commit that added a run to `benchmark/runs` (the code ran at or before it).'
     )
     notes = [line for note in notes for line in (wrap(note), "")]
     return [wrap(intro), "", *lines, "", *notes, *(wrap(detail, "  ") for detail in details)], problems
@@ -607,7 +609,7 @@ def main():
         "Spread: mean ± sample std over seeds (ddof=1), n = the number of seeds averaged (n=1: no spread). Env steps = "
         "--total-timesteps plus the steps a resumed run took to refill its replay buffer (summary.json's "
         "refill_env_steps; bc learns from gradient steps only: 0 env steps). Code: the commit a run recorded in "
-        "summary.json, or for an archived run that predates it \"archived in <hash>\", the commit that added its "
+        'summary.json, or for an archived run that predates it "archived in <hash>", the commit that added its '
         "folder to git (the code ran at or before it). Steps/s and wall time are the per-run means from "
         "summary.json. Runs with different arguments are different rows.",
         "",

@@ -340,10 +340,9 @@ def write_eval_row(run_dir, row):
     """Append one evaluation to eval.csv, flushed at once so a killed run keeps what it measured."""
     path = Path(run_dir) / "eval.csv"
     header = "" if path.exists() else ",".join(row) + "\n"
+    values = [f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()]
     with open(path, "a") as f:
-        f.write(
-            header + ",".join(f"{value:.10g}" if isinstance(value, float) else str(value) for value in row.values()) + "\n"
-        )
+        f.write(header + ",".join(values) + "\n")
 
 
 def write_summary(run_dir, args, eval_rows, wall_time, sps, device, precision, **extra):

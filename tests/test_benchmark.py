@@ -800,7 +800,8 @@ def test_the_archived_runs_are_whole_and_unique(tmp_path):
     # seed 1 was resumed: its budget counts the 50000 steps that refilled its replay buffer
     assert "| cfil | Ant-v4 | 1, 2, 3 | seed 1: 370000 (50000 refill); seeds 2, 3: 320000 |" in text, text
     # every archived run has a commit: its own (summary.json) or the one that archived it
-    assert all(run["code"] != "commit unknown" for run in runs), [run["dir"] for run in runs if run["code"] == "commit unknown"]
+    unknown = [run["dir"] for run in runs if run["code"] == "commit unknown"]
+    assert not unknown, unknown
 
 
 def test_report_helpers_sample_std_last_fifth_and_iqm():
@@ -847,17 +848,19 @@ def test_report_sample_std_last_fifth_iqm_and_archived_commits(tmp_path):
     git(repo, "commit", "-q", "-m", "archive: cfil Hopper seed 1, Ant")
     first = git(repo, "log", "-1", "--format=%h")
     # seed 2 was resumed (50000 refill steps); its folder is archived later
-    write_run(runs, "cfil", "Hopper-v4", 2, [1000 * x for x in hopper[2]], hopper[2], args=one, extra={"refill_env_steps": 50000})
+    refill = {"refill_env_steps": 50000}
+    write_run(runs, "cfil", "Hopper-v4", 2, [1000 * x for x in hopper[2]], hopper[2], args=one, extra=refill)
     git(repo, "add", "benchmark")
     git(repo, "commit", "-q", "-m", "archive: cfil Hopper seed 2")
     second = git(repo, "log", "-1", "--format=%h")
     assert first != second
     # not committed: one run that recorded its commit, one that did not (and no git history names it)
-    write_run(runs, "gail", "Hopper-v4", 1, [0.0, 500.0], [0.0, 0.5], args={"num_expert_trajectories": 10}, extra={"commit": "0123456789abcdef" * 2})
-    write_run(runs, "gail", "Hopper-v4", 2, [0.0, 700.0], [0.0, 0.7], args={"num_expert_trajectories": 10})
+    ten, commit = {"num_expert_trajectories": 10}, {"commit": "0123456789abcdef" * 2}
+    write_run(runs, "gail", "Hopper-v4", 1, [0.0, 500.0], [0.0, 0.5], args=ten, extra=commit)
+    write_run(runs, "gail", "Hopper-v4", 2, [0.0, 700.0], [0.0, 0.7], args=ten)
     # Humanoid: the headline's cell is the 320k cfil_allfeat setting, not the 40k one
     write_run(runs, "cfil_allfeat", "Humanoid-v4", 1, [0.0, 80.0, 90.0], [0.0, 0.08, 0.09], step=160000, args=one)
-    write_run(runs, "cfil_allfeat", "Humanoid-v4", 1, [0.0, 40.0, 50.0], [0.0, 0.04, 0.05], step=20000, stamp=1700000001, args=one)
+    write_run(runs, "cfil_allfeat", "Humanoid-v4", 1, [0.0, 40.0, 50.0], [0.0, 0.04, 0.05], step=20000, stamp=2, args=one)
 
     text = run_report(runs, tmp_path / "out")
 
@@ -879,7 +882,7 @@ def test_report_sample_std_last_fifth_iqm_and_archived_commits(tmp_path):
     assert cells[10] == f"different commits: archived in {first} (seed 1); archived in {second} (seed 2)", row
     assert spread(h_last) == "0.575 ± 0.530"  # the collapse of seed 1 shows beside its final 0.3 and best 1.0
     row = next(line for line in text.splitlines() if line.startswith("| cfil | Ant-v4 |"))
-    assert f"| cfil | Ant-v4 | 1, 2, 3 | 1000 | 0.700 ± 0.458 (n=3) | 0.700 ± 0.458 | 0.700 ± 0.458 |" in row, row
+    assert "| cfil | Ant-v4 | 1, 2, 3 | 1000 | 0.700 ± 0.458 (n=3) | 0.700 ± 0.458 | 0.700 ± 0.458 |" in row, row
     assert row.endswith(f"| archived in {first} |"), row
     row = next(line for line in text.splitlines() if line.startswith("| gail | Hopper-v4 |"))
     assert row.endswith("| different commits: 0123456 (seed 1); commit unknown (seed 2) |"), row
@@ -892,7 +895,9 @@ def test_report_sample_std_last_fifth_iqm_and_archived_commits(tmp_path):
     # the headline: CFIL's cells where it has runs, "-" elsewhere; GAIL's Hopper cell; no BC row (no runs)
     headline = text.split("## Headline")[1].split("## Final scores")[0]
     lines = [line for line in headline.splitlines() if line.startswith("|")]
-    assert lines[0] == "| method | demos | score | Hopper-v4 | HalfCheetah-v4 | Walker2d-v4 | Ant-v4 | Humanoid-v4 | IQM (env × seed) |"
+    envs = " | ".join(report.HEADLINE_ENVS)
+    assert envs == "Hopper-v4 | HalfCheetah-v4 | Walker2d-v4 | Ant-v4 | Humanoid-v4"
+    assert lines[0] == f"| method | demos | score | {envs} | IQM (env × seed) |"
     humanoid_iqm = np.sort(finals + [0.09])[1:5].mean()  # 6 runs with Humanoid's 320k run
     assert lines[2] == (
         f"| CFIL | 1 trajectory | final | {spread(h_final, True)} | - | - | 0.700 ± 0.458 (n=3) | 0.090 (n=1) ¹ | "

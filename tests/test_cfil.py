@@ -335,11 +335,11 @@ def test_cfil_overhead_over_a_sac_update(capsys):
 @pytest.mark.parametrize(
     "name",
     ["SoftQEnsemble", "Actor", "ReplayBuffer", "soft_q_loss", "policy_loss", "alpha_loss", "sac_update", "bf16_is_fast"]
-    + ["make_optimizer", "save_checkpoint", "load_checkpoint", "make_env", "evaluate", "normalized_score"]
-    + ["write_eval_row", "write_summary"],
+    + ["make_optimizer", "save_checkpoint", "load_checkpoint"],
 )
-def test_sac_block_checkpoints_and_plumbing_are_sac_pys(name):
-    """The copies stay identical to sac.py's (docs/DESIGN.md): its replay buffer too, whose reward column cfil leaves 0."""
+def test_sac_and_checkpoint_blocks_are_sac_pys(name):
+    """The copies stay identical to sac.py's (docs/DESIGN.md): its replay buffer too, whose reward column cfil leaves 0.
+    (The shared plumbing: tests/test_shared_blocks.py.)"""
     assert inspect.getsource(getattr(cfil, name)) == inspect.getsource(getattr(sac, name))
 
 
