@@ -83,10 +83,6 @@ def main():
                         10**9,
                         "--eval-episodes",
                         1,
-                        "--checkpoint-frequency",
-                        0,
-                        "--checkpoint-minutes",
-                        0,
                         precision,
                     ],
                 )

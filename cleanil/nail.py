@@ -683,7 +683,7 @@ if __name__ == "__main__":
             saved_time = time.time()
         if stop_signals:
             progress_bar.close()
-            print(f"stopped by {stop_signals[0].name} at step {global_step}: continue with --resume.", file=sys.stderr)
+            print(f"stopped at step {global_step}: continue from {ckpt_path} with --resume.", file=sys.stderr)
             sys.exit(128 + stop_signals[0])
     progress_bar.close()
 

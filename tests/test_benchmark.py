@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, read_eval_csv, read_summary, run_script
+from conftest import REPO, read_eval_csv, read_summary
 
 BENCHMARK = REPO / "benchmark.sh"
 sys.path.insert(0, str(REPO / "benchmark"))
@@ -97,7 +97,9 @@ def test_sweep_report_and_resume(tmp_path):
             assert "final return" in log.read_text()
     # the machine and versions are recorded once per sweep, not in every summary.json
     records = [json.loads(path.read_text()) for path in sorted((tmp_path / "runs" / "sweeps").glob("*.json"))]
-    assert len(records) == 2 and {record["args_id"] for record in records} == {name.split("@")[1] for name in exp_names.values()}
+    assert len(records) == 2 and {record["args_id"] for record in records} == {
+        name.split("@")[1] for name in exp_names.values()
+    }
     for record in records:
         assert record["versions"]["torch"] and record["cpu"]["model"] and record["algos"] == ["dqn"] and record["seeds"] == 2
     assert "versions" not in summary and {"device", "precision", "commit"} <= set(summary)
@@ -469,23 +471,32 @@ def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path):
         if sweep.poll() is None:
             sweep.kill()
     assert sweep.returncode == 130 and "interrupted: stopping 1 running run(s)" in stderr, stderr
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir,) = (tmp_path / "runs").glob("Pendulum-v1__*")  # runs/sweeps/ holds the sweep's record
     assert not (run_dir / "summary.json").exists()
-    assert (tmp_path / "checkpoints" / f"Pendulum-v1__{cfil}__1.pt").exists()
+    checkpoint = tmp_path / "checkpoints" / f"Pendulum-v1__{cfil}__1.pt"
+    assert checkpoint.exists()
 
     result = bench(*command[2:], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "1 combinations: 1 to run, 0 already finished" in result.stderr
     assert (
-        f"start  [1/1] cfil Pendulum-v1 seed 1 -> {log} (resume from checkpoints/Pendulum-v1__{cfil}__1.pt)"
-        in result.stderr
+        f"start  [1/1] cfil Pendulum-v1 seed 1 -> {log} (resume from checkpoints/Pendulum-v1__{cfil}__1.pt)" in result.stderr
     )
     assert finished_runs(tmp_path, f"Pendulum-v1__{cfil}__1") == [run_dir]  # the same run folder, finished now
     steps = [row["global_step"] for row in read_eval_csv(run_dir)]
     assert steps[:3] == [0, 150, 300] and steps[-1] == 3000 and (np.diff(steps) > 0).all(), steps
-    assert read_summary(run_dir)["args"]["resume"] is True
+    summary = read_summary(run_dir)
+    assert summary["args"]["resume"] is True and summary["refill_env_steps"] == 100
+    assert not checkpoint.exists()  # a finished run deletes its checkpoint
     text = log.read_text()  # the log keeps the interrupted part, the resumed one appended
-    assert "stopped by SIGTERM" in text and f"resumed {run_dir.name} at step" in text and text.count("final return") == 1
+    stopped = re.search(rf"stopped at step (\d+): continue from checkpoints/{re.escape(checkpoint.name)} with --resume", text)
+    assert stopped and int(stopped[1]) >= 300, text  # stopped after the evaluation at step 300
+    interrupted, resumed = text[: stopped.start()], text[stopped.end() :]
+    # the resumed part refills the replay buffer, then goes on under the interrupted run's name from where it stopped
+    device_line = re.compile(rf"^{re.escape(run_dir.name)}: \S+, (fp32|bf16-autocast)$", re.MULTILINE)
+    assert device_line.search(interrupted) and device_line.search(resumed), text
+    assert "refilling the replay buffer" in resumed and f"| {stopped[1]}/3000 [" in resumed, resumed
+    assert "final return" not in interrupted and resumed.count("final return") == 1, text
 
 
 def test_resume_is_passed_only_where_the_script_has_it_and_left_a_checkpoint(tmp_path):
@@ -967,18 +978,48 @@ def test_episode_terms_records_each_episode_of_an_unchanged_script(tmp_path):
 
 
 def test_cfil_reward_probe_scores_the_demos_and_the_policy_s_states(tmp_path):
-    """benchmark/cfil_reward_probe.py on a short cfil.py run's checkpoint: both sets are scored, and every reward lies in
-    cfil.py's range [0, 2 * squash bound] (shifted, squashed)."""
-    flags = ["--env-id", "Pendulum-v1", "--total-timesteps", "300", "--learning-starts", "100", "--density-update-every"]
-    flags += ["100", "--density-batch", "32", "--eval-frequency", "300", "--eval-episodes", "1", "--batch-size", "32"]
-    run_script("cfil.py", *flags, "--checkpoint-frequency", "300", cwd=tmp_path)
-    (checkpoint,) = (tmp_path / "checkpoints").glob("*/checkpoint.pt")
-    command = [sys.executable, str(REPO / "benchmark" / "cfil_reward_probe.py"), str(checkpoint), "--steps", "300"]
-    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    """benchmark/cfil_reward_probe.py on the checkpoint of a short cfil.py run stopped by SIGTERM (a finished run deletes
+    its own), given the run's arguments after --: both sets are scored, and every reward lies in cfil.py's range
+    [0, 2 * squash bound] (shifted, squashed); arguments that do not fit the checkpoint are one error line."""
+    flags = ["--env-id", "Pendulum-v1", "--total-timesteps", "1000000", "--learning-starts", "100", "--density-update-every"]
+    flags += ["100", "--density-batch", "32", "--eval-frequency", "150", "--eval-episodes", "1", "--batch-size", "32"]
+    flags += ["--hidden-size", "32", "--flow-hidden-size", "32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    run = subprocess.Popen(
+        [sys.executable, str(REPO / "cleanil" / "cfil.py"), *flags],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while not (paths := list(tmp_path.glob("runs/*/eval.csv"))) or len(paths[0].read_text().splitlines()) < 4:
+            assert run.poll() is None, run.communicate()[1][-3000:]
+            assert time.time() < deadline, "the run never wrote its evaluations"
+            time.sleep(0.2)
+        run.send_signal(signal.SIGTERM)  # after the evaluation at step 300: SAC and the flows have trained
+        stderr = run.communicate(timeout=120)[1]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    checkpoint = tmp_path / "checkpoints" / "Pendulum-v1__cfil__1.pt"
+    stopped = re.search(r"stopped at step (\d+): continue from (\S+) with --resume", stderr)
+    assert run.returncode == 128 + signal.SIGTERM and stopped and tmp_path / stopped[2] == checkpoint, stderr[-3000:]
+    step = int(stopped[1])
+    assert step >= 300 and checkpoint.exists()
+
+    probe = [sys.executable, str(REPO / "benchmark" / "cfil_reward_probe.py"), str(checkpoint), "--steps", "300"]
+    result = subprocess.run([*probe, "--", *flags], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("step 300, expert demo 1:") and lines[1].startswith("step 300, policy's states:")
+    assert lines[0].startswith(f"step {step}, expert demo 1:") and lines[1].startswith(f"step {step}, policy's states:")
     for line in lines[:2]:
         values = dict(pair.split(" ") for pair in line.split(": ", 1)[1].split(", "))
         assert 0.0 <= float(values["min"]) <= float(values["reward"]) <= float(values["max"]) <= 12.0, line
     assert "entropy term -alpha log pi" in lines[2]
+
+    result = subprocess.run([*probe, "--", *flags[:-4]], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert "does not fit these cfil.py arguments" in result.stderr and "after --" in result.stderr, result.stderr

@@ -49,3 +49,32 @@ def test_expert_policy_reproduces_demos_and_return(env_id):
             obs, _ = env.reset()
     tolerance = 3 * info["expert_return_std"] + 0.05 * abs(info["expert_return_mean"]) + 1.0
     assert abs(np.mean(returns) - info["expert_return_mean"]) <= tolerance, (returns, info["expert_return_mean"])
+
+
+# DESIGN.md: an expert ships only if it does not fail (no episode ends early by falling, none scores below half the
+# median). These two were shipped before the rule and are being replaced (issue 34): strict, so the entry must go
+# once a passing folder ships.
+FAILING_EXPERTS = {
+    "Ant-v4": "8 of its 25 demo episodes fail (5 end early; returns down to -322)",
+    "Walker2d-v4": "3 of its 25 demo episodes end early",
+}
+MUJOCO = [env_id for env_id in SHIPPED if env_id.endswith("-v4") and env_id != "InvertedPendulum-v4"]
+
+
+@pytest.mark.parametrize(
+    "env_id",
+    [
+        pytest.param(env_id, marks=pytest.mark.xfail(strict=True, reason=FAILING_EXPERTS[env_id]))
+        if env_id in FAILING_EXPERTS
+        else env_id
+        for env_id in MUJOCO
+    ],
+)
+def test_mujoco_expert_demos_never_fail(env_id):
+    _, demos = validate_expert_folder(EXPERTS / env_id)
+    starts = demos["episode_starts"]
+    returns = np.add.reduceat(demos["rewards"].astype(np.float64), starts)
+    ends = np.append(starts[1:], len(demos["rewards"])) - 1
+    early = int(demos["terminations"][ends].sum())
+    low = int((returns < 0.5 * np.median(returns)).sum())
+    assert early == 0 and low == 0, f"{early} episodes end early, {low} score below half the median {np.median(returns):.0f}"

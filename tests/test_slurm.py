@@ -19,10 +19,12 @@ from test_benchmark import BENCHMARK, args_id, finished_runs
 from conftest import REPO, read_eval_csv, read_summary
 
 SLURM_LOCAL = REPO / "benchmark" / "slurm_local.sh"
-# accepted by dqn and bc alike (the extra args go to every script): seconds per run on one thread
+# accepted by dqn and sqil alike (the extra args go to every script): seconds per run on one thread
 TINY_BOTH = [
     "--total-timesteps",
     "300",
+    "--learning-starts",
+    "100",
     "--eval-frequency",
     "150",
     "--eval-episodes",
@@ -68,7 +70,7 @@ def test_a_slurm_task_runs_the_python_its_setup_provides(tmp_path):
     (fake_bin / "python3").chmod(0o755)
     args = [
         "--algos",
-        "dqn bc",
+        "dqn sqil",
         "--env-ids",
         "CartPole-v1",
         "--seeds",
@@ -103,8 +105,8 @@ def test_a_slurm_task_runs_the_python_its_setup_provides(tmp_path):
     )
     assert task.returncode == 0, task.stdout + task.stderr
     assert f"python: {fake_bin}/python3 (Python 3.99 (site))" in task.stdout
-    log = tmp_path / "benchmark" / "logs" / f"bc@{args_id(*TINY_BOTH)}__CartPole-v1__1.log"
-    assert log.read_text().startswith(f"site-python {REPO}/cleanil/bc.py --env-id CartPole-v1 --seed 1 ")
+    log = tmp_path / "benchmark" / "logs" / f"sqil@{args_id(*TINY_BOTH)}__CartPole-v1__1.log"
+    assert log.read_text().startswith(f"site-python {REPO}/cleanil/sqil.py --env-id CartPole-v1 --seed 1 ")
 
     # a setup that provides no Python: the task says so instead of running something else
     script_file.write_text(script.replace(f"export PATH={fake_bin}:$PATH", "PATH=/nonexistent"))
@@ -221,18 +223,18 @@ def job_completions():
 
 @pytest.mark.slurm
 def test_a_sweep_on_a_real_slurm(slurm_cluster, tmp_path):
-    """dqn and bc x seeds 1-2 on CartPole-v1 as a 4-task array throttled to one task at a time (--workers 1), from a
-    shell without the virtualenv: the tasks get it from --setup. dqn seed 2 fails (a corrupt checkpoint that its task
+    """sqil and dqn x seeds 1-2 on CartPole-v1 as a 4-task array throttled to one task at a time (--workers 1), from a
+    shell without the virtualenv: the tasks get it from --setup. sqil seed 2 fails (a corrupt checkpoint that its task
     tries to resume from); the same command again submits that run alone; then report over the four runs."""
     env = submit_env()
-    exp = {algo: f"{algo}@{args_id(*TINY_BOTH)}" for algo in ("dqn", "bc")}
-    corrupt = tmp_path / "checkpoints" / f"CartPole-v1__{exp['dqn']}__2" / "checkpoint.pt"
+    exp = {algo: f"{algo}@{args_id(*TINY_BOTH)}" for algo in ("sqil", "dqn")}
+    corrupt = tmp_path / "checkpoints" / f"CartPole-v1__{exp['sqil']}__2.pt"  # sqil has --resume, dqn has not
     corrupt.parent.mkdir(parents=True)
     corrupt.write_bytes(b"not a checkpoint")
     logs = tmp_path / "benchmark" / "logs"
     sweep = [
         "--algos",
-        "dqn bc",
+        "sqil dqn",
         "--env-ids",
         "CartPole-v1",
         "--seeds",
@@ -260,7 +262,7 @@ def test_a_sweep_on_a_real_slurm(slurm_cluster, tmp_path):
         assert throttles and set(throttles) == {"1"}, details  # --array=0-3%1: one task at a time
         most_running = wait_for_array(job, 4)
         tasks = array_tasks(job)
-        # tasks in combination order: dqn seeds 1, 2, then bc seeds 1, 2
+        # tasks in combination order: sqil seeds 1, 2, then dqn seeds 1, 2
         assert {task: state for task, (_, state) in tasks.items()} == {
             0: "COMPLETED",
             1: "FAILED",
@@ -283,17 +285,17 @@ def test_a_sweep_on_a_real_slurm(slurm_cluster, tmp_path):
             assert python != shutil.which("python3", path=env["PATH"]), out
             assert venv_python is None or python == venv_python, out
         # the failure, reported with its log: Slurm's output names the log and shows its end, the error in it
-        failed_log = logs / f"{exp['dqn']}__CartPole-v1__2.log"
+        failed_log = logs / f"{exp['sqil']}__CartPole-v1__2.log"
         out = (logs / f"slurm-{job}_1.out").read_text()
-        assert f"dqn CartPole-v1 seed 2 exited with status 1; log: {failed_log}" in out, out
-        error = [line for line in failed_log.read_text().splitlines() if "Error" in line][-1]
+        assert f"sqil CartPole-v1 seed 2 exited with status 1; log: {failed_log}" in out, out
+        error = [line for line in failed_log.read_text().splitlines() if "Error" in line or "error: " in line][-1]
         assert error in out and "command: " in out and "--resume" in out, out
 
         finished = {}
-        for algo in ("dqn", "bc"):
+        for algo in ("sqil", "dqn"):
             for seed in (1, 2):
                 runs = finished_runs(tmp_path, f"CartPole-v1__{exp[algo]}__{seed}")
-                if (algo, seed) == ("dqn", 2):
+                if (algo, seed) == ("sqil", 2):
                     assert runs == []
                     continue
                 (run_dir,) = runs
@@ -312,8 +314,8 @@ def test_a_sweep_on_a_real_slurm(slurm_cluster, tmp_path):
         wait_for_array(jobs[1], 1)
         ((raw, state),) = array_tasks(jobs[1]).values()
         assert state == "COMPLETED" and job_completions()[raw]["ExitCode"] == "0:0"
-        assert "dqn CartPole-v1 seed 2 exited with status 0" in (logs / f"slurm-{jobs[1]}_0.out").read_text()
-        (run_dir,) = finished_runs(tmp_path, f"CartPole-v1__{exp['dqn']}__2")
+        assert "sqil CartPole-v1 seed 2 exited with status 0" in (logs / f"slurm-{jobs[1]}_0.out").read_text()
+        (run_dir,) = finished_runs(tmp_path, f"CartPole-v1__{exp['sqil']}__2")
         assert read_summary(run_dir)["args"]["resume"] is False  # started anew: no checkpoint to resume from
         for (algo, seed), (run_dir, mtime) in finished.items():
             assert finished_runs(tmp_path, f"CartPole-v1__{exp[algo]}__{seed}") == [run_dir]
@@ -330,22 +332,21 @@ def test_a_sweep_on_a_real_slurm(slurm_cluster, tmp_path):
         report = benchmark("report", "--workdir", tmp_path, cwd=tmp_path, env={**env, "PYTHON": sys.executable})
         assert report.returncode == 0, report.stderr
         text = (tmp_path / "runs" / "report" / "results.md").read_text()
-        for algo in ("dqn", "bc"):
+        for algo in ("sqil", "dqn"):
             summaries = [read_summary(finished_runs(tmp_path, f"CartPole-v1__{exp[algo]}__{seed}")[0]) for seed in (1, 2)]
             scores = np.array([s["final_normalized_score"] for s in summaries])
             returns = np.array([s["final_return"] for s in summaries])
-            row = (
-                f"| {algo} | CartPole-v1 | 1, 2 | 300 | {scores.mean():.3f} ± {scores.std():.3f} | {returns.mean():.1f} ± "
-                f"{returns.std():.1f} |"
-            )
+            row = f"| {algo} | CartPole-v1 | 1, 2 | 300 | {scores.mean():.3f} ± {scores.std(ddof=1):.3f} (n=2) | "
             assert row in text, text
+            (line,) = [line for line in text.splitlines() if line.startswith(row)]
+            assert f"| {returns.mean():.1f} ± {returns.std(ddof=1):.1f} |" in line, line
     finally:
         if jobs:  # a failed assertion must not leave tasks running on a cluster that stays up
             subprocess.run(["scancel", *jobs], capture_output=True, timeout=30)
 
 
-# sac on Pendulum-v1 with tiny networks and batches: ~150 steps/s on one loaded CPU at nice 10 (seconds per part), a
-# checkpoint every 200 steps, and a resumed run refills its replay buffer with 100 steps instead of 50,000
+# sac on Pendulum-v1 with tiny networks and batches: ~150 steps/s on one loaded CPU at nice 10 (seconds per part); it
+# checkpoints when stopped, and a resumed run refills its replay buffer with 100 steps instead of 50,000
 SAC_TINY = [
     "--total-timesteps",
     "2000",
@@ -359,8 +360,6 @@ SAC_TINY = [
     "32",
     "--hidden-size",
     "32",
-    "--checkpoint-frequency",
-    "200",
     "--refill-steps",
     "100",
 ]
@@ -369,11 +368,12 @@ SAC_TINY = [
 @pytest.mark.slurm
 def test_a_cancelled_task_resumes_from_its_checkpoint_when_resubmitted(slurm_cluster, tmp_path):
     """A sac run killed mid-run (`scancel` of its array task: Slurm sends SIGTERM, then SIGKILL after KillWait) is left
-    CANCELLED with the checkpoint of the step it stopped at, since the task waits for its run to save one; the same
-    command again submits it with --resume, and it finishes in the same run folder from that step, its log appended."""
+    CANCELLED with the checkpoint of the step it stopped at, saved on the SIGTERM, since the task waits for its run to
+    save it; the same command again submits it with --resume, and it finishes in the same run folder from that step,
+    its log appended, its checkpoint deleted."""
     env = submit_env()
     exp = f"sac@{args_id(*SAC_TINY)}"
-    checkpoint = tmp_path / "checkpoints" / f"Pendulum-v1__{exp}__1" / "checkpoint.pt"
+    checkpoint = tmp_path / "checkpoints" / f"Pendulum-v1__{exp}__1.pt"
     logs = tmp_path / "benchmark" / "logs"
     log = logs / f"{exp}__Pendulum-v1__1.log"
     sweep = [
@@ -397,31 +397,34 @@ def test_a_cancelled_task_resumes_from_its_checkpoint_when_resubmitted(slurm_clu
         jobs.append(submitted_job(result))
         job = jobs[0]
         assert "1 combinations: 1 to run, 0 already finished" in result.stderr
-        # wait for the run's first checkpoint (step 200), then cancel its task while it runs
+        # wait for the run's evaluation at step 500 (it learns from step 100 on), then cancel its task while it runs
         deadline = time.time() + 300
-        while not checkpoint.exists():
+        while not (evals := list(tmp_path.glob("runs/Pendulum-v1__*/eval.csv"))) or len(read_eval_csv(evals[0].parent)) < 2:
             ((_, state),) = array_tasks(job).values()
             assert state in ("PENDING", "CONFIGURING", "RUNNING") and time.time() < deadline, (
-                f"task {state}, no checkpoint yet:\n{log.read_text()[-3000:] if log.exists() else 'no log'}"
+                f"task {state}, no evaluation at step 500 yet:\n{log.read_text()[-3000:] if log.exists() else 'no log'}"
             )
             time.sleep(0.2)
+        assert not checkpoint.exists()  # saved every --checkpoint-minutes (30) and when stopped: not yet
         cancel = subprocess.run(["scancel", f"{job}_0"], capture_output=True, text=True, timeout=30)
         assert cancel.returncode == 0, cancel.stderr
         wait_for_array(job, 1, deadline_s=120)
         ((raw, state),) = array_tasks(job).values()
         assert state == "CANCELLED" and job_completions()[raw]["State"] == "CANCELLED", (state, job_completions().get(raw))
-        (run_dir,) = (tmp_path / "runs").iterdir()
+        (run_dir,) = (tmp_path / "runs").glob("Pendulum-v1__*")  # runs/sweeps/ holds the sweep's record
         assert not (run_dir / "summary.json").exists()  # stopped mid-run: not finished, so not skipped below
         # the run got the SIGTERM and checkpointed at the step it stopped at; the task waited for it before it ended
         # (so nothing of the run outlives its job: CANCELLED means the checkpoint is written)
+        assert checkpoint.exists()
         first_part = log.read_text()
-        stops = [int(step) for step in re.findall(r"stopped by SIGTERM at step (\d+)", first_part)]
-        assert len(stops) == 1 and 200 <= stops[0] < 2000, first_part[-3000:]
+        stopping = rf"stopped at step (\d+): continue from checkpoints/{re.escape(checkpoint.name)} with --resume"
+        stops = [int(step) for step in re.findall(stopping, first_part)]
+        assert len(stops) == 1 and 500 <= stops[0] < 2000, first_part[-3000:]
         stopped = stops[0]
         out = (logs / f"slurm-{job}_0.out").read_text()
         assert "CANCELLED" in out and f"sac Pendulum-v1 seed 1 exited with status 143; log: {log}" in out, out
         evaluated = [row for row in read_eval_csv(run_dir) if row["global_step"] <= stopped]
-        assert evaluated and evaluated[0]["global_step"] == 0
+        assert [row["global_step"] for row in evaluated][:2] == [0, 500]
 
         # the same command again: the unfinished combination is submitted and its task resumes from the checkpoint
         result = benchmark(*sweep, cwd=tmp_path, env=env)
@@ -434,10 +437,13 @@ def test_a_cancelled_task_resumes_from_its_checkpoint_when_resubmitted(slurm_clu
         out = (logs / f"slurm-{jobs[1]}_0.out").read_text()
         assert re.search(r"^command: .*/cleanil/sac\.py .* --resume$", out, re.M), out
         assert finished_runs(tmp_path, f"Pendulum-v1__{exp}__1") == [run_dir]  # the same run folder, finished now
-        assert list((tmp_path / "runs").iterdir()) == [run_dir]  # and no second one
+        assert list((tmp_path / "runs").glob("Pendulum-v1__*")) == [run_dir]  # and no second one
         assert text.startswith(first_part)  # the log appended to, not truncated: both parts of the run
-        assert f"resumed {run_dir.name} at step {stopped} from" in text[len(first_part) :], text[len(first_part) :][-3000:]
-        assert text.count("final return") == 1
+        # the resumed part refills the replay buffer, then goes on under the interrupted run's name from where it stopped
+        resumed = text[len(first_part) :]
+        assert "refilling the replay buffer" in resumed and f"| {stopped}/2000 [" in resumed, resumed[-3000:]
+        assert re.search(rf"^{re.escape(run_dir.name)}: \S+, (fp32|bf16-autocast)$", resumed, re.M), resumed[-3000:]
+        assert text.count("final return") == 1 and not checkpoint.exists()  # finished: its checkpoint deleted
         rows = read_eval_csv(run_dir)
         steps = [row["global_step"] for row in rows]
         assert steps[0] == 0 and steps[-1] == 2000 and (np.diff(steps) > 0).all(), steps
