@@ -5,7 +5,9 @@ input, and imitating Pendulum-v1 from the shipped demos."""
 
 import ast
 import math
+import runpy
 import shutil
+import sys
 
 import airl
 import gymnasium as gym
@@ -371,6 +373,29 @@ def test_smoke(workdir, flags):
         assert list((workdir / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
     if "--capture-video" in flags:
         assert list((workdir / "videos").rglob("*.mp4")), "no evaluation video recorded"
+
+
+def test_main_rewards_f_minus_log_pi_and_bootstraps_a_termination_from_the_absorbing_state(workdir, monkeypatch):
+    """What main feeds GAE in its last iteration (the script's globals after a CartPole-v1 run, whose random episodes
+    terminate): the reward of each agent step is log D - log(1 - D) = f - log pi(a|s) of the updated discriminator and
+    the policy that acted, and a terminated step bootstraps V(s_a) = r_a / (1 - gamma) with no termination left for
+    `gae` (--absorbing-state). Main mixes these itself (no named function to call), so only a run shows them."""
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPTS / "airl.py"), "--env-id", "CartPole-v1", *map(str, COMMON)])
+    script = runpy.run_path(str(SCRIPTS / "airl.py"), run_name="__main__")
+    args, mask, batch, discriminator = script["args"], script["mask"], script["batch"], script["discriminator"]
+    assert args.entropy_weight == 1.0 and args.absorbing_state
+    with torch.no_grad():
+        f = discriminator(batch, args.gamma)
+        absorbing_reward = discriminator(script["absorbing_sample"], args.gamma)  # f of (s_a, 0, s_a), log pi = 0
+    log_pi = script["agent_log_pi"]
+    assert (log_pi < -0.1).all()  # a stochastic policy: the -log pi term is visible
+    torch.testing.assert_close(script["rewards"][mask], f - log_pi)
+    terminated = script["b_terminations"].bool()
+    assert terminated.any() and script["terminations"].sum() == 0
+    torch.testing.assert_close(
+        script["next_values"][terminated], (absorbing_reward / (1 - args.gamma)).expand(int(terminated.sum()))
+    )
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])

@@ -411,6 +411,39 @@ def test_replay_buffer_rows_and_minibatches():
     assert (rewards == 0).all()
 
 
+def test_the_policy_steps_critic_bootstraps_from_the_target_critics_with_the_entropy_term():
+    """Alg. 1's policy step (sac_update, the critics' half, on CFIL's rewards r = -x in the batch) by hand: the target
+    r + gamma (1 - d) (min_k Q'_k(s', a') - alpha log pi(a'|s')), a' ~ pi(s'), of target critics that differ from the
+    online ones; the online critics or the entropy term dropped give another loss. lr 0, no actor step (step 1 of 2)."""
+    torch.manual_seed(0)
+    env = gym.make("Pendulum-v1")
+    actor, qf, qf_target = cfil.Actor(env, 16, -5, 2), cfil.SoftQEnsemble(3, 1, 16), cfil.SoftQEnsemble(3, 1, 16)
+    obs, next_obs, actions = torch.randn(8, 3), torch.randn(8, 3), torch.rand(8, 1) * 4 - 2
+    model = cfil.CoupledFlow(3, "cfil", 1, 16, 2, False).eval()
+    rewards = cfil.replay_reward(model, obs, None, None, cfil.Args(mode="s"), 0.0)
+    with torch.no_grad():
+        for p in qf_target.parameters():  # target critics far from the online ones
+            p.add_(0.3 * torch.randn_like(p))
+    batch = (obs, actions, rewards, next_obs, torch.tensor([0.0, 1.0] * 4))
+    log_alpha, args = torch.tensor(np.log(0.5)), cfil.Args(gamma=0.9, policy_frequency=2, target_network_frequency=5)
+
+    def by_hand(critic, alpha):
+        torch.manual_seed(1)  # the a' ~ pi(s') sac_update draws
+        with torch.no_grad():
+            next_actions, next_log_pi = actor.get_action(next_obs)
+            next_value = critic(next_obs, next_actions).min(0).values - alpha * next_log_pi
+            y = rewards + 0.9 * (1 - batch[4]) * next_value
+            return ((qf(obs, actions) - y) ** 2).mean(1).sum().item()
+
+    torch.manual_seed(1)
+    optimizers = {"q": torch.optim.SGD(qf.parameters(), lr=0.0)}
+    stats = cfil.sac_update(batch, actor, qf, qf_target, log_alpha, optimizers, args, 1)
+    expected = by_hand(qf_target, 0.5)
+    assert stats["losses/qf_loss"].item() == pytest.approx(expected, rel=1e-5)
+    for alternative in (by_hand(qf, 0.5), by_hand(qf_target, 0.0)):
+        assert abs(alternative - expected) > 1e-2 * expected, (alternative, expected)
+
+
 def start_and_stop(flags, cwd, rows):
     """cfil.py flags in its own process, stopped by SIGTERM once eval.csv holds `rows` rows: (exit status, stderr)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
@@ -511,6 +544,19 @@ def test_bad_input(workdir):
         f"python cleanil/demos.py --check {workdir / 'none'}",
     )
     assert not (workdir / "runs").exists() or not list((workdir / "runs").iterdir())
+
+
+def test_main_rewards_the_policy_step_with_the_shifted_negated_x(workdir, monkeypatch):
+    """The last minibatch main fed sac_update (the script's globals after a short run): its rewards are r = a - x,
+    x = sigma(log p_psi - log q_phi) of the current flows at the minibatch's (s, a), a = --squash-bound, so r in
+    [0, 2a]. Main computes them itself before the SAC step, so only a run shows their sign."""
+    script = run_in_process([*TINY, "--no-bf16"], workdir, monkeypatch)
+    args, (obs, actions, rewards, _, _) = script["args"], script["batch"]
+    assert args.variant == "cfil" and args.reward_shift and args.mode == "sa"
+    with torch.no_grad():
+        x = cfil.squash(script["reward_model"](torch.cat([obs, actions], -1))[0], args.squash_scale, args.squash_bound)
+    torch.testing.assert_close(rewards, args.squash_bound - x)
+    assert x.abs().max() > 1e-3 and 0 <= rewards.min() and rewards.max() <= 2 * args.squash_bound
 
 
 @pytest.mark.learning

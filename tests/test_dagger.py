@@ -4,7 +4,9 @@ CartPole-v1 and Pendulum-v1 with the shipped experts; bad input."""
 import json
 import math
 import re
+import runpy
 import shutil
+import sys
 
 import dagger
 import gymnasium as gym
@@ -13,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import EXPERTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
+from conftest import EXPERTS, SCRIPTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
 
 ROUND_LINE = re.compile(
     r"^round (\d+)/(\d+): beta (\S+), dataset_size (\d+), bc_loss (\S+?)(?:, expert_agreement (\S+?))?"
@@ -215,6 +217,26 @@ def test_beta_is_the_share_of_expert_actions_executed(schedule, expected_share, 
     rounds = parse_rounds(result.stdout)[1:]
     assert [r[1] for r in rounds] == [expected_share] * 2
     assert [r[6] for r in rounds] == [expected_share] * 2, result.stdout
+
+
+def test_every_aggregated_state_is_labelled_by_the_expert(tmp_path, monkeypatch):
+    """D_i = {(s, pi*(s))} (Alg. 3.1), read from the script's globals after two Pendulum-v1 rounds in which the learner
+    acts (beta 0 after round 0): every pair main appended to D carries pi*'s action at its state, not the learner's
+    that was executed there. Main builds D itself, so only a run shows it."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "Pendulum-v1", "--steps-per-round", 100, "--rounds", 2, "--eval-frequency", 200]
+    flags += ["--eval-episodes", 1, "--num-expert-trajectories", 1, "--epochs-per-round", 1, "--min-updates-per-round", 10]
+    flags += ["--beta-schedule", "linear", "--beta-rampdown-rounds", 1]
+    monkeypatch.setattr(sys, "argv", [str(SCRIPTS / "dagger.py"), *map(str, flags)])
+    script = runpy.run_path(str(SCRIPTS / "dagger.py"), run_name="__main__")
+    start, end = len(script["demo_obs"]), script["dataset_size"]
+    assert end - start == 200
+    with torch.no_grad():
+        expert_actions = script["expert"](script["dataset_obs"][start:end])
+        learner_actions = script["policy"].deterministic_action(script["dataset_obs"][start:end])
+    torch.testing.assert_close(script["dataset_actions"][start:end], expert_actions)
+    # the learner, barely trained, still acts otherwise at these states: its labels would be told apart
+    assert (learner_actions - expert_actions).abs().max() > 0.1
 
 
 @pytest.mark.learning

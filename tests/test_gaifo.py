@@ -73,6 +73,29 @@ def test_discriminator_sees_state_transitions_only():
     torch.testing.assert_close(inputs, torch.cat([obs, next_obs], -1))
 
 
+def test_update_discriminator_on_transitions_rewards_the_expert_s_move():
+    """Alg. 1's D step and reward on a toy batch: expert and agent visit the same states, the expert moves right
+    (s' = s + 0.5 e1), the agent left; only s' tells them apart. After update_discriminator on discriminator_inputs,
+    the reward -log(1 - D) (and log D) of the expert's transitions exceeds the agent's: swapped sides, a flipped
+    reward or a D blind to s' fail."""
+    torch.manual_seed(0)
+    obs = torch.randn(256, 2)
+    move = torch.tensor([0.5, 0.0])
+    expert, agent = ({"observations": obs, "next_observations": obs + sign * move} for sign in (1, -1))
+    expert_inputs, agent_inputs = (gaifo.discriminator_inputs(x, gym.spaces.Discrete(2)) for x in (expert, agent))
+    discriminator = gaifo.mlp(4, 1, 32, out_std=0.01)
+    optimizer = torch.optim.Adam(discriminator.parameters(), lr=1e-2)
+    args = gaifo.Args(disc_epochs=20, disc_num_minibatches=4)
+    gaifo.update_discriminator(discriminator, optimizer, expert_inputs, agent_inputs, args)
+    with torch.no_grad():
+        expert_logits, agent_logits = discriminator(expert_inputs).squeeze(-1), discriminator(agent_inputs).squeeze(-1)
+    assert (expert_logits > 0).float().mean() > 0.95 and (agent_logits < 0).float().mean() > 0.95
+    for reward_type in ("neg_log_one_minus_d", "log_d"):
+        expert_reward = gaifo.learned_reward(expert_logits, reward_type)
+        agent_reward = gaifo.learned_reward(agent_logits, reward_type)
+        assert expert_reward.mean() > agent_reward.mean() + 1, (reward_type, expert_reward.mean(), agent_reward.mean())
+
+
 COMMON = [
     "--total-timesteps",
     600,

@@ -544,6 +544,24 @@ def run_in_process(args, cwd, monkeypatch):
         torch.set_num_threads(threads)
 
 
+def test_main_puts_the_demonstrations_first(tmp_path, monkeypatch):
+    """The last minibatch main fed iq_update (the script's globals after a short CartPole-v1 run): its first num_demo
+    rows are drawn from the demonstrations' buffer, the rest from the agent's. Main draws the two halves itself, so
+    only a run shows this (a swap there makes -J's expert term score the agent's rows)."""
+    script = run_in_process(["--env-id", "CartPole-v1", *TINY], tmp_path, monkeypatch)
+    batch, num_demo = script["batch"], script["num_demo"]
+    obs = batch[0]  # the absorbing-state indicator split off
+    demo_rb, rb = script["demo_rb"], script["rb"]
+
+    def drawn_from(rows, buffer):
+        stored = buffer.rows[: buffer.size if buffer.full else buffer.pos, : rows.shape[1]]
+        return (rows[:, None] == stored[None]).all(-1).any(1)
+
+    assert 0 < num_demo < len(obs)
+    assert drawn_from(obs[:num_demo], demo_rb).all() and not drawn_from(obs[:num_demo], rb).any()
+    assert drawn_from(obs[num_demo:], rb).all() and not drawn_from(obs[num_demo:], demo_rb).any()
+
+
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_checkpoint_rules(tmp_path, monkeypatch, env_id):
     """SIGTERM mid-run: a compact checkpoint (no replay buffer; s_a's learned reward where --absorbing-state resolves

@@ -8,6 +8,7 @@ imitating Pendulum-v1 from one demo."""
 import copy
 import inspect
 import os
+import runpy
 import shutil
 import signal
 import subprocess
@@ -287,6 +288,54 @@ def test_soft_q_target_bootstraps_through_the_absorbing_state_with_a_zero_action
     assert losses[1] == pytest.approx(losses[0], rel=1e-6), (losses, with_entropy)
 
 
+def test_the_critic_target_reads_the_target_critics_the_kl_to_the_reference_and_the_absorbing_state():
+    """soft_q_loss by hand, with target critics that differ from the online ones and a log pi~ that differs from log pi:
+    y = r + gamma (min_k Q'_k(s', a') - alpha (log pi(a'|s') - log pi~(a'|s'))) at a real s', a' ~ pi(s'), and
+    y = r + gamma min_k Q'_k(s_a, 0) where s' is DAC's absorbing state (bootstrapped, no KL term). The online critics,
+    the KL term dropped, log pi~ left out of it, or a zero bootstrap at s_a each give another loss; sac_update's critic
+    step computes this same loss."""
+    torch.manual_seed(0)
+    qf, qf_target = nail.SoftQEnsemble(3, 1, 16), nail.SoftQEnsemble(3, 1, 16)  # independently initialised
+    obs = torch.cat([torch.randn(8, 2), torch.zeros(8, 1)], 1)
+    next_absorbing = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+    next_obs = torch.where(
+        next_absorbing[:, None] > 0, torch.tensor([0.0, 0.0, 1.0]), torch.cat([torch.randn(8, 2), torch.zeros(8, 1)], 1)
+    )
+    batch = (obs, torch.rand(8, 1) * 4 - 2, torch.randn(8), next_obs, next_absorbing)
+    actor, alpha, gamma = ToyActor(), 0.5, 0.9
+    reference = lambda obs, u: -0.5 * (u - 1.0).square().sum(-1)  # a log pi~ of its own, far from pi's
+
+    def by_hand(critic, kl_weight=1.0, reference=reference, bootstrap_absorbing=True):
+        torch.manual_seed(1)  # the a' ~ pi(s') soft_q_loss draws
+        with torch.no_grad():
+            next_actions, next_log_pi, next_u = actor.get_action(next_obs[:, :-1])
+            live = 1 - next_absorbing
+            log_ratio = next_log_pi - reference(next_obs[:, :-1], next_u)
+            next_value = critic(next_obs, next_actions * live[:, None]).min(0).values - kl_weight * alpha * live * log_ratio
+            y = batch[2] + gamma * (next_value if bootstrap_absorbing else live * next_value)
+            return ((qf(obs, batch[1]) - y) ** 2).mean(1).sum().item()
+
+    torch.manual_seed(1)
+    loss = nail.soft_q_loss(qf, qf_target, actor, batch, alpha, gamma, reference)[0].item()
+    expected = by_hand(qf_target)
+    assert loss == pytest.approx(expected, rel=1e-5)
+    # sac_update's critic step passes its target critics and log pi~ on (lr 0; no actor step at step 1 of 2)
+    log_alpha, args = torch.tensor(np.log(alpha)), nail.Args(gamma=gamma, policy_frequency=2, target_network_frequency=5)
+    torch.manual_seed(1)
+    stats = nail.sac_update(
+        batch, actor, qf, qf_target, log_alpha, {"q": torch.optim.SGD(qf.parameters(), lr=0.0)}, args, 1, reference
+    )
+    assert stats["losses/qf_loss"].item() == pytest.approx(expected, rel=1e-5)
+    alternatives = {
+        "online critics": by_hand(qf),
+        "no KL term": by_hand(qf_target, kl_weight=0.0),
+        "no log pi~": by_hand(qf_target, reference=NO_REFERENCE),
+        "V(s_a) = 0": by_hand(qf_target, bootstrap_absorbing=False),
+    }
+    for name, alternative in alternatives.items():
+        assert abs(alternative - expected) > 1e-2 * expected, (name, alternative, expected)
+
+
 def test_policy_loss_ignores_absorbing_states():
     torch.manual_seed(0)
     qf = nail.SoftQEnsemble(3, 1, 16)
@@ -469,6 +518,22 @@ def test_smoke_terminating_env_fills_absorbing_states(tmp_path):
         cwd=tmp_path,
     )
     assert_finite_run(tmp_path)
+
+
+def test_main_rewards_minus_the_log_ratio_and_passes_the_absorbing_indicator(tmp_path, monkeypatch):
+    """The last minibatch main fed sac_update (the script's globals after a short InvertedPendulum-v4 run, whose random
+    episodes terminate): its rewards are r = -log r~ of the epoch's discriminator at (s, a), and its last column says
+    which next states are DAC's absorbing state, for soft_q_loss's bootstrap. Main assembles this batch itself, so
+    only a run shows it."""
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # leave pytest's own SIGINT handler in place
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPTS / "nail.py"), *TINY, "--env-id", "InvertedPendulum-v4"])
+    script = runpy.run_path(str(SCRIPTS / "nail.py"), run_name="__main__")
+    obs, actions, rewards, next_obs, next_absorbing = script["batch"]
+    with torch.no_grad():
+        log_ratio = script["discriminator"](nail.discriminator_inputs(obs, actions, script["scale"], script["bias"]))
+    torch.testing.assert_close(rewards, -log_ratio)
+    assert torch.equal(next_absorbing, next_obs[:, -1]) and next_absorbing.sum() > 0
 
 
 def test_sigterm_checkpoints_and_resume_continues_the_same_run(tmp_path):

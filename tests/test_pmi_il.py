@@ -7,7 +7,9 @@ from state-only demos."""
 import inspect
 import json
 import math
+import runpy
 import shutil
+import sys
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -17,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import EXPERTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
+from conftest import EXPERTS, SCRIPTS, assert_clean_error, read_eval_csv, read_summary, run_dirs, run_script
 
 
 def test_demos_are_read_without_actions():
@@ -416,6 +418,24 @@ def test_bad_input_is_one_clear_sentence(workdir):
     result = run_script("pmi_il.py", "--num-expert-trajectories", 1, "--subsample-frequency", 20, cwd=workdir, check=False)
     assert_clean_error(result, "--num-negatives 64 must be below the critic batch size, 25")
     assert not (workdir / "runs").exists()
+
+
+def test_main_rewards_each_agent_transition_with_the_frozen_critics_log_f(workdir, monkeypatch):
+    """The reward main fed GAE in its last iteration (the script's globals after a short CartPole-v1 run, --reward pmi):
+    r = log f(s, s') of the frozen critic at each valid agent transition, s before s', and 0 at the autoreset steps.
+    Main computes it itself, so only a run shows its sign and wiring."""
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(
+        sys, "argv", [str(SCRIPTS / "pmi_il.py"), "--env-id", "CartPole-v1", *map(str, COMMON), "--reward", "pmi"]
+    )
+    script = runpy.run_path(str(SCRIPTS / "pmi_il.py"), run_name="__main__")
+    critic, mask, rewards = script["critic"], script["mask"], script["rewards"]
+    with torch.no_grad():
+        log_f = pmi_il.pmi_reward(
+            critic.phi1(script["b_next_obs"][mask]), critic.phi2(script["b_obs"][mask]), script["args"].tau
+        )
+    torch.testing.assert_close(rewards[mask], log_f)
+    assert (rewards[~mask] == 0).all() and (~mask).any() and log_f.abs().max() > 0.1
 
 
 @pytest.mark.learning

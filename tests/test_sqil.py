@@ -244,6 +244,55 @@ def test_sac_critics_learn_reward_one_on_demonstrations_and_zero_on_samples():
     assert np.isfinite(stats["losses/actor_loss"].item()) and stats["losses/alpha"].item() != pytest.approx(0.01)
 
 
+@pytest.mark.parametrize("continuous", [False, True])
+def test_the_bootstrap_reads_the_target_critics_and_keeps_the_entropy_term(continuous):
+    """One sqil_update's loss is Alg. 1's on a batch whose target critics differ from the online ones, by hand: V(s')
+    of the target critics, soft (the log-sum-exp at temperature 0.5, or min_k Q'_k(s', a') - alpha log pi(a'|s') with
+    alpha 0.5), never the online critics' nor the hard max / min_k Q' alone; reward 1 on the first half, 0 on the
+    second. lr 0: nothing moves, and no actor step (policy_frequency 2 at step 1)."""
+    torch.manual_seed(0)
+    args = args_for(gamma=0.9, soft_q_temperature=0.5, lambda_samp=0.7, policy_frequency=2, target_network_frequency=5)
+    obs, actions, rewards, next_obs, terminations, absorbing = fixed_batch(
+        3, 4, 4, 0.5 if continuous else 0.0, -0.5 if continuous else 1.0, terminal=False
+    )
+    terminations = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    batch = (obs, actions, rewards, next_obs, terminations, absorbing)
+    nets, optimizers = sac_nets() if continuous else soft_q_nets(3, 2)
+    optimizers = {
+        name: torch.optim.SGD([p for group in opt.param_groups for p in group["params"]], lr=0.0)
+        for name, opt in optimizers.items()
+    }
+    with torch.no_grad():
+        for p in nets["qf_target"].parameters():  # a target that differs from the online critics
+            p.add_(0.3 * torch.randn_like(p))
+        if continuous:
+            nets["log_alpha"].fill_(np.log(0.5))
+    qf, qf_target = nets["qf"], nets["qf_target"]
+
+    def loss_with(next_value):
+        with torch.no_grad():
+            q = qf(obs, actions) if continuous else qf(obs).gather(1, actions.long()).squeeze(1)
+            errors = (q - (torch.tensor([1.0] * 4 + [0.0] * 4) + 0.9 * (1 - terminations) * next_value)).square()
+            return (errors[..., :4].mean(-1) + 0.7 * errors[..., 4:].mean(-1)).sum().item()
+
+    torch.manual_seed(1)
+    with torch.no_grad():
+        if continuous:  # a' ~ pi(s'), drawn as sqil_update draws it
+            next_actions, next_log_pi = nets["actor"].get_action(next_obs)
+            target, online = (net(next_obs, next_actions).min(0).values for net in (qf_target, qf))
+            expected, alternatives = loss_with(target - 0.5 * next_log_pi), [target, online - 0.5 * next_log_pi]
+        else:
+            target_q, online_q = qf_target(next_obs), qf(next_obs)
+            expected = loss_with(0.5 * torch.logsumexp(target_q / 0.5, -1))
+            alternatives = [target_q.max(-1).values, 0.5 * torch.logsumexp(online_q / 0.5, -1)]
+    torch.manual_seed(1)
+    stats = sqil.sqil_update(batch, 4, nets, optimizers, args, 1)
+    assert stats["losses/qf_loss"].item() == pytest.approx(expected, rel=1e-5)
+    for alternative in alternatives:  # the entropy term dropped, or the online critics: another loss
+        assert abs(loss_with(alternative) - expected) > 1e-2 * expected, (loss_with(alternative), expected)
+    assert "losses/actor_loss" not in stats
+
+
 def test_the_actor_never_trains_on_the_absorbing_state(monkeypatch):
     """s_a has one fixed action: the actor's and alpha's losses take the other rows' states only."""
     batch = list(fixed_batch(3, 4, 4, 0.5, -0.5, terminal=False))
@@ -369,6 +418,25 @@ def run_in_process(args, cwd, monkeypatch):
         return runpy.run_path(str(SCRIPTS / "sqil.py"), run_name="__main__")
     finally:
         torch.set_num_threads(threads)
+
+
+def test_main_puts_the_demonstrations_first(tmp_path, monkeypatch):
+    """The last minibatch main fed sqil_update (the script's globals after a short CartPole-v1 run): its first num_demo
+    rows are drawn from the demonstrations' buffer and rewarded 1, the rest from the agent's buffer and rewarded 0.
+    Main draws the two halves itself, so only a run shows this (a swap there makes SQIL reward the agent)."""
+    script = run_in_process(["--env-id", "CartPole-v1", *TINY], tmp_path, monkeypatch)
+    batch, num_demo = script["batch"], script["num_demo"]
+    obs = batch[0]  # the absorbing-state indicator split off
+    demo_rb, rb = script["demo_rb"], script["rb"]
+
+    def drawn_from(rows, buffer):
+        stored = buffer.rows[: buffer.size if buffer.full else buffer.pos, : rows.shape[1]]
+        return (rows[:, None] == stored[None]).all(-1).any(1)
+
+    assert 0 < num_demo < len(obs)
+    assert drawn_from(obs[:num_demo], demo_rb).all() and not drawn_from(obs[:num_demo], rb).any()
+    assert drawn_from(obs[num_demo:], rb).all() and not drawn_from(obs[num_demo:], demo_rb).any()
+    assert batch[2].tolist() == [1.0] * num_demo + [0.0] * (len(obs) - num_demo)
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1", "Acrobot-v1"])
